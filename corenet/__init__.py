@@ -1,0 +1,40 @@
+"""corenet: a deep-learning framework for the CPU.
+
+A small Python core (the layer protocol, a graph executor, the plugin
+registry, losses, optimizers, training loop) over Cython kernels; layers and
+losses come from plugins found through the ``corenet`` entry-point group, the
+first time the registry is used (``import corenet`` loads none).
+"""
+from corenet.errors import DTypeError, PluginError, ShapeError
+from corenet.graph import Input, Model, Sequential, SymbolicTensor
+from corenet.hookspecs import hookimpl
+from corenet.kernels.threads import get_num_threads, set_num_threads
+from corenet.layer import Layer, Parameter
+from corenet.loss import Loss
+from corenet.registry import PLUGIN_API
+
+__version__ = "0.1.0"
+
+
+def show_config() -> dict:
+    """Print (and return) how corenet was built and how it runs here."""
+    from corenet.info import build_info
+
+    info = build_info()
+    for key, value in info.items():
+        print(f"{key:>16}: {value}")
+    return info
+
+
+def __getattr__(name):
+    # The submodules that reach the registry are imported on first use.
+    if name in ("layers", "losses", "optim", "data", "random", "serialize", "testing", "train"):
+        import importlib
+
+        return importlib.import_module(f"corenet.{name}")
+    raise AttributeError(f"module 'corenet' has no attribute {name!r}")
+
+
+__all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "PLUGIN_API", "Parameter",
+           "PluginError", "Sequential", "ShapeError", "SymbolicTensor", "get_num_threads",
+           "hookimpl", "set_num_threads", "show_config"]

@@ -1,0 +1,231 @@
+"""The ``corenet`` command: train, eval, predict, plugins, info."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _sizes(text: str) -> list:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128 or 256,128, got {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 256,128, got {text!r}")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corenet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an MLP classifier (default: bundled digits)")
+    train.add_argument("--data", default="digits",
+                       help="'digits' (bundled), a .npz with X and y, or IMAGES,LABELS IDX files")
+    train.add_argument("--model", help="continue training a model saved with --save")
+    train.add_argument("--hidden", type=_sizes, default=[256],
+                       help="hidden layer sizes, e.g. 256,128 (default 256)")
+    train.add_argument("--activation", default="relu", help="any registered activation layer")
+    train.add_argument("--epochs", type=_positive_int, default=40)
+    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--lr", type=float, default=0.02)
+    train.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
+                       help="learning rate over the epochs (default cosine decay)")
+    train.add_argument("--augment", type=int, default=2,
+                       help="shifted copies of each square training image (default 2)")
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--optimizer", default="sgd", choices=["sgd"])
+    train.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling")
+    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--threads", type=_positive_int, help="kernel threads (default: all CPUs)")
+    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    train.add_argument("--save", help="write the trained model to this file")
+    train.add_argument("--json", action="store_true", help="print one JSON object of metrics")
+
+    evaluate = commands.add_parser("eval", help="loss and accuracy of a saved model")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--data", default="digits")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="the split seed used in training: its test part is evaluated")
+    evaluate.add_argument("--test-fraction", type=float, default=0.2)
+    evaluate.add_argument("--all", action="store_true", help="evaluate on every sample")
+    evaluate.add_argument("--threads", type=_positive_int)
+    evaluate.add_argument("--json", action="store_true")
+
+    predict = commands.add_parser("predict", help="class predictions of a saved model")
+    predict.add_argument("model")
+    predict.add_argument("inputs", help="a .npz with X (and optionally y), or 'digits'")
+    predict.add_argument("--threads", type=_positive_int)
+    predict.add_argument("--json", action="store_true")
+
+    plugins = commands.add_parser("plugins", help="list the installed plugins")
+    plugins.add_argument("--json", action="store_true")
+
+    info = commands.add_parser("info", help="version, build flags, OpenMP, threads")
+    info.add_argument("--json", action="store_true")
+    return parser
+
+
+def build_mlp(n_features: int, hidden: list, n_classes: int, activation: str, dtype: str):
+    import corenet as cn
+    from corenet import layers as L
+
+    stack = []
+    for n_in, n_out in zip([n_features] + hidden, hidden):
+        stack += [L.Linear(n_in, n_out, dtype=dtype), L.create(activation)]
+    stack.append(L.Linear(([n_features] + hidden)[-1], n_classes, dtype=dtype))
+    return cn.Sequential(*stack)
+
+
+def command_train(args) -> int:
+    import time
+
+    import corenet as cn
+    from corenet import data, serialize
+    from corenet.progress import Progress
+    from corenet.train import cosine_schedule, evaluate, fit
+
+    X, y = data.load(args.data)
+    X = X.reshape(len(X), -1)
+    X_train, y_train, X_test, y_test = data.train_test_split(X, y, args.test_fraction, args.seed)
+    side = int(round(np.sqrt(X.shape[1])))
+    if args.augment > 0 and side * side == X.shape[1]:
+        X_train = data.shift_augment(X_train, args.augment, args.seed)
+        y_train = np.tile(y_train, args.augment + 1)
+    cn.random.seed(args.seed)
+    if args.model:
+        model = serialize.load(args.model)
+    else:
+        model = build_mlp(X.shape[1], args.hidden, int(y.max()) + 1, args.activation, args.dtype)
+    loss = cn.losses.SoftmaxCrossEntropy()
+    optimizer = cn.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                             weight_decay=args.weight_decay)
+    out = sys.stderr if args.json else sys.stdout
+    progress = Progress(args.epochs, stream=out)
+
+    def on_epoch(epoch, mean_loss):
+        test_loss, accuracy = evaluate(model, loss, X_test, y_test)
+        progress.on_epoch(epoch, mean_loss, f" test_loss {test_loss:.4f} "
+                                            f"test_accuracy {accuracy:.4f}")
+
+    start = time.perf_counter()
+    history = fit(model, loss, optimizer, X_train, y_train, args.epochs, args.batch_size,
+                  args.seed, on_batch=progress.on_batch, on_epoch=on_epoch,
+                  lr_schedule=cosine_schedule(args.lr, args.epochs)
+                  if args.schedule == "cosine" else None)
+    seconds = time.perf_counter() - start
+    test_loss, accuracy = evaluate(model, loss, X_test, y_test)
+    if args.save:
+        serialize.save(model, args.save)
+    metrics = {"test_accuracy": accuracy, "test_loss": test_loss, "train_loss": history[-1],
+               "epochs": args.epochs, "seconds": round(seconds, 3),
+               "threads": cn.get_num_threads(), "samples": len(X_train),
+               "test_samples": len(X_test)}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"test accuracy {accuracy:.4f}, test loss {test_loss:.4f}, "
+              f"{args.epochs} epochs in {seconds:.2f} s on {cn.get_num_threads()} thread(s)")
+    return 0
+
+
+def command_eval(args) -> int:
+    import corenet as cn
+    from corenet import data, serialize
+    from corenet.train import evaluate
+
+    model = serialize.load(args.model)
+    X, y = data.load(args.data)
+    X = X.reshape(len(X), -1)
+    if not args.all:
+        _, _, X, y = data.train_test_split(X, y, args.test_fraction, args.seed)
+    test_loss, accuracy = evaluate(model, cn.losses.SoftmaxCrossEntropy(), X, y)
+    metrics = {"accuracy": accuracy, "loss": test_loss, "samples": len(X)}
+    print(json.dumps(metrics) if args.json else
+          f"accuracy {accuracy:.4f}, loss {test_loss:.4f} on {len(X)} samples")
+    return 0
+
+
+def command_predict(args) -> int:
+    from corenet import data, serialize
+
+    model = serialize.load(args.model)
+    if args.inputs == "digits":
+        X, _ = data.load_digits()
+    else:
+        with np.load(args.inputs, allow_pickle=False) as archive:
+            X = archive["X"]
+        X = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X
+    predictions = np.argmax(model.predict(X.reshape(len(X), -1)), axis=1)
+    if args.json:
+        print(json.dumps({"predictions": predictions.tolist()}))
+    else:
+        print("\n".join(map(str, predictions)))
+    return 0
+
+
+def command_plugins(args) -> int:
+    from corenet.registry import registry
+
+    plugins = [info.as_dict() for info in registry.load().plugins.values()]
+    if args.json:
+        print(json.dumps({"plugins": plugins}, indent=2))
+        return 0
+    for plugin in plugins:
+        print(f"{plugin['name']}  ({plugin['distribution']} {plugin['version']})")
+        if plugin["error"]:
+            print(f"  FAILED: {plugin['error']}")
+        if plugin["layers"]:
+            print(f"  layers: {', '.join(plugin['layers'])}")
+        if plugin["losses"]:
+            print(f"  losses: {', '.join(plugin['losses'])}")
+    return 0
+
+
+def command_info(args) -> int:
+    from corenet.info import build_info
+
+    info = build_info()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+COMMANDS = {"train": command_train, "eval": command_eval, "predict": command_predict,
+            "plugins": command_plugins, "info": command_info}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import corenet
+    from corenet.errors import DTypeError, PluginError, ShapeError
+    from corenet.train import TrainingDiverged
+
+    if getattr(args, "threads", None):
+        corenet.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingDiverged as error:
+        print(f"corenet {args.command}: training stopped: {error}", file=sys.stderr)
+        return 3
+    except (ShapeError, DTypeError, PluginError, FileNotFoundError, KeyError, ValueError) as error:
+        print(f"corenet {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""The errors corenet raises for bad input, so that callers can catch them by kind."""
+
+
+class ShapeError(ValueError):
+    """An array has the wrong number of dimensions, size or feature count."""
+
+
+class DTypeError(TypeError):
+    """An array has a dtype the layer cannot take (integers, objects, mixed floats)."""
+
+
+class PluginError(RuntimeError):
+    """Plugins conflict, or a plugin asked for cannot be found or loaded."""

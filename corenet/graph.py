@@ -1,0 +1,306 @@
+"""The graph executor: symbolic tensors, nodes, Model (a DAG) and Sequential.
+
+Calling a layer on symbolic tensors adds a node; Model orders the nodes once
+(iteratively, in a stable order), checks every shape while the graph is built,
+then runs forward in that order and backward in reverse, summing the
+gradients of a tensor that feeds several nodes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from corenet.errors import DTypeError, ShapeError
+from corenet.kernels.elementwise import accumulate
+from corenet.layer import FLOAT_DTYPES, Layer, as_float_dtype
+
+
+class SymbolicTensor:
+    """The per-sample shape of a value in a graph and the node that makes it."""
+
+    __slots__ = ("shape", "node", "name")
+
+    def __init__(self, shape: tuple, node: "Node | None" = None, name: str | None = None):
+        self.shape = tuple(shape)
+        self.node = node
+        self.name = name
+
+    def __repr__(self) -> str:
+        source = self.node.layer.name if self.node else "input"
+        return f"SymbolicTensor(shape={self.shape}, from={source})"
+
+
+def Input(shape, name: str | None = None) -> SymbolicTensor:
+    """A model input of per-sample shape ``shape`` (the batch axis is implied).
+
+    >>> import corenet as cn
+    >>> cn.Input(shape=(64,))
+    SymbolicTensor(shape=(64,), from=input)
+    """
+    if isinstance(shape, int):
+        shape = (shape,)
+    shape = tuple(shape)
+    if not shape or any(not isinstance(size, (int, np.integer)) or size < 1 for size in shape):
+        raise ShapeError(f"Input: shape must be a non-empty tuple of positive ints, got {shape}")
+    return SymbolicTensor(tuple(int(size) for size in shape), None, name)
+
+
+class Node:
+    __slots__ = ("layer", "inputs", "output")
+
+    def __init__(self, layer: Layer, inputs: tuple):
+        self.layer = layer
+        self.inputs = inputs
+        self.output = None
+
+
+def add_node(layer: Layer, inputs: tuple) -> SymbolicTensor:
+    """Called by Layer.__call__ on symbolic tensors: check shapes now, not mid-epoch."""
+    if layer._node is not None:
+        raise ValueError(f"{layer!r} is already used at another node of a graph; a layer "
+                         f"instance belongs to one node: create a new instance "
+                         f"(shared weights are not supported)")
+    shape = layer.output_shape(*(tensor.shape for tensor in inputs))
+    node = Node(layer, inputs)
+    node.output = SymbolicTensor(shape, node)
+    layer._node = node
+    return node.output
+
+
+def _as_list(tensors) -> list:
+    return list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+
+
+def topological_order(outputs: list) -> list:
+    """Nodes that the outputs depend on, each after its inputs' nodes (iterative DFS)."""
+    order, done, on_path = [], set(), set()
+    for output in outputs:
+        if output.node is None or id(output.node) in done:
+            continue
+        stack = [(output.node, 0)]
+        on_path.add(id(output.node))
+        while stack:
+            node, next_input = stack.pop()
+            if next_input < len(node.inputs):
+                stack.append((node, next_input + 1))
+                child = node.inputs[next_input].node
+                if child is not None and id(child) not in done:
+                    if id(child) in on_path:
+                        raise ValueError("the graph has a cycle")
+                    on_path.add(id(child))
+                    stack.append((child, 0))
+            else:
+                on_path.discard(id(node))
+                done.add(id(node))
+                order.append(node)
+    return order
+
+
+class Model:
+    """A DAG of layers from ``inputs`` to ``outputs``.
+
+    >>> import corenet as cn, corenet.layers as L, numpy as np
+    >>> x = cn.Input(shape=(4,))
+    >>> h = L.ReLU()(L.Linear(4, 8)(x))
+    >>> model = cn.Model(inputs=x, outputs=L.Linear(8, 2)(L.Add()(h, L.Linear(4, 8)(x))))
+    >>> model.forward(np.ones((3, 4), np.float32)).shape
+    (3, 2)
+
+    ``forward`` returns fresh arrays; the intermediate values live in buffers
+    that the layers reuse from step to step. ``backward`` returns dL/dinputs
+    only when ``requires_input_grad`` is True (as ``x.requires_grad`` in
+    PyTorch); otherwise the first layers skip that product and it returns None.
+    """
+
+    def __init__(self, inputs, outputs, requires_input_grad: bool = False):
+        self.inputs = _as_list(inputs)
+        self.outputs = _as_list(outputs)
+        for tensor in self.inputs + self.outputs:
+            if not isinstance(tensor, SymbolicTensor):
+                raise TypeError(f"Model: inputs and outputs must be symbolic tensors, "
+                                f"got {type(tensor).__name__}")
+        self.nodes = topological_order(self.outputs)
+        self.layers = [node.layer for node in self.nodes]
+        self._build_plan()
+        self.requires_input_grad = requires_input_grad
+        parameters = self.parameters()
+        self.dtype = parameters[0].value.dtype if parameters else np.dtype(np.float32)
+
+    def _build_plan(self) -> None:
+        slots = {id(tensor): index for index, tensor in enumerate(self.inputs)}
+        for node in self.nodes:
+            for tensor in node.inputs:
+                if tensor.node is None and id(tensor) not in slots:
+                    raise ValueError(f"Model: {node.layer!r} reads an Input {tensor} that is "
+                                     f"not among the model's inputs")
+            slots[id(node.output)] = len(slots)
+        for tensor in self.outputs:
+            if id(tensor) not in slots:
+                raise ValueError(f"Model: output {tensor} is not computed from the inputs")
+        self._n_slots = len(slots)
+        self._input_slots = list(range(len(self.inputs)))
+        self._output_slots = [slots[id(tensor)] for tensor in self.outputs]
+        # (layer, input slots, output slot) in topological order.
+        self._plan = [(node.layer, [slots[id(t)] for t in node.inputs], slots[id(node.output)])
+                      for node in self.nodes]
+        for layer in self.layers:
+            layer.reuse_buffers = True
+
+    @property
+    def requires_input_grad(self) -> bool:
+        return self._requires_input_grad
+
+    @requires_input_grad.setter
+    def requires_input_grad(self, value: bool) -> None:
+        self._requires_input_grad = bool(value)
+        for layer, input_slots, _ in self._plan:
+            from_inputs = all(slot in self._input_slots for slot in input_slots)
+            layer.needs_input_grad = self._requires_input_grad or not from_inputs
+
+    # -- running -----------------------------------------------------------------
+
+    def _check_input(self, index: int, x) -> np.ndarray:
+        expected = self.inputs[index].shape
+        label = f"Model input {index}" + (f" {self.inputs[index].name!r}"
+                                          if self.inputs[index].name else "")
+        if type(x) is not np.ndarray:
+            x = np.asarray(x)
+        if x.dtype.kind not in "f":
+            raise DTypeError(f"{label}: expected a float array, got dtype {x.dtype}")
+        if x.ndim != len(expected) + 1 or x.shape[1:] != expected:
+            raise ShapeError(f"{label}: expected shape (batch, {', '.join(map(str, expected))}), "
+                             f"got {x.shape}")
+        if x.shape[0] == 0:
+            raise ShapeError(f"{label}: got an empty batch, shape {x.shape}")
+        if x.dtype != self.dtype or not x.flags.c_contiguous:
+            # Like Keras, floats of another width are cast to the model's dtype.
+            x = np.ascontiguousarray(x, dtype=self.dtype)
+        return x
+
+    def forward(self, *xs):
+        """Run the graph; one array per output (a single array for one output)."""
+        if len(xs) != len(self.inputs):
+            raise TypeError(f"Model.forward: expected {len(self.inputs)} input array(s), "
+                            f"got {len(xs)}")
+        values = [None] * self._n_slots
+        for index, x in enumerate(xs):
+            values[index] = self._check_input(index, x)
+        for layer, input_slots, output_slot in self._plan:
+            if len(input_slots) == 1:
+                values[output_slot] = layer.forward(values[input_slots[0]])
+            else:
+                values[output_slot] = layer.forward(*[values[slot] for slot in input_slots])
+        # Copies: the layers reuse their buffers at the next step.
+        outputs = [values[slot].copy() for slot in self._output_slots]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    __call__ = forward
+
+    def backward(self, *grads):
+        """Back-propagate dL/doutputs; parameters' .grad receive dL/dW (added)."""
+        if len(grads) != len(self.outputs):
+            raise TypeError(f"Model.backward: expected {len(self.outputs)} gradient(s), "
+                            f"got {len(grads)}")
+        values = [None] * self._n_slots
+        owned = set()  # slots whose array the executor allocated to sum fan-out
+        for slot, grad in zip(self._output_slots, grads):
+            values[slot] = self._add_grad(values, owned, slot, grad)
+        for layer, input_slots, output_slot in reversed(self._plan):
+            grad = values[output_slot]
+            values[output_slot] = None
+            if grad is None:
+                continue
+            input_grads = layer.backward(grad)
+            if len(input_slots) == 1:
+                input_grads = (input_grads,)
+            for slot, input_grad in zip(input_slots, input_grads):
+                if input_grad is not None:
+                    values[slot] = self._add_grad(values, owned, slot, input_grad)
+        if not self._requires_input_grad:
+            return None
+        input_grads = [values[slot] if values[slot] is None else values[slot].copy()
+                       for slot in self._input_slots]
+        return input_grads[0] if len(input_grads) == 1 else input_grads
+
+    @staticmethod
+    def _add_grad(values: list, owned: set, slot: int, grad: np.ndarray) -> np.ndarray:
+        current = values[slot]
+        if current is None:
+            return grad
+        if slot not in owned:  # never write into an array a layer owns
+            owned.add(slot)
+            current = current.copy()
+        accumulate(current, grad)
+        return current
+
+    # -- parameters and modes ----------------------------------------------------
+
+    def parameters(self) -> list:
+        return [parameter for layer in self.layers for parameter in layer.parameters()]
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def astype(self, dtype) -> "Model":
+        """Convert every parameter (and so the model's inputs) to float32 or float64."""
+        dtype = as_float_dtype(dtype)
+        for layer in self.layers:
+            layer.astype(dtype)
+        self.dtype = dtype
+        return self
+
+    def train(self, mode: bool = True) -> "Model":
+        for layer in self.layers:
+            layer.training = mode
+        return self
+
+    def eval(self) -> "Model":
+        return self.train(False)
+
+    def predict(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Forward in evaluation mode, in batches."""
+        was_training = [layer.training for layer in self.layers]
+        self.eval()
+        try:
+            parts = [self.forward(x[start:start + batch_size])
+                     for start in range(0, len(x), batch_size)]
+        finally:
+            for layer, mode in zip(self.layers, was_training):
+                layer.training = mode
+        return np.concatenate(parts)
+
+    def __repr__(self) -> str:
+        lines = [f"  {layer!r}" for layer in self.layers]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+class Sequential(Model):
+    """A chain of layers; the input shape comes from the first layer when it knows it.
+
+    >>> import corenet as cn, corenet.layers as L
+    >>> model = cn.Sequential(L.Linear(64, 128), L.ReLU(), L.Linear(128, 10))
+    >>> model.inputs[0].shape
+    (64,)
+
+    A first layer that takes any shape (an activation) needs ``input_shape``.
+    """
+
+    def __init__(self, *layers: Layer, input_shape=None, requires_input_grad: bool = False):
+        if not layers:
+            raise ValueError("Sequential: give at least one layer")
+        for layer in layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: expected layers, got {type(layer).__name__}")
+        if input_shape is None:
+            input_shape = getattr(layers[0], "input_shape", None)
+        if input_shape is None:
+            raise ValueError(f"Sequential: {layers[0]!r} does not fix the input shape; "
+                             f"pass input_shape=(features, ...)")
+        x = Input(input_shape)
+        output = x
+        for layer in layers:
+            output = layer(output)
+        super().__init__(x, output, requires_input_grad)
+
+
+__all__ = ["FLOAT_DTYPES", "Input", "Model", "Sequential", "SymbolicTensor"]

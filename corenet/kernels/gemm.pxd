@@ -1,0 +1,23 @@
+# corenet's GEMM, for any extension to cimport:
+#
+#     from corenet.kernels.gemm cimport gemm, EPILOGUE_NONE
+#
+# C (m x n, row stride ldc) = op(A) (m x k) . op(B) (k x n), where op(A) is A
+# stored row-major (lda) or, with trans_a, its transpose stored row-major; the
+# same for B. With accumulate the product is added to C. On the way out each
+# element gets bias[column] added (bias may be NULL) and then the epilogue.
+# Returns 0, or -1 when the packing buffers could not be allocated.
+from cython cimport floating
+
+cdef enum:
+    EPILOGUE_NONE = 0
+    EPILOGUE_RELU = 1
+
+cdef int gemm(bint trans_a, bint trans_b,
+              Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+              const floating* a, Py_ssize_t lda,     # IN
+              const floating* b, Py_ssize_t ldb,     # IN
+              floating* c, Py_ssize_t ldc,           # IN/OUT
+              bint accumulate,
+              const floating* bias,                  # IN, n values or NULL
+              int epilogue) noexcept nogil

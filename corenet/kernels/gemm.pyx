@@ -1,0 +1,338 @@
+"""corenet's GEMM: packed, cache-blocked, register-tiled, OpenMP over output blocks.
+
+The structure is the one BLIS made standard. For each block of KC rows of
+op(B) a thread packs a KC x NC panel (NR columns at a time, so the
+micro-kernel reads it sequentially), then packs MC x KC blocks of op(A) in MR
+row slivers and runs the micro-kernel (microkernel.h) over every MR x NR tile.
+Transposes cost nothing extra: packing reads through strides.
+
+Threads split the output into disjoint blocks of whole tiles, and every element
+sums its k terms in the same order on any thread, so the result is bitwise
+the same for any thread count.
+"""
+import numpy as np
+
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.string cimport memset
+
+from corenet.kernels.threads cimport threads_for
+
+cnp.import_array()
+
+cdef extern from "microkernel.h" nogil:
+    enum:
+        CN_MR
+        CN_NR_FLOAT
+        CN_NR_DOUBLE
+    void* cn_thread_buffer(size_t n_bytes)
+    void cn_kernel_float(ptrdiff_t kc, const float* a, const float* b, float* c,
+                         ptrdiff_t ldc, int accumulate, const float* bias, int epilogue)
+    void cn_kernel_float_edge(ptrdiff_t kc, const float* a, const float* b, float* c,
+                              ptrdiff_t ldc, int accumulate, const float* bias,
+                              int epilogue, ptrdiff_t mr, ptrdiff_t nr)
+    void cn_kernel_double(ptrdiff_t kc, const double* a, const double* b, double* c,
+                          ptrdiff_t ldc, int accumulate, const double* bias, int epilogue)
+    void cn_kernel_double_edge(ptrdiff_t kc, const double* a, const double* b, double* c,
+                               ptrdiff_t ldc, int accumulate, const double* bias,
+                               int epilogue, ptrdiff_t mr, ptrdiff_t nr)
+
+# Block sizes: an MC x KC block of A stays in the 1 MiB L2, a KC x NR sliver
+# of B in L1, the KC x NC panel of B in L3.
+cdef enum:
+    KC_FLOAT = 384
+    KC_DOUBLE = 256
+    MC = 192
+    NC = 3072
+    # m * n * k below which the GEMM runs on one thread.
+    GRAIN = 32 * 32 * 64
+
+
+cdef inline Py_ssize_t round_up(Py_ssize_t x, Py_ssize_t step) noexcept nogil:
+    return (x + step - 1) // step * step
+
+
+cdef void pack_a(floating* dst, const floating* a, Py_ssize_t rs, Py_ssize_t cs,
+                 Py_ssize_t mc, Py_ssize_t kc) noexcept nogil:
+    """MR-row slivers of an mc x kc block of A: sliver s holds, for each p, MR values."""
+    cdef Py_ssize_t s, i0, i, p, mr
+    cdef floating* sliver
+    for s in range((mc + CN_MR - 1) // CN_MR):
+        i0 = s * CN_MR
+        mr = min(<Py_ssize_t>CN_MR, mc - i0)
+        sliver = dst + i0 * kc
+        if mr < CN_MR:
+            memset(sliver, 0, CN_MR * kc * sizeof(floating))
+        if cs == 1:  # rows of A are contiguous: read along them
+            for i in range(mr):
+                for p in range(kc):
+                    sliver[p * CN_MR + i] = a[(i0 + i) * rs + p]
+        else:
+            for p in range(kc):
+                for i in range(mr):
+                    sliver[p * CN_MR + i] = a[(i0 + i) * rs + p * cs]
+
+
+cdef void pack_b(floating* dst, const floating* b, Py_ssize_t rs, Py_ssize_t cs,
+                 Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t nr_full) noexcept nogil:
+    """NR-column panels of a kc x nc block of B: panel q holds, for each p, NR values."""
+    cdef Py_ssize_t q, j0, j, p, nr
+    cdef floating* panel
+    for q in range((nc + nr_full - 1) // nr_full):
+        j0 = q * nr_full
+        nr = min(nr_full, nc - j0)
+        panel = dst + j0 * kc
+        if nr < nr_full:
+            memset(panel, 0, nr_full * kc * sizeof(floating))
+        if cs == 1:
+            for p in range(kc):
+                for j in range(nr):
+                    panel[p * nr_full + j] = b[p * rs + j0 + j]
+        else:
+            for j in range(nr):
+                for p in range(kc):
+                    panel[p * nr_full + j] = b[p * rs + (j0 + j) * cs]
+
+
+cdef inline void run_kernel(Py_ssize_t kc, const floating* a, const floating* b, floating* c,
+                            Py_ssize_t ldc, bint accumulate, const floating* bias,
+                            int epilogue, Py_ssize_t mr, Py_ssize_t nr,
+                            Py_ssize_t nr_full) noexcept nogil:
+    if mr == CN_MR and nr == nr_full:
+        if floating is float:
+            cn_kernel_float(kc, a, b, c, ldc, accumulate, bias, epilogue)
+        else:
+            cn_kernel_double(kc, a, b, c, ldc, accumulate, bias, epilogue)
+    else:
+        if floating is float:
+            cn_kernel_float_edge(kc, a, b, c, ldc, accumulate, bias, epilogue, mr, nr)
+        else:
+            cn_kernel_double_edge(kc, a, b, c, ldc, accumulate, bias, epilogue, mr, nr)
+
+
+cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k,
+                    const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
+                    const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs,
+                    floating* c, Py_ssize_t ldc, bint accumulate,
+                    const floating* bias, int epilogue) noexcept nogil:
+    """C[m0:m1, n0:n1] on the calling thread, with its own packing buffers."""
+    cdef Py_ssize_t nr_full, kc_max, jc, nc, pc, kc, ic, mc, jr, ir
+    cdef bint last
+    if floating is float:
+        nr_full = CN_NR_FLOAT
+        kc_max = KC_FLOAT
+    else:
+        nr_full = CN_NR_DOUBLE
+        kc_max = KC_DOUBLE
+    cdef Py_ssize_t panel_size = min(kc_max, k) * round_up(min(<Py_ssize_t>NC, n1 - n0), nr_full)
+    cdef Py_ssize_t block_size = min(kc_max, k) * round_up(min(<Py_ssize_t>MC, m1 - m0), CN_MR)
+    cdef floating* b_packed = <floating*>cn_thread_buffer(
+        (panel_size + block_size) * sizeof(floating))
+    if b_packed == NULL:
+        return -1
+    cdef floating* a_packed = b_packed + panel_size
+    cdef const floating* tile_bias
+    # Plain while loops: Cython turns range() with a run-time step into Python iteration.
+    jc = n0
+    while jc < n1:
+        nc = min(<Py_ssize_t>NC, n1 - jc)
+        pc = 0
+        while pc < k:
+            kc = min(kc_max, k - pc)
+            last = pc + kc == k
+            pack_b(b_packed, b + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, nr_full)
+            ic = m0
+            while ic < m1:
+                mc = min(<Py_ssize_t>MC, m1 - ic)
+                pack_a(a_packed, a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc)
+                jr = 0
+                while jr < nc:
+                    tile_bias = bias + jc + jr if (last and bias != NULL) else NULL
+                    ir = 0
+                    while ir < mc:
+                        run_kernel(kc, a_packed + ir * kc, b_packed + jr * kc,
+                                   c + (ic + ir) * ldc + jc + jr, ldc,
+                                   accumulate or pc > 0, tile_bias,
+                                   epilogue if last else EPILOGUE_NONE,
+                                   min(<Py_ssize_t>CN_MR, mc - ir), min(nr_full, nc - jr),
+                                   nr_full)
+                        ir += CN_MR
+                    jr += nr_full
+                ic += MC
+            pc += kc
+        jc += nc
+    return 0
+
+
+cdef void empty_product(Py_ssize_t m, Py_ssize_t n, floating* c, Py_ssize_t ldc,
+                        bint accumulate, const floating* bias, int epilogue) noexcept nogil:
+    """k == 0: C is its old value (or zero) plus the bias, through the epilogue."""
+    cdef Py_ssize_t i, j
+    cdef floating value
+    for i in range(m):
+        for j in range(n):
+            value = c[i * ldc + j] if accumulate else 0
+            if bias != NULL:
+                value = value + bias[j]
+            if epilogue == EPILOGUE_RELU and value < 0:
+                value = 0
+            c[i * ldc + j] = value
+
+
+cdef int gemm(bint trans_a, bint trans_b,
+              Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+              const floating* a, Py_ssize_t lda,
+              const floating* b, Py_ssize_t ldb,
+              floating* c, Py_ssize_t ldc,
+              bint accumulate, const floating* bias, int epilogue) noexcept nogil:
+    # Element (i, p) of op(A) lies at a[i * a_rs + p * a_cs]; likewise for B.
+    cdef Py_ssize_t a_rs = 1 if trans_a else lda
+    cdef Py_ssize_t a_cs = lda if trans_a else 1
+    cdef Py_ssize_t b_rs = 1 if trans_b else ldb
+    cdef Py_ssize_t b_cs = ldb if trans_b else 1
+    if m == 0 or n == 0:
+        return 0
+    if k == 0:
+        empty_product(m, n, c, ldc, accumulate, bias, epilogue)
+        return 0
+    cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
+    cdef Py_ssize_t m_tiles = (m + CN_MR - 1) // CN_MR
+    cdef Py_ssize_t n_tiles = (n + nr_full - 1) // nr_full
+    cdef int n_threads = threads_for(m * n * k, GRAIN)
+    # Split the dimension with more tiles, in whole tiles.
+    cdef Py_ssize_t tasks_m = 1, tasks_n = 1
+    if n_tiles >= m_tiles:
+        tasks_n = min(<Py_ssize_t>n_threads, n_tiles)
+    else:
+        tasks_m = min(<Py_ssize_t>n_threads, m_tiles)
+    cdef Py_ssize_t n_tasks = tasks_m * tasks_n
+    if n_tasks == 1:
+        return gemm_block(0, m, 0, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc,
+                          accumulate, bias, epilogue)
+    cdef Py_ssize_t task, m0, m1, n0, n1
+    cdef int failures = 0
+    for task in prange(n_tasks, num_threads=n_tasks, schedule='static'):
+        m0 = (task // tasks_n) * m_tiles // tasks_m * CN_MR
+        m1 = min(m, ((task // tasks_n) + 1) * m_tiles // tasks_m * CN_MR)
+        n0 = (task % tasks_n) * n_tiles // tasks_n * nr_full
+        n1 = min(n, ((task % tasks_n) + 1) * n_tiles // tasks_n * nr_full)
+        failures += -gemm_block(m0, m1, n0, n1, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc,
+                                accumulate, bias, epilogue)
+    return -1 if failures else 0
+
+
+cdef void reference_gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
+                         floating* c, Py_ssize_t ldc) noexcept nogil:
+    """The obviously correct triple loop that tests hold the fast GEMM against."""
+    cdef Py_ssize_t i, j, p
+    cdef floating total, a_ip, b_pj
+    for i in range(m):
+        for j in range(n):
+            total = 0
+            for p in range(k):
+                a_ip = a[p * lda + i] if trans_a else a[i * lda + p]
+                b_pj = b[j * ldb + p] if trans_b else b[p * ldb + j]
+                total = total + a_ip * b_pj
+            c[i * ldc + j] = total
+
+
+def _operands(a, b, trans_a, trans_b, out, name):
+    from corenet.errors import DTypeError, ShapeError
+
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"{name}: expected two float32 or two float64 arrays, "
+                         f"got {a.dtype} and {b.dtype}")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ShapeError(f"{name}: expected two 2-D arrays, got shapes {a.shape} and {b.shape}")
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    m, k = a.shape[::-1] if trans_a else a.shape
+    k_b, n = b.shape[::-1] if trans_b else b.shape
+    if k != k_b:
+        raise ShapeError(f"{name}: inner dimensions differ: op(a) is {(m, k)}, "
+                         f"op(b) is {(k_b, n)}")
+    if out is None:
+        out = np.empty((m, n), dtype=a.dtype)
+    elif (not isinstance(out, np.ndarray) or out.shape != (m, n) or out.dtype != a.dtype
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ShapeError(f"{name}: out must be a writeable C-contiguous {a.dtype} array of "
+                         f"shape {(m, n)}, got {getattr(out, 'dtype', type(out))} "
+                         f"{getattr(out, 'shape', '')}")
+    return a, b, out, m, n, k
+
+
+def matmul(a, b, trans_a=False, trans_b=False, out=None):
+    """op(a) @ op(b) with corenet's GEMM, where op transposes when asked.
+
+    >>> import numpy as np
+    >>> a = np.ones((2, 3), np.float32)
+    >>> matmul(a, a, trans_b=True)
+    array([[3., 3.],
+           [3., 3.]], dtype=float32)
+    """
+    a, b, out, shape_m, shape_n, shape_k = _operands(a, b, trans_a, trans_b, out, "matmul")
+    cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = out
+    cdef bint ta = trans_a, tb = trans_b
+    cdef Py_ssize_t m = shape_m, n = shape_n, k = shape_k
+    cdef int status
+    if a.dtype == np.float32:
+        with nogil:
+            status = gemm(ta, tb, m, n, k,
+                          <const float*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
+                          <const float*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
+                          <float*>cnp.PyArray_DATA(out_arr), n, False, NULL, EPILOGUE_NONE)
+    else:
+        with nogil:
+            status = gemm(ta, tb, m, n, k,
+                          <const double*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
+                          <const double*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
+                          <double*>cnp.PyArray_DATA(out_arr), n, False, NULL, EPILOGUE_NONE)
+    if status != 0:
+        raise MemoryError("matmul: could not allocate the packing buffers")
+    return out
+
+
+def reference_matmul(a, b, trans_a=False, trans_b=False):
+    """The slow triple-loop twin of matmul, kept for tests."""
+    a, b, out, shape_m, shape_n, shape_k = _operands(a, b, trans_a, trans_b, None,
+                                                     "reference_matmul")
+    cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = out
+    cdef bint ta = trans_a, tb = trans_b
+    cdef Py_ssize_t m = shape_m, n = shape_n, k = shape_k
+    if a.dtype == np.float32:
+        reference_gemm(ta, tb, m, n, k,
+                       <const float*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
+                       <const float*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
+                       <float*>cnp.PyArray_DATA(out_arr), n)
+    else:
+        reference_gemm(ta, tb, m, n, k,
+                       <const double*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
+                       <const double*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
+                       <double*>cnp.PyArray_DATA(out_arr), n)
+    return out
+
+
+cdef extern from *:
+    """
+    #if defined(__AVX512F__)
+    #define CN_SIMD_BYTES 64
+    #elif defined(__AVX__)
+    #define CN_SIMD_BYTES 32
+    #else
+    #define CN_SIMD_BYTES 16
+    #endif
+    """
+    int CN_SIMD_BYTES
+
+
+def simd_bytes() -> int:
+    """The widest SIMD registers the compiled kernels use, in bytes."""
+    return CN_SIMD_BYTES
+
+
+def tile_shape(dtype) -> tuple:
+    """(MR, NR): the register tile of the micro-kernel for this dtype."""
+    return (CN_MR, CN_NR_FLOAT if np.dtype(dtype) == np.float32 else CN_NR_DOUBLE)

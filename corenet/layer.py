@@ -1,0 +1,176 @@
+"""The layer protocol: every layer, built-in or from a plugin, subclasses Layer.
+
+A layer has a ``forward`` and a ``backward`` next to each other, as in the
+lecture corenet grew from: forward caches what backward needs; backward takes
+dL/doutput, adds dL/dW into each Parameter.grad and returns dL/dinput (one per
+input; ``None`` where the executor said no input gradient is needed).
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from corenet.errors import DTypeError, ShapeError
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_dtype(dtype) -> np.dtype:
+    """np.dtype for 'float32' / 'float64' / np.float32 ..., or a DTypeError."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in FLOAT_DTYPES:
+        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return resolved
+
+
+class Parameter:
+    """A learnable array and the gradient that backward adds into (same shape and dtype)."""
+
+    __slots__ = ("name", "value", "grad")
+
+    def __init__(self, name: str, value: np.ndarray):
+        self.name = name
+        self.value = np.ascontiguousarray(value)
+        self.grad = np.zeros_like(self.value)
+
+    def astype(self, dtype) -> None:
+        self.value = self.value.astype(dtype)
+        self.grad = self.grad.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.value.shape}, dtype={self.value.dtype})"
+
+
+class Layer:
+    """Base of every layer. Subclasses set ``name`` and override forward/backward.
+
+    >>> import corenet.layers as L, numpy as np
+    >>> relu = L.ReLU()
+    >>> relu.forward(np.array([[-1.0, 2.0]], np.float32))
+    array([[0., 2.]], dtype=float32)
+    """
+
+    name: ClassVar[str] = ""
+    # Set to False by the executor when this layer's inputs are the model's
+    # inputs: backward may then skip computing dL/dinput and return None.
+    needs_input_grad: bool = True
+    # Set by the executor: outputs and gradients go into buffers the layer
+    # reuses from call to call. Alone, a layer returns fresh arrays.
+    reuse_buffers: bool = False
+
+    def __init__(self):
+        self.training = True
+        self._node = None
+        self._buffers = {}
+
+    # -- the protocol ------------------------------------------------------------
+
+    def forward(self, *xs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, grad: np.ndarray):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def parameters(self) -> list[Parameter]:
+        return []
+
+    def output_shape(self, *input_shapes: tuple) -> tuple:
+        """Per-sample output shape; raises ShapeError for inputs this layer cannot take."""
+        if len(input_shapes) != 1:
+            raise ShapeError(f"{self.name}: expected 1 input, got {len(input_shapes)}")
+        return tuple(input_shapes[0])
+
+    def get_config(self) -> dict:
+        return {}
+
+    # -- helpers every layer shares ----------------------------------------------
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters():
+            parameter.grad.fill(0)
+
+    def astype(self, dtype) -> "Layer":
+        dtype = as_float_dtype(dtype)
+        for parameter in self.parameters():
+            parameter.astype(dtype)
+        if hasattr(self, "dtype"):
+            self.dtype = dtype
+        self._buffers = {}
+        return self
+
+    def buffer(self, key: str, shape: tuple, dtype) -> np.ndarray:
+        """An uninitialised array for an output or gradient: reused inside a Model."""
+        if not self.reuse_buffers:
+            return np.empty(shape, dtype)
+        array = self._buffers.get(key)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = self._buffers[key] = np.empty(shape, dtype)
+        return array
+
+    def __call__(self, *args):
+        from corenet.graph import SymbolicTensor, add_node
+
+        if args and all(isinstance(arg, SymbolicTensor) for arg in args):
+            return add_node(self, args)
+        if any(isinstance(arg, SymbolicTensor) for arg in args):
+            raise TypeError(f"{self.name}: mixing symbolic tensors and arrays in one call")
+        return self.forward(*args)
+
+    def __repr__(self) -> str:
+        config = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        return f"{type(self).__name__}({config})"
+
+
+def check_input(layer: Layer, x, ndim: int | None = None, features: int | None = None,
+                dtype=None, min_ndim: int = 1) -> np.ndarray:
+    """x as a C-contiguous float array, or a ShapeError/DTypeError naming the layer.
+
+    ``ndim``: exact number of dimensions (batch included); ``features``: the
+    size of the last axis; ``dtype``: the dtype the layer's parameters have.
+    """
+    if type(x) is not np.ndarray:
+        x = np.asarray(x)
+    if dtype is None:
+        if x.dtype not in FLOAT_DTYPES:
+            raise DTypeError(f"{layer.name}: expected a float32 or float64 input, "
+                             f"got dtype {x.dtype}")
+    elif x.dtype != dtype:
+        raise DTypeError(f"{layer.name}: expected a {dtype} input (the layer's dtype), "
+                         f"got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ShapeError(f"{layer.name}: expected a {ndim}-D input (batch first), "
+                         f"got shape {x.shape}")
+    if x.ndim < min_ndim:
+        raise ShapeError(f"{layer.name}: expected at least {min_ndim} dimension(s) "
+                         f"(batch first), got shape {x.shape}")
+    if features is not None and x.shape[-1] != features:
+        raise ShapeError(f"{layer.name}: expected {features} features in the last axis, "
+                         f"got shape {x.shape}")
+    if x.ndim and x.shape[0] == 0:
+        raise ShapeError(f"{layer.name}: got an empty batch, shape {x.shape}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def check_grad(layer: Layer, grad, shape: tuple, dtype) -> np.ndarray:
+    """The gradient given to backward: the shape and dtype of the forward output."""
+    if type(grad) is not np.ndarray:
+        grad = np.asarray(grad)
+    if grad.shape != shape:
+        raise ShapeError(f"{layer.name}.backward: expected a gradient of shape {shape} "
+                         f"(the forward output), got {grad.shape}")
+    if grad.dtype != dtype:
+        raise DTypeError(f"{layer.name}.backward: expected a {dtype} gradient, got {grad.dtype}")
+    if not grad.flags.c_contiguous:
+        grad = np.ascontiguousarray(grad)
+    return grad
+
+
+def require_forward(layer: Layer, cached) -> None:
+    if cached is None:
+        raise RuntimeError(f"{layer.name}.backward called before forward")

@@ -1,0 +1,45 @@
+"""The loss protocol: ``forward(pred, target) -> float``, then ``backward() -> dL/dpred``.
+
+Losses are averaged over the batch, so dL/dpred carries a 1/N.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from corenet.errors import DTypeError, ShapeError
+from corenet.layer import FLOAT_DTYPES
+
+
+class Loss:
+    name: ClassVar[str] = ""
+
+    def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, pred, target) -> float:
+        return self.forward(pred, target)
+
+    def get_config(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def check_pred(self, pred, ndim: int | None = None) -> np.ndarray:
+        if type(pred) is not np.ndarray:
+            pred = np.asarray(pred)
+        if pred.dtype not in FLOAT_DTYPES:
+            raise DTypeError(f"{self.name}: expected float32 or float64 predictions, "
+                             f"got dtype {pred.dtype}")
+        if ndim is not None and pred.ndim != ndim:
+            raise ShapeError(f"{self.name}: expected {ndim}-D predictions (batch first), "
+                             f"got shape {pred.shape}")
+        if pred.ndim == 0 or pred.shape[0] == 0:
+            raise ShapeError(f"{self.name}: expected a non-empty batch of predictions, "
+                             f"got shape {pred.shape}")
+        return np.ascontiguousarray(pred)

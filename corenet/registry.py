@@ -1,0 +1,198 @@
+"""The plugin registry: entry points in the ``corenet`` group, loaded once, lazily.
+
+``import corenet`` reads no entry point; the first call that needs a layer or a
+loss loads every plugin. A plugin that fails to load is skipped with a warning
+(``CORENET_STRICT_PLUGINS=1`` raises instead); two plugins that provide the
+same name are an error naming both distributions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import threading
+import warnings
+
+import pluggy
+
+from corenet import hookspecs
+from corenet.errors import PluginError
+
+GROUP = "corenet"
+# Bumped when the layer protocol or the C interface in corenet/kernels/*.pxd
+# changes in a way that breaks plugins built for an older corenet.
+PLUGIN_API = 1
+
+
+@dataclasses.dataclass
+class PluginInfo:
+    """What ``corenet plugins`` shows for one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    layers: list = dataclasses.field(default_factory=list)
+    losses: list = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
+class Registry:
+    """Layers and losses by name, collected from the plugins' hooks."""
+
+    def __init__(self, group: str = GROUP):
+        self.group = group
+        self.plugin_manager = pluggy.PluginManager("corenet")
+        self.plugin_manager.add_hookspecs(hookspecs)
+        self.layers: dict[str, type] = {}
+        self.losses: dict[str, type] = {}
+        self.plugins: dict[str, PluginInfo] = {}
+        self._provider: dict[tuple[str, str], PluginInfo] = {}
+        self._loaded = False
+        self._lock = threading.RLock()
+
+    # -- loading -----------------------------------------------------------------
+
+    def load(self) -> "Registry":
+        """Import every plugin once; later calls return at once."""
+        if self._loaded:
+            return self
+        with self._lock:
+            if not self._loaded:
+                self._load_entry_points()
+                self._loaded = True
+        return self
+
+    def _load_entry_points(self) -> None:
+        entry_points = sorted(importlib.metadata.entry_points(group=self.group),
+                              key=lambda ep: ep.name)
+        disabled = {name.strip() for name in
+                    os.environ.get("CORENET_DISABLE_PLUGINS", "").split(",") if name.strip()}
+        unknown = disabled - {ep.name for ep in entry_points}
+        if unknown:
+            raise PluginError(
+                f"CORENET_DISABLE_PLUGINS names unknown plugins {sorted(unknown)}; "
+                f"installed: {sorted(ep.name for ep in entry_points)}")
+        for entry_point in entry_points:
+            if entry_point.name in disabled or entry_point.name in self.plugins:
+                continue
+            distribution = entry_point.dist.name if entry_point.dist else "(unknown)"
+            version = entry_point.dist.version if entry_point.dist else ""
+            try:
+                plugin = entry_point.load()
+            except Exception as error:  # an ABI mismatch surfaces as ImportError here
+                self._failed(PluginInfo(entry_point.name, distribution, version), error)
+                continue
+            self.register(plugin, entry_point.name, distribution, version)
+
+    def _failed(self, info: PluginInfo, error: BaseException) -> None:
+        info.error = f"{type(error).__name__}: {error}"
+        self.plugins[info.name] = info
+        if _env_flag("CORENET_STRICT_PLUGINS"):
+            raise PluginError(f"plugin {info.name!r} from distribution {info.distribution!r} "
+                              f"failed to load: {info.error}") from error
+        warnings.warn(f"corenet: skipping plugin {info.name!r} from distribution "
+                      f"{info.distribution!r}: {info.error}", RuntimeWarning, stacklevel=3)
+
+    # -- registration ------------------------------------------------------------
+
+    def register(self, plugin, name: str, distribution: str = "(registered in code)",
+                 version: str = "") -> PluginInfo:
+        """Add a plugin object or module and collect what its hooks provide."""
+        with self._lock:
+            info = PluginInfo(name, distribution, version)
+            declared = getattr(plugin, "CORENET_PLUGIN_API", PLUGIN_API)
+            if declared != PLUGIN_API:
+                self._failed(info, PluginError(
+                    f"built for corenet plugin API {declared}, this corenet has {PLUGIN_API}; "
+                    f"reinstall or upgrade {distribution}"))
+                return info
+            try:
+                self.plugin_manager.register(plugin, name=name)
+                provided = {kind: self._call_hooks(plugin, kind) for kind in ("layers", "losses")}
+            except Exception as error:
+                if self.plugin_manager.is_registered(plugin):
+                    self.plugin_manager.unregister(plugin)
+                self._failed(info, error)
+                return info
+            for kind, classes in provided.items():
+                self._check_unique(kind, classes, info)
+            for kind, classes in provided.items():
+                table = self.layers if kind == "layers" else self.losses
+                for cls in classes:
+                    table[cls.name] = cls
+                    self._provider[(kind, cls.name)] = info
+                getattr(info, kind).extend(cls.name for cls in classes)
+            self.plugins[name] = info
+            return info
+
+    def _call_hooks(self, plugin, kind: str) -> list:
+        hook = getattr(self.plugin_manager.hook, f"corenet_{kind}")
+        classes = []
+        for implementation in hook.get_hookimpls():
+            if implementation.plugin is plugin:
+                classes.extend(implementation.function() or [])
+        for cls in classes:
+            if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+                raise PluginError(f"{cls!r} has no string 'name' to register it under")
+        return classes
+
+    def _check_unique(self, kind: str, classes: list, info: PluginInfo) -> None:
+        seen = {}
+        for cls in classes:
+            owner = self._provider.get((kind, cls.name))
+            if owner is not None or cls.name in seen:
+                other = owner.distribution if owner else info.distribution
+                self.plugin_manager.unregister(name=info.name)
+                raise PluginError(
+                    f"{kind[:-1]} {cls.name!r} is provided by two plugins: distribution "
+                    f"{other!r} and distribution {info.distribution!r} (plugin {info.name!r}); "
+                    f"uninstall one or disable it with CORENET_DISABLE_PLUGINS")
+            seen[cls.name] = cls
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin registered with ``register`` and everything it provided."""
+        with self._lock:
+            info = self.plugins.pop(name)
+            for kind in ("layers", "losses"):
+                table = self.layers if kind == "layers" else self.losses
+                for layer_name in getattr(info, kind):
+                    table.pop(layer_name, None)
+                    self._provider.pop((kind, layer_name), None)
+            if self.plugin_manager.has_plugin(name):
+                self.plugin_manager.unregister(name=name)
+
+    # -- lookup ------------------------------------------------------------------
+
+    def layer(self, name: str) -> type:
+        return self._lookup(self.load().layers, name, "layer")
+
+    def loss(self, name: str) -> type:
+        return self._lookup(self.load().losses, name, "loss")
+
+    def provider(self, kind: str, name: str) -> PluginInfo | None:
+        return self.load()._provider.get((kind, name))
+
+    @staticmethod
+    def _lookup(table: dict, name: str, kind: str) -> type:
+        try:
+            return table[name]
+        except KeyError:
+            raise PluginError(f"no {kind} named {name!r}; registered: {sorted(table)}. "
+                              f"Is the plugin that provides it installed?") from None
+
+    def by_class_name(self, kind: str, class_name: str) -> type | None:
+        table = self.load().layers if kind == "layers" else self.load().losses
+        for cls in table.values():
+            if cls.__name__ == class_name:
+                return cls
+        return None
+
+
+registry = Registry()

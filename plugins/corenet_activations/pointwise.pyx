@@ -1,0 +1,318 @@
+"""Elementwise activations: each forward and each backward is one parallel pass.
+
+Backward takes what is cheapest to keep: the output where f' is a function
+of it (sigmoid, tanh, relu), the input otherwise (leaky_relu, prelu, elu).
+"""
+import numpy as np
+
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, expm1, tanh
+
+from corenet.kernels.threads cimport threads_for
+
+from corenet.errors import ShapeError
+from corenet.layer import Layer, Parameter, as_float_dtype, check_grad, check_input, require_forward
+
+cnp.import_array()
+
+cdef enum Kind:
+    KIND_SIGMOID
+    KIND_TANH
+    KIND_RELU
+    KIND_LEAKY_RELU
+    KIND_ELU
+
+cdef enum:
+    GRAIN = 1 << 15  # elements below which one thread runs
+
+
+cdef inline floating sigmoid(floating x) noexcept nogil:
+    cdef floating e
+    if x >= 0:
+        return 1 / (1 + exp(-x))
+    e = exp(x)  # never overflows for x < 0
+    return e / (1 + e)
+
+
+cdef void activation_forward(int kind, const floating* x, floating* y, Py_ssize_t size,
+                             floating parameter) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int n = threads_for(size, GRAIN)
+    if kind == KIND_SIGMOID:
+        for i in prange(size, num_threads=n, schedule='static'):
+            y[i] = sigmoid(x[i])
+    elif kind == KIND_TANH:
+        for i in prange(size, num_threads=n, schedule='static'):
+            y[i] = tanh(x[i])
+    elif kind == KIND_RELU:
+        for i in prange(size, num_threads=n, schedule='static'):
+            y[i] = 0 if x[i] < 0 else x[i]
+    elif kind == KIND_LEAKY_RELU:
+        for i in prange(size, num_threads=n, schedule='static'):
+            y[i] = x[i] if x[i] > 0 else parameter * x[i]
+    elif kind == KIND_ELU:
+        for i in prange(size, num_threads=n, schedule='static'):
+            y[i] = x[i] if x[i] > 0 else parameter * expm1(x[i])
+
+
+cdef void activation_backward(int kind, const floating* x, const floating* y,
+                              const floating* grad, floating* x_grad, Py_ssize_t size,
+                              floating parameter) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int n = threads_for(size, GRAIN)
+    if kind == KIND_SIGMOID:
+        for i in prange(size, num_threads=n, schedule='static'):
+            x_grad[i] = grad[i] * y[i] * (1 - y[i])
+    elif kind == KIND_TANH:
+        for i in prange(size, num_threads=n, schedule='static'):
+            x_grad[i] = grad[i] * (1 - y[i] * y[i])
+    elif kind == KIND_RELU:
+        for i in prange(size, num_threads=n, schedule='static'):
+            x_grad[i] = grad[i] if y[i] > 0 else 0
+    elif kind == KIND_LEAKY_RELU:
+        for i in prange(size, num_threads=n, schedule='static'):
+            x_grad[i] = grad[i] if x[i] > 0 else parameter * grad[i]
+    elif kind == KIND_ELU:
+        for i in prange(size, num_threads=n, schedule='static'):
+            x_grad[i] = grad[i] if x[i] > 0 else grad[i] * (y[i] + parameter)
+
+
+cdef void run_forward(int kind, cnp.ndarray x, cnp.ndarray y, double parameter):
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            activation_forward(kind, <const float*>cnp.PyArray_DATA(x),
+                               <float*>cnp.PyArray_DATA(y), size, <float>parameter)
+    else:
+        with nogil:
+            activation_forward(kind, <const double*>cnp.PyArray_DATA(x),
+                               <double*>cnp.PyArray_DATA(y), size, parameter)
+
+
+cdef void run_backward(int kind, cnp.ndarray x, cnp.ndarray y, cnp.ndarray grad,
+                       cnp.ndarray x_grad, double parameter):
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            activation_backward(kind, <const float*>cnp.PyArray_DATA(x),
+                                <const float*>cnp.PyArray_DATA(y),
+                                <const float*>cnp.PyArray_DATA(grad),
+                                <float*>cnp.PyArray_DATA(x_grad), size, <float>parameter)
+    else:
+        with nogil:
+            activation_backward(kind, <const double*>cnp.PyArray_DATA(x),
+                                <const double*>cnp.PyArray_DATA(y),
+                                <const double*>cnp.PyArray_DATA(grad),
+                                <double*>cnp.PyArray_DATA(x_grad), size, parameter)
+
+
+class Activation(Layer):
+    """An elementwise f(x) on any shape (batch first); no parameters, dtype of its input."""
+
+    kind = -1
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+        self._y = None
+
+    def _parameter(self):
+        return 0.0
+
+    def forward(self, x):
+        x = check_input(self, x)
+        y = self.buffer("out", x.shape, x.dtype)
+        run_forward(self.kind, x, y, self._parameter())
+        self._x = x
+        self._y = y
+        return y
+
+    def backward(self, grad):
+        require_forward(self, self._y)
+        grad = check_grad(self, grad, self._y.shape, self._y.dtype)
+        x_grad = self.buffer("x_grad", grad.shape, grad.dtype)
+        run_backward(self.kind, self._x, self._y, grad, x_grad, self._parameter())
+        return x_grad
+
+
+class Sigmoid(Activation):
+    """1 / (1 + e^-x), computed without overflow for any x."""
+    name = "sigmoid"
+    kind = KIND_SIGMOID
+
+
+class Tanh(Activation):
+    name = "tanh"
+    kind = KIND_TANH
+
+
+class ReLU(Activation):
+    """max(x, 0); its gradient at 0 is 0, as in PyTorch."""
+    name = "relu"
+    kind = KIND_RELU
+
+
+class LeakyReLU(Activation):
+    """x for x > 0, negative_slope · x otherwise."""
+    name = "leaky_relu"
+    kind = KIND_LEAKY_RELU
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def _parameter(self):
+        return self.negative_slope
+
+    def get_config(self):
+        return {"negative_slope": self.negative_slope}
+
+
+class ELU(Activation):
+    """x for x > 0, alpha · (e^x − 1) otherwise."""
+    name = "elu"
+    kind = KIND_ELU
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def _parameter(self):
+        return self.alpha
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+
+cdef void prelu_forward(const floating* x, const floating* weight, floating* y,
+                        Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
+                        bint shared) noexcept nogil:
+    """x viewed as (outer, channels, inner); one slope per channel, or weight[0] for all."""
+    cdef Py_ssize_t row, i, c
+    cdef floating slope
+    cdef int n = threads_for(outer * channels * inner, GRAIN)
+    for row in prange(outer * channels, num_threads=n, schedule='static'):
+        c = row % channels
+        slope = weight[0] if shared else weight[c]
+        for i in range(row * inner, (row + 1) * inner):
+            y[i] = x[i] if x[i] > 0 else slope * x[i]
+
+
+cdef void prelu_backward(const floating* x, const floating* weight, const floating* grad,
+                         floating* x_grad, floating* weight_grad, Py_ssize_t outer,
+                         Py_ssize_t channels, Py_ssize_t inner, bint shared) noexcept nogil:
+    """dx = g or slope·g; d(slope) += Σ g·x over x ≤ 0. The slope gradient of a
+    channel is summed by one thread in one order, so it is deterministic."""
+    cdef Py_ssize_t row, i, c, o
+    cdef floating slope, total
+    cdef int n = threads_for(outer * channels * inner, GRAIN)
+    for row in prange(outer * channels, num_threads=n, schedule='static'):
+        slope = weight[0] if shared else weight[row % channels]
+        for i in range(row * inner, (row + 1) * inner):
+            x_grad[i] = grad[i] if x[i] > 0 else slope * grad[i]
+    if shared:
+        total = 0
+        for i in range(outer * channels * inner):
+            if x[i] <= 0:
+                total = total + grad[i] * x[i]
+        weight_grad[0] += total
+        return
+    n = threads_for(outer * channels * inner, GRAIN)
+    for c in prange(channels, num_threads=n, schedule='static'):
+        total = 0
+        for o in range(outer):
+            for i in range((o * channels + c) * inner, (o * channels + c + 1) * inner):
+                if x[i] <= 0:
+                    total = total + grad[i] * x[i]
+        weight_grad[c] += total
+
+
+class PReLU(Layer):
+    """x for x > 0, a · x otherwise, with a learned: one slope shared by all
+    (num_parameters=1) or one per channel, the channel axis being 1 as in PyTorch.
+
+    >>> import corenet.layers as L, numpy as np
+    >>> L.PReLU(num_parameters=3).weight.value
+    array([0.25, 0.25, 0.25], dtype=float32)
+    """
+
+    name = "prelu"
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype="float32"):
+        super().__init__()
+        if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) \
+                or num_parameters < 1:
+            raise ValueError(f"prelu: num_parameters must be a positive integer, "
+                             f"got {num_parameters!r}")
+        self.num_parameters = num_parameters
+        self.init = float(init)
+        self.dtype = as_float_dtype(dtype)
+        self.weight = Parameter("weight", np.full(num_parameters, init, self.dtype))
+        self._x = None
+
+    def _view(self, x):
+        """(outer, channels, inner) sizes of x around the channel axis 1."""
+        if self.num_parameters == 1:
+            return 1, 1, x.size
+        if x.ndim < 2 or x.shape[1] != self.num_parameters:
+            raise ShapeError(f"{self.name}: expected {self.num_parameters} channels in axis 1, "
+                             f"got shape {x.shape}")
+        return x.shape[0], x.shape[1], x.size // (x.shape[0] * x.shape[1])
+
+    def forward(self, x):
+        x = check_input(self, x, dtype=self.dtype)
+        y = self.buffer("out", x.shape, x.dtype)
+        cdef Py_ssize_t outer, channels, inner
+        outer, channels, inner = self._view(x)
+        cdef cnp.ndarray x_arr = x, y_arr = y, w_arr = self.weight.value
+        cdef bint shared = self.num_parameters == 1
+        if x.dtype == np.float32:
+            prelu_forward(<const float*>cnp.PyArray_DATA(x_arr),
+                          <const float*>cnp.PyArray_DATA(w_arr), <float*>cnp.PyArray_DATA(y_arr),
+                          outer, channels, inner, shared)
+        else:
+            prelu_forward(<const double*>cnp.PyArray_DATA(x_arr),
+                          <const double*>cnp.PyArray_DATA(w_arr),
+                          <double*>cnp.PyArray_DATA(y_arr), outer, channels, inner, shared)
+        self._x = x
+        return y
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        x = self._x
+        grad = check_grad(self, grad, x.shape, x.dtype)
+        x_grad = self.buffer("x_grad", x.shape, x.dtype)
+        cdef Py_ssize_t outer, channels, inner
+        outer, channels, inner = self._view(x)
+        cdef cnp.ndarray x_arr = x, g_arr = grad, xg_arr = x_grad
+        cdef cnp.ndarray w_arr = self.weight.value, wg_arr = self.weight.grad
+        cdef bint shared = self.num_parameters == 1
+        if x.dtype == np.float32:
+            prelu_backward(<const float*>cnp.PyArray_DATA(x_arr),
+                           <const float*>cnp.PyArray_DATA(w_arr),
+                           <const float*>cnp.PyArray_DATA(g_arr),
+                           <float*>cnp.PyArray_DATA(xg_arr), <float*>cnp.PyArray_DATA(wg_arr),
+                           outer, channels, inner, shared)
+        else:
+            prelu_backward(<const double*>cnp.PyArray_DATA(x_arr),
+                           <const double*>cnp.PyArray_DATA(w_arr),
+                           <const double*>cnp.PyArray_DATA(g_arr),
+                           <double*>cnp.PyArray_DATA(xg_arr), <double*>cnp.PyArray_DATA(wg_arr),
+                           outer, channels, inner, shared)
+        return x_grad
+
+    def parameters(self):
+        return [self.weight]
+
+    def output_shape(self, *input_shapes):
+        shape = super().output_shape(*input_shapes)
+        if self.num_parameters > 1 and (len(shape) < 1 or shape[0] != self.num_parameters):
+            raise ShapeError(f"{self.name}: expected {self.num_parameters} channels first in the "
+                             f"per-sample shape, got {shape}")
+        return shape
+
+    def get_config(self):
+        return {"num_parameters": self.num_parameters, "init": self.init,
+                "dtype": self.dtype.name}

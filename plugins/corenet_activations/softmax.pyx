@@ -1,0 +1,103 @@
+"""Softmax over the last axis, parallel over rows.
+
+Forward subtracts each row's maximum before exp, so no input overflows.
+Backward is the vector-Jacobian product dx = y ⊙ (g − ⟨g, y⟩) per row.
+"""
+import numpy as np
+
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp
+
+from corenet.kernels.threads cimport threads_for
+
+from corenet.layer import Layer, check_grad, check_input, require_forward
+
+cnp.import_array()
+
+cdef enum:
+    GRAIN = 1 << 14  # elements below which one thread runs
+
+
+cdef void softmax_rows(const floating* x, floating* y, Py_ssize_t rows,
+                       Py_ssize_t columns) noexcept nogil:
+    cdef Py_ssize_t row, j
+    cdef floating largest, total
+    cdef const floating* x_row
+    cdef floating* y_row
+    for row in prange(rows, num_threads=threads_for(rows * columns, GRAIN), schedule='static'):
+        x_row = x + row * columns
+        y_row = y + row * columns
+        largest = x_row[0]
+        for j in range(1, columns):
+            if x_row[j] > largest:
+                largest = x_row[j]
+        total = 0
+        for j in range(columns):
+            y_row[j] = exp(x_row[j] - largest)
+            total = total + y_row[j]
+        for j in range(columns):
+            y_row[j] = y_row[j] / total
+
+
+cdef void softmax_rows_backward(const floating* y, const floating* grad, floating* x_grad,
+                                Py_ssize_t rows, Py_ssize_t columns) noexcept nogil:
+    cdef Py_ssize_t row, j
+    cdef floating dot
+    for row in prange(rows, num_threads=threads_for(rows * columns, GRAIN), schedule='static'):
+        dot = 0
+        for j in range(row * columns, (row + 1) * columns):
+            dot = dot + grad[j] * y[j]
+        for j in range(row * columns, (row + 1) * columns):
+            x_grad[j] = y[j] * (grad[j] - dot)
+
+
+class Softmax(Layer):
+    """exp(x) / Σ exp(x) along the last axis.
+
+    >>> import corenet.layers as L, numpy as np
+    >>> L.Softmax().forward(np.zeros((1, 4), np.float32))
+    array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
+    """
+
+    name = "softmax"
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        x = check_input(self, x, min_ndim=2)
+        y = self.buffer("out", x.shape, x.dtype)
+        cdef cnp.ndarray x_arr = x, y_arr = y
+        cdef Py_ssize_t columns = x.shape[-1], rows = x.size // x.shape[-1]
+        if x.dtype == np.float32:
+            with nogil:
+                softmax_rows(<const float*>cnp.PyArray_DATA(x_arr), <float*>cnp.PyArray_DATA(y_arr),
+                             rows, columns)
+        else:
+            with nogil:
+                softmax_rows(<const double*>cnp.PyArray_DATA(x_arr),
+                             <double*>cnp.PyArray_DATA(y_arr), rows, columns)
+        self._y = y
+        return y
+
+    def backward(self, grad):
+        require_forward(self, self._y)
+        y = self._y
+        grad = check_grad(self, grad, y.shape, y.dtype)
+        x_grad = self.buffer("x_grad", y.shape, y.dtype)
+        cdef cnp.ndarray y_arr = y, g_arr = grad, xg_arr = x_grad
+        cdef Py_ssize_t columns = y.shape[-1], rows = y.size // y.shape[-1]
+        if y.dtype == np.float32:
+            with nogil:
+                softmax_rows_backward(<const float*>cnp.PyArray_DATA(y_arr),
+                                      <const float*>cnp.PyArray_DATA(g_arr),
+                                      <float*>cnp.PyArray_DATA(xg_arr), rows, columns)
+        else:
+            with nogil:
+                softmax_rows_backward(<const double*>cnp.PyArray_DATA(y_arr),
+                                      <const double*>cnp.PyArray_DATA(g_arr),
+                                      <double*>cnp.PyArray_DATA(xg_arr), rows, columns)
+        return x_grad

@@ -1,0 +1,162 @@
+"""Linear: y = x Wᵀ + b, with W (out, in) and b (out,) laid out as in PyTorch.
+
+Backward, as in the lecture: dL/dx = dL/dy · W, dL/dW = (dL/dy)ᵀ · x,
+dL/db = Σ_batch dL/dy. All three products are corenet's GEMM; the weight
+gradient is accumulated by the GEMM itself, with no extra pass.
+"""
+import math
+
+import numpy as np
+
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+
+from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm
+from corenet.kernels.threads cimport threads_for
+
+from corenet import random
+from corenet.errors import ShapeError
+from corenet.layer import Layer, Parameter, as_float_dtype, check_grad, check_input, require_forward
+
+cnp.import_array()
+
+cdef enum:
+    GRAIN = 1 << 14  # elements below which one thread runs
+
+
+cdef void add_column_sums(floating* sums, const floating* x, Py_ssize_t rows,
+                          Py_ssize_t columns) noexcept nogil:
+    """sums[j] += Σ_i x[i, j]. Threads own column ranges and walk the rows in
+    order, so each sum has one order whatever the thread count."""
+    cdef int n_threads = threads_for(rows * columns, GRAIN)
+    cdef Py_ssize_t chunk = (columns + n_threads - 1) // n_threads
+    cdef Py_ssize_t part, i, j, start, stop
+    for part in prange(n_threads, num_threads=n_threads, schedule='static'):
+        start = part * chunk
+        stop = min(columns, start + chunk)
+        for i in range(rows):
+            for j in range(start, stop):
+                sums[j] = sums[j] + x[i * columns + j]
+
+
+cdef int linear_forward(cnp.ndarray x, cnp.ndarray weight, object bias, cnp.ndarray out,
+                        int epilogue) except -1:
+    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], m = weight.shape[0]
+    cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
+    cdef int status
+    if x.descr.type_num == cnp.NPY_FLOAT32:
+        with nogil:
+            status = gemm(False, True, n, m, k, <const float*>cnp.PyArray_DATA(x), k,
+                          <const float*>cnp.PyArray_DATA(weight), k,
+                          <float*>cnp.PyArray_DATA(out), m, False, <const float*>bias_data,
+                          epilogue)
+    else:
+        with nogil:
+            status = gemm(False, True, n, m, k, <const double*>cnp.PyArray_DATA(x), k,
+                          <const double*>cnp.PyArray_DATA(weight), k,
+                          <double*>cnp.PyArray_DATA(out), m, False, <const double*>bias_data,
+                          epilogue)
+    if status:
+        raise MemoryError("linear: could not allocate GEMM buffers")
+    return 0
+
+
+cdef int linear_backward(cnp.ndarray grad, cnp.ndarray x, cnp.ndarray weight,
+                         cnp.ndarray weight_grad, object bias_grad, object x_grad) except -1:
+    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], m = weight.shape[0]
+    cdef void* bias_grad_data = NULL if bias_grad is None else cnp.PyArray_DATA(bias_grad)
+    cdef void* x_grad_data = NULL if x_grad is None else cnp.PyArray_DATA(x_grad)
+    cdef int status = 0
+    if x.descr.type_num == cnp.NPY_FLOAT32:
+        with nogil:
+            # dW (m x k) += gradᵀ (m x n) · x (n x k)
+            status |= gemm(True, False, m, k, n, <const float*>cnp.PyArray_DATA(grad), m,
+                           <const float*>cnp.PyArray_DATA(x), k,
+                           <float*>cnp.PyArray_DATA(weight_grad), k, True, NULL, EPILOGUE_NONE)
+            if bias_grad_data != NULL:
+                add_column_sums(<float*>bias_grad_data, <const float*>cnp.PyArray_DATA(grad), n, m)
+            if x_grad_data != NULL:
+                # dx (n x k) = grad (n x m) · W (m x k)
+                status |= gemm(False, False, n, k, m, <const float*>cnp.PyArray_DATA(grad), m,
+                               <const float*>cnp.PyArray_DATA(weight), k,
+                               <float*>x_grad_data, k, False, NULL, EPILOGUE_NONE)
+    else:
+        with nogil:
+            status |= gemm(True, False, m, k, n, <const double*>cnp.PyArray_DATA(grad), m,
+                           <const double*>cnp.PyArray_DATA(x), k,
+                           <double*>cnp.PyArray_DATA(weight_grad), k, True, NULL, EPILOGUE_NONE)
+            if bias_grad_data != NULL:
+                add_column_sums(<double*>bias_grad_data, <const double*>cnp.PyArray_DATA(grad),
+                                n, m)
+            if x_grad_data != NULL:
+                status |= gemm(False, False, n, k, m, <const double*>cnp.PyArray_DATA(grad), m,
+                               <const double*>cnp.PyArray_DATA(weight), k,
+                               <double*>x_grad_data, k, False, NULL, EPILOGUE_NONE)
+    if status:
+        raise MemoryError("linear: could not allocate GEMM buffers")
+    return 0
+
+
+class Linear(Layer):
+    """y = x Wᵀ + b on a batch of row vectors, x of shape (batch, in_features).
+
+    Weights start as in PyTorch: uniform in ±1/√in_features.
+
+    >>> import corenet.layers as L, numpy as np
+    >>> L.Linear(3, 2).forward(np.ones((4, 3), np.float32)).shape
+    (4, 2)
+    """
+
+    name = "linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype="float32"):
+        super().__init__()
+        for label, size in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+                raise ValueError(f"linear: {label} must be a positive integer, got {size!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.dtype = as_float_dtype(dtype)
+        bound = 1.0 / math.sqrt(self.in_features)
+        rng = random.generator()
+        self.weight = Parameter("weight", rng.uniform(
+            -bound, bound, (self.out_features, self.in_features)).astype(self.dtype))
+        self.bias = Parameter("bias", rng.uniform(-bound, bound, self.out_features)
+                              .astype(self.dtype)) if bias else None
+        self.input_shape = (self.in_features,)
+        self._x = None
+        self._out = None
+
+    def forward(self, x):
+        x = check_input(self, x, ndim=2, features=self.in_features, dtype=self.dtype)
+        out = self.buffer("out", (x.shape[0], self.out_features), self.dtype)
+        linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
+                       out, EPILOGUE_NONE)
+        self._x = x
+        self._out = out
+        return out
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        x = self._x
+        grad = check_grad(self, grad, (x.shape[0], self.out_features), self.dtype)
+        x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
+        linear_backward(grad, x, self.weight.value, self.weight.grad,
+                        None if self.bias is None else self.bias.grad, x_grad)
+        return x_grad
+
+    def parameters(self):
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def output_shape(self, *input_shapes):
+        if len(input_shapes) != 1 or len(input_shapes[0]) != 1 \
+                or input_shapes[0][0] != self.in_features:
+            raise ShapeError(f"{self.name}: expected per-sample shape ({self.in_features},), "
+                             f"got {', '.join(map(str, input_shapes))}")
+        return (self.out_features,)
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "dtype": self.dtype.name}

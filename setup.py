@@ -1,0 +1,99 @@
+"""Builds corenet's Cython extensions: the core kernels and the built-in plugins.
+
+Environment switches:
+  CORENET_PORTABLE=1      no -march=native (a binary to run on other CPUs)
+  CORENET_CYTHON_CHECKS=1 bounds and wraparound checks back on, for debugging
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+PLUGIN_PACKAGES = ["corenet_dense", "corenet_activations", "corenet_losses"]
+
+# module name -> source; plugins live under plugins/<package>/.
+EXTENSIONS = {
+    "corenet.kernels.threads": "corenet/kernels/threads.pyx",
+    "corenet.kernels.gemm": "corenet/kernels/gemm.pyx",
+    "corenet.kernels.optim": "corenet/kernels/optim.pyx",
+    "corenet.kernels.elementwise": "corenet/kernels/elementwise.pyx",
+    "corenet_dense.linear": "plugins/corenet_dense/linear.pyx",
+    "corenet_dense.merge": "plugins/corenet_dense/merge.pyx",
+    "corenet_activations.pointwise": "plugins/corenet_activations/pointwise.pyx",
+    "corenet_activations.softmax": "plugins/corenet_activations/softmax.pyx",
+    "corenet_losses.losses": "plugins/corenet_losses/losses.pyx",
+}
+
+
+def compiler_accepts(flags):
+    """True when the C compiler builds a small OpenMP program with these flags."""
+    compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    source = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "probe.c")
+        with open(path, "w") as handle:
+            handle.write(source)
+        command = compiler.split() + [path, "-o", os.path.join(folder, "probe")] + flags
+        try:
+            result = subprocess.run(command, capture_output=True)
+        except OSError:
+            return False
+        return result.returncode == 0
+
+
+def compile_flags():
+    flags = ["-O3", "-std=gnu11"]
+    if os.environ.get("CORENET_PORTABLE", "") not in ("", "0"):
+        pass
+    elif compiler_accepts(["-march=native", "-fopenmp"]) or compiler_accepts(["-march=native"]):
+        flags.append("-march=native")
+    openmp = compiler_accepts(["-fopenmp"])
+    if not openmp:
+        print("corenet: the compiler has no OpenMP; building serial kernels", file=sys.stderr)
+    return flags, (["-fopenmp"] if openmp else [])
+
+
+def extensions():
+    flags, openmp = compile_flags()
+    described = " ".join(flags + openmp)
+    checks = os.environ.get("CORENET_CYTHON_CHECKS", "") not in ("", "0")
+    modules = [
+        Extension(
+            name,
+            [source],
+            include_dirs=[numpy.get_include(), "corenet/kernels"],
+            extra_compile_args=flags + openmp,
+            extra_link_args=openmp,
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                           ("CORENET_COMPILE_FLAGS", '"%s"' % described)],
+        )
+        for name, source in EXTENSIONS.items()
+    ]
+    return cythonize(
+        modules,
+        include_path=["."],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": checks,
+            "wraparound": checks,
+            "initializedcheck": checks,
+            "cdivision": not checks,
+        },
+    )
+
+
+setup(
+    packages=["corenet", "corenet.kernels"] + PLUGIN_PACKAGES,
+    package_dir={name: f"plugins/{name}" for name in PLUGIN_PACKAGES},
+    package_data={
+        "corenet": ["data/*.npz", "data/*.txt"],
+        "corenet.kernels": ["*.pxd", "*.h"],
+    },
+    ext_modules=extensions(),
+)
