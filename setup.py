@@ -81,6 +81,7 @@ def extensions():
         compiler_directives={
             "language_level": 3,
             "boundscheck": checks,
+            # Off for speed; it also applies to Python objects in .pyx files: no x[-1] there.
             "wraparound": checks,
             "initializedcheck": checks,
             "cdivision": not checks,

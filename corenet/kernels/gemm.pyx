@@ -264,8 +264,12 @@ def _operands(a, b, trans_a, trans_b, out, name):
     return a, b, out, m, n, k
 
 
-def matmul(a, b, trans_a=False, trans_b=False, out=None):
+def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activation=None,
+           accumulate=False):
     """op(a) @ op(b) with corenet's GEMM, where op transposes when asked.
+
+    ``bias`` (one value per output column) and ``activation`` ("relu") are
+    applied in the GEMM's epilogue; ``accumulate`` adds the product to ``out``.
 
     >>> import numpy as np
     >>> a = np.ones((2, 3), np.float32)
@@ -273,9 +277,21 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None):
     array([[3., 3.],
            [3., 3.]], dtype=float32)
     """
+    from corenet.errors import ShapeError
+
+    if accumulate and out is None:
+        raise ValueError("matmul: accumulate=True needs out")
+    if activation not in (None, "relu"):
+        raise ValueError(f"matmul: activation must be None or 'relu', got {activation!r}")
     a, b, out, shape_m, shape_n, shape_k = _operands(a, b, trans_a, trans_b, out, "matmul")
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, dtype=a.dtype)
+        if bias.shape != (shape_n,):
+            raise ShapeError(f"matmul: bias must have shape ({shape_n},), got {bias.shape}")
     cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = out
-    cdef bint ta = trans_a, tb = trans_b
+    cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
+    cdef bint ta = trans_a, tb = trans_b, add = accumulate
+    cdef int epilogue = EPILOGUE_RELU if activation == "relu" else EPILOGUE_NONE
     cdef Py_ssize_t m = shape_m, n = shape_n, k = shape_k
     cdef int status
     if a.dtype == np.float32:
@@ -283,13 +299,15 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None):
             status = gemm(ta, tb, m, n, k,
                           <const float*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
                           <const float*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
-                          <float*>cnp.PyArray_DATA(out_arr), n, False, NULL, EPILOGUE_NONE)
+                          <float*>cnp.PyArray_DATA(out_arr), n, add, <const float*>bias_data,
+                          epilogue)
     else:
         with nogil:
             status = gemm(ta, tb, m, n, k,
                           <const double*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
                           <const double*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
-                          <double*>cnp.PyArray_DATA(out_arr), n, False, NULL, EPILOGUE_NONE)
+                          <double*>cnp.PyArray_DATA(out_arr), n, add, <const double*>bias_data,
+                          epilogue)
     if status != 0:
         raise MemoryError("matmul: could not allocate the packing buffers")
     return out

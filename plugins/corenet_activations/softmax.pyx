@@ -71,7 +71,8 @@ class Softmax(Layer):
         x = check_input(self, x, min_ndim=2)
         y = self.buffer("out", x.shape, x.dtype)
         cdef cnp.ndarray x_arr = x, y_arr = y
-        cdef Py_ssize_t columns = x.shape[-1], rows = x.size // x.shape[-1]
+        cdef Py_ssize_t columns = x.shape[x.ndim - 1]
+        cdef Py_ssize_t rows = x.size // columns
         if x.dtype == np.float32:
             with nogil:
                 softmax_rows(<const float*>cnp.PyArray_DATA(x_arr), <float*>cnp.PyArray_DATA(y_arr),
@@ -89,7 +90,8 @@ class Softmax(Layer):
         grad = check_grad(self, grad, y.shape, y.dtype)
         x_grad = self.buffer("x_grad", y.shape, y.dtype)
         cdef cnp.ndarray y_arr = y, g_arr = grad, xg_arr = x_grad
-        cdef Py_ssize_t columns = y.shape[-1], rows = y.size // y.shape[-1]
+        cdef Py_ssize_t columns = y.shape[y.ndim - 1]
+        cdef Py_ssize_t rows = y.size // columns
         if y.dtype == np.float32:
             with nogil:
                 softmax_rows_backward(<const float*>cnp.PyArray_DATA(y_arr),

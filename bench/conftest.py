@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmark suites and the ratio summary.
+
+Every benchmark is parametrized over ``impl`` (corenet and its peers: numpy,
+and PyTorch when installed) and sets ``benchmark.group`` to the shape it times,
+so each group holds corenet and its peers on the same work. At the end of the
+run a table prints, per group, how many times faster corenet ran than each
+peer (peer time / corenet time, on the minimum of the rounds).
+"""
+import os
+
+import pytest
+
+import corenet
+
+RESULTS = {}  # group -> {impl: seconds}
+
+try:
+    import torch
+except ImportError:  # PyTorch is an optional peer
+    torch = None
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:
+    threadpool_limits = None
+
+IMPLS = ["corenet", "numpy"] + (["torch"] if torch is not None else [])
+
+
+def pytest_generate_tests(metafunc):
+    if "impl" in metafunc.fixturenames:
+        impls = getattr(metafunc.module, "IMPLS", IMPLS)
+        metafunc.parametrize("impl", [i for i in impls if i in IMPLS])
+
+
+class ThreadLimit:
+    """Runs every implementation with the same number of threads."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.corenet_before = corenet.get_num_threads()
+        corenet.set_num_threads(self.n)
+        self.blas = threadpool_limits(self.n) if threadpool_limits else None
+        if torch is not None:
+            self.torch_before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        corenet.set_num_threads(self.corenet_before)
+        if self.blas is not None:
+            self.blas.unregister()
+        if torch is not None:
+            torch.set_num_threads(self.torch_before)
+
+
+@pytest.fixture
+def run(benchmark, impl):
+    """run(group, function, threads): time ``function`` under ``group`` and record it."""
+
+    def timed(group, function, threads=None):
+        threads = threads or os.cpu_count() or 1
+        benchmark.group = group
+        benchmark.extra_info.update(impl=impl, threads=threads)
+        with ThreadLimit(threads):
+            result = benchmark(function)
+        if benchmark.stats is not None:  # None under --benchmark-disable
+            RESULTS.setdefault(group, {})[impl] = benchmark.stats.stats.min
+        return result
+
+    return timed
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("corenet speed-up over its peers (peer time / corenet time)")
+    peers = [impl for impl in IMPLS if impl != "corenet"]
+    write(f"{'group':<52}" + "".join(f"{'vs ' + peer:>12}" for peer in peers))
+    for group, times in RESULTS.items():
+        if "corenet" not in times:
+            continue
+        cells = [f"{times[peer] / times['corenet']:>11.2f}x" if peer in times else f"{'-':>12}"
+                 for peer in peers]
+        write(f"{group:<52}" + "".join(cells))

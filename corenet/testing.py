@@ -1,0 +1,183 @@
+"""The conformance kit a layer plugin runs in its own tests.
+
+>>> from corenet.testing import check_layer
+>>> import corenet.layers as L
+>>> check_layer(L.Tanh, {}, [(5,)])
+
+``check_layer(cls, config, input_shapes)`` runs every check below on a layer
+built as ``cls(**config)`` and fed a batch of inputs of the given per-sample
+shapes. Each check raises AssertionError (or the layer's own error) on failure.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from corenet.errors import DTypeError, ShapeError
+from corenet.layer import Layer, Parameter
+
+BATCH = 3
+
+
+def _build(cls, config: dict, dtype=np.float32) -> Layer:
+    layer = cls(**config)
+    return layer.astype(dtype)
+
+
+def away_from_kinks(shape: tuple, rng: np.random.Generator, dtype=np.float64) -> np.ndarray:
+    """Values in ±[0.2, 1.2]: no input sits on a kink (0) or near a tie."""
+    magnitude = rng.uniform(0.2, 1.2, shape)
+    return (magnitude * rng.choice([-1.0, 1.0], shape)).astype(dtype)
+
+
+def _inputs(input_shapes, rng, dtype=np.float64, batch=BATCH) -> list:
+    return [away_from_kinks((batch,) + tuple(shape), rng, dtype) for shape in input_shapes]
+
+
+def _as_tuple(grads) -> tuple:
+    return grads if isinstance(grads, tuple) else (grads,)
+
+
+def check_protocol(cls, config: dict, input_shapes) -> None:
+    """A registry name, a repr, Parameter objects with grads of their shape."""
+    layer = cls(**config)
+    assert isinstance(layer, Layer), f"{cls.__name__} does not subclass corenet.Layer"
+    assert isinstance(cls.name, str) and cls.name == cls.name.lower() and cls.name, \
+        f"{cls.__name__}.name must be a snake_case string, got {cls.name!r}"
+    assert repr(layer).startswith(cls.__name__), repr(layer)
+    for parameter in layer.parameters():
+        assert isinstance(parameter, Parameter)
+        assert parameter.grad.shape == parameter.value.shape, parameter
+
+
+def check_output_shape(cls, config: dict, input_shapes) -> None:
+    """output_shape agrees with what forward returns, in float32 and float64."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        layer = _build(cls, config, dtype)
+        expected = layer.output_shape(*[tuple(shape) for shape in input_shapes])
+        out = layer.forward(*_inputs(input_shapes, rng, dtype))
+        assert out.shape == (BATCH,) + tuple(expected), (out.shape, expected)
+        assert out.dtype == dtype, f"{cls.name}: {dtype.__name__} input gave {out.dtype}"
+        assert np.all(np.isfinite(out)), f"{cls.name}: non-finite output"
+
+
+def check_gradients(cls, config: dict, input_shapes, tolerance: float = 1e-6,
+                    step: float = 1e-6) -> None:
+    """backward against central finite differences in float64, inputs and parameters."""
+    rng = np.random.default_rng(1)
+    layer = _build(cls, config, np.float64)
+    xs = _inputs(input_shapes, rng)
+    for parameter in layer.parameters():  # move parameters off their defaults, away from kinks
+        parameter.value[...] = away_from_kinks(parameter.value.shape, rng) * 0.5
+    weights = rng.standard_normal((BATCH,) + tuple(layer.output_shape(*input_shapes)))
+
+    def objective() -> float:
+        return float(np.sum(layer.forward(*xs) * weights))
+
+    objective()
+    layer.zero_grad()
+    analytic = _as_tuple(layer.backward(weights.copy()))
+    analytic = [np.array(g) for g in analytic] + [p.grad.copy() for p in layer.parameters()]
+    targets = list(xs) + [p.value for p in layer.parameters()]
+    names = [f"input {i}" for i in range(len(xs))] + [p.name for p in layer.parameters()]
+    for name, target, grad in zip(names, targets, analytic):
+        numeric = np.zeros_like(target)
+        flat, numeric_flat = target.reshape(-1), numeric.reshape(-1)
+        for index in range(flat.size):
+            original = flat[index]
+            flat[index] = original + step
+            upper = objective()
+            flat[index] = original - step
+            lower = objective()
+            flat[index] = original
+            numeric_flat[index] = (upper - lower) / (2 * step)
+        scale = max(np.linalg.norm(numeric) + np.linalg.norm(grad), 1e-12)
+        error = np.linalg.norm(grad - numeric) / scale
+        assert error < tolerance, (f"{cls.name}: gradient of {name} differs from finite "
+                                   f"differences, relative error {error:.2e}")
+
+
+def check_config_round_trip(cls, config: dict, input_shapes) -> None:
+    """type(layer)(**layer.get_config()) builds an equal layer."""
+    layer = cls(**config)
+    rebuilt = cls(**layer.get_config())
+    assert rebuilt.get_config() == layer.get_config()
+    for ours, theirs in zip(layer.parameters(), rebuilt.parameters()):
+        assert ours.value.shape == theirs.value.shape and ours.value.dtype == theirs.value.dtype
+
+
+def check_save_load(cls, config: dict, input_shapes) -> None:
+    """A model holding the layer saves and loads to the same outputs (layer must be registered)."""
+    import corenet as cn
+    from corenet import serialize
+
+    inputs = [cn.Input(tuple(shape)) for shape in input_shapes]
+    model = cn.Model(inputs, cls(**config)(*inputs))
+    rng = np.random.default_rng(2)
+    for parameter in model.parameters():
+        parameter.value[...] = rng.standard_normal(parameter.value.shape)
+    xs = _inputs(input_shapes, rng, model.dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.npz")
+        serialize.save(model, path)
+        loaded = serialize.load(path)
+    np.testing.assert_array_equal(model.forward(*xs), loaded.forward(*xs))
+
+
+def check_bad_input(cls, config: dict, input_shapes) -> None:
+    """Integer or object input and an empty batch are errors naming the layer; so is a
+    sample without its batch axis, for layers that fix their input shape (``input_shape``)."""
+    rng = np.random.default_rng(3)
+    layer = cls(**config)
+    good = _inputs(input_shapes, rng, np.float32)
+    cases = [(DTypeError, [x.astype(np.int64) for x in good]),
+             (DTypeError, [x.astype(object) for x in good]),
+             (ShapeError, [x[:0] for x in good])]
+    if getattr(layer, "input_shape", None) is not None:
+        cases.append((ShapeError, [x[0] for x in good]))
+    for error_type, xs in cases:
+        try:
+            layer.forward(*xs)
+        except error_type as error:
+            assert cls.name in str(error), f"{cls.name}: error does not name the layer: {error}"
+        else:
+            raise AssertionError(f"{cls.name}: inputs {[(x.dtype, x.shape) for x in xs]} "
+                                 f"did not raise {error_type.__name__}")
+
+
+def check_thread_invariance(cls, config: dict, input_shapes) -> None:
+    """Bitwise the same outputs and gradients on 1 thread and on every thread."""
+    from corenet.kernels.threads import get_num_threads, set_num_threads
+
+    threads = get_num_threads()
+    results = []
+    rng = np.random.default_rng(4)
+    xs = _inputs(input_shapes, rng, np.float32, batch=64)
+    try:
+        for n in (1, max(2, threads)):
+            set_num_threads(n)
+            layer = cls(**config)
+            for parameter in layer.parameters():
+                parameter.value[...] = np.linspace(-1, 1, parameter.value.size).reshape(
+                    parameter.value.shape)
+            out = layer.forward(*xs).copy()
+            grads = [np.array(g) for g in _as_tuple(layer.backward(np.ones_like(out)))]
+            results.append([out] + grads + [p.grad.copy() for p in layer.parameters()])
+    finally:
+        set_num_threads(threads)
+    for one, many in zip(*results):
+        np.testing.assert_array_equal(one, many)
+
+
+CHECKS = [check_protocol, check_output_shape, check_gradients, check_config_round_trip,
+          check_save_load, check_bad_input, check_thread_invariance]
+
+
+def check_layer(cls, config: dict, input_shapes, skip: tuple = ()) -> None:
+    """Run every conformance check (but those named in ``skip``) on one layer."""
+    for check in CHECKS:
+        if check.__name__ not in skip:
+            check(cls, config, input_shapes)

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+import corenet
+from corenet.registry import registry
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def threads():
+    """Restores the thread count a test changes."""
+    before = corenet.get_num_threads()
+    yield
+    corenet.set_num_threads(before)
+
+
+@pytest.fixture
+def register_plugin():
+    """Register plugin objects for one test, unregistered in finally (as llm's tests do)."""
+    names = []
+
+    def register(plugin, name, distribution="test-plugin", version="0.0"):
+        names.append(name)
+        return registry.register(plugin, name, distribution, version)
+
+    registry.load()
+    try:
+        yield register
+    finally:
+        for name in names:
+            if name in registry.plugins:
+                registry.unregister(name)

@@ -1,0 +1,27 @@
+"""One row per built-in layer: (name, config, per-sample input shapes).
+
+Every row runs through corenet.testing's conformance checks and the numpy and
+PyTorch reference checks.
+"""
+LAYERS = [
+    ("linear", {"in_features": 5, "out_features": 4}, [(5,)]),
+    ("linear", {"in_features": 6, "out_features": 3, "bias": False}, [(6,)]),
+    ("sigmoid", {}, [(7,)]),
+    ("tanh", {}, [(7,)]),
+    ("relu", {}, [(7,)]),
+    ("leaky_relu", {"negative_slope": 0.1}, [(7,)]),
+    ("prelu", {}, [(6,)]),
+    ("prelu", {"num_parameters": 3}, [(3, 4)]),
+    ("elu", {"alpha": 0.7}, [(7,)]),
+    ("softmax", {}, [(6,)]),
+    ("add", {}, [(5,), (5,)]),
+    ("add", {}, [(2, 3), (2, 3), (2, 3)]),
+    ("concat", {}, [(3,), (4,)]),
+    ("concat", {"axis": 1}, [(2, 3), (1, 3)]),
+]
+
+
+def layer_id(row) -> str:
+    name, config, shapes = row
+    options = ",".join(f"{key}={value}" for key, value in config.items())
+    return f"{name}[{options}]{'x'.join(str(s) for s in shapes)}"

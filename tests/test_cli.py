@@ -1,0 +1,85 @@
+"""The corenet command end to end, as a user runs it."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+
+def corenet(*args, timeout=300):
+    # Run outside the checkout, so that the installed corenet is the one imported.
+    return subprocess.run([sys.executable, "-m", "corenet.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=tempfile.gettempdir())
+
+
+def test_default_train_reaches_97_percent_on_digits():
+    result = corenet("train", "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert {"test_accuracy", "test_loss", "train_loss", "epochs", "seconds", "threads"} <= set(
+        metrics)
+    assert metrics["test_accuracy"] >= 0.97
+    assert metrics["epochs"] == 40
+    assert "epoch 40/40 train_loss" in result.stderr  # plain lines when not on a terminal
+
+
+def test_train_options_save_eval_predict(tmp_path):
+    path = str(tmp_path / "model.npz")
+    result = corenet("train", "--epochs", "3", "--batch-size", "64", "--lr", "0.05",
+                     "--momentum", "0.5", "--seed", "3", "--threads", "1", "--hidden", "32,16",
+                     "--activation", "tanh", "--save", path, "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["threads"] == 1 and metrics["epochs"] == 3
+    evaluated = corenet("eval", path, "--seed", "3", "--json")
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    predicted = corenet("predict", path, "digits", "--json")
+    predictions = json.loads(predicted.stdout)["predictions"]
+    assert len(predictions) == 1797 and set(predictions) <= set(range(10))
+
+
+def test_plain_output_lines():
+    result = corenet("train", "--epochs", "2")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("epoch 1/2 train_loss ")
+    assert "test_accuracy" in lines[1] and lines[-1].startswith("test accuracy ")
+
+
+def test_nan_loss_stops_with_a_message_and_non_zero_exit():
+    result = corenet("train", "--epochs", "2", "--lr", "1e30", "--schedule", "constant")
+    assert result.returncode == 3
+    assert "training stopped: the loss became" in result.stderr
+    assert "try a smaller learning rate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_activation_and_bad_data_are_clear_errors(tmp_path):
+    result = corenet("train", "--activation", "nope")
+    assert result.returncode == 2 and "no layer named 'nope'" in result.stderr
+    missing = corenet("train", "--data", str(tmp_path / "missing.npz"))
+    assert missing.returncode == 2 and "no dataset at" in missing.stderr
+
+
+def test_train_on_an_npz_file(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    result = corenet("train", "--data", str(tmp_path / "data.npz"), "--epochs", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["test_accuracy"] > 0.9
+
+
+def test_plugins_and_info():
+    plugins = json.loads(corenet("plugins", "--json").stdout)["plugins"]
+    assert {p["name"] for p in plugins} >= {"dense", "activations", "losses"}
+    text = corenet("plugins").stdout
+    assert "layers: linear, add, concat" in text
+    info = json.loads(corenet("info", "--json").stdout)
+    assert info["openmp"] in ("on", "off (serial kernels)")
+    assert "-O3" in info["compile flags"]
+    assert info["threads"] >= 1

@@ -1,0 +1,110 @@
+"""Datasets and saved models."""
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+
+import corenet as cn
+import corenet.layers as L
+from corenet import data, serialize
+from corenet.errors import PluginError, ShapeError
+
+
+def test_bundled_digits():
+    X, y = data.load_digits()
+    assert X.shape == (1797, 64) and X.dtype == np.float32
+    assert 0 <= X.min() and X.max() == 1.0
+    assert np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+
+
+def test_split_is_seeded_and_disjoint():
+    X, y = data.load_digits()
+    first = data.train_test_split(X, y, 0.2, seed=1)
+    again = data.train_test_split(X, y, 0.2, seed=1)
+    np.testing.assert_array_equal(first[2], again[2])
+    assert len(first[0]) + len(first[2]) == len(X) and len(first[2]) == 359
+
+
+def test_shift_augment_moves_images_by_one_pixel():
+    image = np.zeros((1, 9), np.float32)
+    image[0, 4] = 1  # the centre of a 3x3 image
+    shifted = data.shift_augment(image, copies=20, seed=0)
+    assert shifted.shape == (21, 9)
+    assert np.all(shifted.sum(axis=1) == 1)  # a centre pixel never falls off
+    assert len({int(np.argmax(row)) for row in shifted}) > 3
+    with pytest.raises(ShapeError, match="square images"):
+        data.shift_augment(np.zeros((1, 8)), 1)
+
+
+def write_idx(path, array):
+    codes = {np.dtype(np.uint8): 0x08}
+    with gzip.open(path, "wb") as handle:
+        handle.write(bytes([0, 0, codes[array.dtype], array.ndim]))
+        handle.write(struct.pack(f">{array.ndim}I", *array.shape))
+        handle.write(array.tobytes())
+
+
+def test_idx_and_npz_loaders(tmp_path):
+    images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    labels = np.array([1, 7], np.uint8)
+    write_idx(tmp_path / "x.gz", images)
+    write_idx(tmp_path / "y.gz", labels)
+    X, y = data.load(f"{tmp_path / 'x.gz'},{tmp_path / 'y.gz'}")
+    np.testing.assert_allclose(X, images.reshape(2, 9) / 255.0)
+    assert y.tolist() == [1, 7]
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        data.read_idx(str(tmp_path / "bad"))
+    np.savez(tmp_path / "d.npz", X=np.ones((3, 2)), y=np.array([0, 1, 0]))
+    X, y = data.load(str(tmp_path / "d.npz"))
+    assert X.dtype == np.float32 and y.dtype == np.int64
+    np.savez(tmp_path / "e.npz", X=np.ones((3, 2)))
+    with pytest.raises(KeyError, match="missing \\['y'\\]"):
+        data.load(str(tmp_path / "e.npz"))
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    x = cn.Input(shape=(4,))
+    h = L.PReLU()(L.Linear(4, 5)(x))
+    model = cn.Model(x, L.Softmax()(L.Linear(9, 3)(L.Concat()(h, x))))
+    path = str(tmp_path / "m.npz")
+    serialize.save(model, path)
+    loaded = serialize.load(path)
+    inputs = rng.standard_normal((6, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.forward(inputs), loaded.forward(inputs))
+    assert [p.name for p in loaded.parameters()] == [p.name for p in model.parameters()]
+
+
+def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    model = cn.Sequential(L.Linear(2, 2))
+    path = tmp_path / "m.npz"
+    serialize.save(model, str(path))
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        serialize.save(model, str(path))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
+
+
+def test_loading_a_model_whose_plugin_is_missing_names_it(tmp_path):
+    model = cn.Sequential(L.Linear(2, 2))
+    path = str(tmp_path / "m.npz")
+    serialize.save(model, path)
+    config = serialize.model_config(model)
+    config["nodes"][0]["layer"] = "fancy"
+    config["nodes"][0]["distribution"] = "corenet-fancy"
+    import json
+
+    arrays = {"__config__": np.frombuffer(json.dumps(config).encode(), np.uint8),
+              "node0.weight": np.ones((2, 2), np.float32)}
+    np.savez(path, **arrays)
+    with pytest.raises(PluginError, match="needs layer 'fancy' from corenet-fancy .*"
+                                          "pip install corenet-fancy"):
+        serialize.load(path)

@@ -1,0 +1,99 @@
+"""corenet's GEMM against numpy and against the slow reference loop."""
+import numpy as np
+import pytest
+
+import corenet
+from corenet.errors import DTypeError, ShapeError
+from corenet.kernels.gemm import matmul, reference_matmul
+
+SHAPES = [(1, 1, 1), (333, 77, 129), (1, 300, 257), (300, 1, 257), (257, 300, 1),
+          (8, 32, 384), (9, 33, 385), (64, 256, 784), (16, 10, 32), (200, 3100, 20),
+          (0, 5, 3), (4, 0, 3), (5, 4, 0)]
+TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def operands(rng, m, n, k, dtype, trans_a, trans_b):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    return a, b, expected
+
+
+def assert_close(result, expected, dtype, k):
+    scale = np.sqrt(max(k, 1)) * max(1.0, np.abs(expected).max(initial=0))
+    np.testing.assert_allclose(result, expected, rtol=0, atol=TOLERANCE[dtype] * scale)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_matmul_matches_numpy(m, n, k, dtype, trans_a, trans_b, n_threads, rng, threads):
+    corenet.set_num_threads(n_threads)
+    a, b, expected = operands(rng, m, n, k, dtype, trans_a, trans_b)
+    result = matmul(a, b, trans_a, trans_b)
+    assert result.dtype == dtype and result.shape == (m, n)
+    assert_close(result, expected, dtype, k)
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", [(13, 37, 50), (40, 70, 400), (3, 2, 1)])
+def test_matmul_matches_reference_loop(m, n, k, dtype, trans_a, trans_b, rng):
+    a, b, _ = operands(rng, m, n, k, dtype, trans_a, trans_b)
+    assert_close(matmul(a, b, trans_a, trans_b), reference_matmul(a, b, trans_a, trans_b),
+                 dtype, k)
+
+
+def test_reference_loop_matches_numpy(rng):
+    a, b, expected = operands(rng, 7, 5, 3, np.float64, False, True)
+    np.testing.assert_allclose(reference_matmul(a, b, trans_b=True), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", [(45, 70, 500), (8, 32, 16), (3, 5, 0)])
+def test_epilogue_bias_relu_and_accumulate(m, n, k, dtype, rng):
+    a, b, expected = operands(rng, m, n, k, dtype, False, True)
+    bias = rng.standard_normal(n).astype(dtype)
+    out = rng.standard_normal((m, n)).astype(dtype)
+    before = out.astype(np.float64)
+    matmul(a, b, trans_b=True, out=out, bias=bias, activation="relu", accumulate=True)
+    assert_close(out, np.maximum(before + expected + bias, 0), dtype, k)
+    result = matmul(a, b, trans_b=True, bias=bias)
+    assert_close(result, expected + bias, dtype, k)
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024, 1024), (64, 10, 256), (1000, 40, 33)])
+def test_bitwise_identical_for_any_thread_count(shape, rng, threads):
+    m, n, k = shape
+    a, b, _ = operands(rng, m, n, k, np.float32, False, False)
+    results = []
+    for n_threads in (1, 2, 3):
+        corenet.set_num_threads(n_threads)
+        results.append(matmul(a, b))
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+def test_non_contiguous_inputs_are_read_correctly(rng):
+    a = rng.standard_normal((40, 60))[:, ::2]
+    b = rng.standard_normal((30, 20))
+    np.testing.assert_allclose(matmul(a, b), a @ b, rtol=1e-12)
+
+
+def test_errors_name_the_problem():
+    a = np.ones((3, 4), np.float32)
+    with pytest.raises(ShapeError, match=r"inner dimensions differ: op\(a\) is \(3, 4\)"):
+        matmul(a, a)
+    with pytest.raises(DTypeError, match="got float32 and float64"):
+        matmul(a, np.ones((4, 2)))
+    with pytest.raises(DTypeError, match="int64"):
+        matmul(np.ones((2, 2), np.int64), np.ones((2, 2), np.int64))
+    with pytest.raises(ShapeError, match="2-D"):
+        matmul(np.ones(3, np.float32), a)
+    with pytest.raises(ShapeError, match=r"out must be .* shape \(3, 3\)"):
+        matmul(a, a, trans_b=True, out=np.empty((3, 4), np.float32))
+    with pytest.raises(ShapeError, match=r"bias must have shape \(3,\)"):
+        matmul(a, a, trans_b=True, bias=np.ones(4, np.float32))

@@ -1,0 +1,150 @@
+"""The graph executor: DAG order, fan-out gradient sums, build-time checks, errors."""
+import numpy as np
+import pytest
+
+import corenet as cn
+import corenet.layers as L
+from corenet.errors import DTypeError, ShapeError
+
+
+def dag_model(dtype="float64"):
+    """x feeds two branches (fan-out) that meet in Add, then a head; h also fans out."""
+    x = cn.Input(shape=(4,))
+    h = L.Tanh()(L.Linear(4, 6, dtype=dtype)(x))
+    skip = L.Linear(4, 6, dtype=dtype)(x)
+    joined = L.Add()(h, skip, h)  # h used twice by one node, and by Concat below
+    out = L.Linear(12, 3, dtype=dtype)(L.Concat()(joined, h))
+    return cn.Model(inputs=x, outputs=out, requires_input_grad=True)
+
+
+def test_forward_matches_a_hand_written_numpy_graph(rng):
+    model = dag_model()
+    first, second, head = [layer for layer in model.layers if layer.name == "linear"]
+    x = rng.standard_normal((5, 4))
+    h = np.tanh(x @ first.weight.value.T + first.bias.value)
+    joined = h + (x @ second.weight.value.T + second.bias.value) + h
+    expected = np.concatenate([joined, h], axis=1) @ head.weight.value.T + head.bias.value
+    np.testing.assert_allclose(model.forward(x), expected, rtol=1e-12)
+
+
+def test_fan_out_gradients_are_summed_finite_differences(rng):
+    model = dag_model()
+    x = rng.standard_normal((3, 4))
+    weights = rng.standard_normal((3, 3))
+
+    def objective():
+        return float(np.sum(model.forward(x) * weights))
+
+    objective()
+    model.zero_grad()
+    x_grad = model.backward(weights)
+    step = 1e-6
+    for target, analytic in [(x, x_grad)] + [(p.value, p.grad) for p in model.parameters()]:
+        numeric = np.zeros_like(target)
+        for index in np.ndindex(target.shape):
+            original = target[index]
+            target[index] = original + step
+            upper = objective()
+            target[index] = original - step
+            lower = objective()
+            target[index] = original
+            numeric[index] = (upper - lower) / (2 * step)
+        error = np.linalg.norm(analytic - numeric) / (np.linalg.norm(analytic)
+                                                      + np.linalg.norm(numeric))
+        assert error < 1e-6
+
+
+def test_topological_order_is_stable_and_iterative():
+    x = cn.Input(shape=(3,))
+    h = x
+    for _ in range(3000):  # deeper than Python's recursion limit
+        h = L.ReLU()(h)
+    model = cn.Model(x, h)
+    assert len(model.layers) == 3000
+    np.testing.assert_array_equal(model.forward(np.array([[-1.0, 0.5, 2.0]], np.float32)),
+                                  [[0.0, 0.5, 2.0]])
+
+
+def test_sequential_and_repr():
+    model = cn.Sequential(L.Linear(64, 128), L.ReLU(), L.Linear(128, 10))
+    assert model.inputs[0].shape == (64,)
+    assert model.forward(np.zeros((2, 64), np.float32)).shape == (2, 10)
+    assert "Linear(in_features=64, out_features=128" in repr(model)
+    with pytest.raises(ValueError, match="pass input_shape"):
+        cn.Sequential(L.ReLU())
+    assert cn.Sequential(L.ReLU(), input_shape=(3,)).forward(np.ones((1, 3))).shape == (1, 3)
+
+
+def test_shapes_are_checked_when_the_graph_is_built():
+    x = cn.Input(shape=(4,))
+    with pytest.raises(ShapeError, match=r"linear: expected per-sample shape \(5,\), got \(4,\)"):
+        L.Linear(5, 2)(x)
+    with pytest.raises(ShapeError, match="add: expected 2 or more inputs of one shape"):
+        L.Add()(x, cn.Input(shape=(3,)))
+
+
+def test_a_layer_instance_belongs_to_one_node():
+    x = cn.Input(shape=(4,))
+    layer = L.Linear(4, 4)
+    layer(x)
+    with pytest.raises(ValueError, match="already used at another node"):
+        layer(x)
+
+
+def test_model_input_errors(rng):
+    model = dag_model("float32")
+    with pytest.raises(ShapeError, match=r"Model input 0: expected shape \(batch, 4\), got \(2, 5\)"):
+        model.forward(np.ones((2, 5), np.float32))
+    with pytest.raises(ShapeError, match=r"expected shape \(batch, 4\), got \(4,\)"):
+        model.forward(np.ones(4, np.float32))
+    with pytest.raises(DTypeError, match="Model input 0: expected a float array, got dtype int64"):
+        model.forward(np.ones((2, 4), np.int64))
+    with pytest.raises(DTypeError, match="got dtype object"):
+        model.forward(np.ones((2, 4), object))
+    with pytest.raises(ShapeError, match="empty batch"):
+        model.forward(np.ones((0, 4), np.float32))
+    with pytest.raises(TypeError, match="expected 1 input array"):
+        model.forward(np.ones((2, 4)), np.ones((2, 4)))
+
+
+def test_float_inputs_are_cast_to_the_model_dtype_and_astype(rng):
+    model = dag_model("float32")
+    x = rng.standard_normal((2, 4))
+    assert model.forward(x).dtype == np.float32
+    model.astype("float64")
+    assert all(p.value.dtype == np.float64 for p in model.parameters())
+    assert model.forward(x).dtype == np.float64
+
+
+def test_forward_returns_arrays_the_next_step_does_not_overwrite(rng):
+    model = dag_model("float32")
+    first = model.forward(rng.standard_normal((2, 4)))
+    kept = first.copy()
+    model.forward(rng.standard_normal((2, 4)))
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_input_gradient_only_when_asked(rng):
+    x = cn.Input(shape=(4,))
+    model = cn.Model(x, L.Linear(4, 2)(x))
+    model.forward(rng.standard_normal((3, 4)))
+    assert model.backward(np.ones((3, 2), np.float32)) is None
+    model.requires_input_grad = True
+    model.forward(rng.standard_normal((3, 4)))
+    assert model.backward(np.ones((3, 2), np.float32)).shape == (3, 4)
+
+
+def test_a_graph_reading_an_unlisted_input_is_an_error():
+    x, other = cn.Input(shape=(2,)), cn.Input(shape=(2,))
+    with pytest.raises(ValueError, match="not among the model's inputs"):
+        cn.Model(x, L.Add()(x, other))
+
+
+def test_multiple_inputs_and_outputs(rng):
+    a, b = cn.Input(shape=(3,)), cn.Input(shape=(2,))
+    joined = L.Concat()(a, b)
+    model = cn.Model([a, b], [L.ReLU()(joined), L.Linear(5, 1)(joined)])
+    relu_out, linear_out = model.forward(rng.standard_normal((4, 3)),
+                                         rng.standard_normal((4, 2)))
+    assert relu_out.shape == (4, 5) and linear_out.shape == (4, 1)
+    model.backward(np.ones((4, 5), np.float32), np.ones((4, 1), np.float32))

@@ -1,0 +1,171 @@
+"""Each layer's forward against a numpy reference, and forward and backward against PyTorch."""
+import numpy as np
+import pytest
+
+import corenet
+import corenet.layers as L
+from corenet.errors import DTypeError, ShapeError
+from corenet.testing import away_from_kinks
+
+
+def numpy_sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# name -> (config, input shapes, numpy reference of (layer, *xs))
+NUMPY_REFERENCES = {
+    "linear": ({"in_features": 5, "out_features": 4}, [(5,)],
+               lambda layer, x: x @ layer.weight.value.T + layer.bias.value),
+    "sigmoid": ({}, [(7,)], lambda layer, x: numpy_sigmoid(x)),
+    "tanh": ({}, [(7,)], lambda layer, x: np.tanh(x)),
+    "relu": ({}, [(7,)], lambda layer, x: np.maximum(x, 0)),
+    "leaky_relu": ({"negative_slope": 0.2}, [(7,)],
+                   lambda layer, x: np.where(x > 0, x, 0.2 * x)),
+    "prelu": ({"num_parameters": 3}, [(3, 2)],
+              lambda layer, x: np.where(x > 0, x, layer.weight.value[None, :, None] * x)),
+    "elu": ({"alpha": 0.5}, [(7,)], lambda layer, x: np.where(x > 0, x, 0.5 * np.expm1(x))),
+    "softmax": ({}, [(6,)],
+                lambda layer, x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)),
+    "add": ({}, [(5,), (5,)], lambda layer, a, b: a + b),
+    "concat": ({}, [(3,), (4,)], lambda layer, a, b: np.concatenate([a, b], axis=1)),
+}
+
+
+def test_every_layer_has_a_numpy_reference():
+    assert set(NUMPY_REFERENCES) == set(L.names())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(NUMPY_REFERENCES))
+def test_forward_matches_numpy(name, dtype, rng):
+    config, shapes, reference = NUMPY_REFERENCES[name]
+    layer = L.create(name, **config).astype(dtype)
+    xs = [(rng.standard_normal((8,) + shape) * 3).astype(dtype) for shape in shapes]
+    out = layer.forward(*xs)
+    assert out.dtype == dtype
+    expected = reference(layer, *[x.astype(np.float64) for x in xs])
+    np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+def test_sigmoid_and_softmax_do_not_overflow():
+    x = np.array([[-1000.0, 0.0, 1000.0]])
+    np.testing.assert_allclose(L.Sigmoid().forward(x), [[0.0, 0.5, 1.0]])
+    np.testing.assert_allclose(L.Softmax().forward(x), [[0.0, 0.0, 1.0]])
+
+
+def test_prelu_slope_gradient_is_computed():
+    prelu = L.PReLU(num_parameters=2, dtype="float64")
+    x = np.array([[-1.0, 2.0], [-3.0, -4.0]])
+    prelu.forward(x)
+    prelu.backward(np.ones_like(x))
+    # d/da of a·x where x < 0, summed over the batch, per channel.
+    np.testing.assert_allclose(prelu.weight.grad, [-4.0, -4.0])
+
+
+def test_linear_layout_matches_pytorch():
+    layer = L.Linear(3, 2)
+    assert [(p.name, p.value.shape) for p in layer.parameters()] == [("weight", (2, 3)),
+                                                                     ("bias", (2,))]
+    assert layer.weight.value.dtype == np.float32
+    assert np.abs(layer.weight.value).max() <= 1 / np.sqrt(3)
+
+
+def test_linear_backward_adds_into_parameter_grads(rng):
+    layer = L.Linear(4, 3, dtype="float64")
+    x = rng.standard_normal((5, 4))
+    grad = rng.standard_normal((5, 3))
+    for _ in range(2):
+        layer.forward(x)
+        layer.backward(grad)
+    np.testing.assert_allclose(layer.weight.grad, 2 * grad.T @ x)
+    np.testing.assert_allclose(layer.bias.grad, 2 * grad.sum(axis=0))
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (np.ones((4, 6), np.float32), ShapeError, r"linear: expected 5 features .* got shape \(4, 6\)"),
+    (np.ones(5, np.float32), ShapeError, r"linear: expected a 2-D input .* got shape \(5,\)"),
+    (np.ones((4, 5), np.int32), DTypeError, "linear: expected a float32 input .* got dtype int32"),
+    (np.ones((4, 5), object), DTypeError, "linear: .* got dtype object"),
+    (np.ones((0, 5), np.float32), ShapeError, r"linear: got an empty batch, shape \(0, 5\)"),
+    (np.ones((4, 5), np.float64), DTypeError, "linear: expected a float32 input"),
+])
+def test_bad_input_errors_name_layer_and_shapes(bad, error, message):
+    with pytest.raises(error, match=message):
+        L.Linear(5, 3).forward(bad)
+
+
+def test_backward_before_forward_and_wrong_gradient_shape():
+    layer = L.Linear(5, 3)
+    with pytest.raises(RuntimeError, match="linear.backward called before forward"):
+        layer.backward(np.ones((2, 3), np.float32))
+    layer.forward(np.ones((2, 5), np.float32))
+    with pytest.raises(ShapeError, match=r"expected a gradient of shape \(2, 3\)"):
+        layer.backward(np.ones((2, 4), np.float32))
+
+
+def test_create_unknown_layer_lists_what_exists():
+    with pytest.raises(corenet.PluginError, match="no layer named 'nope'.*'linear'"):
+        L.create("nope")
+    with pytest.raises(AttributeError, match="no layer class 'Nope'"):
+        L.Nope
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="in_features must be a positive integer"):
+        L.Linear(0, 3)
+    with pytest.raises(DTypeError, match="float32 or float64"):
+        L.Linear(2, 3, dtype="int8")
+    with pytest.raises(ValueError, match="axis 0 is the batch axis"):
+        L.Concat(axis=0)
+
+
+# -- PyTorch parity ------------------------------------------------------------
+
+torch = pytest.importorskip("torch", reason="PyTorch is the reference where installed")
+F = torch.nn.functional
+
+
+def torch_reference(name, layer):
+    """A function of torch tensors doing what ``layer`` does, with its parameters."""
+    params = [torch.tensor(p.value, requires_grad=True) for p in layer.parameters()]
+    functions = {
+        "linear": lambda x: F.linear(x, *params),
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "relu": torch.relu,
+        "leaky_relu": lambda x: F.leaky_relu(x, layer.negative_slope),
+        "prelu": lambda x: F.prelu(x, params[0]),
+        "elu": lambda x: F.elu(x, layer.alpha),
+        "softmax": lambda x: torch.softmax(x, dim=-1),
+        "add": lambda a, b: a + b,
+        "concat": lambda a, b: torch.cat([a, b], dim=1),
+    }
+    return functions[name], params
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(NUMPY_REFERENCES))
+def test_forward_and_backward_match_pytorch(name, dtype, rng):
+    config, shapes, _ = NUMPY_REFERENCES[name]
+    layer = L.create(name, **config).astype(dtype)
+    for parameter in layer.parameters():
+        parameter.value[...] = rng.uniform(0.1, 0.5, parameter.value.shape)
+    xs = [away_from_kinks((6,) + shape, rng, dtype) for shape in shapes]
+    grad = rng.standard_normal((6,) + layer.output_shape(*shapes)).astype(dtype)
+
+    out = layer.forward(*xs)
+    input_grads = layer.backward(grad)
+    input_grads = input_grads if isinstance(input_grads, tuple) else (input_grads,)
+
+    function, params = torch_reference(name, layer)
+    torch_xs = [torch.tensor(x, requires_grad=True) for x in xs]
+    torch_out = function(*torch_xs)
+    torch_out.backward(torch.tensor(grad))
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12,
+                                                                          atol=1e-13)
+    np.testing.assert_allclose(out, torch_out.detach().numpy(), **tolerance)
+    for ours, theirs in zip(input_grads, torch_xs):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), **tolerance)
+    for ours, theirs in zip(layer.parameters(), params):
+        np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), **tolerance)
