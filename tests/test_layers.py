@@ -169,3 +169,26 @@ def test_forward_and_backward_match_pytorch(name, dtype, rng):
         np.testing.assert_allclose(ours, theirs.grad.numpy(), **tolerance)
     for ours, theirs in zip(layer.parameters(), params):
         np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), **tolerance)
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("sigmoid", lambda x: 1 / (1 + np.exp(-x))),
+    ("tanh", np.tanh),
+    ("elu", lambda x: np.where(x > 0, x, np.expm1(x))),
+])
+def test_float32_simd_activations_are_accurate_to_a_few_ulps(name, reference):
+    # Wide range, the polynomial switch points and tiny inputs, where naive
+    # formulas lose relative precision; the length leaves a tail shorter than a vector.
+    x = np.concatenate([np.linspace(-90, 90, 180_007), np.linspace(-1e-3, 1e-3, 2001),
+                        [0.625, -0.625, 0.5, -0.5, 1e-30, -1e-30]]).astype(np.float32)
+    out = L.create(name).forward(x[None, :])[0].astype(np.float64)
+    expected = reference(x.astype(np.float64))
+    relative = np.abs(out - expected) / np.maximum(np.abs(expected), 1e-30)
+    assert relative.max() < 4 * np.finfo(np.float32).eps
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "elu", "relu", "leaky_relu"])
+def test_nan_propagates_through_activations(name):
+    for dtype in (np.float32, np.float64):
+        out = L.create(name).forward(np.array([[np.nan, 1.0]], dtype))
+        assert np.isnan(out[0, 0]) and np.isfinite(out[0, 1])

@@ -26,6 +26,55 @@ cdef enum Kind:
 
 cdef enum:
     GRAIN = 1 << 15  # elements below which one thread runs
+    CHUNK = 1 << 13  # elements a thread hands to one vector-kernel call
+
+# float32 goes through the SIMD kernels of vector_math.h; float64 through libm
+# below, for the accuracy that gradient checks in float64 need.
+ctypedef void (*forward_kernel)(const float* x, float* y, ptrdiff_t n,
+                               float param) noexcept nogil
+ctypedef void (*backward_kernel)(const float* x, const float* y, const float* g, float* dx,
+                                ptrdiff_t n, float param) noexcept nogil
+
+cdef extern from "vector_math.h" nogil:
+    void cn_sigmoid_forward(const float*, float*, ptrdiff_t, float)
+    void cn_tanh_forward(const float*, float*, ptrdiff_t, float)
+    void cn_relu_forward(const float*, float*, ptrdiff_t, float)
+    void cn_leaky_relu_forward(const float*, float*, ptrdiff_t, float)
+    void cn_elu_forward(const float*, float*, ptrdiff_t, float)
+    void cn_sigmoid_backward(const float*, const float*, const float*, float*, ptrdiff_t, float)
+    void cn_tanh_backward(const float*, const float*, const float*, float*, ptrdiff_t, float)
+    void cn_relu_backward(const float*, const float*, const float*, float*, ptrdiff_t, float)
+    void cn_leaky_relu_backward(const float*, const float*, const float*, float*, ptrdiff_t,
+                                float)
+    void cn_elu_backward(const float*, const float*, const float*, float*, ptrdiff_t, float)
+
+# Indexed by Kind.
+cdef forward_kernel[5] FLOAT_FORWARD = [cn_sigmoid_forward, cn_tanh_forward, cn_relu_forward,
+                                        cn_leaky_relu_forward, cn_elu_forward]
+cdef backward_kernel[5] FLOAT_BACKWARD = [cn_sigmoid_backward, cn_tanh_backward,
+                                          cn_relu_backward, cn_leaky_relu_backward,
+                                          cn_elu_backward]
+
+
+cdef void float_forward(int kind, const float* x, float* y, Py_ssize_t size,
+                        float parameter) noexcept nogil:
+    cdef Py_ssize_t chunk
+    cdef forward_kernel kernel = FLOAT_FORWARD[kind]
+    for chunk in prange((size + CHUNK - 1) // CHUNK, num_threads=threads_for(size, GRAIN),
+                        schedule='static'):
+        kernel(x + chunk * CHUNK, y + chunk * CHUNK, min(<Py_ssize_t>CHUNK, size - chunk * CHUNK),
+               parameter)
+
+
+cdef void float_backward(int kind, const float* x, const float* y, const float* grad,
+                         float* x_grad, Py_ssize_t size, float parameter) noexcept nogil:
+    cdef Py_ssize_t chunk, start
+    cdef backward_kernel kernel = FLOAT_BACKWARD[kind]
+    for chunk in prange((size + CHUNK - 1) // CHUNK, num_threads=threads_for(size, GRAIN),
+                        schedule='static'):
+        start = chunk * CHUNK
+        kernel(x + start, y + start, grad + start, x_grad + start,
+               min(<Py_ssize_t>CHUNK, size - start), parameter)
 
 
 cdef inline floating sigmoid(floating x) noexcept nogil:
@@ -40,7 +89,9 @@ cdef void activation_forward(int kind, const floating* x, floating* y, Py_ssize_
                              floating parameter) noexcept nogil:
     cdef Py_ssize_t i
     cdef int n = threads_for(size, GRAIN)
-    if kind == KIND_SIGMOID:
+    if floating is float:
+        float_forward(kind, x, y, size, parameter)
+    elif kind == KIND_SIGMOID:
         for i in prange(size, num_threads=n, schedule='static'):
             y[i] = sigmoid(x[i])
     elif kind == KIND_TANH:
@@ -62,7 +113,9 @@ cdef void activation_backward(int kind, const floating* x, const floating* y,
                               floating parameter) noexcept nogil:
     cdef Py_ssize_t i
     cdef int n = threads_for(size, GRAIN)
-    if kind == KIND_SIGMOID:
+    if floating is float:
+        float_backward(kind, x, y, grad, x_grad, size, parameter)
+    elif kind == KIND_SIGMOID:
         for i in prange(size, num_threads=n, schedule='static'):
             x_grad[i] = grad[i] * y[i] * (1 - y[i])
     elif kind == KIND_TANH:

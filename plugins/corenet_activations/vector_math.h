@@ -1,0 +1,146 @@
+/* float32 activations over SIMD vectors (GCC vector extensions: AVX-512 with
+ * -march=native, narrower SSE pieces otherwise).
+ *
+ * exp follows the Cephes expf scheme: x = n·ln2 + r with |r| <= ln2/2, a
+ * degree-6 polynomial for e^r, then 2^n from the exponent bits (about 1 ulp).
+ * tanh and expm1 switch to polynomials near zero, where 1 − 2/(e^2x + 1) and
+ * e^x − 1 would lose the relative precision. A tail shorter than a vector is
+ * computed in a zero-padded vector by the same instructions, so every element
+ * gets the same result wherever it lies.
+ */
+#ifndef CORENET_VECTOR_MATH_H
+#define CORENET_VECTOR_MATH_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define CN_LANES 16
+
+typedef float cn_vf __attribute__((vector_size(64)));
+typedef int cn_vi __attribute__((vector_size(64)));
+typedef float cn_vf_unaligned __attribute__((vector_size(64), aligned(4)));
+
+static inline cn_vf cn_splat(float value) { return (cn_vf){0} + value; }
+
+/* mask ? a : b, for a mask from a vector comparison (all bits set or clear). */
+static inline cn_vf cn_select(cn_vi mask, cn_vf a, cn_vf b)
+{
+    return (cn_vf)((mask & (cn_vi)a) | (~mask & (cn_vi)b));
+}
+
+static inline cn_vf cn_abs(cn_vf x) { return (cn_vf)((cn_vi)x & 0x7fffffff); }
+
+static inline cn_vf cn_exp(cn_vf x)
+{
+    /* Clamped so that 2^n stays a normal float; NaN compares false and passes through. */
+    x = cn_select(x > cn_splat(88.0f), cn_splat(88.0f), x);
+    x = cn_select(x < cn_splat(-87.0f), cn_splat(-87.0f), x);
+    const cn_vf shifter = cn_splat(12582912.0f); /* 1.5·2^23: adding it rounds to an integer */
+    cn_vf t = x * 1.44269504088896341f + shifter;
+    cn_vf n = t - shifter;
+    cn_vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    cn_vf p = cn_splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    cn_vf e = p * r * r + r + 1.0f;
+    cn_vi exponent = ((cn_vi)t - 0x4B400000 + 127) << 23;
+    return e * (cn_vf)exponent;
+}
+
+static inline cn_vf cn_expm1(cn_vf x)
+{
+    /* Taylor series to x^8/8! for |x| < 0.5 (error < 1e-8 relative), e^x − 1 beyond. */
+    cn_vf p = cn_splat(1.0f / 40320);
+    p = p * x + 1.0f / 5040;
+    p = p * x + 1.0f / 720;
+    p = p * x + 1.0f / 120;
+    p = p * x + 1.0f / 24;
+    p = p * x + 1.0f / 6;
+    p = p * x + 0.5f;
+    p = p * x * x + x;
+    return cn_select(cn_abs(x) < cn_splat(0.5f), p, cn_exp(x) - 1.0f);
+}
+
+static inline cn_vf cn_tanh(cn_vf x)
+{
+    cn_vf z = x * x;
+    cn_vf p = cn_splat(-5.70498872745e-3f);
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    p = p * z * x + x;
+    cn_vf magnitude = cn_abs(x);
+    cn_vf far = 1.0f - 2.0f / (cn_exp(magnitude + magnitude) + 1.0f);
+    far = (cn_vf)((cn_vi)far | ((cn_vi)x & (int)0x80000000)); /* the sign of x */
+    return cn_select(magnitude < cn_splat(0.625f), p, far);
+}
+
+static inline cn_vf cn_sigmoid(cn_vf x) { return 1.0f / (1.0f + cn_exp(-x)); }
+
+/* y = f(x) over n floats; `param` is the slope or alpha where f has one. */
+#define CN_DEFINE_FORWARD(NAME, EXPRESSION)                                    \
+static inline cn_vf NAME##_vector(cn_vf x, float param)                        \
+{                                                                              \
+    (void)param;                                                               \
+    return EXPRESSION;                                                         \
+}                                                                              \
+static void NAME(const float *restrict x, float *restrict y, ptrdiff_t n,      \
+                 float param)                                                  \
+{                                                                              \
+    ptrdiff_t i = 0;                                                           \
+    for (; i + CN_LANES <= n; i += CN_LANES)                                   \
+        *(cn_vf_unaligned *)(y + i) =                                          \
+            NAME##_vector(*(const cn_vf_unaligned *)(x + i), param);           \
+    if (i < n) {                                                               \
+        cn_vf v = {0};                                                         \
+        memcpy(&v, x + i, (n - i) * sizeof(float));                            \
+        v = NAME##_vector(v, param);                                           \
+        memcpy(y + i, &v, (n - i) * sizeof(float));                            \
+    }                                                                          \
+}
+
+/* dx = f'(x, y) · g over n floats. */
+#define CN_DEFINE_BACKWARD(NAME, EXPRESSION)                                   \
+static inline cn_vf NAME##_vector(cn_vf x, cn_vf y, cn_vf g, float param)      \
+{                                                                              \
+    (void)param; (void)x; (void)y;                                             \
+    return EXPRESSION;                                                         \
+}                                                                              \
+static void NAME(const float *restrict x, const float *restrict y,             \
+                 const float *restrict g, float *restrict dx, ptrdiff_t n,     \
+                 float param)                                                  \
+{                                                                              \
+    ptrdiff_t i = 0;                                                           \
+    for (; i + CN_LANES <= n; i += CN_LANES)                                   \
+        *(cn_vf_unaligned *)(dx + i) = NAME##_vector(                          \
+            *(const cn_vf_unaligned *)(x + i), *(const cn_vf_unaligned *)(y + i), \
+            *(const cn_vf_unaligned *)(g + i), param);                         \
+    if (i < n) {                                                               \
+        cn_vf vx = {0}, vy = {0}, vg = {0};                                    \
+        memcpy(&vx, x + i, (n - i) * sizeof(float));                           \
+        memcpy(&vy, y + i, (n - i) * sizeof(float));                           \
+        memcpy(&vg, g + i, (n - i) * sizeof(float));                           \
+        vx = NAME##_vector(vx, vy, vg, param);                                 \
+        memcpy(dx + i, &vx, (n - i) * sizeof(float));                          \
+    }                                                                          \
+}
+
+static const cn_vf cn_zero = {0};
+
+CN_DEFINE_FORWARD(cn_sigmoid_forward, cn_sigmoid(x))
+CN_DEFINE_FORWARD(cn_tanh_forward, cn_tanh(x))
+CN_DEFINE_FORWARD(cn_relu_forward, cn_select(x < cn_zero, cn_zero, x))
+CN_DEFINE_FORWARD(cn_leaky_relu_forward, cn_select(x > cn_zero, x, x * param))
+CN_DEFINE_FORWARD(cn_elu_forward, cn_select(x > cn_zero, x, cn_expm1(x) * param))
+
+CN_DEFINE_BACKWARD(cn_sigmoid_backward, g * y * (1.0f - y))
+CN_DEFINE_BACKWARD(cn_tanh_backward, g * (1.0f - y * y))
+CN_DEFINE_BACKWARD(cn_relu_backward, cn_select(y > cn_zero, g, cn_zero))
+CN_DEFINE_BACKWARD(cn_leaky_relu_backward, cn_select(x > cn_zero, g, g * param))
+CN_DEFINE_BACKWARD(cn_elu_backward, cn_select(x > cn_zero, g, g * (y + param)))
+
+#endif
