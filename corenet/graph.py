@@ -139,11 +139,42 @@ class Model:
         self._n_slots = len(slots)
         self._input_slots = list(range(len(self.inputs)))
         self._output_slots = [slots[id(tensor)] for tensor in self.outputs]
-        # (layer, input slots, output slot) in topological order.
-        self._plan = [(node.layer, [slots[id(t)] for t in node.inputs], slots[id(node.output)])
-                      for node in self.nodes]
+        # (layer, input slots, output slot, fused) in topological order. A fused pair
+        # (see _fusable_pairs) is one entry that writes the second node's output;
+        # `fused` names the second layer, None elsewhere.
+        pairs = self._fusable_pairs()
+        second_nodes = {id(second) for second in pairs.values()}
+        self._plan = []
+        for node in self.nodes:
+            if id(node) in second_nodes:
+                continue
+            second = pairs.get(id(node))
+            self._plan.append((node.layer, [slots[id(t)] for t in node.inputs],
+                               slots[id((second or node).output)],
+                               second.layer.name if second else None))
+        self._fusing = [(layer, fused) for layer, _, _, fused in self._plan
+                        if hasattr(layer, "can_fuse")]
         for layer in self.layers:
             layer.reuse_buffers = True
+
+    def _fusable_pairs(self) -> dict:
+        """Offer each layer the node that alone consumes its output (Linear → ReLU:
+        the ReLU goes into the GEMM epilogue). Returns {id(first): second node}."""
+        consumers = {}
+        for node in self.nodes:
+            for tensor in node.inputs:
+                consumers.setdefault(id(tensor), []).append(node)
+        outputs = {id(tensor) for tensor in self.outputs}
+        pairs, seconds = {}, set()
+        for node in self.nodes:
+            following = consumers.get(id(node.output), [])
+            if (len(following) == 1 and len(following[0].inputs) == 1
+                    and id(node.output) not in outputs and id(node) not in seconds
+                    and hasattr(node.layer, "can_fuse")
+                    and node.layer.can_fuse(following[0].layer)):
+                pairs[id(node)] = following[0]
+                seconds.add(id(following[0]))
+        return pairs
 
     @property
     def requires_input_grad(self) -> bool:
@@ -152,7 +183,7 @@ class Model:
     @requires_input_grad.setter
     def requires_input_grad(self, value: bool) -> None:
         self._requires_input_grad = bool(value)
-        for layer, input_slots, _ in self._plan:
+        for layer, input_slots, _, _ in self._plan:
             from_inputs = all(slot in self._input_slots for slot in input_slots)
             layer.needs_input_grad = self._requires_input_grad or not from_inputs
 
@@ -184,7 +215,10 @@ class Model:
         values = [None] * self._n_slots
         for index, x in enumerate(xs):
             values[index] = self._check_input(index, x)
-        for layer, input_slots, output_slot in self._plan:
+        # Set on every call: another Model over the same layers may not fuse them.
+        for layer, fused in self._fusing:
+            layer.fused_activation = fused
+        for layer, input_slots, output_slot, _ in self._plan:
             if len(input_slots) == 1:
                 values[output_slot] = layer.forward(values[input_slots[0]])
             else:
@@ -204,7 +238,7 @@ class Model:
         owned = set()  # slots whose array the executor allocated to sum fan-out
         for slot, grad in zip(self._output_slots, grads):
             values[slot] = self._add_grad(values, owned, slot, grad)
-        for layer, input_slots, output_slot in reversed(self._plan):
+        for layer, input_slots, output_slot, _ in reversed(self._plan):
             grad = values[output_slot]
             values[output_slot] = None
             if grad is None:

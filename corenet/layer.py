@@ -61,6 +61,11 @@ class Layer:
     # Set by the executor: outputs and gradients go into buffers the layer
     # reuses from call to call. Alone, a layer returns fresh arrays.
     reuse_buffers: bool = False
+    # Optional: a layer that defines ``can_fuse(following) -> bool`` may be asked
+    # to run the single node that consumes its output as part of itself. Before
+    # each forward the executor then sets ``fused_activation`` to that layer's
+    # name (None when not fused in the model being run); backward receives the
+    # gradient of the fused pair's output. Linear fuses a following ReLU.
 
     def __init__(self):
         self.training = True

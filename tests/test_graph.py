@@ -148,3 +148,38 @@ def test_multiple_inputs_and_outputs(rng):
                                          rng.standard_normal((4, 2)))
     assert relu_out.shape == (4, 5) and linear_out.shape == (4, 1)
     model.backward(np.ones((4, 5), np.float32), np.ones((4, 1), np.float32))
+
+
+def test_linear_relu_pairs_are_fused_and_match_an_unfused_reference(rng):
+    layers = [L.Linear(6, 8, dtype="float64"), L.ReLU(), L.Linear(8, 3, dtype="float64"),
+              L.ReLU()]
+    model = cn.Sequential(*layers, requires_input_grad=True)
+    assert len(model._plan) == 2  # both pairs fused: each ReLU alone consumes its Linear
+    first, second = layers[0], layers[2]
+    x = rng.standard_normal((5, 6))
+    grad = rng.standard_normal((5, 3))
+    h_pre = x @ first.weight.value.T + first.bias.value
+    h = np.maximum(h_pre, 0)
+    out_pre = h @ second.weight.value.T + second.bias.value
+    np.testing.assert_allclose(model.forward(x), np.maximum(out_pre, 0), rtol=1e-12)
+    x_grad = model.backward(grad)
+    g_out = grad * (out_pre > 0)
+    g_h = (g_out @ second.weight.value) * (h_pre > 0)
+    np.testing.assert_allclose(second.weight.grad, g_out.T @ h, rtol=1e-12)
+    np.testing.assert_allclose(second.bias.grad, g_out.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(first.weight.grad, g_h.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(first.bias.grad, g_h.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(x_grad, g_h @ first.weight.value, rtol=1e-12)
+
+
+def test_a_second_model_over_the_same_layers_is_not_affected_by_fusion(rng):
+    x = cn.Input(shape=(4,))
+    linear = L.Linear(4, 3, dtype="float64")
+    pre = linear(x)
+    fused = cn.Model(x, L.ReLU()(pre))
+    raw = cn.Model(x, pre)  # the Linear's own output is an output here: no fusion
+    inputs = rng.standard_normal((6, 4))
+    expected = inputs @ linear.weight.value.T + linear.bias.value
+    assert (fused.forward(inputs) >= 0).all()
+    np.testing.assert_allclose(raw.forward(inputs), expected, rtol=1e-12)
+    np.testing.assert_allclose(fused.forward(inputs), np.maximum(expected, 0), rtol=1e-12)

@@ -12,7 +12,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm
+from corenet.kernels.gemm cimport EPILOGUE_NONE, EPILOGUE_RELU, gemm
 from corenet.kernels.threads cimport threads_for
 
 from corenet import random
@@ -38,6 +38,45 @@ cdef void add_column_sums(floating* sums, const floating* x, Py_ssize_t rows,
         for i in range(rows):
             for j in range(start, stop):
                 sums[j] = sums[j] + x[i * columns + j]
+
+
+cdef void relu_backward_and_column_sums(const floating* grad, const floating* out,
+                                       floating* masked, floating* sums, Py_ssize_t rows,
+                                       Py_ssize_t columns) noexcept nogil:
+    """masked = grad where out > 0 else 0, and sums[j] += Σ_i masked[i, j] (sums may be
+    NULL), in one pass. Threads own column ranges, as in add_column_sums."""
+    cdef int n_threads = threads_for(rows * columns, GRAIN)
+    cdef Py_ssize_t chunk = (columns + n_threads - 1) // n_threads
+    cdef Py_ssize_t part, i, j, start, stop
+    cdef floating value
+    for part in prange(n_threads, num_threads=n_threads, schedule='static'):
+        start = part * chunk
+        stop = min(columns, start + chunk)
+        for i in range(rows):
+            for j in range(start, stop):
+                value = grad[i * columns + j] if out[i * columns + j] > 0 else 0
+                masked[i * columns + j] = value
+                if sums != NULL:
+                    sums[j] = sums[j] + value
+
+
+cdef int relu_backward(cnp.ndarray grad, cnp.ndarray out, cnp.ndarray masked,
+                       object bias_grad) except -1:
+    cdef Py_ssize_t rows = out.shape[0], columns = out.shape[1]
+    cdef void* sums = NULL if bias_grad is None else cnp.PyArray_DATA(bias_grad)
+    if out.descr.type_num == cnp.NPY_FLOAT32:
+        with nogil:
+            relu_backward_and_column_sums(<const float*>cnp.PyArray_DATA(grad),
+                                          <const float*>cnp.PyArray_DATA(out),
+                                          <float*>cnp.PyArray_DATA(masked), <float*>sums,
+                                          rows, columns)
+    else:
+        with nogil:
+            relu_backward_and_column_sums(<const double*>cnp.PyArray_DATA(grad),
+                                          <const double*>cnp.PyArray_DATA(out),
+                                          <double*>cnp.PyArray_DATA(masked), <double*>sums,
+                                          rows, columns)
+    return 0
 
 
 cdef int linear_forward(cnp.ndarray x, cnp.ndarray weight, object bias, cnp.ndarray out,
@@ -126,14 +165,19 @@ class Linear(Layer):
         self.bias = Parameter("bias", rng.uniform(-bound, bound, self.out_features)
                               .astype(self.dtype)) if bias else None
         self.input_shape = (self.in_features,)
+        # Set by the executor before each forward: "relu" when the graph's Linear → ReLU
+        # pair runs as this one layer, the ReLU applied in the GEMM's epilogue.
+        self.fused_activation = None
+        self._relu = False
         self._x = None
         self._out = None
 
     def forward(self, x):
         x = check_input(self, x, ndim=2, features=self.in_features, dtype=self.dtype)
         out = self.buffer("out", (x.shape[0], self.out_features), self.dtype)
+        self._relu = self.fused_activation == "relu"
         linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
-                       out, EPILOGUE_NONE)
+                       out, EPILOGUE_RELU if self._relu else EPILOGUE_NONE)
         self._x = x
         self._out = out
         return out
@@ -143,9 +187,20 @@ class Linear(Layer):
         x = self._x
         grad = check_grad(self, grad, (x.shape[0], self.out_features), self.dtype)
         x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
-        linear_backward(grad, x, self.weight.value, self.weight.grad,
-                        None if self.bias is None else self.bias.grad, x_grad)
+        bias_grad = None if self.bias is None else self.bias.grad
+        if self._relu:
+            # One pass masks the gradient by the ReLU and sums it into the bias
+            # gradient; the GEMMs then read the masked copy.
+            masked = self.buffer("masked_grad", grad.shape, self.dtype)
+            relu_backward(grad, self._out, masked, bias_grad)
+            grad, bias_grad = masked, None
+        linear_backward(grad, x, self.weight.value, self.weight.grad, bias_grad, x_grad)
         return x_grad
+
+    def can_fuse(self, following):
+        """Whether this layer can run ``following`` (its only consumer) in its own
+        forward and backward: a ReLU, in the GEMM's epilogue."""
+        return following.name == "relu"
 
     def parameters(self):
         return [self.weight] if self.bias is None else [self.weight, self.bias]
