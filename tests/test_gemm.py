@@ -52,27 +52,32 @@ def test_reference_loop_matches_numpy(rng):
     np.testing.assert_allclose(reference_matmul(a, b, trans_b=True), expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m,n,k", [(45, 70, 500), (8, 32, 16), (3, 5, 0)])
-def test_epilogue_bias_relu_and_accumulate(m, n, k, dtype, rng):
-    a, b, expected = operands(rng, m, n, k, dtype, False, True)
+@pytest.mark.parametrize("m,n,k", [(45, 70, 500), (8, 32, 16), (3, 5, 0), (45, 7, 300),
+                                   (3, 300, 50), (1, 1, 17)])
+def test_epilogue_bias_relu_and_accumulate(m, n, k, dtype, trans_b, rng):
+    # The shapes reach the packed path and both thin paths (dot, axpy).
+    a, b, expected = operands(rng, m, n, k, dtype, False, trans_b)
     bias = rng.standard_normal(n).astype(dtype)
     out = rng.standard_normal((m, n)).astype(dtype)
     before = out.astype(np.float64)
-    matmul(a, b, trans_b=True, out=out, bias=bias, activation="relu", accumulate=True)
+    matmul(a, b, trans_b=trans_b, out=out, bias=bias, activation="relu", accumulate=True)
     assert_close(out, np.maximum(before + expected + bias, 0), dtype, k)
-    result = matmul(a, b, trans_b=True, bias=bias)
+    result = matmul(a, b, trans_b=trans_b, bias=bias)
     assert_close(result, expected + bias, dtype, k)
 
 
-@pytest.mark.parametrize("shape", [(1024, 1024, 1024), (64, 10, 256), (1000, 40, 33)])
-def test_bitwise_identical_for_any_thread_count(shape, rng, threads):
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("shape", [(1024, 1024, 1024), (64, 10, 256), (1000, 40, 33),
+                                   (1000, 10, 1024), (1, 5000, 300), (3, 2000, 100)])
+def test_bitwise_identical_for_any_thread_count(shape, trans_b, rng, threads):
     m, n, k = shape
-    a, b, _ = operands(rng, m, n, k, np.float32, False, False)
+    a, b, _ = operands(rng, m, n, k, np.float32, False, trans_b)
     results = []
     for n_threads in (1, 2, 3):
         corenet.set_num_threads(n_threads)
-        results.append(matmul(a, b))
+        results.append(matmul(a, b, trans_b=trans_b))
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
 

@@ -25,6 +25,8 @@ cdef extern from "microkernel.h" nogil:
         CN_MR
         CN_NR_FLOAT
         CN_NR_DOUBLE
+        CN_AXPY_VECTORS
+        CN_VEC_BYTES
     void* cn_thread_buffer(size_t n_bytes)
     void cn_kernel_float(ptrdiff_t kc, const float* a, const float* b, float* c,
                          ptrdiff_t ldc, int accumulate, const float* bias, int epilogue)
@@ -36,6 +38,22 @@ cdef extern from "microkernel.h" nogil:
     void cn_kernel_double_edge(ptrdiff_t kc, const double* a, const double* b, double* c,
                                ptrdiff_t ldc, int accumulate, const double* bias,
                                int epilogue, ptrdiff_t mr, ptrdiff_t nr)
+    void cn_dot_float(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
+                      const float* a, ptrdiff_t lda, const float* bt, ptrdiff_t ldb,
+                      float* c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,
+                      const float* bias, int epilogue)
+    void cn_dot_double(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
+                       const double* a, ptrdiff_t lda, const double* bt, ptrdiff_t ldb,
+                       double* c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,
+                       const double* bias, int epilogue)
+    void cn_axpy_float(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
+                       const float* a, ptrdiff_t a_rs, ptrdiff_t a_cs, const float* b,
+                       ptrdiff_t ldb, float* c, ptrdiff_t ldc, int accumulate,
+                       const float* bias, int epilogue)
+    void cn_axpy_double(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
+                        const double* a, ptrdiff_t a_rs, ptrdiff_t a_cs, const double* b,
+                        ptrdiff_t ldb, double* c, ptrdiff_t ldc, int accumulate,
+                        const double* bias, int epilogue)
 
 # Block sizes: an MC x KC block of A stays in the 1 MiB L2, a KC x NR sliver
 # of B in L1, the KC x NC panel of B in L3.
@@ -179,6 +197,69 @@ cdef void empty_product(Py_ssize_t m, Py_ssize_t n, floating* c, Py_ssize_t ldc,
             c[i * ldc + j] = value
 
 
+cdef int thin_dot(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda,
+                  const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs, floating* c,
+                  Py_ssize_t ldc, bint accumulate, const floating* bias,
+                  int epilogue) noexcept nogil:
+    """C = A · B through dot products of A's rows with B's columns, for a thin C."""
+    cdef const floating* bt = b
+    cdef Py_ssize_t ldb_t = b_cs, j, p, task, start, stop
+    cdef floating* copy
+    if b_rs != 1:  # B's columns are strided: copy Bᵀ (n x k, small since n is)
+        copy = <floating*>cn_thread_buffer(n * k * sizeof(floating))
+        if copy == NULL:
+            return -1
+        for p in range(k):
+            for j in range(n):
+                copy[j * k + p] = b[p * b_rs + j * b_cs]
+        bt = copy
+        ldb_t = k
+    cdef int n_threads = threads_for(m * n * k, GRAIN)
+    cdef bint by_rows = m >= n
+    # Columns are split in groups of four, as the kernel takes them (see microkernel.h).
+    cdef Py_ssize_t unit = 1 if by_rows else 4
+    cdef Py_ssize_t extent = m if by_rows else (n + 3) // 4
+    for task in prange(n_threads, num_threads=n_threads, schedule='static'):
+        start = task * extent // n_threads * unit
+        stop = min((task + 1) * extent // n_threads * unit, m if by_rows else n)
+        if floating is float:
+            if by_rows:
+                cn_dot_float(start, stop, 0, n, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
+                             bias, epilogue)
+            else:
+                cn_dot_float(0, m, start, stop, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
+                             bias, epilogue)
+        else:
+            if by_rows:
+                cn_dot_double(start, stop, 0, n, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
+                              bias, epilogue)
+            else:
+                cn_dot_double(0, m, start, stop, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
+                              bias, epilogue)
+    return 0
+
+
+cdef void thin_axpy(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                    Py_ssize_t a_rs, Py_ssize_t a_cs, const floating* b, Py_ssize_t ldb,
+                    floating* c, Py_ssize_t ldc, bint accumulate, const floating* bias,
+                    int epilogue) noexcept nogil:
+    """C = A · B row by row as Σ_p A[i, p] · B[p, :], for a C of few rows."""
+    # The kernel's block of columns.
+    cdef Py_ssize_t width = CN_AXPY_VECTORS * CN_VEC_BYTES // sizeof(floating)
+    cdef Py_ssize_t blocks = (n + width - 1) // width, task, start, stop
+    cdef int n_threads = min(<Py_ssize_t>threads_for(m * n * k, GRAIN), blocks)
+    for task in prange(n_threads, num_threads=n_threads, schedule='static'):
+        # Split in whole blocks, so that the partial block is always the last one.
+        start = task * blocks // n_threads * width
+        stop = min(n, (task + 1) * blocks // n_threads * width)
+        if floating is float:
+            cn_axpy_float(m, start, stop, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias,
+                          epilogue)
+        else:
+            cn_axpy_double(m, start, stop, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias,
+                           epilogue)
+
+
 cdef int gemm(bint trans_a, bint trans_b,
               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
               const floating* a, Py_ssize_t lda,
@@ -196,6 +277,13 @@ cdef int gemm(bint trans_a, bint trans_b,
         empty_product(m, n, c, ldc, accumulate, bias, epilogue)
         return 0
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
+    # Thin products, where packed tiles would be mostly padding (matrix-vector shapes,
+    # a Linear with few outputs): the path depends on the shape only, never on threads.
+    if not trans_a and (n < nr_full or (m < CN_MR and trans_b)):
+        return thin_dot(m, n, k, a, lda, b, b_rs, b_cs, c, ldc, accumulate, bias, epilogue)
+    if m < CN_MR and not trans_b:
+        thin_axpy(m, n, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias, epilogue)
+        return 0
     cdef Py_ssize_t m_tiles = (m + CN_MR - 1) // CN_MR
     cdef Py_ssize_t n_tiles = (n + nr_full - 1) // nr_full
     cdef int n_threads = threads_for(m * n * k, GRAIN)

@@ -123,4 +123,140 @@ static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, 
 CN_DEFINE_KERNEL(cn_kernel_float, float, cn_vf, cn_vf_u, cn_vfi, CN_NR_FLOAT)
 CN_DEFINE_KERNEL(cn_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
 
+/* The finishing steps every path applies to one element of C, in one order. */
+#define CN_FINISH(T, value, old, accumulate, bias, j, epilogue)                 \
+    do {                                                                        \
+        if (accumulate) value = old + value;                                    \
+        if (bias) value = value + bias[j];                                      \
+        if (epilogue == CN_EPILOGUE_RELU && value < 0) value = 0;               \
+    } while (0)
+
+/* Thin products, where a packed tile would be mostly padding.
+ *
+ * dot: C[i, j] = <row i of A, row j of Bt> for rows m0..m1, columns n0..n1 (n
+ * small: a Linear with few outputs, a matrix times a vector; or m small with B
+ * given transposed). Columns go four at a time, sharing each load of A; the
+ * last n % 4 one at a time with four partial sums, so that a lone column is
+ * not one long chain of dependent FMAs. n0 must be a multiple of 4: then every
+ * element sums its k terms in the same order whatever the split of the columns.
+ *
+ * axpy: rows of C (m small: a vector times a matrix) built as
+ * Σ_p A[i, p] · B[p, :], sixteen vectors of columns at a time, summed in
+ * registers. Blocks start at multiples of their width, the partial one last.
+ */
+#define CN_AXPY_VECTORS 16
+#define CN_DEFINE_THIN(DOT, AXPY, T, VT, VU)                                    \
+static inline T DOT##_sum(VT v)                                                 \
+{                                                                               \
+    T total = 0;                                                                \
+    for (size_t lane = 0; lane < sizeof(VT) / sizeof(T); ++lane) total += v[lane]; \
+    return total;                                                               \
+}                                                                               \
+                                                                                \
+static inline void DOT##_store(T *out, T value, T old, int accumulate,          \
+                               const T *bias, ptrdiff_t j, int epilogue)        \
+{                                                                               \
+    CN_FINISH(T, value, old, accumulate, bias, j, epilogue);                    \
+    *out = value;                                                               \
+}                                                                               \
+                                                                                \
+static void DOT(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,         \
+                ptrdiff_t k, const T *restrict a, ptrdiff_t lda,                \
+                const T *restrict bt, ptrdiff_t ldb,                            \
+                T *restrict c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,  \
+                const T *restrict bias, int epilogue)                           \
+{                                                                               \
+    const ptrdiff_t VL = sizeof(VT) / sizeof(T);                                \
+    const ptrdiff_t n4 = n0 + (n1 - n0) / 4 * 4;                                \
+    for (ptrdiff_t i = m0; i < m1; ++i) {                                       \
+        const T *row = a + i * lda;                                             \
+        T *c_row = c + i * rs_c;                                                \
+        for (ptrdiff_t j = n0; j < n4; j += 4) {                                \
+            const T *b0 = bt + j * ldb, *b1 = b0 + ldb;                         \
+            const T *b2 = b1 + ldb, *b3 = b2 + ldb;                             \
+            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                          \
+            ptrdiff_t p = 0;                                                    \
+            for (; p + VL <= k; p += VL) {                                      \
+                VT x = *(const VU *)(row + p);                                  \
+                s0 += x * *(const VU *)(b0 + p);                                \
+                s1 += x * *(const VU *)(b1 + p);                                \
+                s2 += x * *(const VU *)(b2 + p);                                \
+                s3 += x * *(const VU *)(b3 + p);                                \
+            }                                                                   \
+            T t0 = DOT##_sum(s0), t1 = DOT##_sum(s1);                           \
+            T t2 = DOT##_sum(s2), t3 = DOT##_sum(s3);                           \
+            for (; p < k; ++p) {                                                \
+                t0 += row[p] * b0[p]; t1 += row[p] * b1[p];                     \
+                t2 += row[p] * b2[p]; t3 += row[p] * b3[p];                     \
+            }                                                                   \
+            T *out = c_row + j * cs_c;                                          \
+            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue);          \
+            DOT##_store(out + cs_c, t1, out[cs_c], accumulate, bias, j + 1, epilogue); \
+            DOT##_store(out + 2 * cs_c, t2, out[2 * cs_c], accumulate, bias, j + 2, \
+                        epilogue);                                              \
+            DOT##_store(out + 3 * cs_c, t3, out[3 * cs_c], accumulate, bias, j + 3, \
+                        epilogue);                                              \
+        }                                                                       \
+        for (ptrdiff_t j = n4; j < n1; ++j) {                                   \
+            const T *b0 = bt + j * ldb;                                         \
+            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                          \
+            ptrdiff_t p = 0;                                                    \
+            for (; p + 4 * VL <= k; p += 4 * VL) {                              \
+                s0 += *(const VU *)(row + p) * *(const VU *)(b0 + p);           \
+                s1 += *(const VU *)(row + p + VL) * *(const VU *)(b0 + p + VL); \
+                s2 += *(const VU *)(row + p + 2 * VL) * *(const VU *)(b0 + p + 2 * VL); \
+                s3 += *(const VU *)(row + p + 3 * VL) * *(const VU *)(b0 + p + 3 * VL); \
+            }                                                                   \
+            for (; p + VL <= k; p += VL)                                        \
+                s0 += *(const VU *)(row + p) * *(const VU *)(b0 + p);           \
+            T t0 = DOT##_sum((s0 + s1) + (s2 + s3));                            \
+            for (; p < k; ++p) t0 += row[p] * b0[p];                            \
+            T *out = c_row + j * cs_c;                                          \
+            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue);          \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+static void AXPY(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,          \
+                 const T *restrict a, ptrdiff_t a_rs, ptrdiff_t a_cs,           \
+                 const T *restrict b, ptrdiff_t ldb,                            \
+                 T *restrict c, ptrdiff_t ldc, int accumulate,                  \
+                 const T *restrict bias, int epilogue)                          \
+{                                                                               \
+    const ptrdiff_t VL = sizeof(VT) / sizeof(T), WIDTH = CN_AXPY_VECTORS * VL;  \
+    VT partial[CN_AXPY_VECTORS];                                                \
+    for (ptrdiff_t i = 0; i < m; ++i) {                                         \
+        for (ptrdiff_t j0 = n0; j0 < n1; j0 += WIDTH) {                         \
+            ptrdiff_t width = n1 - j0 < WIDTH ? n1 - j0 : WIDTH;                \
+            T *sums = (T *)partial;                                             \
+            if (width == WIDTH) {                                               \
+                VT acc[CN_AXPY_VECTORS] = {{0}};                                \
+                for (ptrdiff_t p = 0; p < k; ++p) {                             \
+                    VT scale = (VT){0} + a[i * a_rs + p * a_cs];                \
+                    const VU *from = (const VU *)(b + p * ldb + j0);            \
+                    _Pragma("GCC unroll 16")                                    \
+                    for (int v = 0; v < CN_AXPY_VECTORS; ++v)                   \
+                        acc[v] += scale * from[v];                              \
+                }                                                               \
+                _Pragma("GCC unroll 16")                                        \
+                for (int v = 0; v < CN_AXPY_VECTORS; ++v) partial[v] = acc[v];  \
+            } else {                                                            \
+                memset(partial, 0, sizeof(partial));                            \
+                for (ptrdiff_t p = 0; p < k; ++p) {                             \
+                    T scale = a[i * a_rs + p * a_cs];                           \
+                    for (ptrdiff_t j = 0; j < width; ++j)                       \
+                        sums[j] += scale * b[p * ldb + j0 + j];                 \
+                }                                                               \
+            }                                                                   \
+            for (ptrdiff_t j = 0; j < width; ++j) {                             \
+                T *out = c + i * ldc + j0 + j;                                  \
+                DOT##_store(out, sums[j], *out, accumulate, bias, j0 + j, epilogue); \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}
+
+CN_DEFINE_THIN(cn_dot_float, cn_axpy_float, float, cn_vf, cn_vf_u)
+CN_DEFINE_THIN(cn_dot_double, cn_axpy_double, double, cn_vd, cn_vd_u)
+
 #endif
