@@ -11,13 +11,16 @@ cdef int _num_threads = 1
 
 
 cdef int num_threads() noexcept nogil:
-    return _num_threads
+    # A limit set through the OpenMP runtime (threadpoolctl's threadpool_limits)
+    # lowers corenet's count too; corenet.set_num_threads sets both.
+    cdef int limit = omp_get_max_threads()
+    return limit if limit < _num_threads else _num_threads
 
 
 cdef int threads_for(Py_ssize_t work, Py_ssize_t grain) noexcept nogil:
-    if _num_threads <= 1 or work < grain:
+    if work < grain:
         return 1
-    return _num_threads
+    return num_threads()
 
 
 def openmp_enabled() -> bool:
@@ -42,7 +45,7 @@ def _default_num_threads() -> int:
         return os.cpu_count() or 1
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n) -> None:
     """Use ``n`` threads in every corenet kernel (1 without OpenMP)."""
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -53,7 +56,7 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The number of threads corenet's kernels use."""
-    return _num_threads
+    return num_threads()
 
 
 set_num_threads(_default_num_threads())
