@@ -18,6 +18,8 @@ from libc.string cimport memset
 
 from corenet.kernels.threads cimport threads_for
 
+from corenet.errors import DTypeError, ShapeError
+
 cnp.import_array()
 
 cdef extern from "microkernel.h" nogil:
@@ -60,10 +62,12 @@ cdef extern from "microkernel.h" nogil:
 cdef enum:
     KC_FLOAT = 384
     KC_DOUBLE = 256
-    MC = 192
+    MC = 288
     NC = 3072
-    # m * n * k below which the GEMM runs on one thread.
-    GRAIN = 32 * 32 * 64
+    # m * n * k below which the GEMM runs on one thread: about 2 µs of work,
+    # what waking a second thread costs.
+    GRAIN = 64 * 64 * 128
+    THIN_DOT_MIN_K = 128
 
 
 cdef inline Py_ssize_t round_up(Py_ssize_t x, Py_ssize_t step) noexcept nogil:
@@ -279,7 +283,9 @@ cdef int gemm(bint trans_a, bint trans_b,
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
     # Thin products, where packed tiles would be mostly padding (matrix-vector shapes,
     # a Linear with few outputs): the path depends on the shape only, never on threads.
-    if not trans_a and (n < nr_full or (m < CN_MR and trans_b)):
+    # The dot path ends each element with a sum across a vector's lanes, which only
+    # a long k amortizes.
+    if not trans_a and k >= THIN_DOT_MIN_K and (n < nr_full or (m < CN_MR and trans_b)):
         return thin_dot(m, n, k, a, lda, b, b_rs, b_cs, c, ldc, accumulate, bias, epilogue)
     if m < CN_MR and not trans_b:
         thin_axpy(m, n, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias, epilogue)
@@ -325,27 +331,34 @@ cdef void reference_gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
             c[i * ldc + j] = total
 
 
-def _operands(a, b, trans_a, trans_b, out, name):
-    from corenet.errors import DTypeError, ShapeError
-
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+cdef tuple _operands(object a, object b, bint trans_a, bint trans_b, object out, str name):
+    """Checked, C-contiguous operands and the output, with (m, n, k). The checks
+    are C-level where the inputs are already arrays: matmul on small matrices
+    should cost little more than the product."""
+    if not (isinstance(a, np.ndarray) and cnp.PyArray_IS_C_CONTIGUOUS(a)):
+        a = np.ascontiguousarray(a)
+    if not (isinstance(b, np.ndarray) and cnp.PyArray_IS_C_CONTIGUOUS(b)):
+        b = np.ascontiguousarray(b)
+    cdef cnp.ndarray a_arr = a, b_arr = b
+    cdef int type_num = cnp.PyArray_TYPE(a_arr)
+    if type_num != cnp.PyArray_TYPE(b_arr) or type_num not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
         raise DTypeError(f"{name}: expected two float32 or two float64 arrays, "
                          f"got {a.dtype} and {b.dtype}")
-    if a.ndim != 2 or b.ndim != 2:
+    if cnp.PyArray_NDIM(a_arr) != 2 or cnp.PyArray_NDIM(b_arr) != 2:
         raise ShapeError(f"{name}: expected two 2-D arrays, got shapes {a.shape} and {b.shape}")
-    a = np.ascontiguousarray(a)
-    b = np.ascontiguousarray(b)
-    m, k = a.shape[::-1] if trans_a else a.shape
-    k_b, n = b.shape[::-1] if trans_b else b.shape
+    cdef Py_ssize_t m = a_arr.shape[1] if trans_a else a_arr.shape[0]
+    cdef Py_ssize_t k = a_arr.shape[0] if trans_a else a_arr.shape[1]
+    cdef Py_ssize_t k_b = b_arr.shape[1] if trans_b else b_arr.shape[0]
+    cdef Py_ssize_t n = b_arr.shape[0] if trans_b else b_arr.shape[1]
     if k != k_b:
         raise ShapeError(f"{name}: inner dimensions differ: op(a) is {(m, k)}, "
                          f"op(b) is {(k_b, n)}")
     if out is None:
-        out = np.empty((m, n), dtype=a.dtype)
-    elif (not isinstance(out, np.ndarray) or out.shape != (m, n) or out.dtype != a.dtype
-          or not out.flags.c_contiguous or not out.flags.writeable):
+        return a, b, np.empty((m, n), dtype=a.dtype), m, n, k
+    if not (isinstance(out, np.ndarray) and cnp.PyArray_NDIM(out) == 2
+            and cnp.PyArray_DIMS(out)[0] == m and cnp.PyArray_DIMS(out)[1] == n
+            and cnp.PyArray_TYPE(out) == type_num and cnp.PyArray_IS_C_CONTIGUOUS(out)
+            and cnp.PyArray_ISWRITEABLE(out)):
         raise ShapeError(f"{name}: out must be a writeable C-contiguous {a.dtype} array of "
                          f"shape {(m, n)}, got {getattr(out, 'dtype', type(out))} "
                          f"{getattr(out, 'shape', '')}")
@@ -365,8 +378,6 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
     array([[3., 3.],
            [3., 3.]], dtype=float32)
     """
-    from corenet.errors import ShapeError
-
     if accumulate and out is None:
         raise ValueError("matmul: accumulate=True needs out")
     if activation not in (None, "relu"):
