@@ -13,13 +13,19 @@ from corenet.layer import FLOAT_DTYPES
 
 
 class Loss:
+    """Base of every loss. A subclass whose forward computes the gradient too
+    stores it in ``self._grad``; the default backward returns it."""
+
     name: ClassVar[str] = ""
+    _grad = None
 
     def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def backward(self) -> np.ndarray:
-        raise NotImplementedError(f"{type(self).__name__}.backward")
+        if self._grad is None:
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        return self._grad
 
     def __call__(self, pred, target) -> float:
         return self.forward(pred, target)

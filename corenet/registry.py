@@ -187,12 +187,34 @@ class Registry:
             raise PluginError(f"no {kind} named {name!r}; registered: {sorted(table)}. "
                               f"Is the plugin that provides it installed?") from None
 
-    def by_class_name(self, kind: str, class_name: str) -> type | None:
-        table = self.load().layers if kind == "layers" else self.load().losses
-        for cls in table.values():
-            if cls.__name__ == class_name:
-                return cls
-        return None
-
 
 registry = Registry()
+
+
+def namespace(kind: str) -> tuple:
+    """create, names, __getattr__ and __dir__ for a module that exposes one kind
+    ("layers" or "losses") of registered class by registry name and by class name."""
+    singular = kind[:-1] if kind == "layers" else "loss"
+
+    def table() -> dict:
+        return getattr(registry.load(), kind)
+
+    def create(name: str, **config):
+        """A new instance of the class registered under ``name``, built from its config."""
+        return registry._lookup(table(), name, singular)(**config)
+
+    def names() -> list:
+        """The registered names, sorted."""
+        return sorted(table())
+
+    def __getattr__(class_name: str):
+        for cls in table().values():
+            if cls.__name__ == class_name:
+                return cls
+        raise AttributeError(f"corenet.{kind} has no {singular} class {class_name!r}; "
+                             f"registered: {sorted(cls.__name__ for cls in table().values())}")
+
+    def __dir__() -> list:
+        return ["create", "names"] + [cls.__name__ for cls in table().values()]
+
+    return create, names, __getattr__, __dir__

@@ -40,6 +40,27 @@ def _as_tuple(grads) -> tuple:
     return grads if isinstance(grads, tuple) else (grads,)
 
 
+def finite_difference_gradient(objective, target: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """d objective() / d target by central differences, nudging ``target`` in place."""
+    numeric = np.zeros_like(target)
+    flat, numeric_flat = target.reshape(-1), numeric.reshape(-1)
+    for index in range(flat.size):
+        original = flat[index]
+        flat[index] = original + step
+        upper = objective()
+        flat[index] = original - step
+        lower = objective()
+        flat[index] = original
+        numeric_flat[index] = (upper - lower) / (2 * step)
+    return numeric
+
+
+def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
+    """‖a − n‖ / (‖a‖ + ‖n‖): small when two gradients agree, whatever their scale."""
+    return float(np.linalg.norm(analytic - numeric)
+                 / max(np.linalg.norm(analytic) + np.linalg.norm(numeric), 1e-12))
+
+
 def check_protocol(cls, config: dict, input_shapes) -> None:
     """A registry name, a repr, Parameter objects with grads of their shape."""
     layer = cls(**config)
@@ -84,18 +105,7 @@ def check_gradients(cls, config: dict, input_shapes, tolerance: float = 1e-6,
     targets = list(xs) + [p.value for p in layer.parameters()]
     names = [f"input {i}" for i in range(len(xs))] + [p.name for p in layer.parameters()]
     for name, target, grad in zip(names, targets, analytic):
-        numeric = np.zeros_like(target)
-        flat, numeric_flat = target.reshape(-1), numeric.reshape(-1)
-        for index in range(flat.size):
-            original = flat[index]
-            flat[index] = original + step
-            upper = objective()
-            flat[index] = original - step
-            lower = objective()
-            flat[index] = original
-            numeric_flat[index] = (upper - lower) / (2 * step)
-        scale = max(np.linalg.norm(numeric) + np.linalg.norm(grad), 1e-12)
-        error = np.linalg.norm(grad - numeric) / scale
+        error = relative_error(grad, finite_difference_gradient(objective, target, step))
         assert error < tolerance, (f"{cls.name}: gradient of {name} differs from finite "
                                    f"differences, relative error {error:.2e}")
 

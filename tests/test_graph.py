@@ -5,6 +5,7 @@ import pytest
 import corenet as cn
 import corenet.layers as L
 from corenet.errors import DTypeError, ShapeError
+from corenet.testing import finite_difference_gradient, relative_error
 
 
 def dag_model(dtype="float64"):
@@ -38,20 +39,9 @@ def test_fan_out_gradients_are_summed_finite_differences(rng):
     objective()
     model.zero_grad()
     x_grad = model.backward(weights)
-    step = 1e-6
     for target, analytic in [(x, x_grad)] + [(p.value, p.grad) for p in model.parameters()]:
-        numeric = np.zeros_like(target)
-        for index in np.ndindex(target.shape):
-            original = target[index]
-            target[index] = original + step
-            upper = objective()
-            target[index] = original - step
-            lower = objective()
-            target[index] = original
-            numeric[index] = (upper - lower) / (2 * step)
-        error = np.linalg.norm(analytic - numeric) / (np.linalg.norm(analytic)
-                                                      + np.linalg.norm(numeric))
-        assert error < 1e-6
+        numeric = finite_difference_gradient(objective, target)
+        assert relative_error(analytic, numeric) < 1e-6
 
 
 def test_topological_order_is_stable_and_iterative():

@@ -5,23 +5,7 @@ import pytest
 import corenet
 from corenet.errors import DTypeError, ShapeError
 from corenet.losses import MSE, SoftmaxCrossEntropy
-
-
-def numeric_gradient(loss, pred, target, step=1e-6):
-    grad = np.zeros_like(pred)
-    for index in np.ndindex(pred.shape):
-        original = pred[index]
-        pred[index] = original + step
-        upper = loss.forward(pred, target)
-        pred[index] = original - step
-        lower = loss.forward(pred, target)
-        pred[index] = original
-        grad[index] = (upper - lower) / (2 * step)
-    return grad
-
-
-def relative_error(a, b):
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-12)
+from corenet.testing import finite_difference_gradient, relative_error
 
 
 def test_mse_is_half_squared_norm_averaged_over_batch(rng):
@@ -57,7 +41,8 @@ def test_gradients_match_finite_differences(loss, target, rng):
     pred = rng.standard_normal((2, 3))
     loss.forward(pred, target)
     analytic = loss.backward().copy()
-    assert relative_error(analytic, numeric_gradient(loss, pred, target)) < 1e-6
+    numeric = finite_difference_gradient(lambda: loss.forward(pred, target), pred)
+    assert relative_error(analytic, numeric) < 1e-6
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -71,9 +71,6 @@ class MSE(Loss):
 
     name = "mse"
 
-    def __init__(self):
-        self._grad = None
-
     def forward(self, pred, target):
         pred = self.check_pred(pred)
         target = np.asarray(target)
@@ -98,10 +95,6 @@ class MSE(Loss):
         self._grad = grad
         return float(row_loss.sum() / rows)
 
-    def backward(self):
-        if self._grad is None:
-            raise RuntimeError(f"{self.name}.backward called before forward")
-        return self._grad
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -113,9 +106,6 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     name = "softmax_cross_entropy"
-
-    def __init__(self):
-        self._grad = None
 
     def forward(self, pred, target):
         pred = self.check_pred(pred, ndim=2)
@@ -147,7 +137,3 @@ class SoftmaxCrossEntropy(Loss):
         self._grad = grad
         return float(row_loss.sum() / rows)
 
-    def backward(self):
-        if self._grad is None:
-            raise RuntimeError(f"{self.name}.backward called before forward")
-        return self._grad
