@@ -31,10 +31,13 @@ EXTENSIONS = {
 }
 
 
-def compiler_accepts(flags):
-    """True when the C compiler builds a small OpenMP program with these flags."""
+OPENMP_PROGRAM = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
+PLAIN_PROGRAM = "int main(void) { return 0; }\n"
+
+
+def compiler_accepts(flags, source=PLAIN_PROGRAM):
+    """True when the C compiler builds ``source`` with these flags."""
     compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    source = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "probe.c")
         with open(path, "w") as handle:
@@ -51,9 +54,9 @@ def compile_flags():
     flags = ["-O3", "-std=gnu11"]
     if os.environ.get("CORENET_PORTABLE", "") not in ("", "0"):
         pass
-    elif compiler_accepts(["-march=native", "-fopenmp"]) or compiler_accepts(["-march=native"]):
+    elif compiler_accepts(["-march=native"]):
         flags.append("-march=native")
-    openmp = compiler_accepts(["-fopenmp"])
+    openmp = compiler_accepts(["-fopenmp"], OPENMP_PROGRAM)
     if not openmp:
         print("corenet: the compiler has no OpenMP; building serial kernels", file=sys.stderr)
     return flags, (["-fopenmp"] if openmp else [])
