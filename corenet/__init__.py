@@ -16,6 +16,14 @@ from corenet.registry import PLUGIN_API
 __version__ = "0.1.0"
 
 
+def get_include() -> str:
+    """The folder to give Cython's include_path so that a plugin can
+    ``from corenet.kernels.gemm cimport gemm`` (it holds corenet/kernels/*.pxd)."""
+    import os
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def show_config() -> dict:
     """Print (and return) how corenet was built and how it runs here."""
     from corenet.info import build_info
@@ -35,6 +43,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'corenet' has no attribute {name!r}")
 
 
-__all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "PLUGIN_API", "Parameter",
+__all__ = ["DTypeError", "get_include", "Input", "Layer", "Loss", "Model", "PLUGIN_API", "Parameter",
            "PluginError", "Sequential", "ShapeError", "SymbolicTensor", "get_num_threads",
            "hookimpl", "set_num_threads", "show_config"]
