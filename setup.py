@@ -5,7 +5,6 @@ Environment switches:
   CORENET_CYTHON_CHECKS=1 bounds and wraparound checks back on, for debugging
 """
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig

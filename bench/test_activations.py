@@ -12,7 +12,8 @@ NUMPY = {
     "relu": (lambda x: np.maximum(x, 0), lambda x, y, g: g * (x > 0)),
     "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda x, y, g: g * y * (1 - y)),
     "tanh": (np.tanh, lambda x, y, g: g * (1 - y * y)),
-    "elu": (lambda x: np.where(x > 0, x, np.expm1(x)), lambda x, y, g: np.where(x > 0, g, g * (y + 1))),
+    "elu": (lambda x: np.where(x > 0, x, np.expm1(x)),
+            lambda x, y, g: np.where(x > 0, g, g * (y + 1))),
 }
 
 

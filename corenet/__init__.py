@@ -43,6 +43,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'corenet' has no attribute {name!r}")
 
 
-__all__ = ["DTypeError", "get_include", "Input", "Layer", "Loss", "Model", "PLUGIN_API", "Parameter",
-           "PluginError", "Sequential", "ShapeError", "SymbolicTensor", "get_num_threads",
-           "hookimpl", "set_num_threads", "show_config"]
+__all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "PLUGIN_API", "Parameter",
+           "PluginError", "Sequential", "ShapeError", "SymbolicTensor", "get_include",
+           "get_num_threads", "hookimpl", "set_num_threads", "show_config"]

@@ -152,8 +152,6 @@ class Model:
             self._plan.append((node.layer, [slots[id(t)] for t in node.inputs],
                                slots[id((second or node).output)],
                                second.layer.name if second else None))
-        self._fusing = [(layer, fused) for layer, _, _, fused in self._plan
-                        if hasattr(layer, "can_fuse")]
         for layer in self.layers:
             layer.reuse_buffers = True
 
@@ -183,9 +181,13 @@ class Model:
     @requires_input_grad.setter
     def requires_input_grad(self, value: bool) -> None:
         self._requires_input_grad = bool(value)
-        for layer, input_slots, _, _ in self._plan:
+        # (layer, needs_input_grad, fused_activation or no setting), applied before
+        # every forward: another Model over the same layers may set them otherwise.
+        self._settings = []
+        for layer, input_slots, _, fused in self._plan:
             from_inputs = all(slot in self._input_slots for slot in input_slots)
-            layer.needs_input_grad = self._requires_input_grad or not from_inputs
+            self._settings.append((layer, self._requires_input_grad or not from_inputs,
+                                   hasattr(layer, "can_fuse"), fused))
 
     # -- running -----------------------------------------------------------------
 
@@ -215,9 +217,10 @@ class Model:
         values = [None] * self._n_slots
         for index, x in enumerate(xs):
             values[index] = self._check_input(index, x)
-        # Set on every call: another Model over the same layers may not fuse them.
-        for layer, fused in self._fusing:
-            layer.fused_activation = fused
+        for layer, needs_input_grad, fusable, fused in self._settings:
+            layer.needs_input_grad = needs_input_grad
+            if fusable:
+                layer.fused_activation = fused
         for layer, input_slots, output_slot, _ in self._plan:
             if len(input_slots) == 1:
                 values[output_slot] = layer.forward(values[input_slots[0]])

@@ -1,6 +1,5 @@
 """The corenet command end to end, as a user runs it."""
 import json
-import os
 import subprocess
 import sys
 import tempfile

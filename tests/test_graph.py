@@ -83,7 +83,8 @@ def test_a_layer_instance_belongs_to_one_node():
 
 def test_model_input_errors(rng):
     model = dag_model("float32")
-    with pytest.raises(ShapeError, match=r"Model input 0: expected shape \(batch, 4\), got \(2, 5\)"):
+    with pytest.raises(ShapeError,
+                       match=r"Model input 0: expected shape \(batch, 4\), got \(2, 5\)"):
         model.forward(np.ones((2, 5), np.float32))
     with pytest.raises(ShapeError, match=r"expected shape \(batch, 4\), got \(4,\)"):
         model.forward(np.ones(4, np.float32))
@@ -167,9 +168,13 @@ def test_a_second_model_over_the_same_layers_is_not_affected_by_fusion(rng):
     linear = L.Linear(4, 3, dtype="float64")
     pre = linear(x)
     fused = cn.Model(x, L.ReLU()(pre))
-    raw = cn.Model(x, pre)  # the Linear's own output is an output here: no fusion
+    # The Linear's own output is an output here: no fusion; and dL/dx is wanted.
+    raw = cn.Model(x, pre, requires_input_grad=True)
     inputs = rng.standard_normal((6, 4))
     expected = inputs @ linear.weight.value.T + linear.bias.value
     assert (fused.forward(inputs) >= 0).all()
     np.testing.assert_allclose(raw.forward(inputs), expected, rtol=1e-12)
+    np.testing.assert_allclose(raw.backward(np.ones((6, 3))), np.ones((6, 3)) @ linear.weight.value,
+                               rtol=1e-12)
     np.testing.assert_allclose(fused.forward(inputs), np.maximum(expected, 0), rtol=1e-12)
+    assert fused.backward(np.ones((6, 3))) is None

@@ -39,9 +39,9 @@ def test_set_and_get(threads):
 def test_default_comes_from_the_environment(env, expected):
     clean = {key: value for key, value in os.environ.items()
              if key not in ("CORENET_NUM_THREADS", "OMP_NUM_THREADS")}
-    result = subprocess.run([sys.executable, "-c", "import corenet; print(corenet.get_num_threads())"],
-                            capture_output=True, text=True, env=dict(clean, **env),
-                            cwd=tempfile.gettempdir())
+    code = "import corenet; print(corenet.get_num_threads())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(clean, **env), cwd=tempfile.gettempdir())
     assert int(result.stdout) == (expected if openmp_enabled() else 1), result.stderr
 
 
