@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -96,6 +97,9 @@ def command_train(args) -> int:
     from corenet.progress import Progress
     from corenet.train import cosine_schedule, evaluate, fit
 
+    if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        # Checked before training, so that no training run is lost to a typo.
+        raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
     X, y = data.load(args.data)
     X = X.reshape(len(X), -1)
     X_train, y_train, X_test, y_test = data.train_test_split(X, y, args.test_fraction, args.seed)

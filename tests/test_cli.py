@@ -56,6 +56,12 @@ def test_nan_loss_stops_with_a_message_and_non_zero_exit():
     assert "Traceback" not in result.stderr
 
 
+def test_save_into_a_missing_folder_fails_before_training(tmp_path):
+    result = corenet("train", "--save", str(tmp_path / "no" / "model.npz"))
+    assert result.returncode == 2 and "its folder does not exist" in result.stderr
+    assert "epoch" not in result.stdout
+
+
 def test_unknown_activation_and_bad_data_are_clear_errors(tmp_path):
     result = corenet("train", "--activation", "nope")
     assert result.returncode == 2 and "no layer named 'nope'" in result.stderr

@@ -75,6 +75,13 @@ def test_save_load_round_trip(tmp_path, rng):
     inputs = rng.standard_normal((6, 4)).astype(np.float32)
     np.testing.assert_array_equal(model.forward(inputs), loaded.forward(inputs))
     assert [p.name for p in loaded.parameters()] == [p.name for p in model.parameters()]
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
