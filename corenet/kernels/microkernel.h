@@ -85,6 +85,12 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
     VT c20 = zero, c21 = zero, c30 = zero, c31 = zero;                        \
     VT c40 = zero, c41 = zero, c50 = zero, c51 = zero;                        \
     VT c60 = zero, c61 = zero, c70 = zero, c71 = zero;                        \
+    /* The tile of C is read or written once the k loop ends: ask for it now. */ \
+    for (int row = 0; row < CN_MR; ++row) {                                   \
+        __builtin_prefetch(c + row * ldc, 1);                                 \
+        __builtin_prefetch(c + row * ldc + NR - 1, 1);                        \
+    }                                                                         \
+    _Pragma("GCC unroll 4")                                                   \
     for (ptrdiff_t p = 0; p < kc; ++p) {                                      \
         VT b0 = *(const VT *)b;                                               \
         VT b1 = *(const VT *)(b + VL);                                        \
