@@ -141,7 +141,7 @@ class Model:
         self._output_slots = [slots[id(tensor)] for tensor in self.outputs]
         # (layer, input slots, output slot, fused) in topological order. A fused pair
         # (see _fusable_pairs) is one entry that writes the second node's output;
-        # `fused` names the second layer, None elsewhere.
+        # `fused` is the second layer, None elsewhere.
         pairs = self._fusable_pairs()
         second_nodes = {id(second) for second in pairs.values()}
         self._plan = []
@@ -151,7 +151,7 @@ class Model:
             second = pairs.get(id(node))
             self._plan.append((node.layer, [slots[id(t)] for t in node.inputs],
                                slots[id((second or node).output)],
-                               second.layer.name if second else None))
+                               second.layer if second else None))
         for layer in self.layers:
             layer.reuse_buffers = True
 
@@ -226,6 +226,9 @@ class Model:
                 values[output_slot] = layer.forward(values[input_slots[0]])
             else:
                 values[output_slot] = layer.forward(*[values[slot] for slot in input_slots])
+        for layer, _, fusable, _ in self._settings:
+            if fusable:  # a layer called on its own afterwards runs unfused
+                layer.fused_activation = None
         # Copies: the layers reuse their buffers at the next step.
         outputs = [values[slot].copy() for slot in self._output_slots]
         return outputs[0] if len(outputs) == 1 else outputs

@@ -63,9 +63,10 @@ class Layer:
     reuse_buffers: bool = False
     # Optional: a layer that defines ``can_fuse(following) -> bool`` may be asked
     # to run the single node that consumes its output as part of itself. Before
-    # each forward the executor then sets ``fused_activation`` to that layer's
-    # name (None when not fused in the model being run); backward receives the
-    # gradient of the fused pair's output. Linear fuses a following ReLU.
+    # each forward the executor then sets ``fused_activation`` to that layer
+    # (None when not fused in the model being run); backward receives the
+    # gradient of the fused pair's output. Linear fuses a following relu,
+    # sigmoid, tanh, leaky_relu or elu.
 
     def __init__(self):
         self.training = True

@@ -52,18 +52,31 @@ def test_reference_loop_matches_numpy(rng):
     np.testing.assert_allclose(reference_matmul(a, b, trans_b=True), expected, rtol=1e-12)
 
 
+ACTIVATIONS = {
+    None: lambda z, p: z,
+    "relu": lambda z, p: np.maximum(z, 0),
+    "sigmoid": lambda z, p: 1 / (1 + np.exp(-z)),
+    "tanh": lambda z, p: np.tanh(z),
+    "leaky_relu": lambda z, p: np.where(z > 0, z, p * z),
+    "elu": lambda z, p: np.where(z > 0, z, p * np.expm1(z)),
+}
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,n,k", [(45, 70, 500), (8, 32, 16), (3, 5, 0), (45, 7, 300),
                                    (3, 300, 50), (1, 1, 17)])
-def test_epilogue_bias_relu_and_accumulate(m, n, k, dtype, trans_b, rng):
+def test_epilogue_bias_activation_and_accumulate(m, n, k, dtype, trans_b, activation, rng):
     # The shapes reach the packed path and both thin paths (dot, axpy).
     a, b, expected = operands(rng, m, n, k, dtype, False, trans_b)
     bias = rng.standard_normal(n).astype(dtype)
     out = rng.standard_normal((m, n)).astype(dtype)
     before = out.astype(np.float64)
-    matmul(a, b, trans_b=trans_b, out=out, bias=bias, activation="relu", accumulate=True)
-    assert_close(out, np.maximum(before + expected + bias, 0), dtype, k)
+    function = ACTIVATIONS[activation]
+    matmul(a, b, trans_b=trans_b, out=out, bias=bias, activation=activation,
+           activation_param=0.3, accumulate=True)
+    assert_close(out, function(before + expected + bias, 0.3), dtype, k)
     result = matmul(a, b, trans_b=trans_b, bias=bias)
     assert_close(result, expected + bias, dtype, k)
 
@@ -102,3 +115,5 @@ def test_errors_name_the_problem():
         matmul(a, a, trans_b=True, out=np.empty((3, 4), np.float32))
     with pytest.raises(ShapeError, match=r"bias must have shape \(3,\)"):
         matmul(a, a, trans_b=True, bias=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        matmul(a, a, trans_b=True, activation="softmax")

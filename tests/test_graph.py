@@ -28,10 +28,10 @@ def test_forward_matches_a_hand_written_numpy_graph(rng):
     np.testing.assert_allclose(model.forward(x), expected, rtol=1e-12)
 
 
-def test_fan_out_gradients_are_summed_finite_differences(rng):
-    model = dag_model()
-    x = rng.standard_normal((3, 4))
-    weights = rng.standard_normal((3, 3))
+def assert_model_gradients(model, x, rng):
+    """dL/dx and every dL/dW from backward agree with finite differences, for
+    L = Σ forward(x) · R with a random R."""
+    weights = rng.standard_normal(model.forward(x).shape)
 
     def objective():
         return float(np.sum(model.forward(x) * weights))
@@ -42,6 +42,10 @@ def test_fan_out_gradients_are_summed_finite_differences(rng):
     for target, analytic in [(x, x_grad)] + [(p.value, p.grad) for p in model.parameters()]:
         numeric = finite_difference_gradient(objective, target)
         assert relative_error(analytic, numeric) < 1e-6
+
+
+def test_fan_out_gradients_are_summed_finite_differences(rng):
+    assert_model_gradients(dag_model(), rng.standard_normal((3, 4)), rng)
 
 
 def test_topological_order_is_stable_and_iterative():
@@ -178,3 +182,43 @@ def test_a_second_model_over_the_same_layers_is_not_affected_by_fusion(rng):
                                rtol=1e-12)
     np.testing.assert_allclose(fused.forward(inputs), np.maximum(expected, 0), rtol=1e-12)
     assert fused.backward(np.ones((6, 3))) is None
+
+
+FUSIONS = [("relu", {}), ("sigmoid", {}), ("tanh", {}), ("leaky_relu", {"negative_slope": 0.1}),
+           ("elu", {"alpha": 0.7})]
+
+
+@pytest.mark.parametrize("in_features, hidden", [(5, 6), (200, 3), (6, 40)])
+@pytest.mark.parametrize("name, config", FUSIONS)
+def test_fused_activations_match_the_layers_run_one_by_one(name, config, in_features, hidden,
+                                                           rng):
+    # The shapes reach the GEMM's packed path and its thin dot path.
+    first, activation, head = (L.Linear(in_features, hidden), L.create(name, **config),
+                               L.Linear(hidden, 3))
+    model = cn.Sequential(first, activation, head)
+    assert len(model._plan) == 2  # the activation runs inside the first Linear
+    x = rng.standard_normal((7, in_features)).astype(np.float32)
+    expected = head.forward(activation.forward(first.forward(x)))
+    np.testing.assert_array_equal(model.forward(x), expected)
+
+
+@pytest.mark.parametrize("name, config", FUSIONS)
+def test_fused_activation_gradients_match_finite_differences(name, config, rng):
+    model = cn.Sequential(L.Linear(4, 5, dtype="float64"), L.create(name, **config),
+                          L.Linear(5, 2, dtype="float64"), requires_input_grad=True)
+    assert_model_gradients(model, rng.standard_normal((3, 4)), rng)
+
+
+def test_activations_that_cannot_recover_their_derivative_are_not_fused():
+    for activation in (L.LeakyReLU(negative_slope=-0.5), L.ELU(alpha=0.0), L.Softmax()):
+        model = cn.Sequential(L.Linear(3, 3), activation)
+        assert len(model._plan) == 2
+
+
+def test_a_linear_called_alone_after_a_fused_model_runs_unfused(rng):
+    linear = L.Linear(3, 4, dtype="float64")
+    model = cn.Sequential(linear, L.ReLU(), L.Linear(4, 1, dtype="float64"))
+    x = rng.standard_normal((5, 3))
+    model.forward(x)
+    np.testing.assert_allclose(linear.forward(x), x @ linear.weight.value.T + linear.bias.value,
+                               rtol=1e-12)

@@ -9,9 +9,13 @@
 # Returns 0, or -1 when the packing buffers could not be allocated.
 from cython cimport floating
 
-cdef enum:
+cdef enum:  # the codes of vector_math.h
     EPILOGUE_NONE = 0
     EPILOGUE_RELU = 1
+    EPILOGUE_SIGMOID = 2
+    EPILOGUE_TANH = 3
+    EPILOGUE_LEAKY_RELU = 4
+    EPILOGUE_ELU = 5
 
 cdef int gemm(bint trans_a, bint trans_b,
               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -20,4 +24,4 @@ cdef int gemm(bint trans_a, bint trans_b,
               floating* c, Py_ssize_t ldc,           # IN/OUT
               bint accumulate,
               const floating* bias,                  # IN, n values or NULL
-              int epilogue) noexcept nogil
+              int epilogue, floating epilogue_param) noexcept nogil

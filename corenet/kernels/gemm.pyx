@@ -30,32 +30,36 @@ cdef extern from "microkernel.h" nogil:
         CN_AXPY_VECTORS
         CN_VEC_BYTES
     void* cn_thread_buffer(size_t n_bytes)
+    float cn_activate_float(float value, int kind, float param)
+    double cn_activate_double(double value, int kind, double param)
     void cn_kernel_float(ptrdiff_t kc, const float* a, const float* b, float* c,
-                         ptrdiff_t ldc, int accumulate, const float* bias, int epilogue)
+                         ptrdiff_t ldc, int accumulate, const float* bias, int epilogue,
+                         float param)
     void cn_kernel_float_edge(ptrdiff_t kc, const float* a, const float* b, float* c,
                               ptrdiff_t ldc, int accumulate, const float* bias,
-                              int epilogue, ptrdiff_t mr, ptrdiff_t nr)
+                              int epilogue, float param, ptrdiff_t mr, ptrdiff_t nr)
     void cn_kernel_double(ptrdiff_t kc, const double* a, const double* b, double* c,
-                          ptrdiff_t ldc, int accumulate, const double* bias, int epilogue)
+                          ptrdiff_t ldc, int accumulate, const double* bias, int epilogue,
+                          double param)
     void cn_kernel_double_edge(ptrdiff_t kc, const double* a, const double* b, double* c,
                                ptrdiff_t ldc, int accumulate, const double* bias,
-                               int epilogue, ptrdiff_t mr, ptrdiff_t nr)
+                               int epilogue, double param, ptrdiff_t mr, ptrdiff_t nr)
     void cn_dot_float(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
                       const float* a, ptrdiff_t lda, const float* bt, ptrdiff_t ldb,
                       float* c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,
-                      const float* bias, int epilogue)
+                      const float* bias, int epilogue, float param)
     void cn_dot_double(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
                        const double* a, ptrdiff_t lda, const double* bt, ptrdiff_t ldb,
                        double* c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,
-                       const double* bias, int epilogue)
+                       const double* bias, int epilogue, double param)
     void cn_axpy_float(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
                        const float* a, ptrdiff_t a_rs, ptrdiff_t a_cs, const float* b,
                        ptrdiff_t ldb, float* c, ptrdiff_t ldc, int accumulate,
-                       const float* bias, int epilogue)
+                       const float* bias, int epilogue, float param)
     void cn_axpy_double(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
                         const double* a, ptrdiff_t a_rs, ptrdiff_t a_cs, const double* b,
                         ptrdiff_t ldb, double* c, ptrdiff_t ldc, int accumulate,
-                        const double* bias, int epilogue)
+                        const double* bias, int epilogue, double param)
 
 # Block sizes: an MC x KC block of A stays in the 1 MiB L2, a KC x NR sliver
 # of B in L1, the KC x NC panel of B in L3.
@@ -118,25 +122,27 @@ cdef void pack_b(floating* dst, const floating* b, Py_ssize_t rs, Py_ssize_t cs,
 
 cdef inline void run_kernel(Py_ssize_t kc, const floating* a, const floating* b, floating* c,
                             Py_ssize_t ldc, bint accumulate, const floating* bias,
-                            int epilogue, Py_ssize_t mr, Py_ssize_t nr,
+                            int epilogue, floating param, Py_ssize_t mr, Py_ssize_t nr,
                             Py_ssize_t nr_full) noexcept nogil:
     if mr == CN_MR and nr == nr_full:
         if floating is float:
-            cn_kernel_float(kc, a, b, c, ldc, accumulate, bias, epilogue)
+            cn_kernel_float(kc, a, b, c, ldc, accumulate, bias, epilogue, param)
         else:
-            cn_kernel_double(kc, a, b, c, ldc, accumulate, bias, epilogue)
+            cn_kernel_double(kc, a, b, c, ldc, accumulate, bias, epilogue, param)
     else:
         if floating is float:
-            cn_kernel_float_edge(kc, a, b, c, ldc, accumulate, bias, epilogue, mr, nr)
+            cn_kernel_float_edge(kc, a, b, c, ldc, accumulate, bias, epilogue, param, mr,
+                                 nr)
         else:
-            cn_kernel_double_edge(kc, a, b, c, ldc, accumulate, bias, epilogue, mr, nr)
+            cn_kernel_double_edge(kc, a, b, c, ldc, accumulate, bias, epilogue, param, mr,
+                                  nr)
 
 
 cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k,
                     const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
                     const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs,
                     floating* c, Py_ssize_t ldc, bint accumulate,
-                    const floating* bias, int epilogue) noexcept nogil:
+                    const floating* bias, int epilogue, floating param) noexcept nogil:
     """C[m0:m1, n0:n1] on the calling thread, with its own packing buffers."""
     cdef Py_ssize_t nr_full, kc_max, jc, nc, pc, kc, ic, mc, jr, ir
     cdef bint last
@@ -175,7 +181,7 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
                         run_kernel(kc, a_packed + ir * kc, b_packed + jr * kc,
                                    c + (ic + ir) * ldc + jc + jr, ldc,
                                    accumulate or pc > 0, tile_bias,
-                                   epilogue if last else EPILOGUE_NONE,
+                                   epilogue if last else EPILOGUE_NONE, param,
                                    min(<Py_ssize_t>CN_MR, mc - ir), min(nr_full, nc - jr),
                                    nr_full)
                         ir += CN_MR
@@ -187,7 +193,8 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
 
 
 cdef void empty_product(Py_ssize_t m, Py_ssize_t n, floating* c, Py_ssize_t ldc,
-                        bint accumulate, const floating* bias, int epilogue) noexcept nogil:
+                        bint accumulate, const floating* bias, int epilogue,
+                        floating param) noexcept nogil:
     """k == 0: C is its old value (or zero) plus the bias, through the epilogue."""
     cdef Py_ssize_t i, j
     cdef floating value
@@ -196,15 +203,18 @@ cdef void empty_product(Py_ssize_t m, Py_ssize_t n, floating* c, Py_ssize_t ldc,
             value = c[i * ldc + j] if accumulate else 0
             if bias != NULL:
                 value = value + bias[j]
-            if epilogue == EPILOGUE_RELU and value < 0:
-                value = 0
+            if epilogue != EPILOGUE_NONE:
+                if floating is float:
+                    value = cn_activate_float(value, epilogue, param)
+                else:
+                    value = cn_activate_double(value, epilogue, param)
             c[i * ldc + j] = value
 
 
 cdef int thin_dot(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda,
                   const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs, floating* c,
                   Py_ssize_t ldc, bint accumulate, const floating* bias,
-                  int epilogue) noexcept nogil:
+                  int epilogue, floating param) noexcept nogil:
     """C = A · B through dot products of A's rows with B's columns, for a thin C."""
     cdef const floating* bt = b
     cdef Py_ssize_t ldb_t = b_cs, j, p, task, start, stop
@@ -229,24 +239,24 @@ cdef int thin_dot(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, P
         if floating is float:
             if by_rows:
                 cn_dot_float(start, stop, 0, n, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
-                             bias, epilogue)
+                             bias, epilogue, param)
             else:
                 cn_dot_float(0, m, start, stop, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
-                             bias, epilogue)
+                             bias, epilogue, param)
         else:
             if by_rows:
                 cn_dot_double(start, stop, 0, n, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
-                              bias, epilogue)
+                              bias, epilogue, param)
             else:
                 cn_dot_double(0, m, start, stop, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
-                              bias, epilogue)
+                              bias, epilogue, param)
     return 0
 
 
 cdef void thin_axpy(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                     Py_ssize_t a_rs, Py_ssize_t a_cs, const floating* b, Py_ssize_t ldb,
                     floating* c, Py_ssize_t ldc, bint accumulate, const floating* bias,
-                    int epilogue) noexcept nogil:
+                    int epilogue, floating param) noexcept nogil:
     """C = A · B row by row as Σ_p A[i, p] · B[p, :], for a C of few rows."""
     # The kernel's block of columns.
     cdef Py_ssize_t width = CN_AXPY_VECTORS * CN_VEC_BYTES // sizeof(floating)
@@ -258,10 +268,10 @@ cdef void thin_axpy(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
         stop = min(n, (task + 1) * blocks // n_threads * width)
         if floating is float:
             cn_axpy_float(m, start, stop, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias,
-                          epilogue)
+                          epilogue, param)
         else:
             cn_axpy_double(m, start, stop, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias,
-                           epilogue)
+                           epilogue, param)
 
 
 cdef int gemm(bint trans_a, bint trans_b,
@@ -269,7 +279,8 @@ cdef int gemm(bint trans_a, bint trans_b,
               const floating* a, Py_ssize_t lda,
               const floating* b, Py_ssize_t ldb,
               floating* c, Py_ssize_t ldc,
-              bint accumulate, const floating* bias, int epilogue) noexcept nogil:
+              bint accumulate, const floating* bias, int epilogue,
+              floating epilogue_param) noexcept nogil:
     # Element (i, p) of op(A) lies at a[i * a_rs + p * a_cs]; likewise for B.
     cdef Py_ssize_t a_rs = 1 if trans_a else lda
     cdef Py_ssize_t a_cs = lda if trans_a else 1
@@ -278,7 +289,7 @@ cdef int gemm(bint trans_a, bint trans_b,
     if m == 0 or n == 0:
         return 0
     if k == 0:
-        empty_product(m, n, c, ldc, accumulate, bias, epilogue)
+        empty_product(m, n, c, ldc, accumulate, bias, epilogue, epilogue_param)
         return 0
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
     # Thin products, where packed tiles would be mostly padding (matrix-vector shapes,
@@ -286,9 +297,11 @@ cdef int gemm(bint trans_a, bint trans_b,
     # The dot path ends each element with a sum across a vector's lanes, which only
     # a long k amortizes.
     if not trans_a and k >= THIN_DOT_MIN_K and (n < nr_full or (m < CN_MR and trans_b)):
-        return thin_dot(m, n, k, a, lda, b, b_rs, b_cs, c, ldc, accumulate, bias, epilogue)
+        return thin_dot(m, n, k, a, lda, b, b_rs, b_cs, c, ldc, accumulate, bias, epilogue,
+                        epilogue_param)
     if m < CN_MR and not trans_b:
-        thin_axpy(m, n, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias, epilogue)
+        thin_axpy(m, n, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias, epilogue,
+                  epilogue_param)
         return 0
     cdef Py_ssize_t m_tiles = (m + CN_MR - 1) // CN_MR
     cdef Py_ssize_t n_tiles = (n + nr_full - 1) // nr_full
@@ -302,7 +315,7 @@ cdef int gemm(bint trans_a, bint trans_b,
     cdef Py_ssize_t n_tasks = tasks_m * tasks_n
     if n_tasks == 1:
         return gemm_block(0, m, 0, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc,
-                          accumulate, bias, epilogue)
+                          accumulate, bias, epilogue, epilogue_param)
     cdef Py_ssize_t task, m0, m1, n0, n1
     cdef int failures = 0
     for task in prange(n_tasks, num_threads=n_tasks, schedule='static'):
@@ -311,7 +324,7 @@ cdef int gemm(bint trans_a, bint trans_b,
         n0 = (task % tasks_n) * n_tiles // tasks_n * nr_full
         n1 = min(n, ((task % tasks_n) + 1) * n_tiles // tasks_n * nr_full)
         failures += -gemm_block(m0, m1, n0, n1, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc,
-                                accumulate, bias, epilogue)
+                                accumulate, bias, epilogue, epilogue_param)
     return -1 if failures else 0
 
 
@@ -365,11 +378,16 @@ cdef tuple _operands(object a, object b, bint trans_a, bint trans_b, object out,
     return a, b, out, m, n, k
 
 
+EPILOGUES = {None: EPILOGUE_NONE, "relu": EPILOGUE_RELU, "sigmoid": EPILOGUE_SIGMOID,
+             "tanh": EPILOGUE_TANH, "leaky_relu": EPILOGUE_LEAKY_RELU, "elu": EPILOGUE_ELU}
+
+
 def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activation=None,
-           accumulate=False):
+           activation_param=0.0, accumulate=False):
     """op(a) @ op(b) with corenet's GEMM, where op transposes when asked.
 
-    ``bias`` (one value per output column) and ``activation`` ("relu") are
+    ``bias`` (one value per output column) and ``activation`` (a name in
+    EPILOGUES; ``activation_param`` is leaky_relu's slope or elu's alpha) are
     applied in the GEMM's epilogue; ``accumulate`` adds the product to ``out``.
 
     >>> import numpy as np
@@ -380,8 +398,9 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
     """
     if accumulate and out is None:
         raise ValueError("matmul: accumulate=True needs out")
-    if activation not in (None, "relu"):
-        raise ValueError(f"matmul: activation must be None or 'relu', got {activation!r}")
+    if activation not in EPILOGUES:
+        raise ValueError(f"matmul: activation must be one of {list(EPILOGUES)}, "
+                         f"got {activation!r}")
     a, b, out, shape_m, shape_n, shape_k = _operands(a, b, trans_a, trans_b, out, "matmul")
     if bias is not None:
         bias = np.ascontiguousarray(bias, dtype=a.dtype)
@@ -390,7 +409,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
     cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = out
     cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
     cdef bint ta = trans_a, tb = trans_b, add = accumulate
-    cdef int epilogue = EPILOGUE_RELU if activation == "relu" else EPILOGUE_NONE
+    cdef int epilogue = EPILOGUES[activation]
+    cdef double param = activation_param
     cdef Py_ssize_t m = shape_m, n = shape_n, k = shape_k
     cdef int status
     if a.dtype == np.float32:
@@ -399,14 +419,14 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
                           <const float*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
                           <const float*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
                           <float*>cnp.PyArray_DATA(out_arr), n, add, <const float*>bias_data,
-                          epilogue)
+                          epilogue, <float>param)
     else:
         with nogil:
             status = gemm(ta, tb, m, n, k,
                           <const double*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
                           <const double*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
                           <double*>cnp.PyArray_DATA(out_arr), n, add, <const double*>bias_data,
-                          epilogue)
+                          epilogue, param)
     if status != 0:
         raise MemoryError("matmul: could not allocate the packing buffers")
     return out

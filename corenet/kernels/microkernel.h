@@ -2,8 +2,9 @@
  *
  * A micro-kernel multiplies a packed sliver of A (kc x CN_MR, column of MR
  * values per k) by a packed panel of B (kc x NR, row of NR values per k) and
- * writes or adds the MR x NR tile of C, with an optional epilogue (bias per
- * column, then ReLU) applied in registers on the last k block.
+ * writes or adds the MR x NR tile of C, with an optional epilogue on the last
+ * k block: bias per column, then an activation (vector_math.h) — ReLU in
+ * registers, the others over the tile while it is still in L1.
  *
  * The tile is CN_MR rows by two SIMD vectors: 16 accumulators, which leaves
  * room in the 32 AVX-512 registers for the B vectors and the broadcasts. GCC
@@ -17,17 +18,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vector_math.h"
+
 #define CN_MR 8
 #define CN_VEC_BYTES 64
 #define CN_NR_FLOAT 32   /* two vectors of 16 floats */
 #define CN_NR_DOUBLE 16  /* two vectors of 8 doubles */
 
-#define CN_EPILOGUE_NONE 0
-#define CN_EPILOGUE_RELU 1
-
-typedef float cn_vf __attribute__((vector_size(CN_VEC_BYTES)));
 typedef double cn_vd __attribute__((vector_size(CN_VEC_BYTES)));
-typedef int cn_vfi __attribute__((vector_size(CN_VEC_BYTES)));
 typedef long long cn_vdi __attribute__((vector_size(CN_VEC_BYTES)));
 /* The same vectors at element alignment, for loads and stores into C. */
 typedef float cn_vf_u __attribute__((vector_size(CN_VEC_BYTES), aligned(4)));
@@ -47,6 +45,23 @@ static void *cn_thread_buffer(size_t bytes)
         cn_tls_bytes = cn_tls_buffer ? bytes : 0;
     }
     return cn_tls_buffer;
+}
+
+/* The activations other than ReLU, over a full MR x NR tile of C. */
+static inline void cn_activate_tile_float(float *c, ptrdiff_t ldc, int kind, float param)
+{
+    for (int i = 0; i < CN_MR; ++i) {
+        cn_vf_u *row = (cn_vf_u *)(c + i * ldc);
+        row[0] = cn_activate_vector(row[0], kind, param);
+        row[1] = cn_activate_vector(row[1], kind, param);
+    }
+}
+
+static inline void cn_activate_tile_double(double *c, ptrdiff_t ldc, int kind, double param)
+{
+    for (int i = 0; i < CN_MR; ++i)
+        for (int j = 0; j < CN_NR_DOUBLE; ++j)
+            c[i * ldc + j] = cn_activate_double(c[i * ldc + j], kind, param);
 }
 
 #define CN_ROW(T, i)                                                           \
@@ -77,7 +92,7 @@ static void *cn_thread_buffer(size_t bytes)
 #define CN_DEFINE_KERNEL(NAME, T, VT, VU, VI, NR)                             \
 static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
                  T *restrict c, ptrdiff_t ldc, int accumulate,                \
-                 const T *restrict bias, int epilogue)                        \
+                 const T *restrict bias, int epilogue, T param)               \
 {                                                                             \
     const int VL = NR / 2;                                                    \
     const VT zero = {0};                                                      \
@@ -105,11 +120,13 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
     CN_STORE_ROW(VT, VU, VI, 2) CN_STORE_ROW(VT, VU, VI, 3)                   \
     CN_STORE_ROW(VT, VU, VI, 4) CN_STORE_ROW(VT, VU, VI, 5)                   \
     CN_STORE_ROW(VT, VU, VI, 6) CN_STORE_ROW(VT, VU, VI, 7)                   \
+    if (epilogue > CN_EPILOGUE_RELU)                                          \
+        cn_activate_tile_##T(c, ldc, epilogue, param);                        \
 }                                                                             \
                                                                               \
 static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, \
                         T *restrict c, ptrdiff_t ldc, int accumulate,         \
-                        const T *restrict bias, int epilogue,                 \
+                        const T *restrict bias, int epilogue, T param,        \
                         ptrdiff_t mr, ptrdiff_t nr)                           \
 {                                                                             \
     T tile[CN_MR * NR] __attribute__((aligned(CN_VEC_BYTES)));                \
@@ -120,21 +137,21 @@ static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, 
     if (bias) {                                                               \
         for (ptrdiff_t j = 0; j < NR; ++j) bias_tile[j] = j < nr ? bias[j] : (T)0; \
     }                                                                         \
-    NAME(kc, a, b, tile, NR, accumulate, bias ? bias_tile : NULL, epilogue);  \
+    NAME(kc, a, b, tile, NR, accumulate, bias ? bias_tile : NULL, epilogue, param); \
     for (ptrdiff_t i = 0; i < mr; ++i)                                        \
         for (ptrdiff_t j = 0; j < nr; ++j)                                    \
             c[i * ldc + j] = tile[i * NR + j];                                \
 }
 
-CN_DEFINE_KERNEL(cn_kernel_float, float, cn_vf, cn_vf_u, cn_vfi, CN_NR_FLOAT)
+CN_DEFINE_KERNEL(cn_kernel_float, float, cn_vf, cn_vf_u, cn_vi, CN_NR_FLOAT)
 CN_DEFINE_KERNEL(cn_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
 
 /* The finishing steps every path applies to one element of C, in one order. */
-#define CN_FINISH(T, value, old, accumulate, bias, j, epilogue)                 \
+#define CN_FINISH(T, value, old, accumulate, bias, j, epilogue, param)          \
     do {                                                                        \
         if (accumulate) value = old + value;                                    \
         if (bias) value = value + bias[j];                                      \
-        if (epilogue == CN_EPILOGUE_RELU && value < 0) value = 0;               \
+        if (epilogue != CN_EPILOGUE_NONE) value = cn_activate_##T(value, epilogue, param); \
     } while (0)
 
 /* Thin products, where a packed tile would be mostly padding.
@@ -160,9 +177,9 @@ static inline T DOT##_sum(VT v)                                                 
 }                                                                               \
                                                                                 \
 static inline void DOT##_store(T *out, T value, T old, int accumulate,          \
-                               const T *bias, ptrdiff_t j, int epilogue)        \
+                               const T *bias, ptrdiff_t j, int epilogue, T param) \
 {                                                                               \
-    CN_FINISH(T, value, old, accumulate, bias, j, epilogue);                    \
+    CN_FINISH(T, value, old, accumulate, bias, j, epilogue, param);             \
     *out = value;                                                               \
 }                                                                               \
                                                                                 \
@@ -170,7 +187,7 @@ static void DOT(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,         
                 ptrdiff_t k, const T *restrict a, ptrdiff_t lda,                \
                 const T *restrict bt, ptrdiff_t ldb,                            \
                 T *restrict c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,  \
-                const T *restrict bias, int epilogue)                           \
+                const T *restrict bias, int epilogue, T param)                  \
 {                                                                               \
     const ptrdiff_t VL = sizeof(VT) / sizeof(T);                                \
     const ptrdiff_t n4 = n0 + (n1 - n0) / 4 * 4;                                \
@@ -196,12 +213,12 @@ static void DOT(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,         
                 t2 += row[p] * b2[p]; t3 += row[p] * b3[p];                     \
             }                                                                   \
             T *out = c_row + j * cs_c;                                          \
-            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue);          \
-            DOT##_store(out + cs_c, t1, out[cs_c], accumulate, bias, j + 1, epilogue); \
+            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue, param);          \
+            DOT##_store(out + cs_c, t1, out[cs_c], accumulate, bias, j + 1, epilogue, param); \
             DOT##_store(out + 2 * cs_c, t2, out[2 * cs_c], accumulate, bias, j + 2, \
-                        epilogue);                                              \
+                        epilogue, param);                                       \
             DOT##_store(out + 3 * cs_c, t3, out[3 * cs_c], accumulate, bias, j + 3, \
-                        epilogue);                                              \
+                        epilogue, param);                                       \
         }                                                                       \
         for (ptrdiff_t j = n4; j < n1; ++j) {                                   \
             const T *b0 = bt + j * ldb;                                         \
@@ -218,7 +235,7 @@ static void DOT(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,         
             T t0 = DOT##_sum((s0 + s1) + (s2 + s3));                            \
             for (; p < k; ++p) t0 += row[p] * b0[p];                            \
             T *out = c_row + j * cs_c;                                          \
-            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue);          \
+            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue, param);          \
         }                                                                       \
     }                                                                           \
 }                                                                               \
@@ -227,7 +244,7 @@ static void AXPY(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,          
                  const T *restrict a, ptrdiff_t a_rs, ptrdiff_t a_cs,           \
                  const T *restrict b, ptrdiff_t ldb,                            \
                  T *restrict c, ptrdiff_t ldc, int accumulate,                  \
-                 const T *restrict bias, int epilogue)                          \
+                 const T *restrict bias, int epilogue, T param)                 \
 {                                                                               \
     const ptrdiff_t VL = sizeof(VT) / sizeof(T), WIDTH = CN_AXPY_VECTORS * VL;  \
     VT partial[CN_AXPY_VECTORS];                                                \
@@ -256,7 +273,8 @@ static void AXPY(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,          
             }                                                                   \
             for (ptrdiff_t j = 0; j < width; ++j) {                             \
                 T *out = c + i * ldc + j0 + j;                                  \
-                DOT##_store(out, sums[j], *out, accumulate, bias, j0 + j, epilogue); \
+                DOT##_store(out, sums[j], *out, accumulate, bias, j0 + j, epilogue, \
+                            param);                                             \
             }                                                                   \
         }                                                                       \
     }                                                                           \

@@ -12,7 +12,8 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from corenet.kernels.gemm cimport EPILOGUE_NONE, EPILOGUE_RELU, gemm
+from corenet.kernels.gemm cimport (EPILOGUE_ELU, EPILOGUE_LEAKY_RELU, EPILOGUE_NONE,
+                                   EPILOGUE_RELU, EPILOGUE_SIGMOID, EPILOGUE_TANH, gemm)
 from corenet.kernels.threads cimport threads_for
 
 from corenet import random
@@ -40,11 +41,28 @@ cdef void add_column_sums(floating* sums, const floating* x, Py_ssize_t rows,
                 sums[j] = sums[j] + x[i * columns + j]
 
 
-cdef void relu_backward_and_column_sums(const floating* grad, const floating* out,
-                                       floating* masked, floating* sums, Py_ssize_t rows,
-                                       Py_ssize_t columns) noexcept nogil:
-    """masked = grad where out > 0 else 0, and sums[j] += Σ_i masked[i, j] (sums may be
-    NULL), in one pass. Threads own column ranges, as in add_column_sums."""
+cdef inline floating activation_derivative_times(int kind, floating grad, floating out,
+                                                  floating param) noexcept nogil:
+    """grad · f'(x) from the activation's output y = f(x): each fusable f has its
+    derivative as a function of y (leaky_relu and elu: y > 0 exactly when x > 0,
+    since their slope and alpha are not negative)."""
+    if kind == EPILOGUE_RELU:
+        return grad if out > 0 else 0
+    if kind == EPILOGUE_SIGMOID:
+        return grad * out * (1 - out)
+    if kind == EPILOGUE_TANH:
+        return grad * (1 - out * out)
+    if kind == EPILOGUE_LEAKY_RELU:
+        return grad if out > 0 else param * grad
+    return grad if out > 0 else grad * (out + param)  # elu
+
+
+cdef void activation_backward_and_column_sums(int kind, floating param, const floating* grad,
+                                              const floating* out, floating* pre_grad,
+                                              floating* sums, Py_ssize_t rows,
+                                              Py_ssize_t columns) noexcept nogil:
+    """pre_grad = grad · f'(x) from out = f(x), and sums[j] += Σ_i pre_grad[i, j] (sums
+    may be NULL), in one pass. Threads own column ranges, as in add_column_sums."""
     cdef int n_threads = threads_for(rows * columns, GRAIN)
     cdef Py_ssize_t chunk = (columns + n_threads - 1) // n_threads
     cdef Py_ssize_t part, i, j, start, stop
@@ -54,33 +72,34 @@ cdef void relu_backward_and_column_sums(const floating* grad, const floating* ou
         stop = min(columns, start + chunk)
         for i in range(rows):
             for j in range(start, stop):
-                value = grad[i * columns + j] if out[i * columns + j] > 0 else 0
-                masked[i * columns + j] = value
+                value = activation_derivative_times(kind, grad[i * columns + j],
+                                                    out[i * columns + j], param)
+                pre_grad[i * columns + j] = value
                 if sums != NULL:
                     sums[j] = sums[j] + value
 
 
-cdef int relu_backward(cnp.ndarray grad, cnp.ndarray out, cnp.ndarray masked,
-                       object bias_grad) except -1:
+cdef int activation_backward(int kind, double param, cnp.ndarray grad, cnp.ndarray out,
+                             cnp.ndarray pre_grad, object bias_grad) except -1:
     cdef Py_ssize_t rows = out.shape[0], columns = out.shape[1]
     cdef void* sums = NULL if bias_grad is None else cnp.PyArray_DATA(bias_grad)
     if out.descr.type_num == cnp.NPY_FLOAT32:
         with nogil:
-            relu_backward_and_column_sums(<const float*>cnp.PyArray_DATA(grad),
-                                          <const float*>cnp.PyArray_DATA(out),
-                                          <float*>cnp.PyArray_DATA(masked), <float*>sums,
-                                          rows, columns)
+            activation_backward_and_column_sums(
+                kind, <float>param, <const float*>cnp.PyArray_DATA(grad),
+                <const float*>cnp.PyArray_DATA(out), <float*>cnp.PyArray_DATA(pre_grad),
+                <float*>sums, rows, columns)
     else:
         with nogil:
-            relu_backward_and_column_sums(<const double*>cnp.PyArray_DATA(grad),
-                                          <const double*>cnp.PyArray_DATA(out),
-                                          <double*>cnp.PyArray_DATA(masked), <double*>sums,
-                                          rows, columns)
+            activation_backward_and_column_sums(
+                kind, param, <const double*>cnp.PyArray_DATA(grad),
+                <const double*>cnp.PyArray_DATA(out), <double*>cnp.PyArray_DATA(pre_grad),
+                <double*>sums, rows, columns)
     return 0
 
 
 cdef int linear_forward(cnp.ndarray x, cnp.ndarray weight, object bias, cnp.ndarray out,
-                        int epilogue) except -1:
+                        int epilogue, double param) except -1:
     cdef Py_ssize_t n = x.shape[0], k = x.shape[1], m = weight.shape[0]
     cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
     cdef int status
@@ -89,13 +108,13 @@ cdef int linear_forward(cnp.ndarray x, cnp.ndarray weight, object bias, cnp.ndar
             status = gemm(False, True, n, m, k, <const float*>cnp.PyArray_DATA(x), k,
                           <const float*>cnp.PyArray_DATA(weight), k,
                           <float*>cnp.PyArray_DATA(out), m, False, <const float*>bias_data,
-                          epilogue)
+                          epilogue, <float>param)
     else:
         with nogil:
             status = gemm(False, True, n, m, k, <const double*>cnp.PyArray_DATA(x), k,
                           <const double*>cnp.PyArray_DATA(weight), k,
                           <double*>cnp.PyArray_DATA(out), m, False, <const double*>bias_data,
-                          epilogue)
+                          epilogue, param)
     if status:
         raise MemoryError("linear: could not allocate GEMM buffers")
     return 0
@@ -112,29 +131,52 @@ cdef int linear_backward(cnp.ndarray grad, cnp.ndarray x, cnp.ndarray weight,
             # dW (m x k) += gradᵀ (m x n) · x (n x k)
             status |= gemm(True, False, m, k, n, <const float*>cnp.PyArray_DATA(grad), m,
                            <const float*>cnp.PyArray_DATA(x), k,
-                           <float*>cnp.PyArray_DATA(weight_grad), k, True, NULL, EPILOGUE_NONE)
+                           <float*>cnp.PyArray_DATA(weight_grad), k, True, NULL, EPILOGUE_NONE,
+                           0)
             if bias_grad_data != NULL:
                 add_column_sums(<float*>bias_grad_data, <const float*>cnp.PyArray_DATA(grad), n, m)
             if x_grad_data != NULL:
                 # dx (n x k) = grad (n x m) · W (m x k)
                 status |= gemm(False, False, n, k, m, <const float*>cnp.PyArray_DATA(grad), m,
                                <const float*>cnp.PyArray_DATA(weight), k,
-                               <float*>x_grad_data, k, False, NULL, EPILOGUE_NONE)
+                               <float*>x_grad_data, k, False, NULL, EPILOGUE_NONE,
+                               0)
     else:
         with nogil:
             status |= gemm(True, False, m, k, n, <const double*>cnp.PyArray_DATA(grad), m,
                            <const double*>cnp.PyArray_DATA(x), k,
-                           <double*>cnp.PyArray_DATA(weight_grad), k, True, NULL, EPILOGUE_NONE)
+                           <double*>cnp.PyArray_DATA(weight_grad), k, True, NULL, EPILOGUE_NONE,
+                           0)
             if bias_grad_data != NULL:
                 add_column_sums(<double*>bias_grad_data, <const double*>cnp.PyArray_DATA(grad),
                                 n, m)
             if x_grad_data != NULL:
                 status |= gemm(False, False, n, k, m, <const double*>cnp.PyArray_DATA(grad), m,
                                <const double*>cnp.PyArray_DATA(weight), k,
-                               <double*>x_grad_data, k, False, NULL, EPILOGUE_NONE)
+                               <double*>x_grad_data, k, False, NULL, EPILOGUE_NONE,
+                               0)
     if status:
         raise MemoryError("linear: could not allocate GEMM buffers")
     return 0
+
+
+# Activations a Linear runs in its GEMM's epilogue when the executor fuses them:
+# name -> (epilogue code, the attribute holding the activation's parameter).
+FUSABLE = {"relu": (EPILOGUE_RELU, None), "sigmoid": (EPILOGUE_SIGMOID, None),
+           "tanh": (EPILOGUE_TANH, None), "leaky_relu": (EPILOGUE_LEAKY_RELU, "negative_slope"),
+           "elu": (EPILOGUE_ELU, "alpha")}
+
+
+def fusion_of(activation):
+    """(epilogue code, parameter) for an activation layer, or None if it cannot fuse:
+    backward recovers f'(x) from y = f(x) only for a non-negative slope or alpha."""
+    if activation is None or activation.name not in FUSABLE:
+        return None
+    code, attribute = FUSABLE[activation.name]
+    param = float(getattr(activation, attribute)) if attribute else 0.0
+    if param < 0 or (activation.name == "elu" and param == 0):
+        return None
+    return code, param
 
 
 class Linear(Layer):
@@ -165,19 +207,20 @@ class Linear(Layer):
         self.bias = Parameter("bias", rng.uniform(-bound, bound, self.out_features)
                               .astype(self.dtype)) if bias else None
         self.input_shape = (self.in_features,)
-        # Set by the executor before each forward: "relu" when the graph's Linear → ReLU
-        # pair runs as this one layer, the ReLU applied in the GEMM's epilogue.
+        # Set by the executor before each forward: the activation layer that follows
+        # when the pair runs as this one layer, the activation in the GEMM's epilogue.
         self.fused_activation = None
-        self._relu = False
+        self._fusion = None
         self._x = None
         self._out = None
 
     def forward(self, x):
         x = check_input(self, x, ndim=2, features=self.in_features, dtype=self.dtype)
         out = self.buffer("out", (x.shape[0], self.out_features), self.dtype)
-        self._relu = self.fused_activation == "relu"
+        self._fusion = fusion_of(self.fused_activation)
+        code, param = self._fusion or (EPILOGUE_NONE, 0.0)
         linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
-                       out, EPILOGUE_RELU if self._relu else EPILOGUE_NONE)
+                       out, code, param)
         self._x = x
         self._out = out
         return out
@@ -188,19 +231,21 @@ class Linear(Layer):
         grad = check_grad(self, grad, (x.shape[0], self.out_features), self.dtype)
         x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
         bias_grad = None if self.bias is None else self.bias.grad
-        if self._relu:
-            # One pass masks the gradient by the ReLU and sums it into the bias
-            # gradient; the GEMMs then read the masked copy.
-            masked = self.buffer("masked_grad", grad.shape, self.dtype)
-            relu_backward(grad, self._out, masked, bias_grad)
-            grad, bias_grad = masked, None
+        if self._fusion is not None:
+            # One pass takes the gradient through the activation and sums it into
+            # the bias gradient; the GEMMs then read that copy.
+            pre_grad = self.buffer("pre_activation_grad", grad.shape, self.dtype)
+            code, param = self._fusion
+            activation_backward(code, param, grad, self._out, pre_grad, bias_grad)
+            grad, bias_grad = pre_grad, None
         linear_backward(grad, x, self.weight.value, self.weight.grad, bias_grad, x_grad)
         return x_grad
 
     def can_fuse(self, following):
         """Whether this layer can run ``following`` (its only consumer) in its own
-        forward and backward: a ReLU, in the GEMM's epilogue."""
-        return following.name == "relu"
+        forward and backward: relu, sigmoid, tanh, leaky_relu and elu, in the GEMM's
+        epilogue."""
+        return fusion_of(following) is not None
 
     def parameters(self):
         return [self.weight] if self.bias is None else [self.weight, self.bias]

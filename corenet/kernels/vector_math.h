@@ -11,6 +11,7 @@
 #ifndef CORENET_VECTOR_MATH_H
 #define CORENET_VECTOR_MATH_H
 
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 #ifdef __AVX512F__
@@ -107,6 +108,54 @@ static inline cn_vf cn_tanh(cn_vf x)
 
 static inline cn_vf cn_sigmoid(cn_vf x) { return cn_reciprocal(1.0f + cn_exp(-x)); }
 
+/* The activations a GEMM epilogue can apply (see gemm.pxd), one code each. */
+#define CN_EPILOGUE_NONE 0
+#define CN_EPILOGUE_RELU 1
+#define CN_EPILOGUE_SIGMOID 2
+#define CN_EPILOGUE_TANH 3
+#define CN_EPILOGUE_LEAKY_RELU 4
+#define CN_EPILOGUE_ELU 5
+
+static const cn_vf cn_zero = {0};
+
+/* f(x) for a vector of floats: the same instructions as the activation layers. */
+static inline cn_vf cn_activate_vector(cn_vf x, int kind, float param)
+{
+    switch (kind) {
+    case CN_EPILOGUE_RELU: return cn_select(x < cn_zero, cn_zero, x);
+    case CN_EPILOGUE_SIGMOID: return cn_sigmoid(x);
+    case CN_EPILOGUE_TANH: return cn_tanh(x);
+    case CN_EPILOGUE_LEAKY_RELU: return cn_select(x > cn_zero, x, x * param);
+    case CN_EPILOGUE_ELU: return cn_select(x > cn_zero, x, cn_expm1(x) * param);
+    default: return x;
+    }
+}
+
+/* One float through the vector code, so that it rounds exactly as in a vector. */
+static inline float cn_activate_float(float value, int kind, float param)
+{
+    cn_vf x = {0};
+    x[0] = value;
+    return cn_activate_vector(x, kind, param)[0];
+}
+
+/* f(x) for one double, with libm, as the float64 activation layers compute it. */
+static inline double cn_activate_double(double x, int kind, double param)
+{
+    double e;
+    switch (kind) {
+    case CN_EPILOGUE_RELU: return x < 0 ? 0 : x;
+    case CN_EPILOGUE_SIGMOID:
+        if (x >= 0) return 1 / (1 + exp(-x));
+        e = exp(x);
+        return e / (1 + e);
+    case CN_EPILOGUE_TANH: return tanh(x);
+    case CN_EPILOGUE_LEAKY_RELU: return x > 0 ? x : param * x;
+    case CN_EPILOGUE_ELU: return x > 0 ? x : param * expm1(x);
+    default: return x;
+    }
+}
+
 /* y = f(x) over n floats; `param` is the slope or alpha where f has one. */
 #define CN_DEFINE_FORWARD(NAME, EXPRESSION)                                    \
 static inline cn_vf NAME##_vector(cn_vf x, float param)                        \
@@ -155,13 +204,11 @@ static void NAME(const float *restrict x, const float *restrict y,             \
     }                                                                          \
 }
 
-static const cn_vf cn_zero = {0};
-
-CN_DEFINE_FORWARD(cn_sigmoid_forward, cn_sigmoid(x))
-CN_DEFINE_FORWARD(cn_tanh_forward, cn_tanh(x))
-CN_DEFINE_FORWARD(cn_relu_forward, cn_select(x < cn_zero, cn_zero, x))
-CN_DEFINE_FORWARD(cn_leaky_relu_forward, cn_select(x > cn_zero, x, x * param))
-CN_DEFINE_FORWARD(cn_elu_forward, cn_select(x > cn_zero, x, cn_expm1(x) * param))
+CN_DEFINE_FORWARD(cn_sigmoid_forward, cn_activate_vector(x, CN_EPILOGUE_SIGMOID, param))
+CN_DEFINE_FORWARD(cn_tanh_forward, cn_activate_vector(x, CN_EPILOGUE_TANH, param))
+CN_DEFINE_FORWARD(cn_relu_forward, cn_activate_vector(x, CN_EPILOGUE_RELU, param))
+CN_DEFINE_FORWARD(cn_leaky_relu_forward, cn_activate_vector(x, CN_EPILOGUE_LEAKY_RELU, param))
+CN_DEFINE_FORWARD(cn_elu_forward, cn_activate_vector(x, CN_EPILOGUE_ELU, param))
 
 CN_DEFINE_BACKWARD(cn_sigmoid_backward, g * y * (1.0f - y))
 CN_DEFINE_BACKWARD(cn_tanh_backward, g * (1.0f - y * y))
