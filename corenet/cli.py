@@ -82,6 +82,10 @@ def build_mlp(n_features: int, hidden: list, n_classes: int, activation: str, dt
     import corenet as cn
     from corenet import layers as L
 
+    try:
+        L.create(activation)
+    except TypeError:  # a layer, but one that needs arguments: not an activation
+        raise ValueError(f"--activation {activation}: not an activation layer") from None
     stack = []
     for n_in, n_out in zip([n_features] + hidden, hidden):
         stack += [L.Linear(n_in, n_out, dtype=dtype), L.create(activation)]
