@@ -30,6 +30,10 @@ cdef extern from "microkernel.h" nogil:
         CN_AXPY_VECTORS
         CN_VEC_BYTES
     void* cn_thread_buffer(size_t n_bytes)
+    void cn_pack_b_transposed_float(float* dst, const float* b, ptrdiff_t ldb, ptrdiff_t kc,
+                                    ptrdiff_t nc)
+    void cn_pack_a_rows_float(float* dst, const float* a, ptrdiff_t lda, ptrdiff_t mc,
+                              ptrdiff_t kc)
     float cn_activate_float(float value, int kind, float param)
     double cn_activate_double(double value, int kind, double param)
     void cn_kernel_float(ptrdiff_t kc, const float* a, const float* b, float* c,
@@ -83,6 +87,10 @@ cdef void pack_a(floating* dst, const floating* a, Py_ssize_t rs, Py_ssize_t cs,
     """MR-row slivers of an mc x kc block of A: sliver s holds, for each p, MR values."""
     cdef Py_ssize_t s, i0, i, p, mr
     cdef floating* sliver
+    if floating is float:
+        if cs == 1:  # rows of A are contiguous: transposed 16 x 16 in registers
+            cn_pack_a_rows_float(dst, a, rs, mc, kc)
+            return
     for s in range((mc + CN_MR - 1) // CN_MR):
         i0 = s * CN_MR
         mr = min(<Py_ssize_t>CN_MR, mc - i0)
@@ -104,6 +112,10 @@ cdef void pack_b(floating* dst, const floating* b, Py_ssize_t rs, Py_ssize_t cs,
     """NR-column panels of a kc x nc block of B: panel q holds, for each p, NR values."""
     cdef Py_ssize_t q, j0, j, p, nr
     cdef floating* panel
+    if floating is float:
+        if cs != 1 and rs == 1:  # B given transposed: transposed 16 x 16 in registers
+            cn_pack_b_transposed_float(dst, b, cs, kc, nc)
+            return
     for q in range((nc + nr_full - 1) // nr_full):
         j0 = q * nr_full
         nr = min(nr_full, nc - j0)
@@ -152,6 +164,9 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
     else:
         nr_full = CN_NR_DOUBLE
         kc_max = KC_DOUBLE
+    # Equal k blocks (784 = 2 x 392, not 384 + 384 + 16): a thin last block would
+    # cost a pass over C for little work. It depends on k only, as it must.
+    kc_max = (k + (k + kc_max - 1) // kc_max - 1) // ((k + kc_max - 1) // kc_max)
     cdef Py_ssize_t panel_size = min(kc_max, k) * round_up(min(<Py_ssize_t>NC, n1 - n0), nr_full)
     cdef Py_ssize_t block_size = min(kc_max, k) * round_up(min(<Py_ssize_t>MC, m1 - m0), CN_MR)
     cdef floating* b_packed = <floating*>cn_thread_buffer(

@@ -64,6 +64,98 @@ static inline void cn_activate_tile_double(double *c, ptrdiff_t ldc, int kind, d
             c[i * ldc + j] = cn_activate_double(c[i * ldc + j], kind, param);
 }
 
+/* Packing float blocks that must be transposed on the way (A with contiguous
+ * rows, B given transposed) goes 16 x 16 at a time through registers, instead
+ * of one scattered store per element. Pure data movement: the packed block is
+ * the same as the scalar loops in gemm.pyx make. */
+
+/* Transposes a 16 x 16 block held as 16 row vectors: at each stage the
+ * off-diagonal h x h blocks swap, element (i, c | h) with (i | h, c). */
+static inline void cn_transpose16(cn_vf r[16])
+{
+    static const cn_vi low[4] = {
+        {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+        {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+        {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+        {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
+    static const cn_vi high[4] = {
+        {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+        {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+        {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+        {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+    for (int stage = 0; stage < 4; ++stage) {
+        int h = 8 >> stage;
+        for (int i = 0; i < 16; ++i) {
+            if (i & h) continue;
+            cn_vf a = r[i], b = r[i + h];
+            r[i] = __builtin_shuffle(a, b, low[stage]);
+            r[i + h] = __builtin_shuffle(a, b, high[stage]);
+        }
+    }
+}
+
+/* B (k x n) given as Bt, element (p, j) at b[p + j * ldb], into NR-column panels. */
+static void cn_pack_b_transposed_float(float *restrict dst, const float *restrict b,
+                                       ptrdiff_t ldb, ptrdiff_t kc, ptrdiff_t nc)
+{
+    for (ptrdiff_t j0 = 0; j0 < nc; j0 += CN_NR_FLOAT) {
+        float *panel = dst + j0 * kc;
+        ptrdiff_t nr = nc - j0 < CN_NR_FLOAT ? nc - j0 : CN_NR_FLOAT;
+        ptrdiff_t p0 = 0;
+        if (nr == CN_NR_FLOAT) {
+            for (; p0 + 16 <= kc; p0 += 16) {
+                for (int half = 0; half < 2; ++half) {
+                    cn_vf r[16];
+                    for (int j = 0; j < 16; ++j)
+                        r[j] = *(const cn_vf_u *)(b + p0 + (j0 + half * 16 + j) * ldb);
+                    cn_transpose16(r);
+                    for (int p = 0; p < 16; ++p)
+                        *(cn_vf *)(panel + (p0 + p) * CN_NR_FLOAT + half * 16) = r[p];
+                }
+            }
+        } else {
+            memset(panel, 0, CN_NR_FLOAT * kc * sizeof(float));
+        }
+        for (ptrdiff_t j = 0; j < nr; ++j)
+            for (ptrdiff_t p = p0; p < kc; ++p)
+                panel[p * CN_NR_FLOAT + j] = b[p + (j0 + j) * ldb];
+    }
+}
+
+/* A (m x k) with contiguous rows, element (i, p) at a[i * lda + p], into
+ * MR-row slivers, two slivers (16 rows) at a time. */
+static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
+                                 ptrdiff_t lda, ptrdiff_t mc, ptrdiff_t kc)
+{
+    ptrdiff_t i0 = 0;
+    for (; i0 + 2 * CN_MR <= mc; i0 += 2 * CN_MR) {
+        float *first = dst + i0 * kc, *second = first + CN_MR * kc;
+        ptrdiff_t p0 = 0;
+        for (; p0 + 16 <= kc; p0 += 16) {
+            cn_vf r[16];
+            for (int i = 0; i < 16; ++i) r[i] = *(const cn_vf_u *)(a + (i0 + i) * lda + p0);
+            cn_transpose16(r);
+            for (int p = 0; p < 16; ++p) {
+                memcpy(first + (p0 + p) * CN_MR, &r[p], CN_MR * sizeof(float));
+                memcpy(second + (p0 + p) * CN_MR, (float *)&r[p] + CN_MR, CN_MR * sizeof(float));
+            }
+        }
+        for (; p0 < kc; ++p0)
+            for (int i = 0; i < CN_MR; ++i) {
+                first[p0 * CN_MR + i] = a[(i0 + i) * lda + p0];
+                second[p0 * CN_MR + i] = a[(i0 + CN_MR + i) * lda + p0];
+            }
+    }
+    for (; i0 < mc; i0 += CN_MR) {
+        float *sliver = dst + i0 * kc;
+        ptrdiff_t mr = mc - i0 < CN_MR ? mc - i0 : CN_MR;
+        if (mr < CN_MR) memset(sliver, 0, CN_MR * kc * sizeof(float));
+        for (ptrdiff_t i = 0; i < mr; ++i)
+            for (ptrdiff_t p = 0; p < kc; ++p)
+                sliver[p * CN_MR + i] = a[(i0 + i) * lda + p];
+    }
+}
+
 #define CN_ROW(T, i)                                                           \
     {                                                                         \
         T ai = a[i];                                                          \
