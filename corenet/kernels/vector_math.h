@@ -2,9 +2,9 @@
  * -march=native, narrower SSE pieces otherwise).
  *
  * exp follows the Cephes expf scheme: x = n·ln2 + r with |r| <= ln2/2, a
- * degree-6 polynomial for e^r, then 2^n from the exponent bits (about 1 ulp).
- * tanh and expm1 switch to polynomials near zero, where 1 − 2/(e^2x + 1) and
- * e^x − 1 would lose the relative precision. A tail shorter than a vector is
+ * polynomial for e^r − 1, then 2^n from the exponent bits (about 1 ulp).
+ * expm1 and tanh are built on e^r − 1, which keeps its relative precision
+ * near zero, where e^x − 1 and 1 − 2/(e^2x + 1) would lose it. A tail shorter than a vector is
  * computed in a zero-padded vector by the same instructions, so every element
  * gets the same result wherever it lies.
  */
@@ -59,7 +59,10 @@ static inline cn_vf cn_reciprocal(cn_vf x)
 #endif
 }
 
-static inline cn_vf cn_exp(cn_vf x)
+/* x = n·ln2 + r with |r| <= ln2/2: sets *two_n = 2^n and returns e^r − 1 as
+ * r + r²·p(r), the Cephes expf polynomial, which keeps its relative precision
+ * however small r is. */
+static inline cn_vf cn_exp_reduced(cn_vf x, cn_vf *two_n)
 {
     x = cn_clamp(x, -87.0f, 88.0f); /* so that 2^n stays a normal float */
     const cn_vf shifter = cn_splat(12582912.0f); /* 1.5·2^23: adding it rounds to an integer */
@@ -72,38 +75,34 @@ static inline cn_vf cn_exp(cn_vf x)
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    cn_vf e = p * r * r + r + 1.0f;
-    cn_vi exponent = ((cn_vi)t - 0x4B400000 + 127) << 23;
-    return e * (cn_vf)exponent;
+    *two_n = (cn_vf)(((cn_vi)t - 0x4B400000 + 127) << 23);
+    return p * r * r + r;
 }
 
+static inline cn_vf cn_exp(cn_vf x)
+{
+    cn_vf two_n;
+    cn_vf e_minus_1 = cn_exp_reduced(x, &two_n);
+    return (e_minus_1 + 1.0f) * two_n;
+}
+
+/* e^x − 1 = 2^n (e^r − 1) + (2^n − 1): exact in the last term, so no
+ * cancellation near zero (n = 0 there). */
 static inline cn_vf cn_expm1(cn_vf x)
 {
-    /* Taylor series to x^8/8! for |x| < 0.5 (error < 1e-8 relative), e^x − 1 beyond. */
-    cn_vf p = cn_splat(1.0f / 40320);
-    p = p * x + 1.0f / 5040;
-    p = p * x + 1.0f / 720;
-    p = p * x + 1.0f / 120;
-    p = p * x + 1.0f / 24;
-    p = p * x + 1.0f / 6;
-    p = p * x + 0.5f;
-    p = p * x * x + x;
-    return cn_select(cn_abs(x) < cn_splat(0.5f), p, cn_exp(x) - 1.0f);
+    cn_vf two_n;
+    cn_vf e_minus_1 = cn_exp_reduced(x, &two_n);
+    return two_n * e_minus_1 + (two_n - 1.0f);
 }
 
+/* tanh |x| = −t / (2 + t) with t = e^(−2|x|) − 1, then the sign of x: accurate
+ * near zero through expm1, exactly ±1 far from it. */
 static inline cn_vf cn_tanh(cn_vf x)
 {
-    cn_vf z = x * x;
-    cn_vf p = cn_splat(-5.70498872745e-3f);
-    p = p * z + 2.06390887954e-2f;
-    p = p * z - 5.37397155531e-2f;
-    p = p * z + 1.33314422036e-1f;
-    p = p * z - 3.33332819422e-1f;
-    p = p * z * x + x;
     cn_vf magnitude = cn_abs(x);
-    cn_vf far = 1.0f - 2.0f * cn_reciprocal(cn_exp(magnitude + magnitude) + 1.0f);
-    far = (cn_vf)((cn_vi)far | ((cn_vi)x & (int)0x80000000)); /* the sign of x */
-    return cn_select(magnitude < cn_splat(0.625f), p, far);
+    cn_vf t = cn_expm1(-(magnitude + magnitude));
+    cn_vf result = -t * cn_reciprocal(t + 2.0f);
+    return (cn_vf)((cn_vi)result | ((cn_vi)x & (int)0x80000000));
 }
 
 static inline cn_vf cn_sigmoid(cn_vf x) { return cn_reciprocal(1.0f + cn_exp(-x)); }
