@@ -109,3 +109,20 @@ def test_corenet_numpy_and_torch_together():
         print(out.shape, float(c[0, 0]), torch.get_num_threads() >= 1)
     """)
     assert result.stdout.split() == ["(300,", "3)", "200.0", "True"], result.stderr
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "prelu",
+                                  "softmax"])
+def test_activations_are_bitwise_identical_on_1_and_2_threads(name, threads):
+    # Large enough (above every grain size) that two threads really run.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 1000)).astype(np.float32)
+    grad = rng.standard_normal((512, 1000)).astype(np.float32)
+    results = []
+    for n_threads in (1, 2):
+        cn.set_num_threads(n_threads)
+        layer = L.create(name)
+        out = layer.forward(x).copy()
+        results.append([out, layer.backward(grad)] + [p.grad for p in layer.parameters()])
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
