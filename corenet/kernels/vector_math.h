@@ -223,7 +223,15 @@ CN_DEFINE_FORWARD(cn_elu_forward, cn_activate_vector(x, CN_EPILOGUE_ELU, param))
 
 CN_DEFINE_BACKWARD(cn_sigmoid_backward, g * y * (1.0f - y))
 CN_DEFINE_BACKWARD(cn_tanh_backward, g * (1.0f - y * y))
-CN_DEFINE_BACKWARD(cn_relu_backward, cn_select(y > cn_zero, g, cn_zero))
+/* g where y > 0, else 0. The empty asm keeps g a plain full load: folded into a
+ * zero-masked load instead, the loop runs about 10% slower here. */
+static inline cn_vf cn_relu_gradient(cn_vf y, cn_vf g)
+{
+    __asm__("" : "+v"(g));
+    return cn_select(y > cn_zero, g, cn_zero);
+}
+
+CN_DEFINE_BACKWARD(cn_relu_backward, cn_relu_gradient(y, g))
 CN_DEFINE_BACKWARD(cn_leaky_relu_backward, cn_select(x > cn_zero, g, g * param))
 CN_DEFINE_BACKWARD(cn_elu_backward, cn_select(x > cn_zero, g, g * (y + param)))
 
