@@ -80,6 +80,16 @@ class ThreadLimit:
             torch.set_num_threads(self.torch_before)
 
 
+def layer_step(layer, x, grad):
+    """One forward and backward of a corenet layer, reusing its buffers as inside a Model."""
+    layer.reuse_buffers = True
+
+    def step():
+        layer.forward(x)
+        return layer.backward(grad)
+    return step
+
+
 @pytest.fixture
 def run(benchmark, impl):
     """run(group, function, threads): time ``function`` under ``group`` and record it."""

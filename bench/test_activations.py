@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import corenet.layers as L
-from conftest import torch
+from conftest import layer_step, torch
 
 SIZE = 4 * 1024 * 1024
 
@@ -19,13 +19,7 @@ NUMPY = {
 
 def step_function(impl, name, x, grad):
     if impl == "corenet":
-        layer = L.create(name)
-        layer.reuse_buffers = True  # as inside a Model
-
-        def step():
-            layer.forward(x)
-            return layer.backward(grad)
-        return step
+        return layer_step(L.create(name), x, grad)
     if impl == "numpy":
         forward, backward = NUMPY[name]
         return lambda: backward(x, forward(x), grad)

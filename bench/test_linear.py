@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import corenet.layers as L
-from conftest import torch
+from conftest import layer_step, torch
 
 IN, OUT = 784, 256
 
@@ -14,13 +14,7 @@ def step_function(impl, batch):
     x = rng.standard_normal((batch, IN)).astype(np.float32)
     grad = rng.standard_normal((batch, OUT)).astype(np.float32)
     if impl == "corenet":
-        layer = L.Linear(IN, OUT)
-        layer.reuse_buffers = True  # as inside a Model
-
-        def step():
-            layer.forward(x)
-            return layer.backward(grad)
-        return step
+        return layer_step(L.Linear(IN, OUT), x, grad)
     if impl == "numpy":
         weight = rng.standard_normal((OUT, IN)).astype(np.float32)
         bias = np.zeros(OUT, np.float32)
