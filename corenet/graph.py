@@ -221,14 +221,16 @@ class Model:
             layer.needs_input_grad = needs_input_grad
             if fusable:
                 layer.fused_activation = fused
-        for layer, input_slots, output_slot, _ in self._plan:
-            if len(input_slots) == 1:
-                values[output_slot] = layer.forward(values[input_slots[0]])
-            else:
-                values[output_slot] = layer.forward(*[values[slot] for slot in input_slots])
-        for layer, _, fusable, _ in self._settings:
-            if fusable:  # a layer called on its own afterwards runs unfused
-                layer.fused_activation = None
+        try:
+            for layer, input_slots, output_slot, _ in self._plan:
+                if len(input_slots) == 1:
+                    values[output_slot] = layer.forward(values[input_slots[0]])
+                else:
+                    values[output_slot] = layer.forward(*[values[slot] for slot in input_slots])
+        finally:
+            for layer, _, fusable, _ in self._settings:
+                if fusable:  # a layer called on its own afterwards runs unfused
+                    layer.fused_activation = None
         # Copies: the layers reuse their buffers at the next step.
         outputs = [values[slot].copy() for slot in self._output_slots]
         return outputs[0] if len(outputs) == 1 else outputs
