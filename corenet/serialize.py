@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -73,11 +74,16 @@ def _umask() -> int:
 
 def load(path: str) -> Model:
     """Rebuild a model saved with ``save``; names the plugin to install if one is missing."""
-    with np.load(path, allow_pickle=False) as archive:
-        if "__config__" not in archive.files:
-            raise ValueError(f"{path} is not a corenet model (no __config__ entry)")
-        config = json.loads(archive["__config__"].tobytes().decode())
-        arrays = {name: archive[name] for name in archive.files if name != "__config__"}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "__config__" not in archive.files:
+                raise ValueError("no __config__ entry")
+            config = json.loads(archive["__config__"].tobytes().decode())
+            arrays = {name: archive[name] for name in archive.files if name != "__config__"}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, AttributeError) as error:
+        raise ValueError(f"{path} is not a corenet model: {error}") from None
     if config.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown model format {config.get('format')!r}, "
                          f"expected {FORMAT!r}")

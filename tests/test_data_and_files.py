@@ -100,6 +100,18 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
 
 
+def test_loading_something_that_is_not_a_model_is_a_clear_error(tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="garbage.npz is not a corenet model"):
+        serialize.load(str(garbage))
+    np.savez(tmp_path / "plain.npz", X=np.ones(3))
+    with pytest.raises(ValueError, match="plain.npz is not a corenet model: no __config__"):
+        serialize.load(str(tmp_path / "plain.npz"))
+    with pytest.raises(FileNotFoundError):
+        serialize.load(str(tmp_path / "missing.npz"))
+
+
 def test_loading_a_model_whose_plugin_is_missing_names_it(tmp_path):
     model = cn.Sequential(L.Linear(2, 2))
     path = str(tmp_path / "m.npz")
