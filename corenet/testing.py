@@ -165,7 +165,9 @@ def check_thread_invariance(cls, config: dict, input_shapes) -> None:
     threads = get_num_threads()
     results = []
     rng = np.random.default_rng(4)
-    xs = _inputs(input_shapes, rng, np.float32, batch=64)
+    # A batch large enough that every kernel's grain is passed and threads really split it.
+    per_sample = min(int(np.prod(shape)) for shape in input_shapes)
+    xs = _inputs(input_shapes, rng, np.float32, batch=max(64, -(-(1 << 18) // per_sample)))
     try:
         for n in (1, max(2, threads)):
             set_num_threads(n)
