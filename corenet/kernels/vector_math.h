@@ -1,7 +1,7 @@
 /* float32 activations over SIMD vectors (GCC vector extensions: AVX-512 with
  * -march=native, narrower SSE pieces otherwise).
  *
- * exp follows the Cephes expf scheme: x = n·ln2 + r with |r| <= ln2/2, a
+ * exp reduces x = n·ln2 + r with |r| <= ln2/2 as Cephes' expf does, takes a
  * polynomial for e^r − 1, then 2^n from the exponent bits (about 1 ulp).
  * expm1 is built on e^r − 1, which keeps its relative precision near zero,
  * where e^x − 1 would lose it; tanh is a rational function. A tail shorter than a vector is
@@ -59,9 +59,10 @@ static inline cn_vf cn_reciprocal(cn_vf x)
 #endif
 }
 
-/* x = n·ln2 + r with |r| <= ln2/2: sets *two_n = 2^n and returns e^r − 1 as
- * r + r²·p(r), the Cephes expf polynomial, which keeps its relative precision
- * however small r is. */
+/* x = n·ln2 + r with |r| <= ln2/2 (ln2 split in two parts, as Cephes does):
+ * sets *two_n = 2^n and returns e^r − 1 as r + r²·p(r), which keeps its
+ * relative precision however small r is. p is a degree-4 relative-error fit
+ * made for corenet (fit_approximations.py): 1.3·10⁻⁸, below float32's ulp. */
 static inline cn_vf cn_exp_reduced(cn_vf x, cn_vf *two_n)
 {
     x = cn_clamp(x, -87.0f, 88.0f); /* so that 2^n stays a normal float */
@@ -69,12 +70,11 @@ static inline cn_vf cn_exp_reduced(cn_vf x, cn_vf *two_n)
     cn_vf t = x * 1.44269504088896341f + shifter;
     cn_vf n = t - shifter;
     cn_vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    cn_vf p = cn_splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    cn_vf p = cn_splat(0.0013882486652569432f);
+    p = p * r + 0.008366503326091375f;
+    p = p * r + 0.04166719974715015f;
+    p = p * r + 0.16666543751384988f;
+    p = p * r + 0.4999999815613703f;
     *two_n = (cn_vf)(((cn_vi)t - 0x4B400000 + 127) << 23);
     return p * r * r + r;
 }
@@ -98,7 +98,7 @@ static inline cn_vf cn_expm1(cn_vf x)
 /* tanh x = x · P(x²) / Q(x²) on |x| <= 9, beyond which tanh rounds to ±1 in
  * float32 (the fit passes 1 just beyond 9, so tanh is exactly ±1 there). P
  * (degree 5) and Q (degree 3) are a relative-error fit made for
- * corenet (iteratively reweighted least squares in float64: 6·10⁻⁸); evaluated
+ * corenet (fit_approximations.py; relative error 6·10⁻⁸ in float64); evaluated
  * in float32 they stay within 3 ulps. Cheaper than any exp-based form. */
 static inline cn_vf cn_tanh(cn_vf x)
 {
