@@ -35,7 +35,7 @@ def fit_exp(iterations: int = 80):
     return best[1], best[0]
 
 
-def fit(iterations: int = 60):
+def fit_tanh(iterations: int = 60):
     x = np.concatenate([np.linspace(1e-4, 1, 6000), np.linspace(1, LIMIT, 12000)])
     target = np.tanh(x)
     u = x * x / LIMIT**2
@@ -55,7 +55,9 @@ def fit(iterations: int = 60):
         weights /= weights.mean()
     error, p, q = best
     # Back to powers of x².
-    return error, p / LIMIT ** (2 * np.arange(P_DEGREE + 1)), q / LIMIT ** (2 * np.arange(Q_DEGREE + 1))
+    p = p / LIMIT ** (2 * np.arange(P_DEGREE + 1))
+    q = q / LIMIT ** (2 * np.arange(Q_DEGREE + 1))
+    return error, p, q
 
 
 def float32_error(p, q) -> float:
@@ -77,7 +79,7 @@ if __name__ == "__main__":
     p_exp, exp_error = fit_exp()
     print(f"exp: relative error of e^r - 1 {exp_error:.2e}")
     print("p (r^0 .. r^4):", ", ".join(repr(float(c)) for c in p_exp))
-    error, p, q = fit()
+    error, p, q = fit_tanh()
     print("tanh:")
     print(f"float64 relative error {error:.2e}, float32 {float32_error(p, q):.2e}")
     print("P (x^0 .. x^10):", ", ".join(repr(float(c)) for c in p))
