@@ -192,3 +192,18 @@ def test_nan_propagates_through_activations(name):
     for dtype in (np.float32, np.float64):
         out = L.create(name).forward(np.array([[np.nan, 1.0]], dtype))
         assert np.isnan(out[0, 0]) and np.isfinite(out[0, 1])
+
+
+def test_the_simd_coefficients_are_the_ones_the_fitting_script_makes():
+    import pathlib
+    import re
+
+    from corenet.kernels import fit_approximations
+
+    header = (pathlib.Path(fit_approximations.__file__).parent / "vector_math.h").read_text()
+    p_exp, _ = fit_approximations.fit_exp()
+    _, p_tanh, q_tanh = fit_approximations.fit_tanh()
+    for coefficients in (p_exp, p_tanh, q_tanh[1:]):
+        for value in coefficients:
+            literal = re.search(re.escape(repr(float(value))[:12]), header)
+            assert literal, f"{value!r} is not in vector_math.h"
