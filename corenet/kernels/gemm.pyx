@@ -248,23 +248,18 @@ cdef int thin_dot(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, P
     # Columns are split in groups of four, as the kernel takes them (see microkernel.h).
     cdef Py_ssize_t unit = 1 if by_rows else 4
     cdef Py_ssize_t extent = m if by_rows else (n + 3) // 4
+    cdef Py_ssize_t m0, m1, n0, n1
     for task in prange(n_threads, num_threads=n_threads, schedule='static'):
         start = task * extent // n_threads * unit
         stop = min((task + 1) * extent // n_threads * unit, m if by_rows else n)
+        m0, m1 = (start, stop) if by_rows else (0, m)
+        n0, n1 = (0, n) if by_rows else (start, stop)
         if floating is float:
-            if by_rows:
-                cn_dot_float(start, stop, 0, n, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
-                             bias, epilogue, param)
-            else:
-                cn_dot_float(0, m, start, stop, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
-                             bias, epilogue, param)
+            cn_dot_float(m0, m1, n0, n1, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate, bias,
+                         epilogue, param)
         else:
-            if by_rows:
-                cn_dot_double(start, stop, 0, n, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
-                              bias, epilogue, param)
-            else:
-                cn_dot_double(0, m, start, stop, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate,
-                              bias, epilogue, param)
+            cn_dot_double(m0, m1, n0, n1, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate, bias,
+                          epilogue, param)
     return 0
 
 
