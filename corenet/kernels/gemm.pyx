@@ -252,8 +252,10 @@ cdef int thin_dot(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, P
     for task in prange(n_threads, num_threads=n_threads, schedule='static'):
         start = task * extent // n_threads * unit
         stop = min((task + 1) * extent // n_threads * unit, m if by_rows else n)
-        m0, m1 = (start, stop) if by_rows else (0, m)
-        n0, n1 = (0, n) if by_rows else (start, stop)
+        if by_rows:
+            m0, m1, n0, n1 = start, stop, 0, n
+        else:
+            m0, m1, n0, n1 = 0, m, start, stop
         if floating is float:
             cn_dot_float(m0, m1, n0, n1, k, a, lda, bt, ldb_t, c, ldc, 1, accumulate, bias,
                          epilogue, param)
