@@ -20,11 +20,29 @@
 
 #include "vector_math.h"
 
+/* The register tile follows the widest vectors the compiler may use. With
+ * AVX-512 (32 registers of 64 bytes): 8 rows x 2 vectors, 16 accumulators.
+ * With AVX2 or narrower (16 registers of 32 bytes): 6 rows x 2 vectors, 12
+ * accumulators, leaving 4 registers for the B vectors and the broadcast, as
+ * in the Haswell kernels of BLIS and OpenBLAS. */
+#ifdef __AVX512F__
 #define CN_MR 8
 #define CN_VEC_BYTES 64
-#define CN_NR_FLOAT 32   /* two vectors of 16 floats */
-#define CN_NR_DOUBLE 16  /* two vectors of 8 doubles */
+#else
+#define CN_MR 6
+#define CN_VEC_BYTES 32
+#define CN_AXPY_VECTORS 6
+#endif
+#define CN_NR_FLOAT (2 * CN_VEC_BYTES / 4)   /* two vectors of floats */
+#define CN_NR_DOUBLE (2 * CN_VEC_BYTES / 8)  /* two vectors of doubles */
+/* Packing buffers start on a 64-byte boundary on every CPU. */
+#define CN_BUFFER_ALIGNMENT 64
 
+/* Register vectors of the micro-kernel and the thin paths (vector_math.h's
+ * cn_vf is always 16 floats: the activations, split by the compiler where the
+ * registers are narrower). */
+typedef float cn_kf __attribute__((vector_size(CN_VEC_BYTES)));
+typedef int cn_kfi __attribute__((vector_size(CN_VEC_BYTES)));
 typedef double cn_vd __attribute__((vector_size(CN_VEC_BYTES)));
 typedef long long cn_vdi __attribute__((vector_size(CN_VEC_BYTES)));
 /* The same vectors at element alignment, for loads and stores into C. */
@@ -41,7 +59,7 @@ static void *cn_thread_buffer(size_t bytes)
     if (bytes > cn_tls_bytes) {
         free(cn_tls_buffer);
         bytes = (bytes + 4095) & ~(size_t)4095;
-        cn_tls_buffer = aligned_alloc(CN_VEC_BYTES, bytes);
+        cn_tls_buffer = aligned_alloc(CN_BUFFER_ALIGNMENT, bytes);
         cn_tls_bytes = cn_tls_buffer ? bytes : 0;
     }
     return cn_tls_buffer;
@@ -50,11 +68,11 @@ static void *cn_thread_buffer(size_t bytes)
 /* The activations other than ReLU, over a full MR x NR tile of C. */
 static inline void cn_activate_tile_float(float *c, ptrdiff_t ldc, int kind, float param)
 {
-    for (int i = 0; i < CN_MR; ++i) {
-        cn_vf_u *row = (cn_vf_u *)(c + i * ldc);
-        row[0] = cn_activate_vector(row[0], kind, param);
-        row[1] = cn_activate_vector(row[1], kind, param);
-    }
+    for (int i = 0; i < CN_MR; ++i)
+        for (int j = 0; j < CN_NR_FLOAT; j += CN_LANES) {
+            cn_vf_unaligned *part = (cn_vf_unaligned *)(c + i * ldc + j);
+            *part = cn_activate_vector(*part, kind, param);
+        }
 }
 
 static inline void cn_activate_tile_double(double *c, ptrdiff_t ldc, int kind, double param)
@@ -104,10 +122,10 @@ static void cn_pack_b_transposed_float(float *restrict dst, const float *restric
         ptrdiff_t p0 = 0;
         if (nr == CN_NR_FLOAT) {
             for (; p0 + 16 <= kc; p0 += 16) {
-                for (int half = 0; half < 2; ++half) {
+                for (int half = 0; half < CN_NR_FLOAT / 16; ++half) {
                     cn_vf r[16];
                     for (int j = 0; j < 16; ++j)
-                        r[j] = *(const cn_vf_u *)(b + p0 + (j0 + half * 16 + j) * ldb);
+                        r[j] = *(const cn_vf_unaligned *)(b + p0 + (j0 + half * 16 + j) * ldb);
                     cn_transpose16(r);
                     for (int p = 0; p < 16; ++p)
                         *(cn_vf *)(panel + (p0 + p) * CN_NR_FLOAT + half * 16) = r[p];
@@ -128,12 +146,13 @@ static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
                                  ptrdiff_t lda, ptrdiff_t mc, ptrdiff_t kc)
 {
     ptrdiff_t i0 = 0;
+#if CN_MR == 8  /* 16 rows are two slivers */
     for (; i0 + 2 * CN_MR <= mc; i0 += 2 * CN_MR) {
         float *first = dst + i0 * kc, *second = first + CN_MR * kc;
         ptrdiff_t p0 = 0;
         for (; p0 + 16 <= kc; p0 += 16) {
             cn_vf r[16];
-            for (int i = 0; i < 16; ++i) r[i] = *(const cn_vf_u *)(a + (i0 + i) * lda + p0);
+            for (int i = 0; i < 16; ++i) r[i] = *(const cn_vf_unaligned *)(a + (i0 + i) * lda + p0);
             cn_transpose16(r);
             for (int p = 0; p < 16; ++p) {
                 memcpy(first + (p0 + p) * CN_MR, &r[p], CN_MR * sizeof(float));
@@ -146,6 +165,7 @@ static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
                 second[p0 * CN_MR + i] = a[(i0 + CN_MR + i) * lda + p0];
             }
     }
+#endif
     for (; i0 < mc; i0 += CN_MR) {
         float *sliver = dst + i0 * kc;
         ptrdiff_t mr = mc - i0 < CN_MR ? mc - i0 : CN_MR;
@@ -156,22 +176,32 @@ static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
     }
 }
 
-#define CN_ROW(T, i)                                                           \
+/* The rows of a tile, 0 .. CN_MR - 1, each through macro X. */
+#if CN_MR == 8
+#define CN_FOR_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#else
+#define CN_FOR_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#endif
+
+/* These use the kernel's local type names: cn_t, cn_vt, cn_vu, cn_vi_t. */
+#define CN_DECLARE_ROW(i) cn_vt c##i##0 = zero, c##i##1 = zero;
+
+#define CN_ROW(i)                                                             \
     {                                                                         \
-        T ai = a[i];                                                          \
+        cn_t ai = a[i];                                                       \
         c##i##0 += ai * b0;                                                   \
         c##i##1 += ai * b1;                                                   \
     }
 
-#define CN_STORE_ROW(VT, VU, VI, i)                                                     \
+#define CN_STORE_ROW(i)                                                       \
     {                                                                         \
-        VT lo = c##i##0, hi = c##i##1;                                        \
-        VU *row = (VU *)(c + (i) * ldc);                                      \
+        cn_vt lo = c##i##0, hi = c##i##1;                                     \
+        cn_vu *row = (cn_vu *)(c + (i) * ldc);                                \
         if (accumulate) { lo += row[0]; hi += row[1]; }                       \
         if (bias) { lo += bias_lo; hi += bias_hi; }                           \
         if (epilogue == CN_EPILOGUE_RELU) {                                   \
-            lo = (VT)((VI)lo & ~(VI)(lo < zero));                             \
-            hi = (VT)((VI)hi & ~(VI)(hi < zero));                             \
+            lo = (cn_vt)((cn_vi_t)lo & ~(cn_vi_t)(lo < zero));                \
+            hi = (cn_vt)((cn_vi_t)hi & ~(cn_vi_t)(hi < zero));                \
         }                                                                     \
         row[0] = lo;                                                          \
         row[1] = hi;                                                          \
@@ -186,12 +216,10 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
                  T *restrict c, ptrdiff_t ldc, int accumulate,                \
                  const T *restrict bias, int epilogue, T param)               \
 {                                                                             \
+    typedef T cn_t; typedef VT cn_vt; typedef VU cn_vu; typedef VI cn_vi_t;   \
     const int VL = NR / 2;                                                    \
     const VT zero = {0};                                                      \
-    VT c00 = zero, c01 = zero, c10 = zero, c11 = zero;                        \
-    VT c20 = zero, c21 = zero, c30 = zero, c31 = zero;                        \
-    VT c40 = zero, c41 = zero, c50 = zero, c51 = zero;                        \
-    VT c60 = zero, c61 = zero, c70 = zero, c71 = zero;                        \
+    CN_FOR_ROWS(CN_DECLARE_ROW)                                               \
     /* The tile of C is read or written once the k loop ends: ask for it now. */ \
     for (int row = 0; row < CN_MR; ++row) {                                   \
         __builtin_prefetch(c + row * ldc, 1);                                 \
@@ -201,17 +229,13 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
     for (ptrdiff_t p = 0; p < kc; ++p) {                                      \
         VT b0 = *(const VT *)b;                                               \
         VT b1 = *(const VT *)(b + VL);                                        \
-        CN_ROW(T, 0) CN_ROW(T, 1) CN_ROW(T, 2) CN_ROW(T, 3)                   \
-        CN_ROW(T, 4) CN_ROW(T, 5) CN_ROW(T, 6) CN_ROW(T, 7)                   \
+        CN_FOR_ROWS(CN_ROW)                                                   \
         a += CN_MR;                                                           \
         b += NR;                                                              \
     }                                                                         \
     VT bias_lo = zero, bias_hi = zero;                                        \
     if (bias) { bias_lo = *(const VU *)bias; bias_hi = *(const VU *)(bias + VL); } \
-    CN_STORE_ROW(VT, VU, VI, 0) CN_STORE_ROW(VT, VU, VI, 1)                   \
-    CN_STORE_ROW(VT, VU, VI, 2) CN_STORE_ROW(VT, VU, VI, 3)                   \
-    CN_STORE_ROW(VT, VU, VI, 4) CN_STORE_ROW(VT, VU, VI, 5)                   \
-    CN_STORE_ROW(VT, VU, VI, 6) CN_STORE_ROW(VT, VU, VI, 7)                   \
+    CN_FOR_ROWS(CN_STORE_ROW)                                                 \
     if (epilogue > CN_EPILOGUE_RELU)                                          \
         cn_activate_tile_##T(c, ldc, epilogue, param);                        \
 }                                                                             \
@@ -235,14 +259,14 @@ static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, 
             c[i * ldc + j] = tile[i * NR + j];                                \
 }
 
-CN_DEFINE_KERNEL(cn_kernel_float, float, cn_vf, cn_vf_u, cn_vi, CN_NR_FLOAT)
+CN_DEFINE_KERNEL(cn_kernel_float, float, cn_kf, cn_vf_u, cn_kfi, CN_NR_FLOAT)
 CN_DEFINE_KERNEL(cn_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
 
 /* The finishing steps every path applies to one element of C, in one order. */
-#define CN_FINISH(T, value, old, accumulate, bias, j, epilogue, param)          \
-    do {                                                                        \
-        if (accumulate) value = old + value;                                    \
-        if (bias) value = value + bias[j];                                      \
+#define CN_FINISH(T, value, old, accumulate, bias, j, epilogue, param)        \
+    do {                                                                      \
+        if (accumulate) value = old + value;                                  \
+        if (bias) value = value + bias[j];                                    \
         if (epilogue != CN_EPILOGUE_NONE) value = cn_activate_##T(value, epilogue, param); \
     } while (0)
 
@@ -259,120 +283,119 @@ CN_DEFINE_KERNEL(cn_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
  * Σ_p A[i, p] · B[p, :], sixteen vectors of columns at a time, summed in
  * registers. Blocks start at multiples of their width, the partial one last.
  */
-#define CN_AXPY_VECTORS 16
-#define CN_DEFINE_THIN(DOT, AXPY, T, VT, VU)                                    \
-static inline T DOT##_sum(VT v)                                                 \
-{                                                                               \
-    T total = 0;                                                                \
+#define CN_DEFINE_THIN(DOT, AXPY, T, VT, VU)                                  \
+static inline T DOT##_sum(VT v)                                               \
+{                                                                             \
+    T total = 0;                                                              \
     for (size_t lane = 0; lane < sizeof(VT) / sizeof(T); ++lane) total += v[lane]; \
-    return total;                                                               \
-}                                                                               \
-                                                                                \
-static inline void DOT##_store(T *out, T value, T old, int accumulate,          \
+    return total;                                                             \
+}                                                                             \
+                                                                              \
+static inline void DOT##_store(T *out, T value, T old, int accumulate,        \
                                const T *bias, ptrdiff_t j, int epilogue, T param) \
-{                                                                               \
-    CN_FINISH(T, value, old, accumulate, bias, j, epilogue, param);             \
-    *out = value;                                                               \
-}                                                                               \
-                                                                                \
-static void DOT(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,         \
-                ptrdiff_t k, const T *restrict a, ptrdiff_t lda,                \
-                const T *restrict bt, ptrdiff_t ldb,                            \
-                T *restrict c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,  \
-                const T *restrict bias, int epilogue, T param)                  \
-{                                                                               \
-    const ptrdiff_t VL = sizeof(VT) / sizeof(T);                                \
-    const ptrdiff_t n4 = n0 + (n1 - n0) / 4 * 4;                                \
-    for (ptrdiff_t i = m0; i < m1; ++i) {                                       \
-        const T *row = a + i * lda;                                             \
-        T *c_row = c + i * rs_c;                                                \
-        for (ptrdiff_t j = n0; j < n4; j += 4) {                                \
-            const T *b0 = bt + j * ldb, *b1 = b0 + ldb;                         \
-            const T *b2 = b1 + ldb, *b3 = b2 + ldb;                             \
-            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                          \
-            ptrdiff_t p = 0;                                                    \
-            for (; p + VL <= k; p += VL) {                                      \
-                VT x = *(const VU *)(row + p);                                  \
-                s0 += x * *(const VU *)(b0 + p);                                \
-                s1 += x * *(const VU *)(b1 + p);                                \
-                s2 += x * *(const VU *)(b2 + p);                                \
-                s3 += x * *(const VU *)(b3 + p);                                \
-            }                                                                   \
-            T t0 = DOT##_sum(s0), t1 = DOT##_sum(s1);                           \
-            T t2 = DOT##_sum(s2), t3 = DOT##_sum(s3);                           \
-            for (; p < k; ++p) {                                                \
-                t0 += row[p] * b0[p]; t1 += row[p] * b1[p];                     \
-                t2 += row[p] * b2[p]; t3 += row[p] * b3[p];                     \
-            }                                                                   \
-            T *out = c_row + j * cs_c;                                          \
-            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue, param);          \
+{                                                                             \
+    CN_FINISH(T, value, old, accumulate, bias, j, epilogue, param);           \
+    *out = value;                                                             \
+}                                                                             \
+                                                                              \
+static void DOT(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,       \
+                ptrdiff_t k, const T *restrict a, ptrdiff_t lda,              \
+                const T *restrict bt, ptrdiff_t ldb,                          \
+                T *restrict c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate, \
+                const T *restrict bias, int epilogue, T param)                \
+{                                                                             \
+    const ptrdiff_t VL = sizeof(VT) / sizeof(T);                              \
+    const ptrdiff_t n4 = n0 + (n1 - n0) / 4 * 4;                              \
+    for (ptrdiff_t i = m0; i < m1; ++i) {                                     \
+        const T *row = a + i * lda;                                           \
+        T *c_row = c + i * rs_c;                                              \
+        for (ptrdiff_t j = n0; j < n4; j += 4) {                              \
+            const T *b0 = bt + j * ldb, *b1 = b0 + ldb;                       \
+            const T *b2 = b1 + ldb, *b3 = b2 + ldb;                           \
+            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                        \
+            ptrdiff_t p = 0;                                                  \
+            for (; p + VL <= k; p += VL) {                                    \
+                VT x = *(const VU *)(row + p);                                \
+                s0 += x * *(const VU *)(b0 + p);                              \
+                s1 += x * *(const VU *)(b1 + p);                              \
+                s2 += x * *(const VU *)(b2 + p);                              \
+                s3 += x * *(const VU *)(b3 + p);                              \
+            }                                                                 \
+            T t0 = DOT##_sum(s0), t1 = DOT##_sum(s1);                         \
+            T t2 = DOT##_sum(s2), t3 = DOT##_sum(s3);                         \
+            for (; p < k; ++p) {                                              \
+                t0 += row[p] * b0[p]; t1 += row[p] * b1[p];                   \
+                t2 += row[p] * b2[p]; t3 += row[p] * b3[p];                   \
+            }                                                                 \
+            T *out = c_row + j * cs_c;                                        \
+            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue, param); \
             DOT##_store(out + cs_c, t1, out[cs_c], accumulate, bias, j + 1, epilogue, param); \
             DOT##_store(out + 2 * cs_c, t2, out[2 * cs_c], accumulate, bias, j + 2, \
-                        epilogue, param);                                       \
+                        epilogue, param);                                     \
             DOT##_store(out + 3 * cs_c, t3, out[3 * cs_c], accumulate, bias, j + 3, \
-                        epilogue, param);                                       \
-        }                                                                       \
-        for (ptrdiff_t j = n4; j < n1; ++j) {                                   \
-            const T *b0 = bt + j * ldb;                                         \
-            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                          \
-            ptrdiff_t p = 0;                                                    \
-            for (; p + 4 * VL <= k; p += 4 * VL) {                              \
-                s0 += *(const VU *)(row + p) * *(const VU *)(b0 + p);           \
+                        epilogue, param);                                     \
+        }                                                                     \
+        for (ptrdiff_t j = n4; j < n1; ++j) {                                 \
+            const T *b0 = bt + j * ldb;                                       \
+            VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                        \
+            ptrdiff_t p = 0;                                                  \
+            for (; p + 4 * VL <= k; p += 4 * VL) {                            \
+                s0 += *(const VU *)(row + p) * *(const VU *)(b0 + p);         \
                 s1 += *(const VU *)(row + p + VL) * *(const VU *)(b0 + p + VL); \
                 s2 += *(const VU *)(row + p + 2 * VL) * *(const VU *)(b0 + p + 2 * VL); \
                 s3 += *(const VU *)(row + p + 3 * VL) * *(const VU *)(b0 + p + 3 * VL); \
-            }                                                                   \
-            for (; p + VL <= k; p += VL)                                        \
-                s0 += *(const VU *)(row + p) * *(const VU *)(b0 + p);           \
-            T t0 = DOT##_sum((s0 + s1) + (s2 + s3));                            \
-            for (; p < k; ++p) t0 += row[p] * b0[p];                            \
-            T *out = c_row + j * cs_c;                                          \
-            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue, param);          \
-        }                                                                       \
-    }                                                                           \
-}                                                                               \
-                                                                                \
-static void AXPY(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,          \
-                 const T *restrict a, ptrdiff_t a_rs, ptrdiff_t a_cs,           \
-                 const T *restrict b, ptrdiff_t ldb,                            \
-                 T *restrict c, ptrdiff_t ldc, int accumulate,                  \
-                 const T *restrict bias, int epilogue, T param)                 \
-{                                                                               \
-    const ptrdiff_t VL = sizeof(VT) / sizeof(T), WIDTH = CN_AXPY_VECTORS * VL;  \
-    VT partial[CN_AXPY_VECTORS];                                                \
-    for (ptrdiff_t i = 0; i < m; ++i) {                                         \
-        for (ptrdiff_t j0 = n0; j0 < n1; j0 += WIDTH) {                         \
-            ptrdiff_t width = n1 - j0 < WIDTH ? n1 - j0 : WIDTH;                \
-            T *sums = (T *)partial;                                             \
-            if (width == WIDTH) {                                               \
-                VT acc[CN_AXPY_VECTORS] = {{0}};                                \
-                for (ptrdiff_t p = 0; p < k; ++p) {                             \
-                    VT scale = (VT){0} + a[i * a_rs + p * a_cs];                \
-                    const VU *from = (const VU *)(b + p * ldb + j0);            \
-                    _Pragma("GCC unroll 16")                                    \
-                    for (int v = 0; v < CN_AXPY_VECTORS; ++v)                   \
-                        acc[v] += scale * from[v];                              \
-                }                                                               \
-                _Pragma("GCC unroll 16")                                        \
-                for (int v = 0; v < CN_AXPY_VECTORS; ++v) partial[v] = acc[v];  \
-            } else {                                                            \
-                memset(partial, 0, sizeof(partial));                            \
-                for (ptrdiff_t p = 0; p < k; ++p) {                             \
-                    T scale = a[i * a_rs + p * a_cs];                           \
-                    for (ptrdiff_t j = 0; j < width; ++j)                       \
-                        sums[j] += scale * b[p * ldb + j0 + j];                 \
-                }                                                               \
-            }                                                                   \
-            for (ptrdiff_t j = 0; j < width; ++j) {                             \
-                T *out = c + i * ldc + j0 + j;                                  \
+            }                                                                 \
+            for (; p + VL <= k; p += VL)                                      \
+                s0 += *(const VU *)(row + p) * *(const VU *)(b0 + p);         \
+            T t0 = DOT##_sum((s0 + s1) + (s2 + s3));                          \
+            for (; p < k; ++p) t0 += row[p] * b0[p];                          \
+            T *out = c_row + j * cs_c;                                        \
+            DOT##_store(out, t0, *out, accumulate, bias, j, epilogue, param); \
+        }                                                                     \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+static void AXPY(ptrdiff_t m, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,        \
+                 const T *restrict a, ptrdiff_t a_rs, ptrdiff_t a_cs,         \
+                 const T *restrict b, ptrdiff_t ldb,                          \
+                 T *restrict c, ptrdiff_t ldc, int accumulate,                \
+                 const T *restrict bias, int epilogue, T param)               \
+{                                                                             \
+    const ptrdiff_t VL = sizeof(VT) / sizeof(T), WIDTH = CN_AXPY_VECTORS * VL; \
+    VT partial[CN_AXPY_VECTORS];                                              \
+    for (ptrdiff_t i = 0; i < m; ++i) {                                       \
+        for (ptrdiff_t j0 = n0; j0 < n1; j0 += WIDTH) {                       \
+            ptrdiff_t width = n1 - j0 < WIDTH ? n1 - j0 : WIDTH;              \
+            T *sums = (T *)partial;                                           \
+            if (width == WIDTH) {                                             \
+                VT acc[CN_AXPY_VECTORS] = {{0}};                              \
+                for (ptrdiff_t p = 0; p < k; ++p) {                           \
+                    VT scale = (VT){0} + a[i * a_rs + p * a_cs];              \
+                    const VU *from = (const VU *)(b + p * ldb + j0);          \
+                    _Pragma("GCC unroll 16")                                  \
+                    for (int v = 0; v < CN_AXPY_VECTORS; ++v)                 \
+                        acc[v] += scale * from[v];                            \
+                }                                                             \
+                _Pragma("GCC unroll 16")                                      \
+                for (int v = 0; v < CN_AXPY_VECTORS; ++v) partial[v] = acc[v]; \
+            } else {                                                          \
+                memset(partial, 0, sizeof(partial));                          \
+                for (ptrdiff_t p = 0; p < k; ++p) {                           \
+                    T scale = a[i * a_rs + p * a_cs];                         \
+                    for (ptrdiff_t j = 0; j < width; ++j)                     \
+                        sums[j] += scale * b[p * ldb + j0 + j];               \
+                }                                                             \
+            }                                                                 \
+            for (ptrdiff_t j = 0; j < width; ++j) {                           \
+                T *out = c + i * ldc + j0 + j;                                \
                 DOT##_store(out, sums[j], *out, accumulate, bias, j0 + j, epilogue, \
-                            param);                                             \
-            }                                                                   \
-        }                                                                       \
-    }                                                                           \
+                            param);                                           \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
 }
 
-CN_DEFINE_THIN(cn_dot_float, cn_axpy_float, float, cn_vf, cn_vf_u)
+CN_DEFINE_THIN(cn_dot_float, cn_axpy_float, float, cn_kf, cn_vf_u)
 CN_DEFINE_THIN(cn_dot_double, cn_axpy_double, double, cn_vd, cn_vd_u)
 
 #endif

@@ -223,11 +223,14 @@ CN_DEFINE_FORWARD(cn_elu_forward, cn_activate_vector(x, CN_EPILOGUE_ELU, param))
 
 CN_DEFINE_BACKWARD(cn_sigmoid_backward, g * y * (1.0f - y))
 CN_DEFINE_BACKWARD(cn_tanh_backward, g * (1.0f - y * y))
-/* g where y > 0, else 0. The empty asm keeps g a plain full load: folded into a
- * zero-masked load instead, the loop runs about 10% slower here. */
+/* g where y > 0, else 0. With AVX-512 the empty asm keeps g a plain full load:
+ * folded into a zero-masked load instead, the loop runs about 10% slower. (A
+ * 64-byte vector fits no single register below AVX-512.) */
 static inline cn_vf cn_relu_gradient(cn_vf y, cn_vf g)
 {
+#ifdef __AVX512F__
     __asm__("" : "+v"(g));
+#endif
     return cn_select(y > cn_zero, g, cn_zero);
 }
 
