@@ -67,18 +67,21 @@ ACTIVATIONS = {
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,n,k", [(45, 70, 500), (8, 32, 16), (3, 5, 0), (45, 7, 300),
                                    (3, 300, 50), (1, 1, 17)])
-def test_epilogue_bias_activation_and_accumulate(m, n, k, dtype, trans_b, activation, rng):
+@pytest.mark.parametrize("bias_per_row", [False, True])
+def test_epilogue_bias_activation_and_accumulate(m, n, k, dtype, trans_b, activation,
+                                                 bias_per_row, rng):
     # The shapes reach the packed path and both thin paths (dot, axpy).
     a, b, expected = operands(rng, m, n, k, dtype, False, trans_b)
-    bias = rng.standard_normal(n).astype(dtype)
+    bias = rng.standard_normal(m if bias_per_row else n).astype(dtype)
+    broadcast = bias[:, None] if bias_per_row else bias
     out = rng.standard_normal((m, n)).astype(dtype)
     before = out.astype(np.float64)
     function = ACTIVATIONS[activation]
     matmul(a, b, trans_b=trans_b, out=out, bias=bias, activation=activation,
-           activation_param=0.3, accumulate=True)
-    assert_close(out, function(before + expected + bias, 0.3), dtype, k)
-    result = matmul(a, b, trans_b=trans_b, bias=bias)
-    assert_close(result, expected + bias, dtype, k)
+           activation_param=0.3, accumulate=True, bias_per_row=bias_per_row)
+    assert_close(out, function(before + expected + broadcast, 0.3), dtype, k)
+    result = matmul(a, b, trans_b=trans_b, bias=bias, bias_per_row=bias_per_row)
+    assert_close(result, expected + broadcast, dtype, k)
 
 
 @pytest.mark.parametrize("trans_b", [False, True])

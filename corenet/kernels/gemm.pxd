@@ -25,3 +25,18 @@ cdef int gemm(bint trans_a, bint trans_b,
               bint accumulate,
               const floating* bias,                  # IN, n values or NULL
               int epilogue, floating epilogue_param) noexcept nogil
+
+# gemm with two more choices: bias_per_row adds bias[row] instead of
+# bias[column] (a convolution's output channels are rows), and max_threads caps
+# the threads (1 inside a loop that is already parallel). The result is the
+# same bitwise for any max_threads.
+cdef int gemm_ex(bint trans_a, bint trans_b,
+                 Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                 const floating* a, Py_ssize_t lda,     # IN
+                 const floating* b, Py_ssize_t ldb,     # IN
+                 floating* c, Py_ssize_t ldc,           # IN/OUT
+                 bint accumulate,
+                 const floating* bias,                  # IN, m or n values, or NULL
+                 bint bias_per_row,
+                 int epilogue, floating epilogue_param,
+                 int max_threads) noexcept nogil

@@ -16,7 +16,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-from corenet.kernels.threads cimport threads_for
+from corenet.kernels.threads cimport num_threads, threads_for
 
 from corenet.errors import DTypeError, ShapeError
 
@@ -37,17 +37,19 @@ cdef extern from "microkernel.h" nogil:
     float cn_activate_float(float value, int kind, float param)
     double cn_activate_double(double value, int kind, double param)
     void cn_kernel_float(ptrdiff_t kc, const float* a, const float* b, float* c,
-                         ptrdiff_t ldc, int accumulate, const float* bias, int epilogue,
-                         float param)
+                         ptrdiff_t ldc, int accumulate, const float* bias, int bias_per_row,
+                         int epilogue, float param)
     void cn_kernel_float_edge(ptrdiff_t kc, const float* a, const float* b, float* c,
                               ptrdiff_t ldc, int accumulate, const float* bias,
-                              int epilogue, float param, ptrdiff_t mr, ptrdiff_t nr)
+                              int bias_per_row, int epilogue, float param, ptrdiff_t mr,
+                              ptrdiff_t nr)
     void cn_kernel_double(ptrdiff_t kc, const double* a, const double* b, double* c,
-                          ptrdiff_t ldc, int accumulate, const double* bias, int epilogue,
-                          double param)
+                          ptrdiff_t ldc, int accumulate, const double* bias,
+                          int bias_per_row, int epilogue, double param)
     void cn_kernel_double_edge(ptrdiff_t kc, const double* a, const double* b, double* c,
                                ptrdiff_t ldc, int accumulate, const double* bias,
-                               int epilogue, double param, ptrdiff_t mr, ptrdiff_t nr)
+                               int bias_per_row, int epilogue, double param, ptrdiff_t mr,
+                               ptrdiff_t nr)
     void cn_dot_float(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
                       const float* a, ptrdiff_t lda, const float* bt, ptrdiff_t ldb,
                       float* c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,
@@ -134,27 +136,28 @@ cdef void pack_b(floating* dst, const floating* b, Py_ssize_t rs, Py_ssize_t cs,
 
 cdef inline void run_kernel(Py_ssize_t kc, const floating* a, const floating* b, floating* c,
                             Py_ssize_t ldc, bint accumulate, const floating* bias,
-                            int epilogue, floating param, Py_ssize_t mr, Py_ssize_t nr,
-                            Py_ssize_t nr_full) noexcept nogil:
+                            bint bias_per_row, int epilogue, floating param, Py_ssize_t mr,
+                            Py_ssize_t nr, Py_ssize_t nr_full) noexcept nogil:
     if mr == CN_MR and nr == nr_full:
         if floating is float:
-            cn_kernel_float(kc, a, b, c, ldc, accumulate, bias, epilogue, param)
+            cn_kernel_float(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param)
         else:
-            cn_kernel_double(kc, a, b, c, ldc, accumulate, bias, epilogue, param)
+            cn_kernel_double(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param)
     else:
         if floating is float:
-            cn_kernel_float_edge(kc, a, b, c, ldc, accumulate, bias, epilogue, param, mr,
-                                 nr)
+            cn_kernel_float_edge(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue,
+                                 param, mr, nr)
         else:
-            cn_kernel_double_edge(kc, a, b, c, ldc, accumulate, bias, epilogue, param, mr,
-                                  nr)
+            cn_kernel_double_edge(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue,
+                                  param, mr, nr)
 
 
 cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k,
                     const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
                     const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs,
                     floating* c, Py_ssize_t ldc, bint accumulate,
-                    const floating* bias, int epilogue, floating param) noexcept nogil:
+                    const floating* bias, bint bias_per_row, int epilogue,
+                    floating param) noexcept nogil:
     """C[m0:m1, n0:n1] on the calling thread, with its own packing buffers."""
     cdef Py_ssize_t nr_full, kc_max, jc, nc, pc, kc, ic, mc, jr, ir
     cdef bint last
@@ -190,12 +193,14 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
                 pack_a(a_packed, a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc)
                 jr = 0
                 while jr < nc:
-                    tile_bias = bias + jc + jr if (last and bias != NULL) else NULL
                     ir = 0
                     while ir < mc:
+                        tile_bias = NULL
+                        if last and bias != NULL:
+                            tile_bias = bias + (ic + ir if bias_per_row else jc + jr)
                         run_kernel(kc, a_packed + ir * kc, b_packed + jr * kc,
                                    c + (ic + ir) * ldc + jc + jr, ldc,
-                                   accumulate or pc > 0, tile_bias,
+                                   accumulate or pc > 0, tile_bias, bias_per_row,
                                    epilogue if last else EPILOGUE_NONE, param,
                                    min(<Py_ssize_t>CN_MR, mc - ir), min(nr_full, nc - jr),
                                    nr_full)
@@ -229,7 +234,7 @@ cdef void empty_product(Py_ssize_t m, Py_ssize_t n, floating* c, Py_ssize_t ldc,
 cdef int thin_dot(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda,
                   const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs, floating* c,
                   Py_ssize_t ldc, bint accumulate, const floating* bias,
-                  int epilogue, floating param) noexcept nogil:
+                  int epilogue, floating param, int n_threads) noexcept nogil:
     """C = A · B through dot products of A's rows with B's columns, for a thin C."""
     cdef const floating* bt = b
     cdef Py_ssize_t ldb_t = b_cs, j, p, task, start, stop
@@ -243,7 +248,6 @@ cdef int thin_dot(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, P
                 copy[j * k + p] = b[p * b_rs + j * b_cs]
         bt = copy
         ldb_t = k
-    cdef int n_threads = threads_for(m * n * k, GRAIN)
     cdef bint by_rows = m >= n
     # Columns are split in groups of four, as the kernel takes them (see microkernel.h).
     cdef Py_ssize_t unit = 1 if by_rows else 4
@@ -268,12 +272,12 @@ cdef int thin_dot(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, P
 cdef void thin_axpy(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                     Py_ssize_t a_rs, Py_ssize_t a_cs, const floating* b, Py_ssize_t ldb,
                     floating* c, Py_ssize_t ldc, bint accumulate, const floating* bias,
-                    int epilogue, floating param) noexcept nogil:
+                    int epilogue, floating param, int max_threads) noexcept nogil:
     """C = A · B row by row as Σ_p A[i, p] · B[p, :], for a C of few rows."""
     # The kernel's block of columns.
     cdef Py_ssize_t width = CN_AXPY_VECTORS * CN_VEC_BYTES // sizeof(floating)
     cdef Py_ssize_t blocks = (n + width - 1) // width, task, start, stop
-    cdef int n_threads = min(<Py_ssize_t>threads_for(m * n * k, GRAIN), blocks)
+    cdef int n_threads = min(<Py_ssize_t>max_threads, blocks)
     for task in prange(n_threads, num_threads=n_threads, schedule='static'):
         # Split in whole blocks, so that the partial block is always the last one.
         start = task * blocks // n_threads * width
@@ -286,6 +290,24 @@ cdef void thin_axpy(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                            epilogue, param)
 
 
+cdef void add_row_bias_and_activate(Py_ssize_t m, Py_ssize_t n, floating* c, Py_ssize_t ldc,
+                                    const floating* bias, int epilogue,
+                                    floating param) noexcept nogil:
+    """C[i, j] = f(C[i, j] + bias[i]): the finishing steps of a thin product whose
+    bias is per row, in the order every path applies them."""
+    cdef Py_ssize_t i, j
+    cdef floating value
+    for i in range(m):
+        for j in range(n):
+            value = c[i * ldc + j] + bias[i]
+            if epilogue != EPILOGUE_NONE:
+                if floating is float:
+                    value = cn_activate_float(value, epilogue, param)
+                else:
+                    value = cn_activate_double(value, epilogue, param)
+            c[i * ldc + j] = value
+
+
 cdef int gemm(bint trans_a, bint trans_b,
               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
               const floating* a, Py_ssize_t lda,
@@ -293,31 +315,52 @@ cdef int gemm(bint trans_a, bint trans_b,
               floating* c, Py_ssize_t ldc,
               bint accumulate, const floating* bias, int epilogue,
               floating epilogue_param) noexcept nogil:
+    return gemm_ex(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate, bias,
+                   False, epilogue, epilogue_param, num_threads())
+
+
+cdef int gemm_ex(bint trans_a, bint trans_b,
+                 Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                 const floating* a, Py_ssize_t lda,
+                 const floating* b, Py_ssize_t ldb,
+                 floating* c, Py_ssize_t ldc,
+                 bint accumulate, const floating* bias, bint bias_per_row, int epilogue,
+                 floating epilogue_param, int max_threads) noexcept nogil:
     # Element (i, p) of op(A) lies at a[i * a_rs + p * a_cs]; likewise for B.
     cdef Py_ssize_t a_rs = 1 if trans_a else lda
     cdef Py_ssize_t a_cs = lda if trans_a else 1
     cdef Py_ssize_t b_rs = 1 if trans_b else ldb
     cdef Py_ssize_t b_cs = ldb if trans_b else 1
+    cdef int status = 0
     if m == 0 or n == 0:
         return 0
-    if k == 0:
-        empty_product(m, n, c, ldc, accumulate, bias, epilogue, epilogue_param)
-        return 0
+    bias_per_row = bias_per_row and bias != NULL
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
     # Thin products, where packed tiles would be mostly padding (matrix-vector shapes,
     # a Linear with few outputs): the path depends on the shape only, never on threads.
     # The dot path ends each element with a sum across a vector's lanes, which only
-    # a long k amortizes.
-    if not trans_a and k >= THIN_DOT_MIN_K and (n < nr_full or (m < CN_MR and trans_b)):
+    # a long k amortizes. A bias per row is added after them, in a pass of its own.
+    cdef bint dot_path = (not trans_a and k >= THIN_DOT_MIN_K
+                          and (n < nr_full or (m < CN_MR and trans_b)))
+    cdef bint axpy_path = not dot_path and m < CN_MR and not trans_b
+    if bias_per_row and (k == 0 or dot_path or axpy_path):
+        status = gemm_ex(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate, NULL,
+                         False, EPILOGUE_NONE, epilogue_param, max_threads)
+        add_row_bias_and_activate(m, n, c, ldc, bias, epilogue, epilogue_param)
+        return status
+    if k == 0:
+        empty_product(m, n, c, ldc, accumulate, bias, epilogue, epilogue_param)
+        return 0
+    cdef int n_threads = min(threads_for(m * n * k, GRAIN), max(max_threads, 1))
+    if dot_path:
         return thin_dot(m, n, k, a, lda, b, b_rs, b_cs, c, ldc, accumulate, bias, epilogue,
-                        epilogue_param)
-    if m < CN_MR and not trans_b:
+                        epilogue_param, n_threads)
+    if axpy_path:
         thin_axpy(m, n, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, bias, epilogue,
-                  epilogue_param)
+                  epilogue_param, n_threads)
         return 0
     cdef Py_ssize_t m_tiles = (m + CN_MR - 1) // CN_MR
     cdef Py_ssize_t n_tiles = (n + nr_full - 1) // nr_full
-    cdef int n_threads = threads_for(m * n * k, GRAIN)
     # Split the dimension with more tiles, in whole tiles.
     cdef Py_ssize_t tasks_m = 1, tasks_n = 1
     if n_tiles >= m_tiles:
@@ -327,7 +370,7 @@ cdef int gemm(bint trans_a, bint trans_b,
     cdef Py_ssize_t n_tasks = tasks_m * tasks_n
     if n_tasks == 1:
         return gemm_block(0, m, 0, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc,
-                          accumulate, bias, epilogue, epilogue_param)
+                          accumulate, bias, bias_per_row, epilogue, epilogue_param)
     cdef Py_ssize_t task, m0, m1, n0, n1
     cdef int failures = 0
     for task in prange(n_tasks, num_threads=n_tasks, schedule='static'):
@@ -336,7 +379,7 @@ cdef int gemm(bint trans_a, bint trans_b,
         n0 = (task % tasks_n) * n_tiles // tasks_n * nr_full
         n1 = min(n, ((task % tasks_n) + 1) * n_tiles // tasks_n * nr_full)
         failures += -gemm_block(m0, m1, n0, n1, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc,
-                                accumulate, bias, epilogue, epilogue_param)
+                                accumulate, bias, bias_per_row, epilogue, epilogue_param)
     return -1 if failures else 0
 
 
@@ -395,10 +438,11 @@ EPILOGUES = {None: EPILOGUE_NONE, "relu": EPILOGUE_RELU, "sigmoid": EPILOGUE_SIG
 
 
 def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activation=None,
-           activation_param=0.0, accumulate=False):
+           activation_param=0.0, accumulate=False, bias_per_row=False):
     """op(a) @ op(b) with corenet's GEMM, where op transposes when asked.
 
-    ``bias`` (one value per output column) and ``activation`` (a name in
+    ``bias`` (one value per output column, or per row with ``bias_per_row``) and
+    ``activation`` (a name in
     EPILOGUES; ``activation_param`` is leaky_relu's slope or elu's alpha) are
     applied in the GEMM's epilogue; ``accumulate`` adds the product to ``out``.
 
@@ -416,29 +460,32 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
     a, b, out, shape_m, shape_n, shape_k = _operands(a, b, trans_a, trans_b, out, "matmul")
     if bias is not None:
         bias = np.ascontiguousarray(bias, dtype=a.dtype)
-        if bias.shape != (shape_n,):
-            raise ShapeError(f"matmul: bias must have shape ({shape_n},), got {bias.shape}")
+        expected = shape_m if bias_per_row else shape_n
+        if bias.shape != (expected,):
+            raise ShapeError(f"matmul: bias must have shape ({expected},), got {bias.shape}")
     cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = out
     cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
-    cdef bint ta = trans_a, tb = trans_b, add = accumulate
+    cdef bint ta = trans_a, tb = trans_b, add = accumulate, per_row = bias_per_row
     cdef int epilogue = EPILOGUES[activation]
     cdef double param = activation_param
     cdef Py_ssize_t m = shape_m, n = shape_n, k = shape_k
     cdef int status
     if a.dtype == np.float32:
         with nogil:
-            status = gemm(ta, tb, m, n, k,
-                          <const float*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
-                          <const float*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
-                          <float*>cnp.PyArray_DATA(out_arr), n, add, <const float*>bias_data,
-                          epilogue, <float>param)
+            status = gemm_ex(ta, tb, m, n, k,
+                             <const float*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
+                             <const float*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
+                             <float*>cnp.PyArray_DATA(out_arr), n, add,
+                             <const float*>bias_data, per_row, epilogue, <float>param,
+                             num_threads())
     else:
         with nogil:
-            status = gemm(ta, tb, m, n, k,
-                          <const double*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
-                          <const double*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
-                          <double*>cnp.PyArray_DATA(out_arr), n, add, <const double*>bias_data,
-                          epilogue, param)
+            status = gemm_ex(ta, tb, m, n, k,
+                             <const double*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
+                             <const double*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
+                             <double*>cnp.PyArray_DATA(out_arr), n, add,
+                             <const double*>bias_data, per_row, epilogue, param,
+                             num_threads())
     if status != 0:
         raise MemoryError("matmul: could not allocate the packing buffers")
     return out

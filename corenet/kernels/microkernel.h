@@ -3,7 +3,7 @@
  * A micro-kernel multiplies a packed sliver of A (kc x CN_MR, column of MR
  * values per k) by a packed panel of B (kc x NR, row of NR values per k) and
  * writes or adds the MR x NR tile of C, with an optional epilogue on the last
- * k block: bias per column, then an activation (vector_math.h) — ReLU in
+ * k block: bias per column (or per row, for convolutions), then an activation (vector_math.h) — ReLU in
  * registers, the others over the tile while it is still in L1.
  *
  * The tile is CN_MR rows by two SIMD vectors: 16 accumulators, which leaves
@@ -198,7 +198,8 @@ static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
         cn_vt lo = c##i##0, hi = c##i##1;                                     \
         cn_vu *row = (cn_vu *)(c + (i) * ldc);                                \
         if (accumulate) { lo += row[0]; hi += row[1]; }                       \
-        if (bias) { lo += bias_lo; hi += bias_hi; }                           \
+        if (bias && bias_per_row) { lo += bias[i]; hi += bias[i]; }           \
+        else if (bias) { lo += bias_lo; hi += bias_hi; }                           \
         if (epilogue == CN_EPILOGUE_RELU) {                                   \
             lo = (cn_vt)((cn_vi_t)lo & ~(cn_vi_t)(lo < zero));                \
             hi = (cn_vt)((cn_vi_t)hi & ~(cn_vi_t)(hi < zero));                \
@@ -214,7 +215,8 @@ static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
 #define CN_DEFINE_KERNEL(NAME, T, VT, VU, VI, NR)                             \
 static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
                  T *restrict c, ptrdiff_t ldc, int accumulate,                \
-                 const T *restrict bias, int epilogue, T param)               \
+                 const T *restrict bias, int bias_per_row, int epilogue,      \
+                 T param)                                                     \
 {                                                                             \
     typedef T cn_t; typedef VT cn_vt; typedef VU cn_vu; typedef VI cn_vi_t;   \
     const int VL = NR / 2;                                                    \
@@ -234,7 +236,10 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
         b += NR;                                                              \
     }                                                                         \
     VT bias_lo = zero, bias_hi = zero;                                        \
-    if (bias) { bias_lo = *(const VU *)bias; bias_hi = *(const VU *)(bias + VL); } \
+    if (bias && !bias_per_row) {                                              \
+        bias_lo = *(const VU *)bias;                                          \
+        bias_hi = *(const VU *)(bias + VL);                                   \
+    }                                                                         \
     CN_FOR_ROWS(CN_STORE_ROW)                                                 \
     if (epilogue > CN_EPILOGUE_RELU)                                          \
         cn_activate_tile_##T(c, ldc, epilogue, param);                        \
@@ -242,7 +247,8 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
                                                                               \
 static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, \
                         T *restrict c, ptrdiff_t ldc, int accumulate,         \
-                        const T *restrict bias, int epilogue, T param,        \
+                        const T *restrict bias, int bias_per_row,             \
+                        int epilogue, T param,                                \
                         ptrdiff_t mr, ptrdiff_t nr)                           \
 {                                                                             \
     T tile[CN_MR * NR] __attribute__((aligned(CN_VEC_BYTES)));                \
@@ -251,9 +257,12 @@ static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, 
         for (ptrdiff_t j = 0; j < nr; ++j)                                    \
             tile[i * NR + j] = accumulate ? c[i * ldc + j] : (T)0;            \
     if (bias) {                                                               \
-        for (ptrdiff_t j = 0; j < NR; ++j) bias_tile[j] = j < nr ? bias[j] : (T)0; \
+        /* NR >= MR: the tile's bias fits either way. */                      \
+        ptrdiff_t used = bias_per_row ? mr : nr;                              \
+        for (ptrdiff_t j = 0; j < NR; ++j) bias_tile[j] = j < used ? bias[j] : (T)0; \
     }                                                                         \
-    NAME(kc, a, b, tile, NR, accumulate, bias ? bias_tile : NULL, epilogue, param); \
+    NAME(kc, a, b, tile, NR, accumulate, bias ? bias_tile : NULL, bias_per_row, \
+         epilogue, param);                                                    \
     for (ptrdiff_t i = 0; i < mr; ++i)                                        \
         for (ptrdiff_t j = 0; j < nr; ++j)                                    \
             c[i * ldc + j] = tile[i * NR + j];                                \
