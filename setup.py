@@ -14,7 +14,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-PLUGIN_PACKAGES = ["corenet_dense", "corenet_activations", "corenet_losses"]
+PLUGIN_PACKAGES = ["corenet_dense", "corenet_activations", "corenet_losses", "corenet_conv"]
 
 # module name -> source; plugins live under plugins/<package>/.
 EXTENSIONS = {
@@ -27,6 +27,9 @@ EXTENSIONS = {
     "corenet_activations.pointwise": "plugins/corenet_activations/pointwise.pyx",
     "corenet_activations.softmax": "plugins/corenet_activations/softmax.pyx",
     "corenet_losses.losses": "plugins/corenet_losses/losses.pyx",
+    "corenet_conv.vol2col": "plugins/corenet_conv/vol2col.pyx",
+    "corenet_conv.conv": "plugins/corenet_conv/conv.pyx",
+    "corenet_conv.pool": "plugins/corenet_conv/pool.pyx",
 }
 
 
@@ -79,7 +82,7 @@ def extensions():
     ]
     return cythonize(
         modules,
-        include_path=["."],
+        include_path=[".", "plugins"],
         compiler_directives={
             "language_level": 3,
             "boundscheck": checks,
@@ -97,6 +100,7 @@ setup(
     package_data={
         "corenet": ["data/*.npz", "data/*.txt"],
         "corenet.kernels": ["*.pxd", "*.h"],
+        "corenet_conv": ["*.pxd"],
     },
     ext_modules=extensions(),
 )

@@ -190,3 +190,36 @@ def check_grad(layer: Layer, grad, shape: tuple, dtype) -> np.ndarray:
 def require_forward(layer: Layer, cached) -> None:
     if cached is None:
         raise RuntimeError(f"{layer.name}.backward called before forward")
+
+
+def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype) -> tuple:
+    """(value, grad) of a Parameter, checked before a kernel touches them.
+
+    Users can replace either array, so a kernel never trusts them: the value must
+    have the layer's shape and dtype (a non-contiguous one is copied for reading);
+    the grad must too, C-contiguous and writeable, since the kernel adds into it.
+    A grad set to None starts again from zeros, as in PyTorch.
+    """
+    label = f"{layer.name}: parameter {parameter.name!r}"
+    value = parameter.value
+    if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:
+        raise ShapeError(f"{label} must be a {dtype} array of shape {shape}, got "
+                         f"{_describe(value)}")
+    if not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)
+    grad = parameter.grad
+    if grad is None:
+        grad = parameter.grad = np.zeros(shape, dtype)
+    if not isinstance(grad, np.ndarray) or grad.shape != shape or grad.dtype != dtype:
+        raise ShapeError(f"{label}: its grad must be a {dtype} array of shape {shape}, got "
+                         f"{_describe(grad)}")
+    if not grad.flags.c_contiguous or not grad.flags.writeable:
+        raise ValueError(f"{label}: its grad must be a writeable C-contiguous array "
+                         f"(backward adds into it)")
+    return value, grad
+
+
+def _describe(array) -> str:
+    if isinstance(array, np.ndarray):
+        return f"{array.dtype} {array.shape}"
+    return type(array).__name__

@@ -12,12 +12,13 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from corenet.kernels.gemm cimport (EPILOGUE_ELU, EPILOGUE_LEAKY_RELU, EPILOGUE_NONE,
-                                   EPILOGUE_RELU, EPILOGUE_SIGMOID, EPILOGUE_TANH, gemm)
+from corenet.kernels.fused cimport activation_derivative_times
+from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm
 from corenet.kernels.threads cimport threads_for
 
 from corenet import random
 from corenet.errors import ShapeError
+from corenet.fusion import fusion_of
 from corenet.layer import Layer, Parameter, as_float_dtype, check_grad, check_input, require_forward
 
 cnp.import_array()
@@ -39,22 +40,6 @@ cdef void add_column_sums(floating* sums, const floating* x, Py_ssize_t rows,
         for i in range(rows):
             for j in range(start, stop):
                 sums[j] = sums[j] + x[i * columns + j]
-
-
-cdef inline floating activation_derivative_times(int kind, floating grad, floating out,
-                                                  floating param) noexcept nogil:
-    """grad · f'(x) from the activation's output y = f(x): each fusable f has its
-    derivative as a function of y (leaky_relu and elu: y > 0 exactly when x > 0,
-    since their slope and alpha are not negative)."""
-    if kind == EPILOGUE_RELU:
-        return grad if out > 0 else 0
-    if kind == EPILOGUE_SIGMOID:
-        return grad * out * (1 - out)
-    if kind == EPILOGUE_TANH:
-        return grad * (1 - out * out)
-    if kind == EPILOGUE_LEAKY_RELU:
-        return grad if out > 0 else param * grad
-    return grad if out > 0 else grad * (out + param)  # elu
 
 
 cdef void activation_backward_and_column_sums(int kind, floating param, const floating* grad,
@@ -158,25 +143,6 @@ cdef int linear_backward(cnp.ndarray grad, cnp.ndarray x, cnp.ndarray weight,
     if status:
         raise MemoryError("linear: could not allocate GEMM buffers")
     return 0
-
-
-# Activations a Linear runs in its GEMM's epilogue when the executor fuses them:
-# name -> (epilogue code, the attribute holding the activation's parameter).
-FUSABLE = {"relu": (EPILOGUE_RELU, None), "sigmoid": (EPILOGUE_SIGMOID, None),
-           "tanh": (EPILOGUE_TANH, None), "leaky_relu": (EPILOGUE_LEAKY_RELU, "negative_slope"),
-           "elu": (EPILOGUE_ELU, "alpha")}
-
-
-def fusion_of(activation):
-    """(epilogue code, parameter) for an activation layer, or None if it cannot fuse:
-    backward recovers f'(x) from y = f(x) only for a non-negative slope or alpha."""
-    if activation is None or activation.name not in FUSABLE:
-        return None
-    code, attribute = FUSABLE[activation.name]
-    param = float(getattr(activation, attribute)) if attribute else 0.0
-    if param < 0 or (activation.name == "elu" and param == 0):
-        return None
-    return code, param
 
 
 class Linear(Layer):

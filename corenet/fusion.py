@@ -1,0 +1,21 @@
+"""Which activations a GEMM-based layer (Linear, the convolutions) can run in its
+GEMM's epilogue when the executor fuses the pair (see Layer.can_fuse)."""
+from __future__ import annotations
+
+from corenet.kernels.gemm import EPILOGUES
+
+# name -> the attribute holding the activation's parameter (None: no parameter).
+FUSABLE = {"relu": None, "sigmoid": None, "tanh": None, "leaky_relu": "negative_slope",
+           "elu": "alpha"}
+
+
+def fusion_of(activation) -> tuple[int, float] | None:
+    """(epilogue code, parameter) for an activation layer, or None if it cannot fuse:
+    backward recovers f'(x) from y = f(x) only for a non-negative slope or alpha."""
+    if activation is None or activation.name not in FUSABLE:
+        return None
+    attribute = FUSABLE[activation.name]
+    param = float(getattr(activation, attribute)) if attribute else 0.0
+    if param < 0 or (activation.name == "elu" and param == 0):
+        return None
+    return EPILOGUES[activation.name], param

@@ -1,0 +1,25 @@
+# The backward of an activation that a GEMM ran in its epilogue (Linear, the
+# convolutions): grad · f'(x), recovered from the output y = f(x).
+from cython cimport floating
+
+from corenet.kernels.gemm cimport (EPILOGUE_ELU, EPILOGUE_LEAKY_RELU, EPILOGUE_RELU,
+                                   EPILOGUE_SIGMOID, EPILOGUE_TANH)
+
+
+cdef inline floating activation_derivative_times(int kind, floating grad, floating out,
+                                                  floating param) noexcept nogil:
+    """grad · f'(x) from y = f(x): each fusable f has its derivative as a function
+    of y (leaky_relu and elu: y > 0 exactly when x > 0, since their slope and alpha
+    are not negative). The same expressions as the activation layers' backward, so
+    a fused pair is bitwise equal to the two layers."""
+    if kind == EPILOGUE_RELU:
+        return grad if out > 0 else 0
+    if kind == EPILOGUE_SIGMOID:
+        return grad * out * (1 - out)
+    if kind == EPILOGUE_TANH:
+        return grad * (1 - out * out)
+    if kind == EPILOGUE_LEAKY_RELU:
+        return grad if out > 0 else param * grad
+    if kind == EPILOGUE_ELU:
+        return grad if out > 0 else grad * (out + param)
+    return grad

@@ -1,0 +1,373 @@
+"""Conv2d and Conv3d: NCHW / NCDHW, weight (out, in/groups, *kernel) and bias (out,)
+as PyTorch lays them out.
+
+The batch goes through in chunks of samples whose columns fit the workspace
+(WORKSPACE_BYTES, or one sample's columns when that is larger):
+
+    forward   col = vol2col(x)                      (C·k, chunk·P)
+              y'  = W_g · col_g + b, f in the epilogue     one GEMM per group
+              y   = y' with the chunk axis moved in front  (chunk, out, P)
+    backward  g'  = dL/dy · f'(y), chunk axis moved behind (out, chunk·P)
+              dW_g += g'_g · col_gᵀ;  db += Σ g'
+              dx  = col2vol(W_gᵀ · g'_g)
+
+A batch that fits in one chunk keeps its columns from forward to backward.
+"""
+import math
+
+import numpy as np
+
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+from corenet.kernels.fused cimport activation_derivative_times
+from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm_ex
+from corenet.kernels.threads cimport num_threads, threads_for
+from corenet_conv.vol2col cimport Geometry, col2vol, vol2col
+
+from corenet import random
+from corenet.errors import ShapeError
+from corenet.fusion import fusion_of
+from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
+                           parameter_arrays, require_forward)
+from corenet_conv.geometry import Window, as_3d_shape, as_int
+
+cnp.import_array()
+
+# Bytes of columns one chunk of the batch may use (the other scratch arrays are
+# at most as large): a 224 x 224 batch needs this, not gigabytes.
+WORKSPACE_BYTES = 16 << 20
+
+cdef enum:
+    GRAIN = 1 << 15  # elements below which one thread runs
+
+
+cdef void move_chunk_axis_front(const floating* src, floating* dst, Py_ssize_t n_samples,
+                                Py_ssize_t channels, Py_ssize_t positions) noexcept nogil:
+    """dst (n_samples, channels, P) from src (channels, n_samples · P)."""
+    cdef Py_ssize_t task, sample, c
+    cdef int n_threads = threads_for(n_samples * channels * positions, GRAIN)
+    for task in prange(n_samples * channels, num_threads=n_threads, schedule='static'):
+        sample = task // channels
+        c = task % channels
+        memcpy(dst + task * positions, src + (c * n_samples + sample) * positions,
+               positions * sizeof(floating))
+
+
+cdef void move_chunk_axis_back(const floating* grad, const floating* out, floating* dst,
+                               Py_ssize_t n_samples, Py_ssize_t channels,
+                               Py_ssize_t positions, int kind, floating param) noexcept nogil:
+    """dst (channels, n_samples · P) = grad · f'(out), from (n_samples, channels, P)."""
+    cdef Py_ssize_t task, sample, c, p, start
+    cdef int n_threads = threads_for(n_samples * channels * positions, GRAIN)
+    for task in prange(n_samples * channels, num_threads=n_threads, schedule='static'):
+        sample = task // channels
+        c = task % channels
+        start = (c * n_samples + sample) * positions
+        if kind == EPILOGUE_NONE:
+            memcpy(dst + start, grad + task * positions, positions * sizeof(floating))
+        else:
+            for p in range(positions):
+                dst[start + p] = activation_derivative_times(
+                    kind, grad[task * positions + p], out[task * positions + p], param)
+
+
+cdef void add_row_sums(floating* sums, const floating* x, Py_ssize_t rows,
+                       Py_ssize_t columns) noexcept nogil:
+    """sums[r] += Σ_j x[r, j], eight partial sums per row in a fixed order."""
+    cdef Py_ssize_t r, j, lane
+    cdef floating partial[8]
+    cdef floating total
+    cdef int n_threads = threads_for(rows * columns, GRAIN)
+    for r in prange(rows, num_threads=n_threads, schedule='static'):
+        for lane in range(8):
+            partial[lane] = 0
+        for j in range(0, columns - columns % 8, 8):
+            for lane in range(8):
+                partial[lane] = partial[lane] + x[r * columns + j + lane]
+        total = 0
+        for lane in range(8):
+            total = total + partial[lane]
+        for j in range(columns - columns % 8, columns):
+            total = total + x[r * columns + j]
+        sums[r] = sums[r] + total
+
+
+cdef int forward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                       const floating* x, const floating* weight, const floating* bias,
+                       floating* out, floating* col, floating* scratch,
+                       Py_ssize_t n_samples, int epilogue, floating param) noexcept nogil:
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t span = n_samples * positions
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t m = out_channels // groups, group
+    cdef int status = 0
+    vol2col(g, x, col, span, n_samples)
+    for group in range(groups):
+        status |= gemm_ex(False, False, m, span, k, weight + group * m * k, k,
+                          col + group * k * span, span, scratch + group * m * span, span,
+                          False, NULL if bias == NULL else bias + group * m, True,
+                          epilogue, param, num_threads())
+    move_chunk_axis_front(scratch, out, n_samples, out_channels, positions)
+    return status
+
+
+cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                        const floating* x, const floating* weight, const floating* grad,
+                        const floating* out, floating* weight_grad, floating* bias_grad,
+                        floating* x_grad, floating* col, floating* grad_t, floating* col_grad,
+                        Py_ssize_t n_samples, bint have_columns, int epilogue,
+                        floating param) noexcept nogil:
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t span = n_samples * positions
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t m = out_channels // groups, group
+    cdef int status = 0
+    move_chunk_axis_back(grad, out, grad_t, n_samples, out_channels, positions, epilogue,
+                         param)
+    if bias_grad != NULL:
+        add_row_sums(bias_grad, grad_t, out_channels, span)
+    if not have_columns:
+        vol2col(g, x, col, span, n_samples)
+    for group in range(groups):
+        # dW_g (m x k) += g'_g (m x span) · col_gᵀ (span x k)
+        status |= gemm_ex(False, True, m, k, span, grad_t + group * m * span, span,
+                          col + group * k * span, span, weight_grad + group * m * k, k,
+                          True, NULL, False, EPILOGUE_NONE, 0, num_threads())
+        if x_grad != NULL:
+            # dcol_g (k x span) = W_gᵀ (k x m) · g'_g (m x span)
+            status |= gemm_ex(True, False, k, span, m, weight + group * m * k, k,
+                              grad_t + group * m * span, span, col_grad + group * k * span,
+                              span, False, NULL, False, EPILOGUE_NONE, 0, num_threads())
+    if x_grad != NULL:
+        col2vol(g, col_grad, span, x_grad, n_samples)
+    return status
+
+
+cdef Geometry make_geometry(tuple x_shape, tuple out_shape, tuple window):
+    """The C struct of sizes from 3-D shapes and the window's 3-tuples."""
+    cdef Geometry g
+    kernel, stride, pad, dilation = window
+    g.channels, g.depth, g.height, g.width = x_shape[1:]
+    g.out_depth, g.out_height, g.out_width = out_shape[2:]
+    g.kernel_d, g.kernel_h, g.kernel_w = kernel
+    g.stride_d, g.stride_h, g.stride_w = stride
+    g.pad_d, g.pad_h, g.pad_w = pad
+    g.dilation_d, g.dilation_h, g.dilation_w = dilation
+    return g
+
+
+cdef inline void* data(object array):
+    return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+class ConvNd(Layer):
+    """The convolution over ``n_axes`` spatial axes; Conv2d and Conv3d fix n_axes."""
+
+    n_axes = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
+                 padding=0, dilation=1, groups: int = 1, bias: bool = True,
+                 dtype="float32"):
+        super().__init__()
+        self.in_channels = as_int(self.name, "in_channels", in_channels, 1)
+        self.out_channels = as_int(self.name, "out_channels", out_channels, 1)
+        self.groups = as_int(self.name, "groups", groups, 1)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"{self.name}: groups={self.groups} must divide in_channels="
+                             f"{self.in_channels} and out_channels={self.out_channels}")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ValueError(f"{self.name}: bias must be True or False, got {bias!r}")
+        self.window = Window(self.name, self.n_axes, kernel_size, stride, padding, dilation)
+        self.dtype = as_float_dtype(dtype)
+        kernel_volume = math.prod(self.window.kernel)
+        fan_in = self.in_channels // self.groups * kernel_volume
+        bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default initialisation
+        rng = random.generator()
+        self.weight_shape = (self.out_channels, self.in_channels // self.groups) \
+            + self.window.kernel
+        self.weight = Parameter("weight", rng.uniform(-bound, bound, self.weight_shape)
+                                .astype(self.dtype))
+        self.bias = Parameter("bias", rng.uniform(-bound, bound, self.out_channels)
+                              .astype(self.dtype)) if bias else None
+        self.fused_activation = None
+        self._fusion = None
+        self._x = None
+        self._out = None
+        self._columns_kept = False
+
+    # -- shapes --------------------------------------------------------------------
+
+    def output_shape(self, *input_shapes):
+        if len(input_shapes) != 1 or len(input_shapes[0]) != self.n_axes + 1:
+            raise ShapeError(f"{self.name}: expected per-sample shape (channels, "
+                             f"{', '.join('DHW'[3 - self.n_axes:])}), got "
+                             f"{', '.join(map(str, input_shapes))}")
+        shape = tuple(input_shapes[0])
+        if shape[0] != self.in_channels:
+            raise ShapeError(f"{self.name}: expected {self.in_channels} input channels, "
+                             f"got per-sample shape {shape}")
+        return (self.out_channels,) + self.window.output_size(shape[1:])
+
+    def _chunk(self, batch: int, positions: int) -> int:
+        """Samples per chunk: equal chunks within the workspace, from shapes only."""
+        rows = max(self.in_channels * math.prod(self.window.kernel), self.out_channels)
+        per_sample = rows * positions * self.dtype.itemsize
+        n_chunks = -(-batch // max(1, min(batch, WORKSPACE_BYTES // per_sample)))
+        return -(-batch // n_chunks)
+
+    # -- forward and backward ------------------------------------------------------
+
+    def forward(self, x):
+        x = check_input(self, x, ndim=self.n_axes + 2, dtype=self.dtype)
+        out_shape = (x.shape[0],) + self.output_shape(x.shape[1:])
+        weight, _ = parameter_arrays(self, self.weight, self.weight_shape, self.dtype)
+        bias = None
+        if self.bias is not None:
+            bias, _ = parameter_arrays(self, self.bias, (self.out_channels,), self.dtype)
+        out = self.buffer("out", out_shape, self.dtype)
+        self._fusion = fusion_of(self.fused_activation)
+        code, param = self._fusion or (EPILOGUE_NONE, 0.0)
+        x3, out3 = as_3d_shape(x.shape), as_3d_shape(out_shape)
+        cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
+        batch, positions = x.shape[0], math.prod(out3[2:])
+        chunk = self._chunk(batch, positions)
+        k_rows = self.in_channels * math.prod(self.window.kernel)
+        col = self.buffer("col", (k_rows, chunk * positions), self.dtype)
+        scratch = self.buffer("out_t", (self.out_channels, chunk * positions), self.dtype)
+        cdef Py_ssize_t start, n, in_step = math.prod(x3[1:]), out_step = math.prod(out3[1:])
+        cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
+        cdef char* px = <char*>data(x)
+        cdef char* pout = <char*>data(out)
+        cdef void* pw = data(weight)
+        cdef void* pb = data(bias)
+        cdef void* pcol = data(col)
+        cdef void* pscratch = data(scratch)
+        cdef int status = 0, epilogue = code, item = self.dtype.itemsize
+        cdef double p = param
+        for start in range(0, batch, chunk):
+            n = min(chunk, batch - start)
+            with nogil:
+                if item == 4:
+                    status |= forward_chunk(&g, groups, out_channels,
+                                            <const float*>(px + start * in_step * 4),
+                                            <const float*>pw, <const float*>pb,
+                                            <float*>(pout + start * out_step * 4),
+                                            <float*>pcol, <float*>pscratch, n, epilogue,
+                                            <float>p)
+                else:
+                    status |= forward_chunk(&g, groups, out_channels,
+                                            <const double*>(px + start * in_step * 8),
+                                            <const double*>pw, <const double*>pb,
+                                            <double*>(pout + start * out_step * 8),
+                                            <double*>pcol, <double*>pscratch, n, epilogue, p)
+        if status:
+            raise MemoryError(f"{self.name}: could not allocate GEMM buffers")
+        self._columns_kept = chunk == batch and self.reuse_buffers
+        self._x, self._out = x, out
+        return out
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        x, out = self._x, self._out
+        grad = check_grad(self, grad, out.shape, self.dtype)
+        weight, weight_grad = parameter_arrays(self, self.weight, self.weight_shape,
+                                               self.dtype)
+        bias_grad = None
+        if self.bias is not None:
+            _, bias_grad = parameter_arrays(self, self.bias, (self.out_channels,), self.dtype)
+        x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
+        code, param = self._fusion or (EPILOGUE_NONE, 0.0)
+        x3, out3 = as_3d_shape(x.shape), as_3d_shape(out.shape)
+        cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
+        batch, positions = x.shape[0], math.prod(out3[2:])
+        chunk = self._chunk(batch, positions)
+        k_rows = self.in_channels * math.prod(self.window.kernel)
+        col = self.buffer("col", (k_rows, chunk * positions), self.dtype)
+        grad_t = self.buffer("grad_t", (self.out_channels, chunk * positions), self.dtype)
+        col_grad = None if x_grad is None else \
+            self.buffer("col_grad", (k_rows, chunk * positions), self.dtype)
+        cdef bint have_columns = self._columns_kept
+        cdef Py_ssize_t start, n, in_step = math.prod(x3[1:]), out_step = math.prod(out3[1:])
+        cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
+        cdef char* px = <char*>data(x)
+        cdef char* pgrad = <char*>data(grad)
+        cdef char* pout = <char*>data(out)
+        cdef char* pxg = <char*>data(x_grad)
+        cdef void* pw = data(weight)
+        cdef void* pwg = data(weight_grad)
+        cdef void* pbg = data(bias_grad)
+        cdef void* pcol = data(col)
+        cdef void* pgt = data(grad_t)
+        cdef void* pcg = data(col_grad)
+        cdef int status = 0, epilogue = code, item = self.dtype.itemsize
+        cdef double p = param
+        for start in range(0, batch, chunk):
+            n = min(chunk, batch - start)
+            with nogil:
+                if item == 4:
+                    status |= backward_chunk(
+                        &g, groups, out_channels, <const float*>(px + start * in_step * 4),
+                        <const float*>pw, <const float*>(pgrad + start * out_step * 4),
+                        <const float*>(pout + start * out_step * 4), <float*>pwg,
+                        <float*>pbg, NULL if pxg == NULL else
+                        <float*>(pxg + start * in_step * 4), <float*>pcol, <float*>pgt,
+                        <float*>pcg, n, have_columns, epilogue, <float>p)
+                else:
+                    status |= backward_chunk(
+                        &g, groups, out_channels, <const double*>(px + start * in_step * 8),
+                        <const double*>pw, <const double*>(pgrad + start * out_step * 8),
+                        <const double*>(pout + start * out_step * 8), <double*>pwg,
+                        <double*>pbg, NULL if pxg == NULL else
+                        <double*>(pxg + start * in_step * 8), <double*>pcol, <double*>pgt,
+                        <double*>pcg, n, have_columns, epilogue, p)
+        if status:
+            raise MemoryError(f"{self.name}: could not allocate GEMM buffers")
+        return x_grad
+
+    def can_fuse(self, following):
+        """Whether this layer can run ``following`` (its only consumer) in its own
+        forward and backward: relu, sigmoid, tanh, leaky_relu and elu, in the GEMM's
+        epilogue, as Linear does."""
+        return fusion_of(following) is not None
+
+    # -- the rest of the protocol ----------------------------------------------------
+
+    def parameters(self):
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def astype(self, dtype):
+        super().astype(dtype)
+        self._columns_kept = False
+        return self
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                **self.window.config(), "groups": self.groups,
+                "bias": self.bias is not None, "dtype": self.dtype.name}
+
+
+class Conv2d(ConvNd):
+    """2-D convolution over (batch, channels, height, width), as torch.nn.Conv2d.
+
+    >>> import corenet.layers as L, numpy as np
+    >>> L.Conv2d(1, 6, 5, padding=2).forward(np.ones((2, 1, 28, 28), np.float32)).shape
+    (2, 6, 28, 28)
+    """
+
+    name = "conv2d"
+    n_axes = 2
+
+
+class Conv3d(ConvNd):
+    """3-D convolution over (batch, channels, depth, height, width), as torch.nn.Conv3d.
+
+    >>> import corenet.layers as L, numpy as np
+    >>> L.Conv3d(2, 4, 3, padding=1).forward(np.ones((1, 2, 5, 6, 7), np.float32)).shape
+    (1, 4, 5, 6, 7)
+    """
+
+    name = "conv3d"
+    n_axes = 3

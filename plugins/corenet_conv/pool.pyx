@@ -1,0 +1,386 @@
+"""Pooling over (batch, channels, *spatial) in 2-D and 3-D, and global average pooling.
+
+Each (sample, channel) plane is one task: threads own whole planes, and every
+output and every input gradient is computed by one fixed sequence of
+operations, so results are bitwise the same for any thread count.
+
+max_pool: the output is the window's maximum over the input positions inside
+the volume (padding never wins); backward sends each gradient to the position
+that won, the first one on ties, as PyTorch does. avg_pool: the window's sum
+divided by the kernel volume, the padding counted as zeros (PyTorch's
+count_include_pad=True).
+"""
+import math
+
+import numpy as np
+
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int32_t
+from libc.string cimport memset
+
+from corenet.kernels.threads cimport threads_for
+
+from corenet.errors import ShapeError
+from corenet.layer import Layer, check_grad, check_input, require_forward
+from corenet_conv.geometry import Window, as_3d_shape
+
+cnp.import_array()
+
+cdef enum:
+    GRAIN = 1 << 15  # window elements below which one thread runs
+
+
+cdef struct Pooling:  # sizes of one plane, in three axes (2-D: depth 1)
+    Py_ssize_t depth, height, width, out_depth, out_height, out_width
+    Py_ssize_t kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w
+    Py_ssize_t pad_d, pad_h, pad_w
+
+
+cdef inline void window_range(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad,
+                              Py_ssize_t kernel, Py_ssize_t size, Py_ssize_t* lo,
+                              Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the input positions of output o's window that lie inside [0, size)."""
+    lo[0] = o * stride - pad
+    hi[0] = min(lo[0] + kernel, size)
+    lo[0] = max(lo[0], 0)
+
+
+cdef void max_plane(const Pooling* q, const floating* x, floating* out,
+                    int32_t* argmax) noexcept nogil:
+    cdef Py_ssize_t od, oh, ow, d0, d1, h0, h1, w0, w1, i, j, l, index, best_index, o = 0
+    cdef floating value, best
+    for od in range(q.out_depth):
+        window_range(od, q.stride_d, q.pad_d, q.kernel_d, q.depth, &d0, &d1)
+        for oh in range(q.out_height):
+            window_range(oh, q.stride_h, q.pad_h, q.kernel_h, q.height, &h0, &h1)
+            for ow in range(q.out_width):
+                window_range(ow, q.stride_w, q.pad_w, q.kernel_w, q.width, &w0, &w1)
+                best_index = (d0 * q.height + h0) * q.width + w0
+                best = x[best_index]
+                for i in range(d0, d1):
+                    for j in range(h0, h1):
+                        for l in range(w0, w1):
+                            index = (i * q.height + j) * q.width + l
+                            value = x[index]
+                            # Strictly greater: the first maximum wins; a NaN wins, as
+                            # in PyTorch.
+                            if value > best or value != value:
+                                best = value
+                                best_index = index
+                out[o] = best
+                argmax[o] = <int32_t>best_index
+                o += 1
+
+
+cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
+                           int32_t* argmax, Py_ssize_t planes) noexcept nogil:
+    cdef Py_ssize_t plane
+    cdef Py_ssize_t volume = q.depth * q.height * q.width
+    cdef Py_ssize_t outputs = q.out_depth * q.out_height * q.out_width
+    cdef int n_threads = threads_for(
+        planes * outputs * q.kernel_d * q.kernel_h * q.kernel_w, GRAIN)
+    for plane in prange(planes, num_threads=n_threads, schedule='static'):
+        max_plane(q, x + plane * volume, out + plane * outputs, argmax + plane * outputs)
+
+
+cdef void max_pool_backward(const Pooling* q, const floating* grad, const int32_t* argmax,
+                            floating* x_grad, Py_ssize_t planes) noexcept nogil:
+    cdef Py_ssize_t plane, o
+    cdef Py_ssize_t volume = q.depth * q.height * q.width
+    cdef Py_ssize_t outputs = q.out_depth * q.out_height * q.out_width
+    cdef floating* dx
+    cdef int n_threads = threads_for(planes * (outputs + volume), GRAIN)
+    for plane in prange(planes, num_threads=n_threads, schedule='static'):
+        dx = x_grad + plane * volume
+        memset(dx, 0, volume * sizeof(floating))
+        for o in range(outputs):
+            dx[argmax[plane * outputs + o]] += grad[plane * outputs + o]
+
+
+cdef void avg_plane(const Pooling* q, const floating* x, floating* out,
+                    floating divisor) noexcept nogil:
+    cdef Py_ssize_t od, oh, ow, d0, d1, h0, h1, w0, w1, i, j, l, o = 0
+    cdef floating total
+    for od in range(q.out_depth):
+        window_range(od, q.stride_d, q.pad_d, q.kernel_d, q.depth, &d0, &d1)
+        for oh in range(q.out_height):
+            window_range(oh, q.stride_h, q.pad_h, q.kernel_h, q.height, &h0, &h1)
+            for ow in range(q.out_width):
+                window_range(ow, q.stride_w, q.pad_w, q.kernel_w, q.width, &w0, &w1)
+                total = 0
+                for i in range(d0, d1):
+                    for j in range(h0, h1):
+                        for l in range(w0, w1):
+                            total = total + x[(i * q.height + j) * q.width + l]
+                out[o] = total / divisor
+                o += 1
+
+
+cdef void avg_plane_backward(const Pooling* q, const floating* grad, floating* dx,
+                             floating divisor) noexcept nogil:
+    cdef Py_ssize_t od, oh, ow, d0, d1, h0, h1, w0, w1, i, j, l, o = 0
+    cdef floating share
+    memset(dx, 0, q.depth * q.height * q.width * sizeof(floating))
+    for od in range(q.out_depth):
+        window_range(od, q.stride_d, q.pad_d, q.kernel_d, q.depth, &d0, &d1)
+        for oh in range(q.out_height):
+            window_range(oh, q.stride_h, q.pad_h, q.kernel_h, q.height, &h0, &h1)
+            for ow in range(q.out_width):
+                window_range(ow, q.stride_w, q.pad_w, q.kernel_w, q.width, &w0, &w1)
+                share = grad[o] / divisor
+                for i in range(d0, d1):
+                    for j in range(h0, h1):
+                        for l in range(w0, w1):
+                            dx[(i * q.height + j) * q.width + l] += share
+                o += 1
+
+
+cdef void avg_pool(const Pooling* q, const floating* src, floating* dst, Py_ssize_t planes,
+                   bint backward) noexcept nogil:
+    """Forward: src is x, dst the output. Backward: src is dL/dout, dst dL/dx."""
+    cdef Py_ssize_t plane
+    cdef Py_ssize_t volume = q.depth * q.height * q.width
+    cdef Py_ssize_t outputs = q.out_depth * q.out_height * q.out_width
+    cdef floating divisor = q.kernel_d * q.kernel_h * q.kernel_w
+    cdef int n_threads = threads_for(planes * outputs * <Py_ssize_t>divisor, GRAIN)
+    for plane in prange(planes, num_threads=n_threads, schedule='static'):
+        if backward:
+            avg_plane_backward(q, src + plane * outputs, dst + plane * volume, divisor)
+        else:
+            avg_plane(q, src + plane * volume, dst + plane * outputs, divisor)
+
+
+cdef Pooling make_pooling(tuple x_shape, tuple out_shape, tuple window):
+    cdef Pooling q
+    kernel, stride, pad, _ = window
+    q.depth, q.height, q.width = x_shape[2:]
+    q.out_depth, q.out_height, q.out_width = out_shape[2:]
+    q.kernel_d, q.kernel_h, q.kernel_w = kernel
+    q.stride_d, q.stride_h, q.stride_w = stride
+    q.pad_d, q.pad_h, q.pad_w = pad
+    return q
+
+
+cdef inline void* data(cnp.ndarray array) noexcept nogil:
+    return cnp.PyArray_DATA(array)
+
+
+class PoolNd(Layer):
+    """Max or average pooling over ``n_axes`` spatial axes (the subclasses fix both)."""
+
+    n_axes = 0
+    is_max = True
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.window = Window(self.name, self.n_axes, kernel_size,
+                             kernel_size if stride is None else stride, padding)
+        if isinstance(padding, str):
+            raise ValueError(f"{self.name}: padding must be an int or {self.n_axes} ints, "
+                             f"got {padding!r}")
+        if any(2 * p > k for p, k in zip(self.window.pad_before, self.window.kernel)):
+            raise ValueError(f"{self.name}: padding {self.window.pad_before} must be at most "
+                             f"half the kernel {self.window.kernel}, as in PyTorch")
+        self._x = None
+        self._out_shape = None
+
+    def output_shape(self, *input_shapes):
+        if len(input_shapes) != 1 or len(input_shapes[0]) != self.n_axes + 1:
+            raise ShapeError(f"{self.name}: expected per-sample shape (channels, "
+                             f"{', '.join('DHW'[3 - self.n_axes:])}), got "
+                             f"{', '.join(map(str, input_shapes))}")
+        shape = tuple(input_shapes[0])
+        return (shape[0],) + self.window.output_size(shape[1:])
+
+    def forward(self, x):
+        x = check_input(self, x, ndim=self.n_axes + 2)
+        out_shape = (x.shape[0],) + self.output_shape(x.shape[1:])
+        if math.prod(x.shape[2:]) >= 2 ** 31:
+            raise ShapeError(f"{self.name}: a plane of {x.shape[2:]} is too large")
+        out = self.buffer("out", out_shape, x.dtype)
+        cdef Pooling q = make_pooling(as_3d_shape(x.shape), as_3d_shape(out_shape),
+                                      self.window.as_3d())
+        cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
+        cdef cnp.ndarray xa = x, outa = out, argmax
+        cdef bint is_float32 = x.dtype == np.float32
+        if self.is_max:
+            argmax = self.buffer("argmax", out_shape, np.int32)
+            with nogil:
+                if is_float32:
+                    max_pool_forward(&q, <const float*>data(xa), <float*>data(outa),
+                                     <int32_t*>data(argmax), planes)
+                else:
+                    max_pool_forward(&q, <const double*>data(xa), <double*>data(outa),
+                                     <int32_t*>data(argmax), planes)
+            self._argmax = argmax
+        else:
+            with nogil:
+                if is_float32:
+                    avg_pool(&q, <const float*>data(xa), <float*>data(outa), planes, False)
+                else:
+                    avg_pool(&q, <const double*>data(xa), <double*>data(outa), planes, False)
+        self._x, self._out_shape = x, out_shape
+        return out
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        x = self._x
+        grad = check_grad(self, grad, self._out_shape, x.dtype)
+        if not self.needs_input_grad:
+            return None
+        x_grad = self.buffer("x_grad", x.shape, x.dtype)
+        cdef Pooling q = make_pooling(as_3d_shape(x.shape), as_3d_shape(self._out_shape),
+                                      self.window.as_3d())
+        cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
+        cdef cnp.ndarray ga = grad, dxa = x_grad, argmax
+        cdef bint is_float32 = x.dtype == np.float32
+        if self.is_max:
+            argmax = self._argmax
+            with nogil:
+                if is_float32:
+                    max_pool_backward(&q, <const float*>data(ga), <const int32_t*>data(argmax),
+                                      <float*>data(dxa), planes)
+                else:
+                    max_pool_backward(&q, <const double*>data(ga),
+                                      <const int32_t*>data(argmax), <double*>data(dxa), planes)
+        else:
+            with nogil:
+                if is_float32:
+                    avg_pool(&q, <const float*>data(ga), <float*>data(dxa), planes, True)
+                else:
+                    avg_pool(&q, <const double*>data(ga), <double*>data(dxa), planes, True)
+        return x_grad
+
+    def get_config(self):
+        config = self.window.config()
+        del config["dilation"]
+        return config
+
+
+class MaxPool2d(PoolNd):
+    """Max pooling over (batch, channels, height, width), as torch.nn.MaxPool2d.
+
+    >>> import corenet.layers as L, numpy as np
+    >>> L.MaxPool2d(2).forward(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
+    array([[[[ 5.,  7.],
+             [13., 15.]]]], dtype=float32)
+    """
+
+    name = "max_pool2d"
+    n_axes = 2
+
+
+class MaxPool3d(PoolNd):
+    """Max pooling over (batch, channels, depth, height, width), as torch.nn.MaxPool3d."""
+
+    name = "max_pool3d"
+    n_axes = 3
+
+
+class AvgPool2d(PoolNd):
+    """Average pooling over (batch, channels, height, width), as torch.nn.AvgPool2d
+    (count_include_pad=True)."""
+
+    name = "avg_pool2d"
+    n_axes = 2
+    is_max = False
+
+
+class AvgPool3d(PoolNd):
+    """Average pooling over (batch, channels, depth, height, width), as torch.nn.AvgPool3d
+    (count_include_pad=True)."""
+
+    name = "avg_pool3d"
+    n_axes = 3
+    is_max = False
+
+
+cdef void global_average(const floating* x, floating* out, Py_ssize_t planes,
+                         Py_ssize_t size) noexcept nogil:
+    """out[i] = mean of plane i, eight partial sums in a fixed order."""
+    cdef Py_ssize_t plane, j, lane
+    cdef floating partial[8]
+    cdef floating total
+    cdef const floating* row
+    for plane in prange(planes, num_threads=threads_for(planes * size, GRAIN),
+                        schedule='static'):
+        row = x + plane * size
+        for lane in range(8):
+            partial[lane] = 0
+        for j in range(0, size - size % 8, 8):
+            for lane in range(8):
+                partial[lane] = partial[lane] + row[j + lane]
+        total = 0
+        for lane in range(8):
+            total = total + partial[lane]
+        for j in range(size - size % 8, size):
+            total = total + row[j]
+        out[plane] = total / size
+
+
+cdef void global_average_backward(const floating* grad, floating* x_grad, Py_ssize_t planes,
+                                  Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t plane, j
+    cdef floating share
+    for plane in prange(planes, num_threads=threads_for(planes * size, GRAIN),
+                        schedule='static'):
+        share = grad[plane] / size
+        for j in range(size):
+            x_grad[plane * size + j] = share
+
+
+class GlobalAvgPool(Layer):
+    """(batch, channels, *spatial) -> (batch, channels): the mean over every spatial
+    position (torch.nn.AdaptiveAvgPool2d(1) followed by a flatten).
+
+    >>> import corenet.layers as L, numpy as np
+    >>> L.GlobalAvgPool().forward(np.ones((2, 3, 4, 4), np.float32)).shape
+    (2, 3)
+    """
+
+    name = "global_avg_pool"
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def output_shape(self, *input_shapes):
+        if len(input_shapes) != 1 or len(input_shapes[0]) < 2:
+            raise ShapeError(f"{self.name}: expected per-sample shape (channels, *spatial), "
+                             f"got {', '.join(map(str, input_shapes))}")
+        return (input_shapes[0][0],)
+
+    def forward(self, x):
+        x = check_input(self, x, min_ndim=3)
+        out = self.buffer("out", x.shape[:2], x.dtype)
+        cdef Py_ssize_t planes = x.shape[0] * x.shape[1], size = math.prod(x.shape[2:])
+        cdef cnp.ndarray xa = x, outa = out
+        cdef bint is_float32 = x.dtype == np.float32
+        with nogil:
+            if is_float32:
+                global_average(<const float*>data(xa), <float*>data(outa), planes, size)
+            else:
+                global_average(<const double*>data(xa), <double*>data(outa), planes, size)
+        self._x = x
+        return out
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        x = self._x
+        grad = check_grad(self, grad, x.shape[:2], x.dtype)
+        if not self.needs_input_grad:
+            return None
+        x_grad = self.buffer("x_grad", x.shape, x.dtype)
+        cdef Py_ssize_t planes = x.shape[0] * x.shape[1], size = math.prod(x.shape[2:])
+        cdef cnp.ndarray ga = grad, dxa = x_grad
+        cdef bint is_float32 = x.dtype == np.float32
+        with nogil:
+            if is_float32:
+                global_average_backward(<const float*>data(ga), <float*>data(dxa), planes,
+                                        size)
+            else:
+                global_average_backward(<const double*>data(ga), <double*>data(dxa), planes,
+                                        size)
+        return x_grad
