@@ -22,6 +22,7 @@ EXTENSIONS = {
     "corenet.kernels.gemm": "corenet/kernels/gemm.pyx",
     "corenet.kernels.optim": "corenet/kernels/optim.pyx",
     "corenet.kernels.elementwise": "corenet/kernels/elementwise.pyx",
+    "corenet.kernels.peak": "corenet/kernels/peak.pyx",
     "corenet_dense.linear": "plugins/corenet_dense/linear.pyx",
     "corenet_dense.merge": "plugins/corenet_dense/merge.pyx",
     "corenet_activations.pointwise": "plugins/corenet_activations/pointwise.pyx",

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an MLP classifier (default: bundled digits)")
     train.add_argument("--data", default="digits",
                        help="'digits' (bundled), a .npz with X and y, or IMAGES,LABELS IDX files")
-    train.add_argument("--model", help="continue training a model saved with --save")
+    train.add_argument("--model", default="mlp",
+                       help="'mlp' (default), 'cnn' (two conv-relu-pool stages, then a "
+                            "linear layer), or a model file saved with --save to continue")
     train.add_argument("--hidden", type=_sizes, default=[256],
                        help="hidden layer sizes, e.g. 256,128 (default 256)")
     train.add_argument("--activation", default="relu", help="any registered activation layer")
@@ -78,26 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_mlp(n_features: int, hidden: list, n_classes: int, activation: str, dtype: str):
-    import corenet as cn
-    from corenet import layers as L
-
-    try:
-        L.create(activation)
-    except TypeError:  # a layer, but one that needs arguments: not an activation
-        raise ValueError(f"--activation {activation}: not an activation layer") from None
-    stack = []
-    for n_in, n_out in zip([n_features] + hidden, hidden):
-        stack += [L.Linear(n_in, n_out, dtype=dtype), L.create(activation)]
-    stack.append(L.Linear(([n_features] + hidden)[-1], n_classes, dtype=dtype))
-    return cn.Sequential(*stack)
-
-
 def command_train(args) -> int:
     import time
 
     import corenet as cn
-    from corenet import data, serialize
+    from corenet import data, models, serialize
     from corenet.progress import Progress
     from corenet.train import cosine_schedule, evaluate, fit
 
@@ -105,17 +92,23 @@ def command_train(args) -> int:
         # Checked before training, so that no training run is lost to a typo.
         raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
     X, y = data.load(args.data)
+    cn.random.seed(args.seed)
+    n_classes = int(y.max()) + 1
+    if args.model == "cnn":
+        model = models.build_cnn(models.image_shape(X), n_classes, activation=args.activation,
+                                 dtype=args.dtype)
+    elif args.model == "mlp":
+        model = models.build_mlp(int(np.prod(X.shape[1:])), args.hidden, n_classes,
+                                 args.activation, args.dtype)
+    else:
+        model = serialize.load(args.model)
     X = X.reshape(len(X), -1)
     X_train, y_train, X_test, y_test = data.train_test_split(X, y, args.test_fraction, args.seed)
     side = int(round(np.sqrt(X.shape[1])))
     if args.augment > 0 and side * side == X.shape[1]:
         X_train = data.shift_augment(X_train, args.augment, args.seed)
         y_train = np.tile(y_train, args.augment + 1)
-    cn.random.seed(args.seed)
-    if args.model:
-        model = serialize.load(args.model)
-    else:
-        model = build_mlp(X.shape[1], args.hidden, int(y.max()) + 1, args.activation, args.dtype)
+    X_train, X_test = models.as_model_input(model, X_train), models.as_model_input(model, X_test)
     loss = cn.losses.SoftmaxCrossEntropy()
     optimizer = cn.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                              weight_decay=args.weight_decay)
@@ -150,7 +143,7 @@ def command_train(args) -> int:
 
 def command_eval(args) -> int:
     import corenet as cn
-    from corenet import data, serialize
+    from corenet import data, models, serialize
     from corenet.train import evaluate
 
     model = serialize.load(args.model)
@@ -158,6 +151,7 @@ def command_eval(args) -> int:
     X = X.reshape(len(X), -1)
     if not args.all:
         _, _, X, y = data.train_test_split(X, y, args.test_fraction, args.seed)
+    X = models.as_model_input(model, X)
     test_loss, accuracy = evaluate(model, cn.losses.SoftmaxCrossEntropy(), X, y)
     metrics = {"accuracy": accuracy, "loss": test_loss, "samples": len(X)}
     print(json.dumps(metrics) if args.json else
@@ -166,7 +160,7 @@ def command_eval(args) -> int:
 
 
 def command_predict(args) -> int:
-    from corenet import data, serialize
+    from corenet import data, models, serialize
 
     model = serialize.load(args.model)
     if args.inputs == "digits":
@@ -175,7 +169,7 @@ def command_predict(args) -> int:
         with np.load(args.inputs, allow_pickle=False) as archive:
             X = archive["X"]
         X = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X
-    predictions = np.argmax(model.predict(X.reshape(len(X), -1)), axis=1)
+    predictions = np.argmax(model.predict(models.as_model_input(model, X)), axis=1)
     if args.json:
         print(json.dumps({"predictions": predictions.tolist()}))
     else:

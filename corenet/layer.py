@@ -192,8 +192,10 @@ def require_forward(layer: Layer, cached) -> None:
         raise RuntimeError(f"{layer.name}.backward called before forward")
 
 
-def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype) -> tuple:
-    """(value, grad) of a Parameter, checked before a kernel touches them.
+def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,
+                     with_grad: bool = True) -> tuple:
+    """(value, grad) of a Parameter, checked before a kernel touches them (grad is
+    None without ``with_grad``: forward reads the value only).
 
     Users can replace either array, so a kernel never trusts them: the value must
     have the layer's shape and dtype (a non-contiguous one is copied for reading);
@@ -207,6 +209,8 @@ def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype) ->
                          f"{_describe(value)}")
     if not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)
+    if not with_grad:
+        return value, None
     grad = parameter.grad
     if grad is None:
         grad = parameter.grad = np.zeros(shape, dtype)

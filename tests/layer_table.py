@@ -18,6 +18,21 @@ LAYERS = [
     ("add", {}, [(2, 3), (2, 3), (2, 3)]),
     ("concat", {}, [(3,), (4,)]),
     ("concat", {"axis": 1}, [(2, 3), (1, 3)]),
+    ("conv2d", {"in_channels": 2, "out_channels": 3, "kernel_size": 3}, [(2, 5, 6)]),
+    ("conv2d", {"in_channels": 4, "out_channels": 2, "kernel_size": (2, 3), "stride": (2, 1),
+                "padding": (1, 2), "dilation": (1, 2), "groups": 2, "bias": False},
+     [(4, 5, 7)]),
+    ("conv2d", {"in_channels": 3, "out_channels": 3, "kernel_size": 3, "padding": "same",
+                "groups": 3}, [(3, 4, 5)]),
+    ("conv3d", {"in_channels": 2, "out_channels": 2, "kernel_size": (2, 3, 2), "stride": 2,
+                "padding": 1}, [(2, 4, 5, 4)]),
+    ("max_pool2d", {"kernel_size": 2}, [(2, 4, 6)]),
+    ("max_pool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, [(2, 5, 6)]),
+    ("max_pool3d", {"kernel_size": (2, 2, 3), "stride": 1}, [(2, 3, 4, 5)]),
+    ("avg_pool2d", {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 0)}, [(2, 5, 4)]),
+    ("avg_pool3d", {"kernel_size": 2, "padding": 1}, [(2, 3, 4, 3)]),
+    ("global_avg_pool", {}, [(3, 4, 5)]),
+    ("flatten", {}, [(2, 3, 4)]),
 ]
 
 

@@ -6,6 +6,7 @@ import corenet
 import corenet.layers as L
 from corenet.errors import DTypeError, ShapeError
 from corenet.testing import away_from_kinks
+import numpy_vision
 
 
 def numpy_sigmoid(x):
@@ -28,6 +29,20 @@ NUMPY_REFERENCES = {
                 lambda layer, x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)),
     "add": ({}, [(5,), (5,)], lambda layer, a, b: a + b),
     "concat": ({}, [(3,), (4,)], lambda layer, a, b: np.concatenate([a, b], axis=1)),
+    "conv2d": ({"in_channels": 4, "out_channels": 6, "kernel_size": (3, 2), "stride": (1, 2),
+                "padding": 1, "dilation": (2, 1), "groups": 2}, [(4, 7, 6)], numpy_vision.conv),
+    "conv3d": ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": "same"},
+               [(2, 4, 5, 3)], numpy_vision.conv),
+    "max_pool2d": ({"kernel_size": 3, "stride": 2, "padding": 1}, [(3, 7, 6)],
+                   lambda layer, x: numpy_vision.pool(layer, x, "max")),
+    "max_pool3d": ({"kernel_size": 2}, [(2, 4, 5, 4)],
+                   lambda layer, x: numpy_vision.pool(layer, x, "max")),
+    "avg_pool2d": ({"kernel_size": 2, "stride": 1, "padding": 1}, [(3, 5, 4)],
+                   lambda layer, x: numpy_vision.pool(layer, x, "avg")),
+    "avg_pool3d": ({"kernel_size": (2, 3, 2), "stride": 2}, [(2, 4, 6, 5)],
+                   lambda layer, x: numpy_vision.pool(layer, x, "avg")),
+    "global_avg_pool": ({}, [(3, 4, 5)], lambda layer, x: x.mean(axis=(2, 3))),
+    "flatten": ({}, [(2, 3, 4)], lambda layer, x: x.reshape(len(x), -1)),
 }
 
 
@@ -126,6 +141,17 @@ torch = pytest.importorskip("torch", reason="PyTorch is the reference where inst
 F = torch.nn.functional
 
 
+def torch_window(layer) -> dict:
+    """The window arguments of F.conv*d / F.*_pool*d from a corenet layer's config."""
+    config = layer.get_config()
+    arguments = {key: tuple(value) if isinstance(value, list) else value
+                 for key, value in config.items()
+                 if key in ("stride", "padding", "dilation", "groups")}
+    if "in_channels" not in config:
+        arguments["kernel_size"] = config["kernel_size"]
+    return arguments
+
+
 def torch_reference(name, layer):
     """A function of torch tensors doing what ``layer`` does, with its parameters."""
     params = [torch.tensor(p.value, requires_grad=True) for p in layer.parameters()]
@@ -140,6 +166,14 @@ def torch_reference(name, layer):
         "softmax": lambda x: torch.softmax(x, dim=-1),
         "add": lambda a, b: a + b,
         "concat": lambda a, b: torch.cat([a, b], dim=1),
+        "conv2d": lambda x: F.conv2d(x, *params, **torch_window(layer)),
+        "conv3d": lambda x: F.conv3d(x, *params, **torch_window(layer)),
+        "max_pool2d": lambda x: F.max_pool2d(x, **torch_window(layer)),
+        "max_pool3d": lambda x: F.max_pool3d(x, **torch_window(layer)),
+        "avg_pool2d": lambda x: F.avg_pool2d(x, **torch_window(layer)),
+        "avg_pool3d": lambda x: F.avg_pool3d(x, **torch_window(layer)),
+        "global_avg_pool": lambda x: x.mean(dim=(2, 3)),
+        "flatten": lambda x: x.flatten(1),
     }
     return functions[name], params
 

@@ -12,12 +12,13 @@ cdef inline floating activation_derivative_times(int kind, floating grad, floati
     of y (leaky_relu and elu: y > 0 exactly when x > 0, since their slope and alpha
     are not negative). The same expressions as the activation layers' backward, so
     a fused pair is bitwise equal to the two layers."""
+    cdef floating one = 1  # a float32 one: the literal 1 would compute in double
     if kind == EPILOGUE_RELU:
         return grad if out > 0 else 0
     if kind == EPILOGUE_SIGMOID:
-        return grad * out * (1 - out)
+        return grad * out * (one - out)
     if kind == EPILOGUE_TANH:
-        return grad * (1 - out * out)
+        return grad * (one - out * out)
     if kind == EPILOGUE_LEAKY_RELU:
         return grad if out > 0 else param * grad
     if kind == EPILOGUE_ELU:

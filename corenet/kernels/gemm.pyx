@@ -30,6 +30,10 @@ cdef extern from "microkernel.h" nogil:
         CN_AXPY_VECTORS
         CN_VEC_BYTES
     void* cn_thread_buffer(size_t n_bytes)
+    # The k block: the B sliver (KC x NR) and the A sliver (KC x MR) share L1.
+    enum:
+        CN_KC_FLOAT
+        CN_KC_DOUBLE
     void cn_pack_b_transposed_float(float* dst, const float* b, ptrdiff_t ldb, ptrdiff_t kc,
                                     ptrdiff_t nc)
     void cn_pack_a_rows_float(float* dst, const float* a, ptrdiff_t lda, ptrdiff_t mc,
@@ -70,8 +74,6 @@ cdef extern from "microkernel.h" nogil:
 # Block sizes: an MC x KC block of A stays in the 1 MiB L2, a KC x NR sliver
 # of B in L1, the KC x NC panel of B in L3.
 cdef enum:
-    KC_FLOAT = 384
-    KC_DOUBLE = 256
     MC = 288
     NC = 3072
     # m * n * k below which the GEMM runs on one thread: about 2 µs of work,
@@ -163,10 +165,10 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
     cdef bint last
     if floating is float:
         nr_full = CN_NR_FLOAT
-        kc_max = KC_FLOAT
+        kc_max = CN_KC_FLOAT
     else:
         nr_full = CN_NR_DOUBLE
-        kc_max = KC_DOUBLE
+        kc_max = CN_KC_DOUBLE
     # Equal k blocks (784 = 2 x 392, not 384 + 384 + 16): a thin last block would
     # cost a pass over C for little work. It depends on k only, as it must.
     kc_max = (k + (k + kc_max - 1) // kc_max - 1) // ((k + kc_max - 1) // kc_max)
@@ -213,16 +215,17 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
 
 
 cdef void empty_product(Py_ssize_t m, Py_ssize_t n, floating* c, Py_ssize_t ldc,
-                        bint accumulate, const floating* bias, int epilogue,
+                        bint accumulate, const floating* bias, bint bias_per_row, int epilogue,
                         floating param) noexcept nogil:
-    """k == 0: C is its old value (or zero) plus the bias, through the epilogue."""
+    """k == 0: C is its old value (or zero) plus the bias, through the epilogue. Also
+    the finishing pass of a thin product whose bias is per row (accumulate set)."""
     cdef Py_ssize_t i, j
     cdef floating value
     for i in range(m):
         for j in range(n):
             value = c[i * ldc + j] if accumulate else 0
             if bias != NULL:
-                value = value + bias[j]
+                value = value + (bias[i] if bias_per_row else bias[j])
             if epilogue != EPILOGUE_NONE:
                 if floating is float:
                     value = cn_activate_float(value, epilogue, param)
@@ -290,24 +293,6 @@ cdef void thin_axpy(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                            epilogue, param)
 
 
-cdef void add_row_bias_and_activate(Py_ssize_t m, Py_ssize_t n, floating* c, Py_ssize_t ldc,
-                                    const floating* bias, int epilogue,
-                                    floating param) noexcept nogil:
-    """C[i, j] = f(C[i, j] + bias[i]): the finishing steps of a thin product whose
-    bias is per row, in the order every path applies them."""
-    cdef Py_ssize_t i, j
-    cdef floating value
-    for i in range(m):
-        for j in range(n):
-            value = c[i * ldc + j] + bias[i]
-            if epilogue != EPILOGUE_NONE:
-                if floating is float:
-                    value = cn_activate_float(value, epilogue, param)
-                else:
-                    value = cn_activate_double(value, epilogue, param)
-            c[i * ldc + j] = value
-
-
 cdef int gemm(bint trans_a, bint trans_b,
               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
               const floating* a, Py_ssize_t lda,
@@ -346,10 +331,10 @@ cdef int gemm_ex(bint trans_a, bint trans_b,
     if bias_per_row and (k == 0 or dot_path or axpy_path):
         status = gemm_ex(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate, NULL,
                          False, EPILOGUE_NONE, epilogue_param, max_threads)
-        add_row_bias_and_activate(m, n, c, ldc, bias, epilogue, epilogue_param)
+        empty_product(m, n, c, ldc, True, bias, True, epilogue, epilogue_param)
         return status
     if k == 0:
-        empty_product(m, n, c, ldc, accumulate, bias, epilogue, epilogue_param)
+        empty_product(m, n, c, ldc, accumulate, bias, False, epilogue, epilogue_param)
         return 0
     cdef int n_threads = min(threads_for(m * n * k, GRAIN), max(max_threads, 1))
     if dot_path:

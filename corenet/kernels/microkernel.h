@@ -28,10 +28,15 @@
 #ifdef __AVX512F__
 #define CN_MR 8
 #define CN_VEC_BYTES 64
+#define CN_AXPY_VECTORS 16
+#define CN_KC_FLOAT 384   /* B sliver 48 KiB, for the 48 KiB L1 of recent AVX-512 cores */
+#define CN_KC_DOUBLE 256
 #else
 #define CN_MR 6
 #define CN_VEC_BYTES 32
 #define CN_AXPY_VECTORS 6
+#define CN_KC_FLOAT 256   /* B sliver 16 KiB and A sliver 6 KiB in a 32 KiB L1 */
+#define CN_KC_DOUBLE 256
 #endif
 #define CN_NR_FLOAT (2 * CN_VEC_BYTES / 4)   /* two vectors of floats */
 #define CN_NR_DOUBLE (2 * CN_VEC_BYTES / 8)  /* two vectors of doubles */
@@ -112,23 +117,59 @@ static inline void cn_transpose16(cn_vf r[16])
     }
 }
 
-/* B (k x n) given as Bt, element (p, j) at b[p + j * ldb], into NR-column panels. */
+/* The same for AVX2's 8 lanes: 8 rows of 8 floats, three stages. */
+typedef int cn_kfi8 __attribute__((vector_size(32)));
+typedef float cn_kf8 __attribute__((vector_size(32)));
+typedef float cn_kf8_u __attribute__((vector_size(32), aligned(4)));
+
+static inline void cn_transpose8(cn_kf8 r[8])
+{
+    static const cn_kfi8 low[3] = {{0, 1, 2, 3, 8, 9, 10, 11}, {0, 1, 8, 9, 4, 5, 12, 13},
+                                   {0, 8, 2, 10, 4, 12, 6, 14}};
+    static const cn_kfi8 high[3] = {{4, 5, 6, 7, 12, 13, 14, 15}, {2, 3, 10, 11, 6, 7, 14, 15},
+                                    {1, 9, 3, 11, 5, 13, 7, 15}};
+    for (int stage = 0; stage < 3; ++stage) {
+        int h = 4 >> stage;
+        for (int i = 0; i < 8; ++i) {
+            if (i & h) continue;
+            cn_kf8 a = r[i], b = r[i + h];
+            r[i] = __builtin_shuffle(a, b, low[stage]);
+            r[i + h] = __builtin_shuffle(a, b, high[stage]);
+        }
+    }
+}
+
+/* B (k x n) given as Bt, element (p, j) at b[p + j * ldb], into NR-column panels:
+ * square blocks of the vector's width, transposed in registers. */
+#ifdef __AVX512F__
+#define CN_TRANSPOSE_LANES 16
+typedef cn_vf cn_tv;
+typedef cn_vf_unaligned cn_tv_u;
+#define cn_transpose_block cn_transpose16
+#else
+#define CN_TRANSPOSE_LANES 8
+typedef cn_kf8 cn_tv;
+typedef cn_kf8_u cn_tv_u;
+#define cn_transpose_block cn_transpose8
+#endif
+
 static void cn_pack_b_transposed_float(float *restrict dst, const float *restrict b,
                                        ptrdiff_t ldb, ptrdiff_t kc, ptrdiff_t nc)
 {
+    const int L = CN_TRANSPOSE_LANES;
     for (ptrdiff_t j0 = 0; j0 < nc; j0 += CN_NR_FLOAT) {
         float *panel = dst + j0 * kc;
         ptrdiff_t nr = nc - j0 < CN_NR_FLOAT ? nc - j0 : CN_NR_FLOAT;
         ptrdiff_t p0 = 0;
         if (nr == CN_NR_FLOAT) {
-            for (; p0 + 16 <= kc; p0 += 16) {
-                for (int half = 0; half < CN_NR_FLOAT / 16; ++half) {
-                    cn_vf r[16];
-                    for (int j = 0; j < 16; ++j)
-                        r[j] = *(const cn_vf_unaligned *)(b + p0 + (j0 + half * 16 + j) * ldb);
-                    cn_transpose16(r);
-                    for (int p = 0; p < 16; ++p)
-                        *(cn_vf *)(panel + (p0 + p) * CN_NR_FLOAT + half * 16) = r[p];
+            for (; p0 + L <= kc; p0 += L) {
+                for (int part = 0; part < CN_NR_FLOAT / L; ++part) {
+                    cn_tv r[CN_TRANSPOSE_LANES];
+                    for (int j = 0; j < L; ++j)
+                        r[j] = *(const cn_tv_u *)(b + p0 + (j0 + part * L + j) * ldb);
+                    cn_transpose_block(r);
+                    for (int p = 0; p < L; ++p)
+                        *(cn_tv *)(panel + (p0 + p) * CN_NR_FLOAT + part * L) = r[p];
                 }
             }
         } else {

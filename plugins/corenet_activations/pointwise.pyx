@@ -212,7 +212,7 @@ class LeakyReLU(Activation):
     name = "leaky_relu"
     kind = KIND_LEAKY_RELU
 
-    def __init__(self, negative_slope: float = 0.01):
+    def __init__(self, negative_slope=0.01):
         super().__init__()
         self.negative_slope = float(negative_slope)
 
@@ -228,7 +228,7 @@ class ELU(Activation):
     name = "elu"
     kind = KIND_ELU
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha=1.0):
         super().__init__()
         self.alpha = float(alpha)
 
@@ -293,7 +293,7 @@ class PReLU(Layer):
 
     name = "prelu"
 
-    def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype="float32"):
+    def __init__(self, num_parameters=1, init=0.25, dtype="float32"):
         super().__init__()
         if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) \
                 or num_parameters < 1:

@@ -32,7 +32,7 @@ from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
-from corenet_conv.geometry import Window, as_3d_shape, as_int
+from corenet_conv.geometry import Window, as_3d_shape, as_int, spatial_input
 
 cnp.import_array()
 
@@ -104,7 +104,7 @@ cdef int forward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_chan
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t m = out_channels // groups, group
     cdef int status = 0
-    vol2col(g, x, col, span, n_samples)
+    status |= vol2col(g, x, col, span, n_samples)
     for group in range(groups):
         status |= gemm_ex(False, False, m, span, k, weight + group * m * k, k,
                           col + group * k * span, span, scratch + group * m * span, span,
@@ -130,7 +130,7 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     if bias_grad != NULL:
         add_row_sums(bias_grad, grad_t, out_channels, span)
     if not have_columns:
-        vol2col(g, x, col, span, n_samples)
+        status |= vol2col(g, x, col, span, n_samples)
     for group in range(groups):
         # dW_g (m x k) += g'_g (m x span) · col_gᵀ (span x k)
         status |= gemm_ex(False, True, m, k, span, grad_t + group * m * span, span,
@@ -142,7 +142,7 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
                               grad_t + group * m * span, span, col_grad + group * k * span,
                               span, False, NULL, False, EPILOGUE_NONE, 0, num_threads())
     if x_grad != NULL:
-        col2vol(g, col_grad, span, x_grad, n_samples)
+        status |= col2vol(g, col_grad, span, x_grad, n_samples)
     return status
 
 
@@ -168,9 +168,9 @@ class ConvNd(Layer):
 
     n_axes = 0
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
-                 padding=0, dilation=1, groups: int = 1, bias: bool = True,
-                 dtype="float32"):
+    # No annotations: in a .pyx, Cython would convert True or 2.5 to an int silently.
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, dtype="float32"):
         super().__init__()
         self.in_channels = as_int(self.name, "in_channels", in_channels, 1)
         self.out_channels = as_int(self.name, "out_channels", out_channels, 1)
@@ -201,17 +201,13 @@ class ConvNd(Layer):
     # -- shapes --------------------------------------------------------------------
 
     def output_shape(self, *input_shapes):
-        if len(input_shapes) != 1 or len(input_shapes[0]) != self.n_axes + 1:
-            raise ShapeError(f"{self.name}: expected per-sample shape (channels, "
-                             f"{', '.join('DHW'[3 - self.n_axes:])}), got "
-                             f"{', '.join(map(str, input_shapes))}")
-        shape = tuple(input_shapes[0])
+        shape = spatial_input(self.name, self.n_axes, input_shapes)
         if shape[0] != self.in_channels:
             raise ShapeError(f"{self.name}: expected {self.in_channels} input channels, "
                              f"got per-sample shape {shape}")
         return (self.out_channels,) + self.window.output_size(shape[1:])
 
-    def _chunk(self, batch: int, positions: int) -> int:
+    def _chunk(self, batch, positions):
         """Samples per chunk: equal chunks within the workspace, from shapes only."""
         rows = max(self.in_channels * math.prod(self.window.kernel), self.out_channels)
         per_sample = rows * positions * self.dtype.itemsize
@@ -223,10 +219,12 @@ class ConvNd(Layer):
     def forward(self, x):
         x = check_input(self, x, ndim=self.n_axes + 2, dtype=self.dtype)
         out_shape = (x.shape[0],) + self.output_shape(x.shape[1:])
-        weight, _ = parameter_arrays(self, self.weight, self.weight_shape, self.dtype)
+        weight, _ = parameter_arrays(self, self.weight, self.weight_shape, self.dtype,
+                                     with_grad=False)
         bias = None
         if self.bias is not None:
-            bias, _ = parameter_arrays(self, self.bias, (self.out_channels,), self.dtype)
+            bias, _ = parameter_arrays(self, self.bias, (self.out_channels,), self.dtype,
+                                       with_grad=False)
         out = self.buffer("out", out_shape, self.dtype)
         self._fusion = fusion_of(self.fused_activation)
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
@@ -264,7 +262,7 @@ class ConvNd(Layer):
                                             <double*>(pout + start * out_step * 8),
                                             <double*>pcol, <double*>pscratch, n, epilogue, p)
         if status:
-            raise MemoryError(f"{self.name}: could not allocate GEMM buffers")
+            raise MemoryError(f"{self.name}: could not allocate scratch memory")
         self._columns_kept = chunk == batch and self.reuse_buffers
         self._x, self._out = x, out
         return out
@@ -324,7 +322,7 @@ class ConvNd(Layer):
                         <double*>(pxg + start * in_step * 8), <double*>pcol, <double*>pgt,
                         <double*>pcg, n, have_columns, epilogue, p)
         if status:
-            raise MemoryError(f"{self.name}: could not allocate GEMM buffers")
+            raise MemoryError(f"{self.name}: could not allocate scratch memory")
         return x_grad
 
     def can_fuse(self, following):

@@ -95,6 +95,15 @@ class Window:
                 "padding": self.padding_config, "dilation": plain(self.dilation)}
 
 
+def spatial_input(layer_name: str, n_axes: int, input_shapes: tuple) -> tuple:
+    """The one per-sample input shape (channels, *n_axes spatial sizes), or a ShapeError."""
+    if len(input_shapes) != 1 or len(input_shapes[0]) != n_axes + 1:
+        raise ShapeError(f"{layer_name}: expected per-sample shape (channels, "
+                         f"{', '.join('DHW'[3 - n_axes:])}), got "
+                         f"{', '.join(map(str, input_shapes))}")
+    return tuple(input_shapes[0])
+
+
 def as_3d_shape(shape: tuple) -> tuple:
     """(N, C, D, H, W) for an (N, C, H, W) or (N, C, D, H, W) shape."""
     return shape if len(shape) == 5 else shape[:2] + (1,) + shape[2:]

@@ -24,7 +24,7 @@ from corenet.kernels.threads cimport threads_for
 
 from corenet.errors import ShapeError
 from corenet.layer import Layer, check_grad, check_input, require_forward
-from corenet_conv.geometry import Window, as_3d_shape
+from corenet_conv.geometry import Window, as_3d_shape, spatial_input
 
 cnp.import_array()
 
@@ -187,11 +187,7 @@ class PoolNd(Layer):
         self._out_shape = None
 
     def output_shape(self, *input_shapes):
-        if len(input_shapes) != 1 or len(input_shapes[0]) != self.n_axes + 1:
-            raise ShapeError(f"{self.name}: expected per-sample shape (channels, "
-                             f"{', '.join('DHW'[3 - self.n_axes:])}), got "
-                             f"{', '.join(map(str, input_shapes))}")
-        shape = tuple(input_shapes[0])
+        shape = spatial_input(self.name, self.n_axes, input_shapes)
         return (shape[0],) + self.window.output_size(shape[1:])
 
     def forward(self, x):

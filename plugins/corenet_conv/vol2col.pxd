@@ -11,14 +11,16 @@ cdef struct Geometry:
     Py_ssize_t pad_d, pad_h, pad_w                           # before; after is implied
     Py_ssize_t dilation_d, dilation_h, dilation_w
 
+# Both return 0, or -1 (writing nothing) when their few bytes of scratch cannot
+# be allocated.
 # Columns of n_samples samples: row (c, i, j, l) of the kernel, column
 # (sample, output position); a row has ld_col values, sample s starts at s * P.
-cdef void vol2col(const Geometry* g, const floating* x,      # IN  (n_samples, C, D, H, W)
+cdef int vol2col(const Geometry* g, const floating* x,      # IN  (n_samples, C, D, H, W)
                   floating* col, Py_ssize_t ld_col,           # OUT (C·kd·kh·kw, ld_col)
                   Py_ssize_t n_samples) noexcept nogil
 
 # The adjoint: dx = Σ of each column entry into the input position it came from.
-cdef void col2vol(const Geometry* g, const floating* col,    # IN
+cdef int col2vol(const Geometry* g, const floating* col,    # IN
                   Py_ssize_t ld_col,
                   floating* dx,                               # OUT (n_samples, C, D, H, W)
                   Py_ssize_t n_samples) noexcept nogil

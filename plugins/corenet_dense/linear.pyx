@@ -157,7 +157,7 @@ class Linear(Layer):
 
     name = "linear"
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+    def __init__(self, in_features, out_features, bias=True,
                  dtype="float32"):
         super().__init__()
         for label, size in (("in_features", in_features), ("out_features", out_features)):

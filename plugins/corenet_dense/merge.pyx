@@ -73,7 +73,7 @@ class Concat(Layer):
 
     name = "concat"
 
-    def __init__(self, axis: int = -1):
+    def __init__(self, axis=-1):
         super().__init__()
         if axis == 0:
             raise ValueError("concat: axis 0 is the batch axis; pick a feature axis")

@@ -1,0 +1,53 @@
+"""The FMA peak of this CPU, measured: what the benchmarks divide their rates by.
+
+Each thread runs twelve independent chains of vector FMAs (enough to hide the
+FMA latency on two pipes), each chain started from its own value so that the
+compiler cannot merge them. The rate is that of the vectors the kernels are
+compiled for (corenet.show_config() names them).
+"""
+import time
+
+from cython.parallel cimport prange
+
+from corenet.kernels.threads cimport num_threads
+
+cdef extern from *:
+    """
+    #include "microkernel.h"
+    static float cn_fma_chains(long iterations)
+    {
+        cn_kf acc[12];
+        for (int c = 0; c < 12; ++c) acc[c] = (cn_kf){0} + (float)(c + 1);
+        const cn_kf scale = (cn_kf){0} + 0.9999999f, step = (cn_kf){0} + 1e-7f;
+        for (long i = 0; i < iterations; ++i) {
+            #pragma GCC unroll 12
+            for (int c = 0; c < 12; ++c) acc[c] = acc[c] * scale + step;
+        }
+        cn_kf total = {0};
+        for (int c = 0; c < 12; ++c) total += acc[c];
+        return total[0];
+    }
+    #define CN_FLOATS_PER_VECTOR (CN_VEC_BYTES / 4)
+    """
+    float cn_fma_chains(long iterations) noexcept nogil
+    int CN_FLOATS_PER_VECTOR
+
+
+def fma_peak_gflops(threads: int | None = None, seconds: float = 0.05) -> float:
+    """float32 GFLOPS of the FMA loop on ``threads`` threads (corenet's count by default),
+    the best of a few runs of about ``seconds`` each."""
+    cdef int n = num_threads() if threads is None else threads
+    cdef long iterations = 1 << 16
+    cdef int task
+    cdef float sink = 0
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        with nogil:
+            for task in prange(n, num_threads=n, schedule='static'):
+                sink += cn_fma_chains(iterations)
+        elapsed = time.perf_counter() - start
+        best = max(best, n * iterations * 12 * CN_FLOATS_PER_VECTOR * 2 / elapsed / 1e9)
+        if elapsed < seconds:  # too short to time well: run longer next time
+            iterations = int(iterations * seconds / max(elapsed, 1e-6)) + 1
+    return best

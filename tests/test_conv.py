@@ -1,0 +1,294 @@
+"""Convolution and pooling: PyTorch parity over the options, chunked batches, fusion,
+thread invariance of a small CNN, steady-state memory and clear errors."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import corenet
+import corenet as cn
+import corenet.layers as L
+from corenet.errors import ShapeError
+from corenet.testing import away_from_kinks
+
+CONV_CASES = [  # (n_axes, config, input shape)
+    (2, dict(in_channels=3, out_channels=4, kernel_size=3), (2, 3, 7, 8)),
+    (2, dict(in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 3), padding=(2, 1)),
+     (3, 3, 9, 11)),
+    (2, dict(in_channels=2, out_channels=4, kernel_size=3, dilation=(2, 3), padding=1),
+     (2, 2, 11, 10)),
+    (2, dict(in_channels=6, out_channels=4, kernel_size=3, groups=2, bias=False), (2, 6, 5, 5)),
+    (2, dict(in_channels=5, out_channels=10, kernel_size=3, groups=5, padding="same"),
+     (2, 5, 6, 7)),  # depthwise, channel multiplier 2
+    (2, dict(in_channels=2, out_channels=3, kernel_size=4, padding="same", dilation=2),
+     (2, 2, 9, 8)),  # "same" with an odd total padding
+    (2, dict(in_channels=1, out_channels=6, kernel_size=5, padding=2), (5, 1, 28, 28)),
+    (2, dict(in_channels=4, out_channels=8, kernel_size=1), (3, 4, 5, 5)),
+    (2, dict(in_channels=3, out_channels=2, kernel_size=(1, 5), stride=2), (1, 3, 5, 13)),
+    (3, dict(in_channels=2, out_channels=3, kernel_size=3, padding=1), (2, 2, 5, 6, 7)),
+    (3, dict(in_channels=4, out_channels=4, kernel_size=(2, 3, 1), stride=(2, 1, 2),
+             dilation=(1, 2, 1), groups=2, bias=False), (2, 4, 6, 7, 5)),
+    (3, dict(in_channels=2, out_channels=2, kernel_size=3, padding="same", groups=2),
+     (1, 2, 4, 4, 4)),
+]
+
+
+def case_id(case):
+    n_axes, config, shape = case
+    return f"{n_axes}d-" + ",".join(f"{k}={v}" for k, v in config.items()) + f"-{shape}"
+
+
+torch = pytest.importorskip("torch", reason="PyTorch is the reference where installed")
+
+
+def torch_conv(n_axes, config, layer, dtype):
+    module = (torch.nn.Conv2d if n_axes == 2 else torch.nn.Conv3d)(**config)
+    module = module.double() if dtype == np.float64 else module
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(layer.weight.value))
+        if layer.bias is not None:
+            module.bias.copy_(torch.from_numpy(layer.bias.value))
+    return module
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
+def test_convolution_matches_pytorch(case, dtype, rng):
+    n_axes, config, shape = case
+    layer = (L.Conv2d if n_axes == 2 else L.Conv3d)(**config, dtype=dtype)
+    module = torch_conv(n_axes, config, layer, dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    out = layer.forward(x)
+    grad = rng.standard_normal(out.shape).astype(dtype)
+    x_grad = layer.backward(grad)
+    x_torch = torch.from_numpy(x.copy()).requires_grad_(True)
+    out_torch = module(x_torch)
+    out_torch.backward(torch.from_numpy(grad))
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10,
+                                                                            atol=1e-11)
+    np.testing.assert_allclose(out, out_torch.detach().numpy(), **tolerance)
+    np.testing.assert_allclose(x_grad, x_torch.grad.numpy(), **tolerance)
+    np.testing.assert_allclose(layer.weight.grad, module.weight.grad.numpy(), **tolerance)
+    if layer.bias is not None:
+        np.testing.assert_allclose(layer.bias.grad, module.bias.grad.numpy(), **tolerance)
+
+
+@pytest.mark.parametrize("n_axes", [2, 3])
+def test_batches_in_several_chunks_give_the_one_chunk_result(n_axes, rng, monkeypatch):
+    from corenet_conv import conv as conv_module
+
+    config = dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)
+    shape = (7, 3) + (5,) * n_axes
+    x = rng.standard_normal(shape)
+    results = []
+    for workspace in (1 << 30, 1):  # one chunk; then one sample per chunk
+        monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", workspace)
+        corenet.random.seed(0)
+        layer = (L.Conv2d if n_axes == 2 else L.Conv3d)(**config, dtype="float64")
+        out = layer.forward(x).copy()
+        x_grad = layer.backward(np.cos(out))
+        results.append((out, x_grad, layer.weight.grad, layer.bias.grad))
+    for one, many in zip(*results):
+        np.testing.assert_allclose(one, many, rtol=1e-12, atol=1e-12)
+
+
+def test_workspace_stays_bounded_on_large_images():
+    from corenet_conv import conv as conv_module
+
+    layer = L.Conv2d(3, 8, 3, padding=1)
+    x = np.ones((12, 3, 224, 224), np.float32)
+    layer.forward(x)
+    layer.backward(np.ones((12, 8, 224, 224), np.float32))
+    scratch = sum(array.nbytes for key, array in layer._buffers.items()
+                  if key not in ("out", "x_grad"))
+    per_sample_columns = 3 * 9 * 224 * 224 * 4
+    # col, grad_t (8 rows) and col_grad: each within one chunk's columns
+    bound = 3 * max(conv_module.WORKSPACE_BYTES, per_sample_columns)
+    assert scratch <= bound, (scratch, bound)
+    assert scratch < 12 * per_sample_columns  # the whole batch's columns were never made
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu", "elu"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_activation_is_bitwise_the_unfused_pair(activation, dtype, rng):
+    conv = L.Conv2d(3, 5, 3, padding=1, dtype=dtype)
+    act = L.create(activation)
+    model = cn.Sequential(conv, act, input_shape=(3, 6, 6), requires_input_grad=True)
+    assert model._plan[0][3] is act  # the executor fused the pair
+    x = rng.standard_normal((4, 3, 6, 6)).astype(dtype)
+    grad = rng.standard_normal((4, 5, 6, 6)).astype(dtype)
+    fused_out = model.forward(x)
+    fused_x_grad = model.backward(grad)
+    fused_grads = [p.grad.copy() for p in conv.parameters()]
+    conv.zero_grad()
+    out = act.forward(conv.forward(x)).copy()  # alone, each layer runs unfused
+    x_grad = conv.backward(act.backward(grad))
+    np.testing.assert_array_equal(fused_out, out)
+    np.testing.assert_array_equal(fused_x_grad, x_grad)
+    for fused, plain in zip(fused_grads, conv.parameters()):
+        np.testing.assert_array_equal(fused, plain.grad)
+
+
+def small_cnn(n_axes=2):
+    corenet.random.seed(3)
+    if n_axes == 2:
+        return cn.Sequential(
+            L.Conv2d(2, 8, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
+            L.Conv2d(8, 8, 3, groups=2), L.Tanh(), L.AvgPool2d(2, stride=1, padding=1),
+            L.Flatten(), L.Linear(8 * 5 * 5, 10), input_shape=(2, 12, 12),
+            requires_input_grad=True)
+    return cn.Sequential(
+        L.Conv3d(2, 4, 3, padding=1), L.ReLU(), L.MaxPool3d(2), L.Conv3d(4, 4, 2),
+        L.GlobalAvgPool(), L.Linear(4, 3), input_shape=(2, 6, 6, 6), requires_input_grad=True)
+
+
+@pytest.mark.parametrize("n_axes", [2, 3])
+def test_small_cnn_is_bitwise_the_same_on_any_thread_count(n_axes, rng, threads):
+    model = small_cnn(n_axes)
+    x = rng.standard_normal((64,) + model.inputs[0].shape).astype(np.float32)
+    results = []
+    for n_threads in (1, 2, 3):
+        corenet.set_num_threads(n_threads)
+        model.zero_grad()
+        out = model.forward(x)
+        x_grad = model.backward(np.sin(out))
+        results.append([out, x_grad] + [p.grad.copy() for p in model.parameters()])
+    for one, other in zip(results[0], results[1]):
+        np.testing.assert_array_equal(one, other)
+    for one, other in zip(results[0], results[2]):
+        np.testing.assert_array_equal(one, other)
+
+
+def test_small_cnn_gradient_matches_finite_differences(rng):
+    from corenet.testing import finite_difference_gradient, relative_error
+
+    model = small_cnn().astype("float64")
+    x = away_from_kinks((3, 2, 12, 12), rng)
+    weights = rng.standard_normal((3, 10))
+
+    def objective():
+        return float(np.sum(model.forward(x) * weights))
+
+    objective()
+    model.zero_grad()
+    x_grad = model.backward(weights)
+    assert relative_error(x_grad, finite_difference_gradient(objective, x)) < 1e-6
+    first = model.parameters()[0]
+    analytic = first.grad.copy()
+    assert relative_error(analytic, finite_difference_gradient(objective, first.value)) < 1e-6
+
+
+def test_training_step_allocates_no_large_arrays(rng):
+    model = small_cnn()
+    model.requires_input_grad = False  # dL/dx would be returned as a fresh array
+    loss = cn.losses.SoftmaxCrossEntropy()
+    optimizer = cn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = rng.standard_normal((128, 2, 12, 12)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    for _ in range(2):
+        cn.train.train_step(model, loss, optimizer, x, y)
+    tracemalloc.start()
+    try:
+        cn.train.train_step(model, loss, optimizer, x, y)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The first layer's output alone is 128 x 8 x 12 x 12 floats (590 KB).
+    assert peak < 64 * 1024, peak
+
+
+def test_max_pool_sends_ties_to_the_first_index_as_pytorch():
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 1] = x[0, 0, 1, 2] = 1.0
+    layer = L.MaxPool2d(3, stride=1, padding=1)
+    layer.forward(x)
+    grad = np.arange(1.0, 17.0).reshape(1, 1, 4, 4)
+    ours = layer.backward(grad)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    torch.nn.functional.max_pool2d(x_torch, 3, 1, 1).backward(torch.from_numpy(grad))
+    np.testing.assert_array_equal(ours, x_torch.grad.numpy())
+
+
+def test_max_pool_2x2_on_a_large_batch_matches_pytorch(rng):
+    x = rng.standard_normal((4, 16, 28, 28)).astype(np.float32)
+    layer = L.MaxPool2d(2)
+    out = layer.forward(x)
+    grad = rng.standard_normal(out.shape).astype(np.float32)
+    x_grad = layer.backward(grad)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    out_torch = torch.nn.functional.max_pool2d(x_torch, 2)
+    out_torch.backward(torch.from_numpy(grad))
+    np.testing.assert_array_equal(out, out_torch.detach().numpy())
+    np.testing.assert_array_equal(x_grad, x_torch.grad.numpy())
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: L.Conv2d(3, 4, 3)(cn.Input((2, 8, 8))), r"conv2d: expected 3 input channels"),
+    (lambda: L.Conv2d(3, 4, 5)(cn.Input((3, 4, 8))),
+     r"conv2d: input spatial size \(4, 8\) .* smaller than the dilated kernel \(5, 5\)"),
+    (lambda: L.Conv2d(3, 4, 3, dilation=3)(cn.Input((3, 6, 8))),
+     r"smaller than the dilated kernel \(7, 7\)"),
+    (lambda: L.Conv3d(3, 4, 3)(cn.Input((3, 8, 8))), r"conv3d: expected per-sample shape"),
+    (lambda: L.MaxPool2d(4)(cn.Input((3, 3, 8))), r"max_pool2d: input spatial size"),
+    (lambda: L.Linear(10, 3)(L.Flatten()(cn.Input((2, 2, 2)))), r"linear: expected"),
+])
+def test_shape_errors_are_raised_when_the_graph_is_built(build, message):
+    with pytest.raises(ShapeError, match=message):
+        build()
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: L.Conv2d(3, 4, 3, stride=0), r"conv2d: stride must be at least 1, got 0"),
+    (lambda: L.Conv2d(3, 4, 3, stride=(1, -2)), r"conv2d: stride must be at least 1, got -2"),
+    (lambda: L.Conv2d(3, 4, 3, padding=-1), r"conv2d: padding must be at least 0, got -1"),
+    (lambda: L.Conv2d(3, 4, 3, groups=2), r"conv2d: groups=2 must divide in_channels=3"),
+    (lambda: L.Conv2d(4, 3, 3, groups=2), r"out_channels=3"),
+    (lambda: L.Conv2d(3, 4, 3, stride=2, padding="same"), r"padding='same' needs stride 1"),
+    (lambda: L.Conv2d(3, 4, (3, 3, 3)), r"kernel_size must be an int or 2 ints"),
+    (lambda: L.Conv2d(3, True, 3), r"out_channels must be an integer, got True"),
+    (lambda: L.Conv3d(2.5, 4, 3), r"in_channels must be an integer, got 2.5"),
+    (lambda: L.Conv2d(3, 4, float("nan")), r"kernel_size must be an integer, got nan"),
+    (lambda: L.Conv2d(3, 4, 3, padding="full"), r"padding must be an int, 2 ints, 'same'"),
+    (lambda: L.Conv2d(3, 4, 3, dtype="float16"), r"dtype must be float32 or float64"),
+    (lambda: L.MaxPool2d(2, padding=2), r"max_pool2d: padding \(2, 2\) must be at most half"),
+    (lambda: L.AvgPool3d(0), r"avg_pool3d: kernel_size must be at least 1"),
+])
+def test_bad_arguments_are_clear_errors(build, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        build()
+
+
+def test_bad_arrays_are_clear_errors(rng):
+    layer = L.Conv2d(3, 4, 3)
+    with pytest.raises(ShapeError, match=r"conv2d: expected a 4-D input"):
+        layer.forward(np.ones((3, 8, 8), np.float32))
+    with pytest.raises(ShapeError, match=r"conv2d: expected 3 input channels"):
+        layer.forward(np.ones((2, 2, 8, 8), np.float32))
+    with pytest.raises(ShapeError, match=r"conv2d: input spatial size \(2, 8\)"):
+        layer.forward(np.ones((2, 3, 2, 8), np.float32))
+    layer.weight.value = np.ones((4, 3, 3), np.float32)  # a user replaced the weight
+    with pytest.raises(ShapeError, match=r"conv2d: parameter 'weight' must be a float32 "
+                                         r"array of shape \(4, 3, 3, 3\), got float32 \(4, 3, 3\)"):
+        layer.forward(np.ones((2, 3, 8, 8), np.float32))
+
+
+def test_replaced_parameter_arrays_are_checked_or_handled():
+    layer = L.Conv2d(2, 3, 3)
+    x = np.ones((2, 2, 5, 5), np.float32)
+    layer.weight.value = np.asfortranarray(layer.weight.value)  # non-contiguous: read a copy
+    expected = layer.forward(x).copy()
+    layer.weight.grad = None  # PyTorch's habit: a None grad starts from zero
+    layer.backward(np.ones_like(expected))
+    assert layer.weight.grad.shape == (3, 2, 3, 3) and np.any(layer.weight.grad)
+    layer.bias.grad = np.zeros(3)  # float64 grad for a float32 layer
+    layer.forward(x)
+    with pytest.raises(ShapeError, match=r"conv2d: parameter 'bias': its grad must be a "
+                                         r"float32 array of shape \(3,\), got float64"):
+        layer.backward(np.ones_like(expected))
+    layer.bias.grad = np.zeros(3, np.float32)
+    layer.bias.grad.flags.writeable = False
+    with pytest.raises(ValueError, match=r"its grad must be a writeable C-contiguous array"):
+        layer.backward(np.ones_like(expected))
