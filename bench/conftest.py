@@ -13,6 +13,7 @@ import pytest
 import corenet
 
 RESULTS = {}  # group -> {impl: seconds}
+WORK = {}  # group -> (floating-point operations of one call, threads)
 
 try:
     import torch
@@ -94,7 +95,9 @@ def layer_step(layer, x, grad):
 def run(benchmark, impl):
     """run(group, function, threads): time ``function`` under ``group`` and record it."""
 
-    def timed(group, function, threads=None):
+    def timed(group, function, threads=None, flops=None):
+        """``flops``: the floating-point operations of one call, for GFLOPS and the
+        fraction of the FMA peak in the summary."""
         threads = threads or os.cpu_count() or 1
         benchmark.group = group
         benchmark.extra_info.update(impl=impl, threads=threads)
@@ -102,6 +105,9 @@ def run(benchmark, impl):
             result = benchmark(function)
         if benchmark.stats is not None:  # None under --benchmark-disable
             RESULTS.setdefault(group, {})[impl] = benchmark.stats.stats.min
+            if flops:
+                WORK[group] = (flops, threads)
+                benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.min / 1e9
         return result
 
     return timed
@@ -120,3 +126,22 @@ def pytest_terminal_summary(terminalreporter):
         cells = [f"{times[peer] / times['corenet']:>11.2f}x" if peer in times else f"{'-':>12}"
                  for peer in peers]
         write(f"{group:<52}" + "".join(cells))
+    if WORK:
+        write_rates(terminalreporter, write)
+
+
+def write_rates(terminalreporter, write):
+    """GFLOPS of each implementation and corenet's fraction of the FMA peak, the peak
+    measured now, on this CPU, with the same threads."""
+    from corenet.kernels.peak import fma_peak_gflops
+
+    terminalreporter.section("GFLOPS, and corenet's fraction of the FMA peak measured now")
+    peaks = {}
+    for group, (flops, threads) in WORK.items():
+        if threads not in peaks:
+            peaks[threads] = fma_peak_gflops(threads)
+        times = RESULTS[group]
+        rates = "  ".join(f"{impl} {flops / seconds / 1e9:7.1f}" for impl, seconds in
+                          times.items())
+        fraction = flops / times["corenet"] / 1e9 / peaks[threads] if "corenet" in times else 0
+        write(f"{group:<52} {rates}  corenet {fraction:6.1%} of {peaks[threads]:.0f}")

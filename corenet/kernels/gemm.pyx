@@ -36,6 +36,10 @@ cdef extern from "microkernel.h" nogil:
         CN_KC_DOUBLE
     void cn_pack_b_transposed_float(float* dst, const float* b, ptrdiff_t ldb, ptrdiff_t kc,
                                     ptrdiff_t nc)
+    void cn_pack_b_rows_float(float* dst, const float* b, ptrdiff_t ldb, ptrdiff_t kc,
+                              ptrdiff_t nc)
+    void cn_pack_b_rows_double(double* dst, const double* b, ptrdiff_t ldb, ptrdiff_t kc,
+                               ptrdiff_t nc)
     void cn_pack_a_rows_float(float* dst, const float* a, ptrdiff_t lda, ptrdiff_t mc,
                               ptrdiff_t kc)
     float cn_activate_float(float value, int kind, float param)
@@ -116,8 +120,14 @@ cdef void pack_b(floating* dst, const floating* b, Py_ssize_t rs, Py_ssize_t cs,
     """NR-column panels of a kc x nc block of B: panel q holds, for each p, NR values."""
     cdef Py_ssize_t q, j0, j, p, nr
     cdef floating* panel
+    if cs == 1:
+        if floating is float:
+            cn_pack_b_rows_float(dst, b, rs, kc, nc)
+        else:
+            cn_pack_b_rows_double(dst, b, rs, kc, nc)
+        return
     if floating is float:
-        if cs != 1 and rs == 1:  # B given transposed: transposed 16 x 16 in registers
+        if rs == 1:  # B given transposed: square blocks transposed in registers
             cn_pack_b_transposed_float(dst, b, cs, kc, nc)
             return
     for q in range((nc + nr_full - 1) // nr_full):
@@ -126,14 +136,9 @@ cdef void pack_b(floating* dst, const floating* b, Py_ssize_t rs, Py_ssize_t cs,
         panel = dst + j0 * kc
         if nr < nr_full:
             memset(panel, 0, nr_full * kc * sizeof(floating))
-        if cs == 1:
+        for j in range(nr):
             for p in range(kc):
-                for j in range(nr):
-                    panel[p * nr_full + j] = b[p * rs + j0 + j]
-        else:
-            for j in range(nr):
-                for p in range(kc):
-                    panel[p * nr_full + j] = b[p * rs + (j0 + j) * cs]
+                panel[p * nr_full + j] = b[p * rs + (j0 + j) * cs]
 
 
 cdef inline void run_kernel(Py_ssize_t kc, const floating* a, const floating* b, floating* c,

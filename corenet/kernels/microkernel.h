@@ -181,6 +181,33 @@ static void cn_pack_b_transposed_float(float *restrict dst, const float *restric
     }
 }
 
+/* B (k x n) with contiguous rows, element (p, j) at b[p * ldb + j], into
+ * NR-column panels. Eight rows at a time across every panel: eight read streams
+ * that the prefetcher follows, where one panel at a time would read kc rows of a
+ * few cache lines each, a page apart. */
+#define CN_DEFINE_PACK_B_ROWS(NAME, T, NR)                                     \
+static void NAME(T *restrict dst, const T *restrict b, ptrdiff_t ldb,          \
+                 ptrdiff_t kc, ptrdiff_t nc)                                   \
+{                                                                              \
+    ptrdiff_t full = nc / NR * NR;                                             \
+    for (ptrdiff_t p0 = 0; p0 < kc; p0 += 8) {                                 \
+        ptrdiff_t p1 = p0 + 8 < kc ? p0 + 8 : kc;                              \
+        for (ptrdiff_t j0 = 0; j0 < full; j0 += NR)                            \
+            for (ptrdiff_t p = p0; p < p1; ++p)                                \
+                memcpy(dst + j0 * kc + p * NR, b + p * ldb + j0, NR * sizeof(T)); \
+        if (full < nc) {                                                       \
+            for (ptrdiff_t p = p0; p < p1; ++p) {                              \
+                T *row = dst + full * kc + p * NR;                             \
+                memset(row, 0, NR * sizeof(T));                                \
+                memcpy(row, b + p * ldb + full, (nc - full) * sizeof(T));      \
+            }                                                                  \
+        }                                                                      \
+    }                                                                          \
+}
+
+CN_DEFINE_PACK_B_ROWS(cn_pack_b_rows_float, float, CN_NR_FLOAT)
+CN_DEFINE_PACK_B_ROWS(cn_pack_b_rows_double, double, CN_NR_DOUBLE)
+
 /* A (m x k) with contiguous rows, element (i, p) at a[i * lda + p], into
  * MR-row slivers, two slivers (16 rows) at a time. */
 static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
