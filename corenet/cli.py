@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_sizes, default=[256],
                        help="hidden layer sizes, e.g. 256,128 (default 256)")
     train.add_argument("--activation", default="relu", help="any registered activation layer")
-    train.add_argument("--epochs", type=_positive_int, default=40)
+    train.add_argument("--epochs", type=_positive_int,
+                       help="passes over the training set (default: 40 for mlp, 15 for cnn)")
     train.add_argument("--batch-size", type=_positive_int, default=32)
     train.add_argument("--lr", type=float, default=0.02)
     train.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
@@ -92,6 +93,8 @@ def command_train(args) -> int:
         # Checked before training, so that no training run is lost to a typo.
         raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
     X, y = data.load(args.data)
+    if args.epochs is None:
+        args.epochs = 15 if args.model == "cnn" else 40
     cn.random.seed(args.seed)
     n_classes = int(y.max()) + 1
     if args.model == "cnn":

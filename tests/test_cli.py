@@ -40,6 +40,49 @@ def test_train_options_save_eval_predict(tmp_path):
     assert len(predictions) == 1797 and set(predictions) <= set(range(10))
 
 
+def test_cnn_reaches_98_5_percent_on_digits_and_saves_evaluates_predicts(tmp_path):
+    path = str(tmp_path / "cnn.npz")
+    result = corenet("train", "--model", "cnn", "--save", path, "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["epochs"] == 15 and metrics["test_accuracy"] >= 0.985
+    evaluated = corenet("eval", path, "--json")
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    predicted = json.loads(corenet("predict", path, "digits", "--json").stdout)["predictions"]
+    assert len(predicted) == 1797
+
+
+def bright_square_images(channels_axis: bool, rng) -> tuple:
+    """Two classes of 6 x 6 images: a bright 2 x 2 square in the top left or bottom right."""
+    labels = rng.integers(0, 2, 200)
+    images = rng.uniform(0, 0.3, (200, 6, 6)).astype(np.float32)
+    for image, label in zip(images, labels):
+        corner = slice(0, 2) if label == 0 else slice(4, 6)
+        image[corner, corner] += 0.7
+    if channels_axis:  # two channels, the second a dimmer copy
+        images = np.stack([images, images * 0.5], axis=1)
+    return images, labels
+
+
+@pytest.mark.parametrize("channels_axis", [False, True], ids=["N,H,W", "N,C,H,W"])
+def test_cnn_trains_on_image_files(channels_axis, tmp_path, rng):
+    X, y = bright_square_images(channels_axis, rng)
+    path = str(tmp_path / "squares.npz")
+    np.savez(path, X=X, y=y)
+    result = corenet("train", "--model", "cnn", "--data", path, "--epochs", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["test_accuracy"] >= 0.95
+
+
+def test_cnn_refuses_data_that_are_not_images(tmp_path):
+    path = str(tmp_path / "flat.npz")
+    np.savez(path, X=np.ones((20, 7), np.float32), y=np.arange(20) % 2)
+    result = corenet("train", "--model", "cnn", "--data", path)
+    assert result.returncode != 0
+    assert "a convolutional model needs images" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_plain_output_lines():
     result = corenet("train", "--epochs", "2")
     assert result.returncode == 0

@@ -47,10 +47,19 @@ cdef inline void window_range(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad,
     lo[0] = max(lo[0], 0)
 
 
+cdef inline bint replaces(floating value, floating best) noexcept nogil:
+    """Whether a later window element takes the place of the current maximum:
+    strictly greater (the first maximum wins ties), or NaN (NaN wins, as in PyTorch).
+    Used in branch-free selects: on random data a branch here mispredicts half the
+    time."""
+    return (value > best) | (value != value)
+
+
 cdef void max_plane(const Pooling* q, const floating* x, floating* out,
                     int32_t* argmax) noexcept nogil:
     cdef Py_ssize_t od, oh, ow, d0, d1, h0, h1, w0, w1, i, j, l, index, best_index, o = 0
     cdef floating value, best
+    cdef bint take
     for od in range(q.out_depth):
         window_range(od, q.stride_d, q.pad_d, q.kernel_d, q.depth, &d0, &d1)
         for oh in range(q.out_height):
@@ -64,14 +73,45 @@ cdef void max_plane(const Pooling* q, const floating* x, floating* out,
                         for l in range(w0, w1):
                             index = (i * q.height + j) * q.width + l
                             value = x[index]
-                            # Strictly greater: the first maximum wins; a NaN wins, as
-                            # in PyTorch.
-                            if value > best or value != value:
-                                best = value
-                                best_index = index
+                            take = replaces(value, best)
+                            best = value if take else best
+                            best_index = index if take else best_index
                 out[o] = best
                 argmax[o] = <int32_t>best_index
                 o += 1
+
+
+cdef void max_plane_2x2(const Pooling* q, const floating* x, floating* out,
+                        int32_t* argmax) noexcept nogil:
+    """The common 2 x 2 window, stride 2, no padding, 2-D: the same choices as
+    max_plane in the same order (top left, top right, bottom left, bottom right)."""
+    cdef Py_ssize_t oh, ow, o, top
+    cdef floating best, value
+    cdef int32_t best_index, index
+    cdef bint take
+    for oh in range(q.out_height):
+        top = 2 * oh * q.width
+        for ow in range(q.out_width):
+            o = oh * q.out_width + ow
+            best_index = <int32_t>(top + 2 * ow)
+            best = x[best_index]
+            index = best_index + 1
+            value = x[index]
+            take = replaces(value, best)
+            best = value if take else best
+            best_index = index if take else best_index
+            index = <int32_t>(top + q.width + 2 * ow)
+            value = x[index]
+            take = replaces(value, best)
+            best = value if take else best
+            best_index = index if take else best_index
+            index = index + 1
+            value = x[index]
+            take = replaces(value, best)
+            best = value if take else best
+            best_index = index if take else best_index
+            out[o] = best
+            argmax[o] = best_index
 
 
 cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
@@ -81,8 +121,15 @@ cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
     cdef Py_ssize_t outputs = q.out_depth * q.out_height * q.out_width
     cdef int n_threads = threads_for(
         planes * outputs * q.kernel_d * q.kernel_h * q.kernel_w, GRAIN)
+    cdef bint two_by_two = (q.depth == 1 and q.kernel_d == 1 and q.kernel_h == 2
+                            and q.kernel_w == 2 and q.stride_h == 2 and q.stride_w == 2
+                            and q.pad_h == 0 and q.pad_w == 0)
     for plane in prange(planes, num_threads=n_threads, schedule='static'):
-        max_plane(q, x + plane * volume, out + plane * outputs, argmax + plane * outputs)
+        if two_by_two:
+            max_plane_2x2(q, x + plane * volume, out + plane * outputs,
+                          argmax + plane * outputs)
+        else:
+            max_plane(q, x + plane * volume, out + plane * outputs, argmax + plane * outputs)
 
 
 cdef void max_pool_backward(const Pooling* q, const floating* grad, const int32_t* argmax,
