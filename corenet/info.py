@@ -16,4 +16,5 @@ def build_info() -> dict:
         "simd width": f"{gemm.simd_bytes() * 8} bits",
         "gemm tile": "x".join(map(str, gemm.tile_shape("float32"))) + " (float32), "
                      + "x".join(map(str, gemm.tile_shape("float64"))) + " (float64)",
+        "gemm blocks": ", ".join(f"{key} {value}" for key, value in gemm.blocks().items()),
     }

@@ -120,3 +120,25 @@ def test_errors_name_the_problem():
         matmul(a, a, trans_b=True, bias=np.ones(4, np.float32))
     with pytest.raises(ValueError, match="activation must be one of"):
         matmul(a, a, trans_b=True, activation="softmax")
+
+
+def test_cache_blocks_follow_the_caches_and_never_change_results(rng):
+    from corenet.kernels import gemm
+
+    mr, nr = gemm.tile_shape("float32")
+    kc = gemm.blocks()["kc_float32"]
+    mc, nc = gemm.cache_blocks(512 << 10, 32 << 20, 2)
+    assert mc % mr == 0 and nc % nr == 0
+    assert mc * kc * 4 <= 256 << 10 < (mc + mr) * kc * 4  # A block: half of L2
+    assert gemm.cache_blocks(1 << 20, 32 << 20, 2)[0] > mc  # a larger L2, a larger MC
+    before = gemm.blocks()
+    a = rng.standard_normal((300, 700)).astype(np.float32)
+    b = rng.standard_normal((700, 500)).astype(np.float32)
+    expected = matmul(a, b)
+    try:
+        gemm.use_cache_blocks(2 * mr, 2 * nr)  # many small blocks
+        np.testing.assert_array_equal(matmul(a, b), expected)
+    finally:
+        gemm.use_cache_blocks(before["mc"], before["nc"])
+    with pytest.raises(ValueError, match="MC must be"):
+        gemm.use_cache_blocks(0, 1024)

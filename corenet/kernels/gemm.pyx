@@ -10,6 +10,8 @@ Threads split the output into disjoint blocks of whole tiles, and every element
 sums its k terms in the same order on any thread, so the result is bitwise
 the same for any thread count.
 """
+import os
+
 import numpy as np
 
 cimport numpy as cnp
@@ -75,11 +77,14 @@ cdef extern from "microkernel.h" nogil:
                         ptrdiff_t ldb, double* c, ptrdiff_t ldc, int accumulate,
                         const double* bias, int epilogue, double param)
 
-# Block sizes: an MC x KC block of A stays in the 1 MiB L2, a KC x NR sliver
-# of B in L1, the KC x NC panel of B in L3.
+# Block sizes. KC comes with the register tile (microkernel.h): the KC x NR
+# sliver of B stays in L1. MC and NC follow the caches found at import
+# (cache_blocks below): an MC x KC block of A in half of L2, the KC x NC panel
+# of B in a share of L3. They change the order of no sum (only KC does), so
+# results stay bitwise the same for any MC, NC and thread count.
+cdef Py_ssize_t MC = 288
+cdef Py_ssize_t NC = 3072
 cdef enum:
-    MC = 288
-    NC = 3072
     # m * n * k below which the GEMM runs on one thread: about 2 µs of work,
     # what waking a second thread costs.
     GRAIN = 64 * 64 * 128
@@ -177,8 +182,8 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
     # Equal k blocks (784 = 2 x 392, not 384 + 384 + 16): a thin last block would
     # cost a pass over C for little work. It depends on k only, as it must.
     kc_max = (k + (k + kc_max - 1) // kc_max - 1) // ((k + kc_max - 1) // kc_max)
-    cdef Py_ssize_t panel_size = min(kc_max, k) * round_up(min(<Py_ssize_t>NC, n1 - n0), nr_full)
-    cdef Py_ssize_t block_size = min(kc_max, k) * round_up(min(<Py_ssize_t>MC, m1 - m0), CN_MR)
+    cdef Py_ssize_t panel_size = min(kc_max, k) * round_up(min(NC, n1 - n0), nr_full)
+    cdef Py_ssize_t block_size = min(kc_max, k) * round_up(min(MC, m1 - m0), CN_MR)
     cdef floating* b_packed = <floating*>cn_thread_buffer(
         (panel_size + block_size) * sizeof(floating))
     if b_packed == NULL:
@@ -188,7 +193,7 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
     # Plain while loops: Cython turns range() with a run-time step into Python iteration.
     jc = n0
     while jc < n1:
-        nc = min(<Py_ssize_t>NC, n1 - jc)
+        nc = min(NC, n1 - jc)
         pc = 0
         while pc < k:
             kc = min(kc_max, k - pc)
@@ -196,7 +201,7 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
             pack_b(b_packed, b + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, nr_full)
             ic = m0
             while ic < m1:
-                mc = min(<Py_ssize_t>MC, m1 - ic)
+                mc = min(MC, m1 - ic)
                 pack_a(a_packed, a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc)
                 jr = 0
                 while jr < nc:
@@ -512,6 +517,62 @@ cdef extern from *:
     #endif
     """
     int CN_SIMD_BYTES
+
+
+def cache_blocks(l2_bytes: int, l3_bytes: int, n_cores: int) -> tuple:
+    """(MC, NC) for these cache sizes: an MC x KC block of float32 A in half of L2,
+    a KC x NC panel of float32 B in half of this core's share of L3; whole tiles,
+    within sane bounds when a size is unknown (0)."""
+    kc = CN_KC_FLOAT
+    mc = (l2_bytes // 2) // (kc * 4) // CN_MR * CN_MR if l2_bytes > 0 else 288
+    share = l3_bytes // max(1, n_cores) // 2
+    nc = share // (kc * 4) // CN_NR_FLOAT * CN_NR_FLOAT if l3_bytes > 0 else 3072
+    return (min(max(mc, 4 * CN_MR), 1024 // CN_MR * CN_MR),
+            min(max(nc, 16 * CN_NR_FLOAT), 4096))
+
+
+def cache_bytes(level: int) -> int:
+    """The size of this CPU's data or unified cache at ``level`` (Linux sysfs), 0 if
+    unknown."""
+    folder = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            with open(f"{folder}/{entry}/level") as handle:
+                found = int(handle.read())
+            with open(f"{folder}/{entry}/type") as handle:
+                kind = handle.read().strip()
+            with open(f"{folder}/{entry}/size") as handle:
+                size = handle.read().strip()
+        except (OSError, ValueError):
+            continue
+        if found == level and kind in ("Data", "Unified"):
+            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+            try:
+                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+            except ValueError:
+                return 0
+    return 0
+
+
+def use_cache_blocks(mc: int, nc: int) -> None:
+    """Set the GEMM's MC and NC (whole tiles); results do not depend on them."""
+    global MC, NC
+    if mc < CN_MR or nc < CN_NR_FLOAT:
+        raise ValueError(f"use_cache_blocks: MC must be >= {CN_MR} and NC >= {CN_NR_FLOAT}, "
+                         f"got {mc} and {nc}")
+    MC, NC = mc // CN_MR * CN_MR, nc // CN_NR_FLOAT * CN_NR_FLOAT
+
+
+def blocks() -> dict:
+    """The GEMM's block sizes in use: KC per dtype, MC and NC."""
+    return {"kc_float32": CN_KC_FLOAT, "kc_float64": CN_KC_DOUBLE, "mc": MC, "nc": NC}
+
+
+use_cache_blocks(*cache_blocks(cache_bytes(2), cache_bytes(3), os.cpu_count() or 1))
 
 
 def simd_bytes() -> int:
