@@ -35,14 +35,18 @@ def show_config() -> dict:
 
 
 def __getattr__(name):
-    # The submodules that reach the registry are imported on first use.
-    if name in ("layers", "losses", "optim", "data", "random", "serialize", "testing", "train"):
-        import importlib
+    # The submodules that reach the registry are imported on first use, and so are
+    # corenet.save and corenet.load (corenet.serialize's), which need it.
+    import importlib
 
+    if name in ("layers", "losses", "optim", "data", "random", "serialize", "testing", "train"):
         return importlib.import_module(f"corenet.{name}")
+    if name in ("save", "load"):
+        return getattr(importlib.import_module("corenet.serialize"), name)
     raise AttributeError(f"module 'corenet' has no attribute {name!r}")
 
 
 __all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "ModelFileError", "PLUGIN_API",
            "Parameter", "PluginError", "Sequential", "ShapeError", "SymbolicTensor",
-           "get_include", "get_num_threads", "hookimpl", "set_num_threads", "show_config"]
+           "get_include", "get_num_threads", "hookimpl", "load", "save", "set_num_threads",
+           "show_config"]

@@ -192,6 +192,8 @@ def command_plugins(args) -> int:
         return 0
     for plugin in plugins:
         print(f"{plugin['name']}  ({plugin['distribution']} {plugin['version']})")
+        if plugin["disabled"]:
+            print("  DISABLED by CORENET_DISABLE_PLUGINS")
         if plugin["error"]:
             print(f"  FAILED: {plugin['error']}")
         if plugin["layers"]:
@@ -217,8 +219,32 @@ COMMANDS = {"train": command_train, "eval": command_eval, "predict": command_pre
             "plugins": command_plugins, "info": command_info}
 
 
+# Exit statuses besides 0: bad arguments or data, a diverged training, and the shell's
+# 128 + signal for Ctrl-C (SIGINT) and a closed output pipe (SIGPIPE).
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        # One line, no traceback. Nothing half-written stays: --save writes only after
+        # training, and an interrupted save removes its temporary file.
+        print(f"corenet {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`corenet predict ... | head`): stop quietly, and point
+        # stdout at /dev/null so that the interpreter's last flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def run(args) -> int:
+    """The command, with corenet's errors as one line on stderr and an exit status."""
     import corenet
     from corenet.errors import DTypeError, PluginError, ShapeError
     from corenet.train import TrainingDiverged
@@ -229,10 +255,10 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except TrainingDiverged as error:
         print(f"corenet {args.command}: training stopped: {error}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     except (ShapeError, DTypeError, PluginError, FileNotFoundError, KeyError, ValueError) as error:
         print(f"corenet {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

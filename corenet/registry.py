@@ -16,6 +16,7 @@ not subclass ``corenet.Layer`` (layers) or ``corenet.Loss`` (losses).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.metadata
 import os
 import re
@@ -43,6 +44,7 @@ class PluginInfo:
     layers: list = dataclasses.field(default_factory=list)
     losses: list = dataclasses.field(default_factory=list)
     error: str | None = None
+    disabled: bool = False  # by CORENET_DISABLE_PLUGINS: not imported, so provides nothing
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,10 +118,14 @@ class Registry:
                 f"CORENET_DISABLE_PLUGINS names unknown plugins {sorted(unknown)}; "
                 f"installed: {sorted(ep.name for ep in entry_points)}")
         for entry_point in entry_points:
-            if entry_point.name in disabled or entry_point.name in self.plugins:
+            if entry_point.name in self.plugins:
                 continue
             distribution = entry_point.dist.name if entry_point.dist else "(unknown)"
             version = entry_point.dist.version if entry_point.dist else ""
+            if entry_point.name in disabled:
+                self.plugins[entry_point.name] = PluginInfo(
+                    entry_point.name, distribution, version, disabled=True)
+                continue
             try:
                 plugin = entry_point.load()
             except KeyboardInterrupt:  # the user stopping the program, not the plugin failing
@@ -223,13 +229,34 @@ class Registry:
     def provider(self, kind: str, name: str) -> PluginInfo | None:
         return self.load()._provider.get((kind, name))
 
-    @staticmethod
-    def _lookup(table: dict, name: str, kind: str) -> type:
+    def disabled(self) -> list:
+        """The plugins that CORENET_DISABLE_PLUGINS keeps from loading, as PluginInfo."""
+        return [info for info in self.load().plugins.values() if info.disabled]
+
+    def _lookup(self, table: dict, name: str, kind: str) -> type:
         try:
             return table[name]
         except KeyError:
-            raise PluginError(f"no {kind} named {name!r}; registered: {sorted(table)}. "
-                              f"Is the plugin that provides it installed?") from None
+            raise PluginError(f"no {kind} named {name!r}{did_you_mean(name, table)}; "
+                              f"registered: {sorted(table)}. {self._why_missing()}") from None
+
+    def _why_missing(self) -> str:
+        """A disabled plugin is named as disabled: it may well provide what is missing."""
+        disabled = self.disabled()
+        if not disabled:
+            return "Is the plugin that provides it installed?"
+        names = ", ".join(f"{info.name!r} (distribution {info.distribution!r})"
+                          for info in disabled)
+        return (f"CORENET_DISABLE_PLUGINS disables {names}, which may provide it; "
+                f"otherwise, is the plugin that provides it installed?")
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """" (did you mean 'relu'?)" for the registered names closest to a misspelt one,
+    compared regardless of case (Relu -> ReLU)."""
+    by_lower = {candidate.lower(): candidate for candidate in candidates}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(by_lower[c]) for c in close)}?)" if close else ""
 
 
 def _check_provided(kind: str, cls) -> None:
@@ -270,8 +297,9 @@ def namespace(kind: str) -> tuple:
         for cls in table().values():
             if cls.__name__ == class_name:
                 return cls
-        raise AttributeError(f"corenet.{kind} has no {singular} class {class_name!r}; "
-                             f"registered: {sorted(cls.__name__ for cls in table().values())}")
+        classes = sorted(cls.__name__ for cls in table().values())
+        raise AttributeError(f"corenet.{kind} has no {singular} class {class_name!r}"
+                             f"{did_you_mean(class_name, classes)}; registered: {classes}")
 
     def __dir__() -> list:
         return ["create", "names"] + [cls.__name__ for cls in table().values()]

@@ -287,6 +287,11 @@ def _layer_class(path: str, node: dict) -> type:
         return registry.layer(name)
     except PluginError as error:
         wanted = node.get("distribution")
+        for info in registry.disabled():
+            if info.distribution == wanted:
+                raise PluginError(f"{path} needs layer {name!r} from {wanted}, whose plugin "
+                                  f"{info.name!r} is installed but disabled by "
+                                  f"CORENET_DISABLE_PLUGINS") from None
         if not wanted:
             raise PluginError(f"{path} needs layer {name!r}, which no installed plugin "
                               f"provides: {error}") from None

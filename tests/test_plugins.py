@@ -79,7 +79,8 @@ def test_third_party_plugin_is_found_and_listed(tmp_path):
     plugins = {p["name"]: p for p in json.loads(listing.stdout)["plugins"]}
     assert plugins["corenet_double"] == {"name": "corenet_double",
                                          "distribution": "corenet-double", "version": "1.2",
-                                         "layers": ["double"], "losses": [], "error": None}
+                                         "layers": ["double"], "losses": [], "error": None,
+                                         "disabled": False}
 
 
 def test_broken_plugin_is_skipped_with_a_warning_naming_its_distribution(tmp_path):
