@@ -57,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="loss and accuracy of a saved model")
     evaluate.add_argument("model")
     evaluate.add_argument("--data", default="digits")
-    evaluate.add_argument("--seed", type=int, default=0,
-                          help="the split seed used in training: its test part is evaluated")
-    evaluate.add_argument("--test-fraction", type=float, default=0.2)
+    evaluate.add_argument("--seed", type=int,
+                          help="split seed whose test part is evaluated (default: the one the "
+                               "model was trained with, recorded in its file; else 0)")
+    evaluate.add_argument("--test-fraction", type=float,
+                          help="default: the one recorded in the model's file, else 0.2")
     evaluate.add_argument("--all", action="store_true", help="evaluate on every sample")
     evaluate.add_argument("--threads", type=_positive_int)
     evaluate.add_argument("--json", action="store_true")
@@ -135,6 +137,7 @@ def command_train(args) -> int:
     seconds = time.perf_counter() - start
     test_loss, accuracy = evaluate(model, loss, X_test, y_test)
     if args.save:
+        model.training_info = {"split_seed": args.seed, "test_fraction": args.test_fraction}
         serialize.save(model, args.save)
     metrics = {"test_accuracy": accuracy, "test_loss": test_loss, "train_loss": history[-1],
                "epochs": args.epochs, "seconds": round(seconds, 3),
@@ -156,10 +159,16 @@ def command_eval(args) -> int:
     model = serialize.load(args.model)
     X, y = data.load(args.data)
     X = X.reshape(len(X), -1)
+    # The split the model was trained with, unless told otherwise: its test part is
+    # data the model has not seen.
+    seed = args.seed if args.seed is not None else model.training_info.get("split_seed", 0)
+    fraction = args.test_fraction if args.test_fraction is not None else \
+        model.training_info.get("test_fraction", 0.2)
     if not args.all:
-        _, _, X, y = data.train_test_split(X, y, args.test_fraction, args.seed)
+        _, _, X, y = data.train_test_split(X, y, fraction, seed)
     test_loss, accuracy = evaluate(model, cn.losses.SoftmaxCrossEntropy(), X, y)
-    metrics = {"accuracy": accuracy, "loss": test_loss, "samples": len(X)}
+    metrics = {"accuracy": accuracy, "loss": test_loss, "samples": len(X),
+               "split_seed": None if args.all else seed}
     print(json.dumps(metrics) if args.json else
           f"accuracy {accuracy:.4f}, loss {test_loss:.4f} on {len(X)} samples")
     return 0

@@ -64,6 +64,7 @@ def model_config(model: Model) -> dict:
         "inputs": [list(tensor.shape) for tensor in model.inputs],
         "nodes": nodes,
         "outputs": [slots[id(tensor)] for tensor in model.outputs],
+        "training": dict(getattr(model, "training_info", {})),
     }
 
 
@@ -249,6 +250,20 @@ def _check_config(path: str, config: dict) -> None:
     for index, node in enumerate(nodes):
         _check_node(path, index, node, len(inputs) + index)
     _check_slots(path, config.get("outputs"), len(inputs) + len(nodes), "outputs")
+    _check_training_info(path, config.get("training", {}))
+
+
+def _check_training_info(path: str, info) -> None:
+    """The optional record of training: a JSON object; the split seed an int, the test
+    fraction a number in (0, 1), as corenet eval passes them on to the data split."""
+    if not isinstance(info, dict):
+        _fail(path, f"training must be a JSON object, got {type(info).__name__}")
+    seed, fraction = info.get("split_seed", 0), info.get("test_fraction", 0.2)
+    if not _is_int(seed) or seed < 0:
+        _fail(path, f"training split_seed must be a non-negative integer, got {seed!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 < fraction < 1:
+        _fail(path, f"training test_fraction must be a number in (0, 1), got {fraction!r}")
 
 
 def _check_node(path: str, index: int, node, slots_before: int) -> None:
@@ -368,6 +383,8 @@ def _load_archive(path: str, archive: zipfile.ZipFile, file_size: int) -> Model:
         except (ValueError, TypeError) as error:  # ShapeError, DTypeError, reuse
             _fail(path, f"cannot take inputs {node['inputs']}: {error}", index, node["layer"])
     try:
-        return Model(inputs, [tensors[slot] for slot in config["outputs"]])
+        model = Model(inputs, [tensors[slot] for slot in config["outputs"]])
     except (ValueError, TypeError) as error:
         _fail(path, f"the graph is not a valid model: {error}")
+    model.training_info = dict(config.get("training", {}))
+    return model

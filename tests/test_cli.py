@@ -185,3 +185,19 @@ def test_a_disabled_plugin_is_reported_as_disabled(tmp_path):
     assert evaluated.returncode == 2
     assert "needs layer 'relu' from corenet, whose plugin 'activations' is installed but " \
            "disabled by CORENET_DISABLE_PLUGINS" in evaluated.stderr
+
+
+def test_eval_uses_the_split_recorded_in_the_model(tmp_path):
+    path = str(tmp_path / "model.npz")
+    trained = corenet("train", "--epochs", "2", "--seed", "3", "--test-fraction", "0.25",
+                      "--save", path, "--json")
+    assert trained.returncode == 0, trained.stderr
+    metrics = json.loads(trained.stdout)
+    assert cn.load(path).training_info == {"split_seed": 3, "test_fraction": 0.25}
+    evaluated = json.loads(corenet("eval", path, "--json").stdout)
+    assert evaluated["split_seed"] == 3
+    assert evaluated["samples"] == metrics["test_samples"] == 449  # a quarter, not a fifth
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    told = json.loads(corenet("eval", path, "--seed", "5", "--test-fraction", "0.2",
+                              "--json").stdout)
+    assert told["split_seed"] == 5 and told["samples"] == 359

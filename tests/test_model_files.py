@@ -254,6 +254,12 @@ CONFIG_CASES = {
                                       r"linear: expected"),
     "distribution not a string": (tamper_config(lambda c: c["nodes"][0].update(distribution=[1])),
                                   r"node 0 \('linear'\): distribution must be a string"),
+    "training not an object": (tamper_config(lambda c: c.update(training=[3])),
+                               "training must be a JSON object, got list"),
+    "split seed not an int": (tamper_config(lambda c: c.update(training={"split_seed": "3"})),
+                              "training split_seed must be a non-negative integer, got '3'"),
+    "test fraction of one": (tamper_config(lambda c: c.update(training={"test_fraction": 1})),
+                             r"training test_fraction must be a number in \(0, 1\), got 1"),
 }
 
 
