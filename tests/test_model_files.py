@@ -162,7 +162,8 @@ ARRAY_CASES = {
     "big-endian dtype": (tamper_arrays(lambda a: a.update({"node0.bias": np.ones(3, ">f4")})),
                          "array 'node0.bias' has dtype >f4"),
     "wrong shape": (tamper_arrays(lambda a: a.update({"node0.weight": np.ones((4, 3), "f4")})),
-                    r"parameter 'weight' has shape \(4, 3\) in the file, the config makes \(3, 4\)"),
+                    r"parameter 'weight' has shape \(4, 3\) in the file, "
+                    r"the config makes \(3, 4\)"),
     "scalar for a vector": (tamper_arrays(lambda a: a.update({"node1.weight": np.float32(1)})),
                             r"node 1 \('prelu'\): parameter 'weight' has shape \(\)"),
 }
@@ -301,8 +302,8 @@ def test_layer_constructor_rejecting_its_config_names_the_node(tmp_path):
 def test_unknown_layer_names_the_plugin_or_the_layer_to_install(tmp_path, parts):
     config, arrays = parts
     config["nodes"][1].update(layer="fancy_act", distribution="corenet-fancy", version="2.0")
-    with pytest.raises(PluginError, match=r"needs layer 'fancy_act' from corenet-fancy "
-                                          r"\(saved with version 2.0\).*pip install corenet-fancy"):
+    with pytest.raises(PluginError, match=r"needs layer 'fancy_act' from corenet-fancy \(saved "
+                                          r"with version 2.0\).*pip install corenet-fancy"):
         serialize.load(write(tmp_path / "m.npz", config, arrays))
     config["nodes"][1].update(distribution=None, version=None)
     with pytest.raises(PluginError, match="needs layer 'fancy_act', which no installed "
