@@ -34,6 +34,7 @@ FORMAT = "corenet-model/1"
 CONFIG_ENTRY = "__config__"
 MAX_CONFIG_BYTES = 16 << 20
 MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default bound for an untrusted header
+ZIP_ENCRYPTED = 0x1  # general purpose flag bit 0 of a zip member
 FLOAT_DTYPE_NAMES = ("float32", "float64")
 # Reading a zip or an .npy header can fail in these ways on a damaged file.
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError,
@@ -160,9 +161,11 @@ def _read_entries(path: str, archive: zipfile.ZipFile, file_size: int) -> dict:
             _fail(path, f"unexpected or repeated archive member {info.filename!r}")
         # corenet writes stored members; a compressed one could expand without bound.
         if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
-                or info.header_offset + info.compress_size > file_size:
+                or not 0 <= info.header_offset <= file_size - info.compress_size:
             _fail(path, f"array {name!r} declares {info.file_size} bytes, compressed or "
                         f"beyond the file's {file_size} bytes")
+        if info.flag_bits & ZIP_ENCRYPTED:
+            _fail(path, f"array {name!r} is encrypted")
         entries[name] = _read_header(path, archive, info, name)
     return entries
 

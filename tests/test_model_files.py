@@ -1,9 +1,11 @@
 """A model file is untrusted input: crafted and damaged files are refused with a
 ModelFileError naming the file and what is wrong, before anything large is allocated;
 an interrupted save leaves no temporary file behind."""
+import collections
 import io
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -90,6 +92,40 @@ def test_member_that_is_not_an_array(tmp_path, parts):
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("notes.txt", "hello")
     refused(path, "unexpected or repeated archive member 'notes.txt'")
+
+
+def test_encrypted_member_is_refused(tmp_path, parts):
+    # zipfile writes no encrypted member: set the flag in the central directory by hand.
+    path = pathlib.Path(write(tmp_path / "m.npz", *parts))
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # a central directory entry; its name is at +46
+    while not data[entry + 46:].startswith(b"node0.weight.npy"):
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    data[entry + 8] |= 0x1  # general purpose flag: encrypted
+    path.write_bytes(bytes(data))
+    refused(path, "array 'node0.weight' is encrypted")
+
+
+def test_random_damage_gives_only_model_file_errors(tmp_path, parts):
+    # Seeded: bytes overwritten anywhere (zip directory, headers, JSON, data), some files
+    # cut short. Each either still loads or is a ModelFileError, never another error.
+    data = pathlib.Path(write(tmp_path / "m.npz", *parts)).read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = collections.Counter()
+    for trial in range(2000):
+        damaged = bytearray(data)
+        for at in rng.integers(len(data), size=rng.integers(1, 5)):
+            damaged[at] = rng.integers(256)
+        if trial % 5 == 0:
+            damaged = damaged[:rng.integers(len(data))]
+        path = tmp_path / "damaged.npz"
+        path.write_bytes(bytes(damaged))
+        try:
+            serialize.load(str(path))
+            outcomes["loaded"] += 1
+        except ModelFileError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 1500, outcomes
 
 
 def test_member_without_an_npy_header(tmp_path, parts):
@@ -276,7 +312,7 @@ def test_config_values_that_are_refused(tmp_path, parts, case):
     (b"{\"format\": ", "the config is not JSON"),
     (b"\xff\xfe\x00", "the config is not JSON"),
     (b"[" * 100_000 + b"]" * 100_000, "the config is not JSON"),  # deep nesting
-])
+], ids=["list", "null", "cut short", "not UTF-8", "deeply nested"])
 def test_config_that_is_not_a_json_object(tmp_path, parts, raw, match):
     refused(write(tmp_path / "m.npz", None, parts[1], config_bytes=raw), match)
 
