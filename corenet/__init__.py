@@ -5,7 +5,7 @@ registry, losses, optimizers, training loop) over Cython kernels; layers and
 losses come from plugins found through the ``corenet`` entry-point group, the
 first time the registry is used (``import corenet`` loads none).
 """
-from corenet.errors import DTypeError, PluginError, ShapeError
+from corenet.errors import DTypeError, ModelFileError, PluginError, ShapeError
 from corenet.graph import Input, Model, Sequential, SymbolicTensor
 from corenet.hookspecs import hookimpl
 from corenet.kernels.threads import get_num_threads, set_num_threads
@@ -35,14 +35,18 @@ def show_config() -> dict:
 
 
 def __getattr__(name):
-    # The submodules that reach the registry are imported on first use.
-    if name in ("layers", "losses", "optim", "data", "random", "serialize", "testing", "train"):
-        import importlib
+    # The submodules that reach the registry are imported on first use, and so are
+    # corenet.save and corenet.load (corenet.serialize's), which need it.
+    import importlib
 
+    if name in ("layers", "losses", "optim", "data", "random", "serialize", "testing", "train"):
         return importlib.import_module(f"corenet.{name}")
+    if name in ("save", "load"):
+        return getattr(importlib.import_module("corenet.serialize"), name)
     raise AttributeError(f"module 'corenet' has no attribute {name!r}")
 
 
-__all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "PLUGIN_API", "Parameter",
-           "PluginError", "Sequential", "ShapeError", "SymbolicTensor", "get_include",
-           "get_num_threads", "hookimpl", "set_num_threads", "show_config"]
+__all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "ModelFileError", "PLUGIN_API",
+           "Parameter", "PluginError", "Sequential", "ShapeError", "SymbolicTensor",
+           "get_include", "get_num_threads", "hookimpl", "load", "save", "set_num_threads",
+           "show_config"]

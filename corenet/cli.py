@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="loss and accuracy of a saved model")
     evaluate.add_argument("model")
     evaluate.add_argument("--data", default="digits")
-    evaluate.add_argument("--seed", type=int, default=0,
-                          help="the split seed used in training: its test part is evaluated")
-    evaluate.add_argument("--test-fraction", type=float, default=0.2)
+    evaluate.add_argument("--seed", type=int,
+                          help="split seed whose test part is evaluated (default: the one the "
+                               "model was trained with, recorded in its file; else 0)")
+    evaluate.add_argument("--test-fraction", type=float,
+                          help="default: the one recorded in the model's file, else 0.2")
     evaluate.add_argument("--all", action="store_true", help="evaluate on every sample")
     evaluate.add_argument("--threads", type=_positive_int)
     evaluate.add_argument("--json", action="store_true")
@@ -131,6 +133,7 @@ def command_train(args) -> int:
     seconds = time.perf_counter() - start
     test_loss, accuracy = evaluate(model, loss, X_test, y_test)
     if args.save:
+        model.training_info = {"split_seed": args.seed, "test_fraction": args.test_fraction}
         serialize.save(model, args.save)
     metrics = {"test_accuracy": accuracy, "test_loss": test_loss, "train_loss": history[-1],
                "epochs": args.epochs, "seconds": round(seconds, 3),
@@ -152,11 +155,17 @@ def command_eval(args) -> int:
     model = serialize.load(args.model)
     X, y = data.load(args.data)
     X = X.reshape(len(X), -1)
+    # The split the model was trained with, unless told otherwise: its test part is
+    # data the model has not seen.
+    seed = args.seed if args.seed is not None else model.training_info.get("split_seed", 0)
+    fraction = args.test_fraction if args.test_fraction is not None else \
+        model.training_info.get("test_fraction", 0.2)
     if not args.all:
-        _, _, X, y = data.train_test_split(X, y, args.test_fraction, args.seed)
+        _, _, X, y = data.train_test_split(X, y, fraction, seed)
     X = models.as_model_input(model, X)
     test_loss, accuracy = evaluate(model, cn.losses.SoftmaxCrossEntropy(), X, y)
-    metrics = {"accuracy": accuracy, "loss": test_loss, "samples": len(X)}
+    metrics = {"accuracy": accuracy, "loss": test_loss, "samples": len(X),
+               "split_seed": None if args.all else seed}
     print(json.dumps(metrics) if args.json else
           f"accuracy {accuracy:.4f}, loss {test_loss:.4f} on {len(X)} samples")
     return 0
@@ -189,6 +198,8 @@ def command_plugins(args) -> int:
         return 0
     for plugin in plugins:
         print(f"{plugin['name']}  ({plugin['distribution']} {plugin['version']})")
+        if plugin["disabled"]:
+            print("  DISABLED by CORENET_DISABLE_PLUGINS")
         if plugin["error"]:
             print(f"  FAILED: {plugin['error']}")
         if plugin["layers"]:
@@ -214,8 +225,32 @@ COMMANDS = {"train": command_train, "eval": command_eval, "predict": command_pre
             "plugins": command_plugins, "info": command_info}
 
 
+# Exit statuses besides 0: bad arguments or data, a diverged training, and the shell's
+# 128 + signal for Ctrl-C (SIGINT) and a closed output pipe (SIGPIPE).
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        # One line, no traceback. Nothing half-written stays: --save writes only after
+        # training, and an interrupted save removes its temporary file.
+        print(f"corenet {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`corenet predict ... | head`): stop quietly, and point
+        # stdout at /dev/null so that the interpreter's last flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def run(args) -> int:
+    """The command, with corenet's errors as one line on stderr and an exit status."""
     import corenet
     from corenet.errors import DTypeError, PluginError, ShapeError
     from corenet.train import TrainingDiverged
@@ -226,10 +261,10 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except TrainingDiverged as error:
         print(f"corenet {args.command}: training stopped: {error}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     except (ShapeError, DTypeError, PluginError, FileNotFoundError, KeyError, ValueError) as error:
         print(f"corenet {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

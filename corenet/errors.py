@@ -11,3 +11,8 @@ class DTypeError(TypeError):
 
 class PluginError(RuntimeError):
     """Plugins conflict, or a plugin asked for cannot be found or loaded."""
+
+
+class ModelFileError(ValueError):
+    """A model file is malformed: not a corenet model, or arrays and config that do not
+    agree. The message names the file and what is wrong with it."""

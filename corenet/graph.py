@@ -122,6 +122,9 @@ class Model:
         self.layers = [node.layer for node in self.nodes]
         self._build_plan()
         self.requires_input_grad = requires_input_grad
+        # How the model was trained, as far as later commands need it (corenet train
+        # records the split seed and test fraction); saved and loaded with the model.
+        self.training_info: dict = {}
         parameters = self.parameters()
         self.dtype = parameters[0].value.dtype if parameters else np.dtype(np.float32)
 

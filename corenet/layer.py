@@ -103,6 +103,14 @@ class Layer:
     def get_config(self) -> dict:
         return {}
 
+    @classmethod
+    def parameter_shapes(cls, **config) -> dict[str, tuple] | None:
+        """{parameter name: shape} that ``cls(**config)`` would make, worked out without
+        making them; None when the layer does not say. Loading a model file checks the
+        file's arrays against it before building the layer, so that a crafted config
+        (a Linear of 10⁹ × 10⁹) is refused instead of allocated."""
+        return None
+
     # -- helpers every layer shares ----------------------------------------------
 
     def zero_grad(self) -> None:

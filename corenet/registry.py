@@ -1,15 +1,25 @@
 """The plugin registry: entry points in the ``corenet`` group, loaded once, lazily.
 
 ``import corenet`` reads no entry point; the first call that needs a layer or a
-loss loads every plugin. A plugin that fails to load is skipped with a warning
-(``CORENET_STRICT_PLUGINS=1`` raises instead); two plugins that provide the
-same name are an error naming both distributions.
+loss loads every plugin. A plugin that fails to load is skipped with a warning;
+with ``CORENET_STRICT_PLUGINS`` on, every use of the registry raises instead
+while a failed plugin is installed. Two plugins that provide the same name are
+an error naming both distributions.
+
+A plugin fails when importing it raises any exception, ``SystemExit`` and other
+``BaseException`` subclasses included (a plugin that calls ``sys.exit`` at import
+must not end the host), except ``KeyboardInterrupt``: that is the user stopping
+the program, not the plugin failing, so it propagates. A plugin also fails when
+it registers a name that is not a snake_case identifier, or a class that does
+not subclass ``corenet.Layer`` (layers) or ``corenet.Loss`` (losses).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.metadata
 import os
+import re
 import threading
 import warnings
 
@@ -34,13 +44,29 @@ class PluginInfo:
     layers: list = dataclasses.field(default_factory=list)
     losses: list = dataclasses.field(default_factory=list)
     error: str | None = None
+    disabled: bool = False  # by CORENET_DISABLE_PLUGINS: not imported, so provides nothing
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip() not in ("", "0")
+FLAG_VALUES = {"": False, "0": False, "false": False, "no": False,
+               "1": True, "true": True, "yes": True}
+SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: 0/1/true/false/yes/no (any case), unset is off."""
+    value = os.environ.get(name, "")
+    try:
+        return FLAG_VALUES[value.strip().lower()]
+    except KeyError:
+        raise PluginError(f"{name} must be one of 0, 1, true, false, yes, no; "
+                          f"got {value!r}") from None
+
+
+def strict_plugins() -> bool:
+    return env_flag("CORENET_STRICT_PLUGINS")
 
 
 class Registry:
@@ -60,14 +86,26 @@ class Registry:
     # -- loading -----------------------------------------------------------------
 
     def load(self) -> "Registry":
-        """Import every plugin once; later calls return at once."""
-        if self._loaded:
-            return self
-        with self._lock:
-            if not self._loaded:
-                self._load_entry_points()
-                self._loaded = True
+        """Import every plugin once; later calls only check CORENET_STRICT_PLUGINS."""
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    self._load_entry_points()
+                    self._loaded = True
+        self._raise_if_strict()
         return self
+
+    def failed(self) -> list:
+        """The plugins that failed to load, as PluginInfo with their error."""
+        return [info for info in self.plugins.values() if info.error]
+
+    def _raise_if_strict(self) -> None:
+        strict = strict_plugins()  # read at every use, so that a bad value is always an error
+        failed = self.failed()
+        if strict and failed:
+            raise PluginError("CORENET_STRICT_PLUGINS is on and a plugin failed: " + "; ".join(
+                f"plugin {info.name!r} from distribution {info.distribution!r} failed to "
+                f"load: {info.error}" for info in failed))
 
     def _load_entry_points(self) -> None:
         entry_points = sorted(importlib.metadata.entry_points(group=self.group),
@@ -80,31 +118,42 @@ class Registry:
                 f"CORENET_DISABLE_PLUGINS names unknown plugins {sorted(unknown)}; "
                 f"installed: {sorted(ep.name for ep in entry_points)}")
         for entry_point in entry_points:
-            if entry_point.name in disabled or entry_point.name in self.plugins:
+            if entry_point.name in self.plugins:
                 continue
             distribution = entry_point.dist.name if entry_point.dist else "(unknown)"
             version = entry_point.dist.version if entry_point.dist else ""
+            if entry_point.name in disabled:
+                self.plugins[entry_point.name] = PluginInfo(
+                    entry_point.name, distribution, version, disabled=True)
+                continue
             try:
                 plugin = entry_point.load()
-            except Exception as error:  # an ABI mismatch surfaces as ImportError here
+            except KeyboardInterrupt:  # the user stopping the program, not the plugin failing
+                raise
+            except BaseException as error:  # sys.exit() at import too; ABI errors are ImportError
                 self._failed(PluginInfo(entry_point.name, distribution, version), error)
                 continue
-            self.register(plugin, entry_point.name, distribution, version)
+            self._register(plugin, entry_point.name, distribution, version)
 
     def _failed(self, info: PluginInfo, error: BaseException) -> None:
         info.error = f"{type(error).__name__}: {error}"
         self.plugins[info.name] = info
-        if _env_flag("CORENET_STRICT_PLUGINS"):
-            raise PluginError(f"plugin {info.name!r} from distribution {info.distribution!r} "
-                              f"failed to load: {info.error}") from error
-        warnings.warn(f"corenet: skipping plugin {info.name!r} from distribution "
-                      f"{info.distribution!r}: {info.error}", RuntimeWarning, stacklevel=3)
+        if not strict_plugins():  # strict: load() raises, at this use and every later one
+            warnings.warn(f"corenet: skipping plugin {info.name!r} from distribution "
+                          f"{info.distribution!r}: {info.error}", RuntimeWarning, stacklevel=4)
 
     # -- registration ------------------------------------------------------------
 
     def register(self, plugin, name: str, distribution: str = "(registered in code)",
                  version: str = "") -> PluginInfo:
-        """Add a plugin object or module and collect what its hooks provide."""
+        """Add a plugin object or module and collect what its hooks provide. A plugin
+        that fails is recorded and warned about (with CORENET_STRICT_PLUGINS on: raises)."""
+        info = self._register(plugin, name, distribution, version)
+        if info.error:
+            self._raise_if_strict()
+        return info
+
+    def _register(self, plugin, name: str, distribution: str, version: str) -> PluginInfo:
         with self._lock:
             info = PluginInfo(name, distribution, version)
             declared = getattr(plugin, "CORENET_PLUGIN_API", PLUGIN_API)
@@ -116,7 +165,9 @@ class Registry:
             try:
                 self.plugin_manager.register(plugin, name=name)
                 provided = {kind: self._call_hooks(plugin, kind) for kind in ("layers", "losses")}
-            except Exception as error:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # a hook may sys.exit() as well
                 if self.plugin_manager.is_registered(plugin):
                     self.plugin_manager.unregister(plugin)
                 self._failed(info, error)
@@ -139,8 +190,7 @@ class Registry:
             if implementation.plugin is plugin:
                 classes.extend(implementation.function() or [])
         for cls in classes:
-            if not isinstance(getattr(cls, "name", None), str) or not cls.name:
-                raise PluginError(f"{cls!r} has no string 'name' to register it under")
+            _check_provided(kind, cls)
         return classes
 
     def _check_unique(self, kind: str, classes: list, info: PluginInfo) -> None:
@@ -179,13 +229,49 @@ class Registry:
     def provider(self, kind: str, name: str) -> PluginInfo | None:
         return self.load()._provider.get((kind, name))
 
-    @staticmethod
-    def _lookup(table: dict, name: str, kind: str) -> type:
+    def disabled(self) -> list:
+        """The plugins that CORENET_DISABLE_PLUGINS keeps from loading, as PluginInfo."""
+        return [info for info in self.load().plugins.values() if info.disabled]
+
+    def _lookup(self, table: dict, name: str, kind: str) -> type:
         try:
             return table[name]
         except KeyError:
-            raise PluginError(f"no {kind} named {name!r}; registered: {sorted(table)}. "
-                              f"Is the plugin that provides it installed?") from None
+            raise PluginError(f"no {kind} named {name!r}{did_you_mean(name, table)}; "
+                              f"registered: {sorted(table)}. {self._why_missing()}") from None
+
+    def _why_missing(self) -> str:
+        """A disabled plugin is named as disabled: it may well provide what is missing."""
+        disabled = self.disabled()
+        if not disabled:
+            return "Is the plugin that provides it installed?"
+        names = ", ".join(f"{info.name!r} (distribution {info.distribution!r})"
+                          for info in disabled)
+        return (f"CORENET_DISABLE_PLUGINS disables {names}, which may provide it; "
+                f"otherwise, is the plugin that provides it installed?")
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """" (did you mean 'relu'?)" for the registered names closest to a misspelt one,
+    compared regardless of case (Relu -> ReLU)."""
+    by_lower = {candidate.lower(): candidate for candidate in candidates}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(by_lower[c]) for c in close)}?)" if close else ""
+
+
+def _check_provided(kind: str, cls) -> None:
+    """A class a plugin hands over: a Layer (or Loss) subclass with a snake_case name."""
+    from corenet.layer import Layer
+    from corenet.loss import Loss
+
+    base = Layer if kind == "layers" else Loss
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(f"corenet_{kind} returned {cls!r}, which is not a subclass of "
+                          f"corenet.{base.__name__}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not SNAKE_CASE.fullmatch(name):
+        raise PluginError(f"{cls.__name__} must have a snake_case identifier as its 'name' "
+                          f"(such as 'leaky_relu'), got {name!r}")
 
 
 registry = Registry()
@@ -211,8 +297,9 @@ def namespace(kind: str) -> tuple:
         for cls in table().values():
             if cls.__name__ == class_name:
                 return cls
-        raise AttributeError(f"corenet.{kind} has no {singular} class {class_name!r}; "
-                             f"registered: {sorted(cls.__name__ for cls in table().values())}")
+        classes = sorted(cls.__name__ for cls in table().values())
+        raise AttributeError(f"corenet.{kind} has no {singular} class {class_name!r}"
+                             f"{did_you_mean(class_name, classes)}; registered: {classes}")
 
     def __dir__() -> list:
         return ["create", "names"] + [cls.__name__ for cls in table().values()]

@@ -4,22 +4,44 @@ The file holds the graph's config as JSON (layer names and configs, the
 plugin distribution and version of each layer, corenet's version, the dtype)
 and one array per parameter. It is written to a temporary file in the same
 folder and renamed over the target, so a crash never leaves half a file.
+
+A model file is untrusted input. ``load`` reads the zip directory and every
+array's .npy header first (no pickle, headers of bounded size), checks that
+each array's declared size is what the file holds, checks the config's
+structure, the arrays' dtypes and, for layers that declare them through
+``Layer.parameter_shapes``, their shapes against the config, and only then
+builds layers and reads arrays. Anything malformed is a ``ModelFileError``
+naming the file and what is wrong.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import re
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
-from corenet.errors import PluginError
+from corenet.errors import ModelFileError, PluginError
 from corenet.graph import Input, Model
 from corenet.registry import registry
 
 FORMAT = "corenet-model/1"
+CONFIG_ENTRY = "__config__"
+MAX_CONFIG_BYTES = 16 << 20
+MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default bound for an untrusted header
+ZIP_ENCRYPTED = 0x1  # general purpose flag bit 0 of a zip member
+FLOAT_DTYPE_NAMES = ("float32", "float64")
+# Reading a zip or an .npy header can fail in these ways on a damaged file.
+READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError,
+               NotImplementedError, RecursionError, OverflowError, KeyError)
 
+
+# -- saving ------------------------------------------------------------------------
 
 def model_config(model: Model) -> dict:
     import corenet
@@ -43,17 +65,30 @@ def model_config(model: Model) -> dict:
         "inputs": [list(tensor.shape) for tensor in model.inputs],
         "nodes": nodes,
         "outputs": [slots[id(tensor)] for tensor in model.outputs],
+        "training": dict(getattr(model, "training_info", {})),
     }
 
 
+# A temporary file carries its writer's process id, so that a later save into the same
+# folder can tell the leftovers of a killed writer (SIGKILL runs no cleanup) from the
+# file of a save still in progress.
+TEMPORARY_NAME = re.compile(r"\.corenet-save-(\d+)-[^/]*\.tmp")
+
+
 def save(model: Model, path: str) -> None:
-    """Write ``model`` to ``path`` atomically (an existing file is replaced whole)."""
-    arrays = {"__config__": np.frombuffer(json.dumps(model_config(model)).encode(), np.uint8)}
+    """Write ``model`` to ``path`` atomically (an existing file is replaced whole).
+
+    An exception during the save removes the temporary file; the temporary file of a
+    save killed outright is removed by the next save into the same folder."""
+    arrays = {CONFIG_ENTRY: np.frombuffer(json.dumps(model_config(model)).encode(), np.uint8)}
     for index, layer in enumerate(model.layers):
         for parameter in layer.parameters():
             arrays[f"node{index}.{parameter.name}"] = parameter.value
     folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".corenet-", suffix=".tmp", dir=folder)
+    remove_stale_temporaries(folder)
+    handle, temporary = tempfile.mkstemp(prefix=f".corenet-save-{os.getpid()}-",
+                                         suffix=".tmp", dir=folder)
+    renamed = False
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file is 0644-like
         with os.fdopen(handle, "wb") as stream:
@@ -61,9 +96,36 @@ def save(model: Model, path: str) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        renamed = True
+    finally:
+        if not renamed:  # any exception, KeyboardInterrupt and SystemExit included
+            _remove_quietly(temporary)
+
+
+def remove_stale_temporaries(folder: str) -> None:
+    """Remove the temporary files that saves killed outright left in ``folder``:
+    those whose writing process no longer exists."""
+    for name in os.listdir(folder):
+        match = TEMPORARY_NAME.fullmatch(name)
+        if match and not _process_exists(int(match[1])):
+            _remove_quietly(os.path.join(folder, name))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _umask() -> int:
@@ -72,39 +134,260 @@ def _umask() -> int:
     return mask
 
 
-def load(path: str) -> Model:
-    """Rebuild a model saved with ``save``; names the plugin to install if one is missing."""
+# -- loading: what the file declares ------------------------------------------------
+
+@dataclasses.dataclass
+class ArrayEntry:
+    """One .npy member of the archive as its header declares it (nothing read yet)."""
+
+    info: zipfile.ZipInfo
+    shape: tuple
+    dtype: np.dtype
+    data_offset: int  # where the data starts inside the member
+
+
+def _fail(path: str, what: str, node: int | None = None, layer: str | None = None):
+    where = "" if node is None else f" node {node}" + (f" ({layer!r})" if layer else "") + ":"
+    raise ModelFileError(f"{path}:{where} {what}")
+
+
+def _read_entries(path: str, archive: zipfile.ZipFile, file_size: int) -> dict:
+    """{array name: ArrayEntry} from the zip directory and each .npy header, each
+    declared size checked against what the file can hold."""
+    entries = {}
+    for info in archive.infolist():
+        name = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if name is None or name in entries:
+            _fail(path, f"unexpected or repeated archive member {info.filename!r}")
+        # corenet writes stored members; a compressed one could expand without bound.
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
+                or not 0 <= info.header_offset <= file_size - info.compress_size:
+            _fail(path, f"array {name!r} declares {info.file_size} bytes, compressed or "
+                        f"beyond the file's {file_size} bytes")
+        if info.flag_bits & ZIP_ENCRYPTED:
+            _fail(path, f"array {name!r} is encrypted")
+        entries[name] = _read_header(path, archive, info, name)
+    return entries
+
+
+def _read_header(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
+                 name: str) -> ArrayEntry:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "__config__" not in archive.files:
-                raise ValueError("no __config__ entry")
-            config = json.loads(archive["__config__"].tobytes().decode())
-            arrays = {name: archive[name] for name in archive.files if name != "__config__"}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, AttributeError) as error:
-        raise ValueError(f"{path} is not a corenet model: {error}") from None
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran_order, dtype = read(member, max_header_size=MAX_NPY_HEADER_BYTES)
+            data_offset = member.tell()
+    except READ_ERRORS as error:
+        _fail(path, f"array {name!r} has no readable .npy header: {error}")
+    if fortran_order or dtype.hasobject or any(size < 0 for size in shape):
+        _fail(path, f"array {name!r} is not a plain C-ordered array "
+                    f"(dtype {dtype}, shape {shape})")
+    declared = math.prod(shape) * dtype.itemsize
+    if data_offset + declared != info.file_size:
+        _fail(path, f"array {name!r} declares shape {shape} of {dtype} ({declared} bytes) "
+                    f"but the file holds {info.file_size - data_offset} bytes for it")
+    return ArrayEntry(info, tuple(shape), dtype, data_offset)
+
+
+def _read_bytes(path: str, archive: zipfile.ZipFile, entry: ArrayEntry, name: str) -> bytes:
+    try:
+        with archive.open(entry.info) as member:
+            member.read(entry.data_offset)
+            data = member.read()  # the size was checked against the file: bounded
+    except READ_ERRORS as error:  # a CRC mismatch is found here, at the end
+        _fail(path, f"array {name!r} cannot be read: {error}")
+    if len(data) != entry.info.file_size - entry.data_offset:
+        _fail(path, f"array {name!r} is truncated")
+    return data
+
+
+def _read_array(path: str, archive: zipfile.ZipFile, entry: ArrayEntry, name: str):
+    data = _read_bytes(path, archive, entry, name)
+    return np.frombuffer(data, entry.dtype).reshape(entry.shape).copy()
+
+
+def _read_config(path: str, archive: zipfile.ZipFile, entries: dict) -> dict:
+    entry = entries.pop(CONFIG_ENTRY, None)
+    if entry is None:
+        _fail(path, f"not a corenet model: no {CONFIG_ENTRY} entry")
+    if entry.dtype != np.uint8 or len(entry.shape) != 1 or entry.shape[0] > MAX_CONFIG_BYTES:
+        _fail(path, f"{CONFIG_ENTRY} must be at most {MAX_CONFIG_BYTES} bytes of uint8, "
+                    f"got {entry.dtype} of shape {entry.shape}")
+    try:
+        config = json.loads(_read_bytes(path, archive, entry, CONFIG_ENTRY).decode())
+    except READ_ERRORS as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        _fail(path, f"the config is not JSON: {error}")
+    if not isinstance(config, dict):
+        _fail(path, f"the config must be a JSON object, got {type(config).__name__}")
+    return config
+
+
+# -- loading: the config's structure --------------------------------------------------
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_slots(path: str, slots, count: int, what: str, node: int | None = None) -> None:
+    if not isinstance(slots, list) or not slots \
+            or not all(_is_int(slot) and 0 <= slot < count for slot in slots):
+        _fail(path, f"{what} must be a non-empty list of indices below {count}, "
+                    f"got {slots!r}", node)
+
+
+def _check_config(path: str, config: dict) -> None:
+    """The config's structure: format, dtype, input shapes, nodes, outputs."""
     if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown model format {config.get('format')!r}, "
-                         f"expected {FORMAT!r}")
+        _fail(path, f"unknown model format {config.get('format')!r}, expected {FORMAT!r}")
+    if config.get("dtype") not in FLOAT_DTYPE_NAMES:
+        _fail(path, f"dtype must be one of {FLOAT_DTYPE_NAMES}, got {config.get('dtype')!r}")
+    inputs, nodes = config.get("inputs"), config.get("nodes")
+    if not isinstance(inputs, list) or not inputs or not all(
+            isinstance(shape, list) and shape and all(_is_int(n) and n > 0 for n in shape)
+            for shape in inputs):
+        _fail(path, f"inputs must be a non-empty list of shapes of positive ints, got {inputs!r}")
+    if not isinstance(nodes, list):
+        _fail(path, f"nodes must be a list, got {type(nodes).__name__}")
+    for index, node in enumerate(nodes):
+        _check_node(path, index, node, len(inputs) + index)
+    _check_slots(path, config.get("outputs"), len(inputs) + len(nodes), "outputs")
+    _check_training_info(path, config.get("training", {}))
+
+
+def _check_training_info(path: str, info) -> None:
+    """The optional record of training: a JSON object; the split seed an int, the test
+    fraction a number in (0, 1), as corenet eval passes them on to the data split."""
+    if not isinstance(info, dict):
+        _fail(path, f"training must be a JSON object, got {type(info).__name__}")
+    seed, fraction = info.get("split_seed", 0), info.get("test_fraction", 0.2)
+    if not _is_int(seed) or seed < 0:
+        _fail(path, f"training split_seed must be a non-negative integer, got {seed!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 < fraction < 1:
+        _fail(path, f"training test_fraction must be a number in (0, 1), got {fraction!r}")
+
+
+def _check_node(path: str, index: int, node, slots_before: int) -> None:
+    if not isinstance(node, dict):
+        _fail(path, f"must be a JSON object, got {type(node).__name__}", index)
+    name = node.get("layer")
+    if not isinstance(name, str) or not name:
+        _fail(path, f"layer name must be a non-empty string, got {name!r}", index)
+    if not isinstance(node.get("config"), dict):
+        _fail(path, f"config must be a JSON object, got {node.get('config')!r}", index, name)
+    for key in ("distribution", "version"):
+        if not isinstance(node.get(key), (str, type(None))):
+            _fail(path, f"{key} must be a string, got {node.get(key)!r}", index, name)
+    # A node reads the model's inputs and the outputs of the nodes before it only.
+    _check_slots(path, node.get("inputs"), slots_before, "inputs", index)
+
+
+def _arrays_by_node(path: str, entries: dict, n_nodes: int, dtype: np.dtype) -> list:
+    """[{parameter name: ArrayEntry}] per node, each array's name and dtype checked."""
+    by_node = [{} for _ in range(n_nodes)]
+    for name, entry in entries.items():
+        match = re.fullmatch(r"node(\d+)\.(\w+)", name)
+        if not match or int(match[1]) >= n_nodes:
+            _fail(path, f"array {name!r} belongs to no node of the model")
+        if entry.dtype != dtype:
+            _fail(path, f"array {name!r} has dtype {entry.dtype}, the model's is {dtype}")
+        by_node[int(match[1])][match[2]] = entry
+    return by_node
+
+
+# -- loading: building the model ------------------------------------------------------
+
+def _layer_class(path: str, node: dict) -> type:
+    name = node["layer"]
+    try:
+        return registry.layer(name)
+    except PluginError as error:
+        wanted = node.get("distribution")
+        for info in registry.disabled():
+            if info.distribution == wanted:
+                raise PluginError(f"{path} needs layer {name!r} from {wanted}, whose plugin "
+                                  f"{info.name!r} is installed but disabled by "
+                                  f"CORENET_DISABLE_PLUGINS") from None
+        if not wanted:
+            raise PluginError(f"{path} needs layer {name!r}, which no installed plugin "
+                              f"provides: {error}") from None
+        version = f" (saved with version {node['version']})" if node.get("version") else ""
+        raise PluginError(f"{path} needs layer {name!r} from {wanted}{version}, "
+                          f"which is not installed: pip install {wanted}") from None
+
+
+def _check_parameters(path: str, index: int, node: dict, expected: dict, saved: dict) -> None:
+    """The file's arrays for a node are exactly the parameters it makes, shape for shape."""
+    name = node["layer"]
+    missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or extra:
+        _fail(path, f"arrays do not match the layer's parameters {sorted(expected)}: "
+                    f"missing {missing}, unexpected {extra}", index, name)
+    for parameter, shape in expected.items():
+        if tuple(saved[parameter].shape) != tuple(shape):
+            _fail(path, f"parameter {parameter!r} has shape {saved[parameter].shape} in the "
+                        f"file, the config makes {tuple(shape)}", index, name)
+
+
+def _build_layer(path: str, index: int, node: dict, cls: type, saved: dict):
+    """The node's layer, its parameters checked against the file before it is built."""
+    name, config = node["layer"], node["config"]
+    try:
+        declared = cls.parameter_shapes(**config) if hasattr(cls, "parameter_shapes") else None
+        if declared is not None:
+            _check_parameters(path, index, node, declared, saved)
+        layer = cls(**config)
+    except ModelFileError:
+        raise
+    except Exception as error:  # the layer's own check of its config
+        _fail(path, f"config {config!r} is rejected: {type(error).__name__}: {error}",
+              index, name)
+    made = {parameter.name: parameter.value.shape for parameter in layer.parameters()}
+    _check_parameters(path, index, node, made, saved)
+    for parameter in layer.parameters():
+        if parameter.value.dtype != saved[parameter.name].dtype:
+            _fail(path, f"parameter {parameter.name!r} is {saved[parameter.name].dtype} in "
+                        f"the file, the config makes {parameter.value.dtype}", index, name)
+    return layer
+
+
+def load(path: str) -> Model:
+    """Rebuild a model saved with ``save``; names the plugin to install if one is missing.
+
+    A missing or unreadable file raises OSError (FileNotFoundError ...); a malformed
+    one, ModelFileError."""
+    with open(path, "rb") as stream:
+        file_size = os.fstat(stream.fileno()).st_size
+        try:
+            archive = zipfile.ZipFile(stream)
+        except READ_ERRORS as error:
+            _fail(path, f"not a corenet model (not a readable zip archive: {error})")
+        with archive:
+            return _load_archive(path, archive, file_size)
+
+
+def _load_archive(path: str, archive: zipfile.ZipFile, file_size: int) -> Model:
+    entries = _read_entries(path, archive, file_size)
+    config = _read_config(path, archive, entries)
+    _check_config(path, config)
+    by_node = _arrays_by_node(path, entries, len(config["nodes"]), np.dtype(config["dtype"]))
     tensors = [Input(tuple(shape)) for shape in config["inputs"]]
     inputs = list(tensors)
     for index, node in enumerate(config["nodes"]):
-        try:
-            cls = registry.layer(node["layer"])
-        except PluginError:
-            wanted = node.get("distribution") or "the plugin that provides it"
-            version = f" (saved with version {node['version']})" if node.get("version") else ""
-            raise PluginError(f"{path} needs layer {node['layer']!r} from {wanted}{version}, "
-                              f"which is not installed: pip install {wanted}") from None
-        layer = cls(**node["config"])
+        layer = _build_layer(path, index, node, _layer_class(path, node), by_node[index])
         for parameter in layer.parameters():
-            value = arrays[f"node{index}.{parameter.name}"]
-            if value.shape != parameter.value.shape:
-                raise ValueError(f"{path}: {node['layer']} parameter {parameter.name} has "
-                                 f"shape {value.shape}, the config makes {parameter.value.shape}")
-            parameter.value = np.ascontiguousarray(value)
+            parameter.value = _read_array(path, archive, by_node[index][parameter.name],
+                                          f"node{index}.{parameter.name}")
             parameter.grad = np.zeros_like(parameter.value)
-        tensors.append(layer(*[tensors[slot] for slot in node["inputs"]]))
-    model = Model(inputs, [tensors[slot] for slot in config["outputs"]])
+        try:
+            tensors.append(layer(*[tensors[slot] for slot in node["inputs"]]))
+        except (ValueError, TypeError) as error:  # ShapeError, DTypeError, reuse
+            _fail(path, f"cannot take inputs {node['inputs']}: {error}", index, node["layer"])
+    try:
+        model = Model(inputs, [tensors[slot] for slot in config["outputs"]])
+    except (ValueError, TypeError) as error:
+        _fail(path, f"the graph is not a valid model: {error}")
+    model.training_info = dict(config.get("training", {}))
     return model

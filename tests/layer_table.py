@@ -3,6 +3,7 @@
 Every row runs through corenet.testing's conformance checks and the numpy and
 PyTorch reference checks.
 """
+from corenet.registry import registry
 LAYERS = [
     ("linear", {"in_features": 5, "out_features": 4}, [(5,)]),
     ("linear", {"in_features": 6, "out_features": 3, "bias": False}, [(6,)]),
@@ -40,3 +41,10 @@ def layer_id(row) -> str:
     name, config, shapes = row
     options = ",".join(f"{key}={value}" for key, value in config.items())
     return f"{name}[{options}]{'x'.join(str(s) for s in shapes)}"
+
+
+def builtin_names(kind: str = "layers") -> set:
+    """The names corenet's own plugins register: the tables the tests keep complete.
+    Third-party plugins installed beside corenet (its example plugin, say) add others."""
+    return {name for name in getattr(registry.load(), kind)
+            if registry.provider(kind, name).distribution == "corenet"}

@@ -1,11 +1,17 @@
 """The corenet command end to end, as a user runs it."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
 import pytest
+
+import corenet as cn
+import corenet.layers as L
+from corenet.errors import PluginError
 
 
 def corenet(*args, timeout=300):
@@ -134,3 +140,107 @@ def test_plugins_and_info():
     assert info["openmp"] in ("on", "off (serial kernels)")
     assert "-O3" in info["compile flags"]
     assert info["threads"] >= 1
+
+
+def start_corenet(*args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "corenet.cli", *args], text=True,
+                            cwd=tempfile.gettempdir(), **popen)
+
+
+def test_ctrl_c_stops_training_with_one_line_status_130_and_no_file(tmp_path):
+    path = tmp_path / "model.npz"
+    process = start_corenet("train", "--epochs", "100000", "--save", str(path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout.readline().startswith("epoch 1/100000 ")  # training is running
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert stderr == "corenet train: interrupted\n"
+    assert os.listdir(tmp_path) == []  # no model, no temporary file
+
+
+@pytest.mark.parametrize("args", [("train", "--epochs", "3"), ("predict", "MODEL", "digits"),
+                                  ("plugins",)], ids=lambda args: args[0])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, args):
+    # As `corenet ... | head -1` once head has exited: the reading end is closed, so the
+    # first write fails (deterministically, unlike a real head racing the writer).
+    if "MODEL" in args:
+        model = tmp_path / "m.npz"
+        assert corenet("train", "--epochs", "1", "--save", str(model)).returncode == 0
+        args = tuple(str(model) if arg == "MODEL" else arg for arg in args)
+    process = start_corenet(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 141
+    assert stderr == ""
+
+
+def test_python_dash_m_corenet():
+    result = subprocess.run([sys.executable, "-m", "corenet", "info", "--json"],
+                            capture_output=True, text=True, timeout=300,
+                            cwd=tempfile.gettempdir())
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["threads"] >= 1
+    usage = subprocess.run([sys.executable, "-m", "corenet", "--help"], capture_output=True,
+                           text=True, timeout=300, cwd=tempfile.gettempdir())
+    assert usage.stdout.startswith("usage: corenet ")
+
+
+def test_save_and_load_at_the_top_level(tmp_path):
+    model = cn.Sequential(L.Linear(3, 2))
+    cn.save(model, str(tmp_path / "m.npz"))
+    loaded = cn.load(str(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(loaded.layers[0].weight.value, model.layers[0].weight.value)
+    assert {"save", "load"} <= set(cn.__all__)
+
+
+def test_a_misspelt_layer_name_suggests_the_closest():
+    result = corenet("train", "--activation", "rleu")
+    assert result.returncode == 2
+    assert "no layer named 'rleu' (did you mean 'relu' or 'prelu'?)" in result.stderr
+    with pytest.raises(PluginError, match=r"'sigmod' \(did you mean 'sigmoid'\?\)"):
+        L.create("sigmod")
+    with pytest.raises(AttributeError, match=r"class 'Relu' \(did you mean 'ReLU'"):
+        L.Relu
+
+
+def test_a_disabled_plugin_is_reported_as_disabled(tmp_path):
+    disabled = dict(os.environ, CORENET_DISABLE_PLUGINS="activations")
+    listing = subprocess.run([sys.executable, "-m", "corenet", "plugins"], capture_output=True,
+                             text=True, timeout=300, cwd=tempfile.gettempdir(), env=disabled)
+    assert "activations  (corenet 0.1.0)\n  DISABLED by CORENET_DISABLE_PLUGINS\n" \
+        in listing.stdout
+    result = subprocess.run([sys.executable, "-m", "corenet", "train", "--activation", "relu"],
+                            capture_output=True, text=True, timeout=300,
+                            cwd=tempfile.gettempdir(), env=disabled)
+    assert result.returncode == 2
+    assert "no layer named 'relu'" in result.stderr
+    assert "CORENET_DISABLE_PLUGINS disables 'activations' (distribution 'corenet'), " \
+           "which may provide it" in result.stderr
+    path = tmp_path / "m.npz"
+    assert corenet("train", "--epochs", "1", "--save", str(path)).returncode == 0
+    evaluated = subprocess.run([sys.executable, "-m", "corenet", "eval", str(path)],
+                               capture_output=True, text=True, timeout=300,
+                               cwd=tempfile.gettempdir(), env=disabled)
+    assert evaluated.returncode == 2
+    assert "needs layer 'relu' from corenet, whose plugin 'activations' is installed but " \
+           "disabled by CORENET_DISABLE_PLUGINS" in evaluated.stderr
+
+
+def test_eval_uses_the_split_recorded_in_the_model(tmp_path):
+    path = str(tmp_path / "model.npz")
+    trained = corenet("train", "--epochs", "2", "--seed", "3", "--test-fraction", "0.25",
+                      "--save", path, "--json")
+    assert trained.returncode == 0, trained.stderr
+    metrics = json.loads(trained.stdout)
+    assert cn.load(path).training_info == {"split_seed": 3, "test_fraction": 0.25}
+    evaluated = json.loads(corenet("eval", path, "--json").stdout)
+    assert evaluated["split_seed"] == 3
+    assert evaluated["samples"] == metrics["test_samples"] == 449  # a quarter, not a fifth
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    told = json.loads(corenet("eval", path, "--seed", "5", "--test-fraction", "0.2",
+                              "--json").stdout)
+    assert told["split_seed"] == 5 and told["samples"] == 359

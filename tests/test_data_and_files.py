@@ -9,7 +9,7 @@ import pytest
 import corenet as cn
 import corenet.layers as L
 from corenet import data, serialize
-from corenet.errors import PluginError, ShapeError
+from corenet.errors import ModelFileError, PluginError, ShapeError
 
 
 def test_bundled_digits():
@@ -103,10 +103,10 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
 def test_loading_something_that_is_not_a_model_is_a_clear_error(tmp_path):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match="garbage.npz is not a corenet model"):
+    with pytest.raises(ModelFileError, match="garbage.npz: not a corenet model"):
         serialize.load(str(garbage))
     np.savez(tmp_path / "plain.npz", X=np.ones(3))
-    with pytest.raises(ValueError, match="plain.npz is not a corenet model: no __config__"):
+    with pytest.raises(ModelFileError, match="plain.npz: not a corenet model: no __config__"):
         serialize.load(str(tmp_path / "plain.npz"))
     with pytest.raises(FileNotFoundError):
         serialize.load(str(tmp_path / "missing.npz"))

@@ -7,6 +7,7 @@ import corenet.layers as L
 from corenet.errors import DTypeError, ShapeError
 from corenet.testing import away_from_kinks
 import numpy_vision
+from layer_table import builtin_names
 
 
 def numpy_sigmoid(x):
@@ -47,7 +48,7 @@ NUMPY_REFERENCES = {
 
 
 def test_every_layer_has_a_numpy_reference():
-    assert set(NUMPY_REFERENCES) == set(L.names())
+    assert set(NUMPY_REFERENCES) == builtin_names()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,5 +1,6 @@
 """Plugin discovery through entry points, failures, conflicts, disabling, the API version."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def test_third_party_plugin_is_found_and_listed(tmp_path):
     plugins = {p["name"]: p for p in json.loads(listing.stdout)["plugins"]}
     assert plugins["corenet_double"] == {"name": "corenet_double",
                                          "distribution": "corenet-double", "version": "1.2",
-                                         "layers": ["double"], "losses": [], "error": None}
+                                         "layers": ["double"], "losses": [], "error": None,
+                                         "disabled": False}
 
 
 def test_broken_plugin_is_skipped_with_a_warning_naming_its_distribution(tmp_path):
@@ -98,8 +100,8 @@ def test_broken_plugin_is_skipped_with_a_warning_naming_its_distribution(tmp_pat
     strict = run_python("import corenet.layers as L; L.names()", tmp_path,
                         CORENET_STRICT_PLUGINS="1")
     assert strict.returncode != 0
-    assert "PluginError: plugin 'corenet_broken' from distribution 'corenet-broken'" \
-        in strict.stderr
+    assert "PluginError: CORENET_STRICT_PLUGINS is on and a plugin failed: plugin " \
+        "'corenet_broken' from distribution 'corenet-broken'" in strict.stderr
 
 
 def test_two_plugins_with_one_layer_name_is_an_error_naming_both(tmp_path):
@@ -185,3 +187,122 @@ def test_every_hook_is_documented_and_exercised():
     fresh = Registry()
     fresh.load()
     assert fresh.layers and fresh.losses
+
+
+# -- plugins that end the process, strictness, what a plugin may register ------------------
+
+@pytest.mark.parametrize("source, error", [
+    ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
+    ("class Abort(BaseException):\n    pass\nraise Abort('gave up')\n", "Abort: gave up"),
+    ("import corenet, sys\n@corenet.hookimpl\ndef corenet_layers():\n    sys.exit('no')\n",
+     "SystemExit: no"),
+], ids=["sys.exit at import", "BaseException at import", "sys.exit in a hook"])
+def test_a_plugin_raising_a_base_exception_is_isolated(tmp_path, source, error):
+    make_distribution(tmp_path, "corenet-quits", "corenet_quits", source)
+    result = run_python("""
+        import corenet.layers as L
+        print("still running", "relu" in L.names())
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "still running True"
+    assert f"skipping plugin 'corenet_quits' from distribution 'corenet-quits': {error}" \
+        in result.stderr
+    listing = subprocess.run([sys.executable, "-m", "corenet.cli", "plugins"], text=True,
+                             capture_output=True, cwd=tmp_path,
+                             env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert f"FAILED: {error}" in listing.stdout, listing.stderr
+
+
+def test_keyboard_interrupt_while_importing_a_plugin_is_not_swallowed(tmp_path):
+    # Ctrl-C during plugin loading is the user stopping the program, not a broken plugin.
+    make_distribution(tmp_path, "corenet-slow", "corenet_slow", "raise KeyboardInterrupt\n")
+    result = run_python("""
+        import corenet.layers as L
+        try:
+            L.names()
+        except KeyboardInterrupt:
+            print("interrupted")
+    """, tmp_path)
+    assert result.stdout.strip() == "interrupted", result.stderr
+
+
+STRICT_TWICE = """
+    import corenet.layers as L
+    for attempt in (1, 2):
+        try:
+            L.names()
+            print(attempt, "loaded")
+        except corenet.PluginError as error:
+            print(attempt, "raised", error)
+"""
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", " yes "])
+def test_strict_plugins_raises_on_every_use(tmp_path, value):
+    make_distribution(tmp_path, "corenet-broken", "corenet_broken", "raise ImportError('x')\n")
+    result = run_python("import corenet\n" + textwrap.dedent(STRICT_TWICE), tmp_path,
+                        CORENET_STRICT_PLUGINS=value)
+    expected = ("raised CORENET_STRICT_PLUGINS is on and a plugin failed: plugin "
+                "'corenet_broken' from distribution 'corenet-broken' failed to load: "
+                "ImportError: x")
+    assert result.stdout.splitlines() == [f"1 {expected}", f"2 {expected}"], result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", ""])
+def test_strict_plugins_off_warns_and_goes_on(tmp_path, value):
+    make_distribution(tmp_path, "corenet-broken", "corenet_broken", "raise ImportError('x')\n")
+    result = run_python("import corenet\n" + textwrap.dedent(STRICT_TWICE), tmp_path,
+                        CORENET_STRICT_PLUGINS=value)
+    assert result.stdout.splitlines() == ["1 loaded", "2 loaded"], result.stderr
+    assert "skipping plugin 'corenet_broken'" in result.stderr
+
+
+def test_strict_plugins_with_another_value_is_an_error(tmp_path):
+    result = run_python("import corenet\n" + textwrap.dedent(STRICT_TWICE), tmp_path,
+                        CORENET_STRICT_PLUGINS="maybe")
+    expected = "raised CORENET_STRICT_PLUGINS must be one of 0, 1, true, false, yes, no; " \
+        "got 'maybe'"
+    assert result.stdout.splitlines() == [f"1 {expected}", f"2 {expected}"], result.stderr
+
+
+class Good(corenet.Layer):
+    name = "good_layer"
+
+
+def named(name):
+    return type("Named", (corenet.Layer,), {"name": name})
+
+
+@pytest.mark.parametrize("provided, error", [
+    (named("Double"), "must have a snake_case identifier as its 'name'.*got 'Double'"),
+    (named("my-layer"), "got 'my-layer'"),
+    (named("2x"), "got '2x'"),
+    (named("double_"), "got 'double_'"),
+    (named(""), "got ''"),
+    (named(7), "got 7"),
+    (type("NoBase", (), {"name": "no_base"}), "which is not a subclass of corenet.Layer"),
+    (Good(), "returned Good\\(\\), which is not a subclass of corenet.Layer"),
+    (type("Lossy", (corenet.Loss,), {"name": "lossy"}), "not a subclass of corenet.Layer"),
+], ids=["CamelCase", "hyphen", "digit first", "trailing underscore", "empty", "int",
+        "not a Layer", "an instance", "a Loss as a layer"])
+def test_a_plugin_registering_a_bad_name_or_class_fails(register_plugin, provided, error):
+    class Plugin:
+        @corenet.hookimpl
+        def corenet_layers(self):
+            return [Good, provided]
+
+    with pytest.warns(RuntimeWarning, match="skipping plugin 'bad'"):
+        info = register_plugin(Plugin(), "bad", distribution="corenet-bad")
+    assert info.error.startswith("PluginError: ")
+    assert re.search(error, info.error), info.error
+    assert "good_layer" not in registry.layers  # nothing of a failed plugin is registered
+
+
+def test_a_layer_class_in_the_losses_hook_fails(register_plugin):
+    class Plugin:
+        @corenet.hookimpl
+        def corenet_losses(self):
+            return [Good]
+
+    with pytest.warns(RuntimeWarning, match="not a subclass of corenet.Loss"):
+        register_plugin(Plugin(), "bad-losses")

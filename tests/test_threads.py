@@ -126,3 +126,67 @@ def test_activations_are_bitwise_identical_on_1_and_2_threads(name, threads):
         results.append([out, layer.backward(grad)] + [p.grad for p in layer.parameters()])
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+# -- fork ---------------------------------------------------------------------------
+
+AFTER_A_PARALLEL_GEMM = """
+    import os, sys, warnings
+    import numpy as np, corenet
+    from corenet.kernels import matmul
+    from corenet.kernels.threads import in_forked_child
+
+    corenet.set_num_threads(2)
+    a = np.ones((512, 512), np.float32)
+    matmul(a, a)  # above the grain: the OpenMP pool now has a second thread
+
+    def work_in_child():
+        product = matmul(a, a)  # hung here before the fork handler
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            corenet.set_num_threads(2)
+        return (float(product[0, 0]), corenet.get_num_threads(), in_forked_child(),
+                [str(w.message)[:40] for w in caught])
+"""
+
+FORKS = {
+    "os.fork": """
+        pid = os.fork()
+        if pid == 0:
+            print("child", *work_in_child(), flush=True)
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        print("parent", corenet.get_num_threads(), in_forked_child())
+    """,
+    "multiprocessing fork": """
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            print("child", *pool.apply(work_in_child), flush=True)
+        print("parent", corenet.get_num_threads(), in_forked_child())
+    """,
+}
+
+
+def run_with_deadline(code: str, seconds: float) -> str:
+    """stdout of ``python -c code``; a hang (of it or a child it forked) fails the test,
+    and the whole process group is killed so that no hung child outlives it."""
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               cwd=tempfile.gettempdir())
+    try:
+        stdout, stderr = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.communicate()
+        pytest.fail(f"hung for {seconds} s after fork")
+    assert process.returncode == 0, stderr
+    return stdout
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP: no pool to break")
+@pytest.mark.parametrize("fork", FORKS, ids=str)
+def test_a_forked_child_runs_kernels_on_one_thread(fork):
+    code = textwrap.dedent(AFTER_A_PARALLEL_GEMM) + textwrap.dedent(FORKS[fork])
+    lines = run_with_deadline(code, seconds=60).splitlines()
+    assert lines[0].startswith("child 512.0 1 True ['corenet: a child made by fork() runs"), lines
+    assert lines[1] == "parent 2 False"

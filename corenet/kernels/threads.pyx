@@ -2,19 +2,52 @@
 
 Kernels pass it to ``prange(..., num_threads=n)``; it is also handed to the
 OpenMP runtime so that tools such as threadpoolctl see the same number.
+
+After ``fork()`` the child runs every kernel on one thread: GNU OpenMP's thread
+pool does not survive a fork (the child would wait forever for pool threads
+that were not copied), and a region of one thread does not use the pool. A
+``pthread_atfork`` child handler sets the count to 1 before any Python code of
+the child runs, as PyTorch does.
 """
 import os
+import warnings
 
 from corenet.kernels._openmp cimport CORENET_OPENMP, omp_get_max_threads, omp_set_num_threads
 
-cdef int _num_threads = 1
+cdef extern from *:
+    """
+    #include <pthread.h>
+
+    /* The count lives in C so that the fork handler, which runs in the child before any
+       Python code, can reach it. */
+    static int corenet_num_threads = 1;
+    static int corenet_in_forked_child = 0;
+
+    static void corenet_after_fork_in_child(void) {
+        corenet_num_threads = 1;
+        corenet_in_forked_child = 1;
+    }
+
+    static int corenet_install_fork_handler(void) {
+        return pthread_atfork(NULL, NULL, corenet_after_fork_in_child);
+    }
+    """
+    int corenet_num_threads
+    int corenet_in_forked_child
+    int corenet_install_fork_handler() noexcept nogil
 
 
 cdef int num_threads() noexcept nogil:
     # A limit set through the OpenMP runtime (threadpoolctl's threadpool_limits)
     # lowers corenet's count too; corenet.set_num_threads sets both.
     cdef int limit = omp_get_max_threads()
-    return limit if limit < _num_threads else _num_threads
+    return limit if limit < corenet_num_threads else corenet_num_threads
+
+
+def in_forked_child() -> bool:
+    """True in a process made by fork() from one that had imported corenet: its kernels
+    run on one thread."""
+    return bool(corenet_in_forked_child)
 
 
 cdef int threads_for(Py_ssize_t work, Py_ssize_t grain) noexcept nogil:
@@ -46,12 +79,18 @@ def _default_num_threads() -> int:
 
 
 def set_num_threads(n) -> None:
-    """Use ``n`` threads in every corenet kernel (1 without OpenMP)."""
-    global _num_threads
+    """Use ``n`` threads in every corenet kernel (1 without OpenMP, and 1 in a child made
+    by fork(), where more would hang: a RuntimeWarning says so)."""
+    global corenet_num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads expects a positive integer, got {n!r}")
-    _num_threads = n if CORENET_OPENMP else 1
-    omp_set_num_threads(_num_threads)
+    if corenet_in_forked_child and n > 1:
+        warnings.warn("corenet: a child made by fork() runs kernels on one thread (the "
+                      "OpenMP thread pool does not survive fork); use the 'spawn' start "
+                      "method for more", RuntimeWarning, stacklevel=2)
+        n = 1
+    corenet_num_threads = n if CORENET_OPENMP else 1
+    omp_set_num_threads(corenet_num_threads)
 
 
 def get_num_threads() -> int:
@@ -59,6 +98,8 @@ def get_num_threads() -> int:
     return num_threads()
 
 
+if corenet_install_fork_handler() != 0:
+    raise RuntimeError("corenet: pthread_atfork failed to install the fork handler")
 set_num_threads(_default_num_threads())
 
 

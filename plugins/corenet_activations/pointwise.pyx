@@ -282,6 +282,13 @@ cdef void prelu_backward(const floating* x, const floating* weight, const floati
         weight_grad[c] += total
 
 
+def _check_num_parameters(num_parameters):
+    if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) \
+            or num_parameters < 1:
+        raise ValueError(f"prelu: num_parameters must be a positive integer, "
+                         f"got {num_parameters!r}")
+
+
 class PReLU(Layer):
     """x for x > 0, a · x otherwise, with a learned: one slope shared by all
     (num_parameters=1) or one per channel, the channel axis being 1 as in PyTorch.
@@ -295,15 +302,17 @@ class PReLU(Layer):
 
     def __init__(self, num_parameters=1, init=0.25, dtype="float32"):
         super().__init__()
-        if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) \
-                or num_parameters < 1:
-            raise ValueError(f"prelu: num_parameters must be a positive integer, "
-                             f"got {num_parameters!r}")
+        _check_num_parameters(num_parameters)
         self.num_parameters = num_parameters
         self.init = float(init)
         self.dtype = as_float_dtype(dtype)
         self.weight = Parameter("weight", np.full(num_parameters, init, self.dtype))
         self._x = None
+
+    @classmethod
+    def parameter_shapes(cls, num_parameters=1, init=0.25, dtype="float32"):
+        _check_num_parameters(num_parameters)
+        return {"weight": (num_parameters,)}
 
     def _view(self, x):
         """(outer, channels, inner) sizes of x around the channel axis 1."""

@@ -197,22 +197,16 @@ class ConvNd(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, dtype="float32"):
         super().__init__()
-        self.in_channels = as_int(self.name, "in_channels", in_channels, 1)
-        self.out_channels = as_int(self.name, "out_channels", out_channels, 1)
-        self.groups = as_int(self.name, "groups", groups, 1)
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(f"{self.name}: groups={self.groups} must divide in_channels="
-                             f"{self.in_channels} and out_channels={self.out_channels}")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise ValueError(f"{self.name}: bias must be True or False, got {bias!r}")
+        shapes = self.parameter_shapes(in_channels, out_channels, kernel_size, stride,
+                                       padding, dilation, groups, bias, dtype)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.groups = int(groups)
         self.window = Window(self.name, self.n_axes, kernel_size, stride, padding, dilation)
         self.dtype = as_float_dtype(dtype)
-        kernel_volume = math.prod(self.window.kernel)
-        fan_in = self.in_channels // self.groups * kernel_volume
+        fan_in = self.in_channels // self.groups * math.prod(self.window.kernel)
         bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default initialisation
         rng = random.generator()
-        self.weight_shape = (self.out_channels, self.in_channels // self.groups) \
-            + self.window.kernel
+        self.weight_shape = shapes["weight"]
         self.weight = Parameter("weight", rng.uniform(-bound, bound, self.weight_shape)
                                 .astype(self.dtype))
         self.bias = Parameter("bias", rng.uniform(-bound, bound, self.out_channels)
@@ -224,6 +218,26 @@ class ConvNd(Layer):
         self._columns_kept = False
 
     # -- shapes --------------------------------------------------------------------
+
+    @classmethod
+    def parameter_shapes(cls, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                         dilation=1, groups=1, bias=True, dtype="float32"):
+        """{name: shape} of the parameters, every argument checked, nothing allocated
+        (loading a model file asks this before building the layer)."""
+        in_channels = as_int(cls.name, "in_channels", in_channels, 1)
+        out_channels = as_int(cls.name, "out_channels", out_channels, 1)
+        groups = as_int(cls.name, "groups", groups, 1)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{cls.name}: groups={groups} must divide in_channels="
+                             f"{in_channels} and out_channels={out_channels}")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ValueError(f"{cls.name}: bias must be True or False, got {bias!r}")
+        as_float_dtype(dtype)
+        window = Window(cls.name, cls.n_axes, kernel_size, stride, padding, dilation)
+        shapes = {"weight": (out_channels, in_channels // groups) + window.kernel}
+        if bias:
+            shapes["bias"] = (out_channels,)
+        return shapes
 
     def output_shape(self, *input_shapes):
         shape = spatial_input(self.name, self.n_axes, input_shapes)

@@ -145,6 +145,12 @@ cdef int linear_backward(cnp.ndarray grad, cnp.ndarray x, cnp.ndarray weight,
     return 0
 
 
+def _check_sizes(in_features, out_features):
+    for label, size in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"linear: {label} must be a positive integer, got {size!r}")
+
+
 class Linear(Layer):
     """y = x Wᵀ + b on a batch of row vectors, x of shape (batch, in_features).
 
@@ -160,9 +166,7 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, bias=True,
                  dtype="float32"):
         super().__init__()
-        for label, size in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-                raise ValueError(f"linear: {label} must be a positive integer, got {size!r}")
+        _check_sizes(in_features, out_features)
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.dtype = as_float_dtype(dtype)
@@ -179,6 +183,14 @@ class Linear(Layer):
         self._fusion = None
         self._x = None
         self._out = None
+
+    @classmethod
+    def parameter_shapes(cls, in_features, out_features, bias=True, dtype="float32"):
+        _check_sizes(in_features, out_features)
+        shapes = {"weight": (int(out_features), int(in_features))}
+        if bias:
+            shapes["bias"] = (int(out_features),)
+        return shapes
 
     def forward(self, x):
         x = check_input(self, x, ndim=2, features=self.in_features, dtype=self.dtype)
