@@ -14,6 +14,7 @@
 #ifndef CORENET_MICROKERNEL_H
 #define CORENET_MICROKERNEL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,17 +56,37 @@ typedef float cn_vf_u __attribute__((vector_size(CN_VEC_BYTES), aligned(4)));
 typedef double cn_vd_u __attribute__((vector_size(CN_VEC_BYTES), aligned(8)));
 
 /* One growing buffer per OS thread for the packed blocks. OpenMP workers live
- * across parallel regions, so a steady-state GEMM allocates nothing. */
+ * across parallel regions, so a steady-state GEMM allocates nothing. A thread
+ * that exits (a short-lived Python thread that ran a GEMM) frees its buffer:
+ * the buffer is also the value of a pthread key whose destructor frees it. */
 static __thread void *cn_tls_buffer = NULL;
 static __thread size_t cn_tls_bytes = 0;
+static pthread_key_t cn_tls_key;
+static pthread_once_t cn_tls_key_once = PTHREAD_ONCE_INIT;
+static int cn_tls_key_ok = 0;
+
+static void cn_free_thread_buffer(void *buffer)
+{
+    free(buffer);
+    cn_tls_buffer = NULL; /* __thread variables are still valid in key destructors */
+    cn_tls_bytes = 0;
+}
+
+static void cn_make_tls_key(void)
+{
+    cn_tls_key_ok = pthread_key_create(&cn_tls_key, cn_free_thread_buffer) == 0;
+}
 
 static void *cn_thread_buffer(size_t bytes)
 {
     if (bytes > cn_tls_bytes) {
+        pthread_once(&cn_tls_key_once, cn_make_tls_key);
         free(cn_tls_buffer);
         bytes = (bytes + 4095) & ~(size_t)4095;
         cn_tls_buffer = aligned_alloc(CN_BUFFER_ALIGNMENT, bytes);
         cn_tls_bytes = cn_tls_buffer ? bytes : 0;
+        if (cn_tls_key_ok) /* without a key the buffer lives as long as the process */
+            pthread_setspecific(cn_tls_key, cn_tls_buffer);
     }
     return cn_tls_buffer;
 }
