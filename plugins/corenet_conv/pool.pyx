@@ -32,6 +32,51 @@ cdef enum:
     GRAIN = 1 << 15  # window elements below which one thread runs
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* The common 2 x 2 window, stride 2, no padding, over one 2-D plane: the same
+     * choices as max_plane in the same order (top left, top right, bottom left,
+     * bottom right), as selects the compiler turns into vector blends. */
+    #define CN_MAX_2X2(NAME, T)                                                          \
+    static void NAME(const T *restrict x, ptrdiff_t width, ptrdiff_t out_height,         \
+                     ptrdiff_t out_width, T *restrict out, int32_t *restrict argmax)     \
+    {                                                                                    \
+        for (ptrdiff_t oh = 0; oh < out_height; ++oh) {                                  \
+            const T *top = x + 2 * oh * width, *bottom = top + width;                    \
+            T *o = out + oh * out_width;                                                 \
+            int32_t *arg = argmax + oh * out_width;                                      \
+            int32_t first = (int32_t)(2 * oh * width);                                   \
+            for (ptrdiff_t ow = 0; ow < out_width; ++ow) {                               \
+                T best = top[2 * ow], value;                                             \
+                int32_t index = first + 2 * (int32_t)ow;                                 \
+                int take;                                                                \
+                value = top[2 * ow + 1];                                                 \
+                take = (value > best) | (value != value);                                \
+                best = take ? value : best;                                              \
+                int32_t chosen = take ? index + 1 : index;                               \
+                value = bottom[2 * ow];                                                  \
+                take = (value > best) | (value != value);                                \
+                best = take ? value : best;                                              \
+                chosen = take ? index + (int32_t)width : chosen;                         \
+                value = bottom[2 * ow + 1];                                              \
+                take = (value > best) | (value != value);                                \
+                best = take ? value : best;                                              \
+                chosen = take ? index + (int32_t)width + 1 : chosen;                     \
+                o[ow] = best;                                                            \
+                arg[ow] = chosen;                                                        \
+            }                                                                            \
+        }                                                                                \
+    }
+    CN_MAX_2X2(cn_max_2x2_float, float)
+    CN_MAX_2X2(cn_max_2x2_double, double)
+    """
+    void cn_max_2x2_float(const float* x, ptrdiff_t width, ptrdiff_t out_height,
+                          ptrdiff_t out_width, float* out, int32_t* argmax) noexcept nogil
+    void cn_max_2x2_double(const double* x, ptrdiff_t width, ptrdiff_t out_height,
+                           ptrdiff_t out_width, double* out, int32_t* argmax) noexcept nogil
+
+
 cdef struct Pooling:  # sizes of one plane, in three axes (2-D: depth 1)
     Py_ssize_t depth, height, width, out_depth, out_height, out_width
     Py_ssize_t kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w
@@ -81,39 +126,6 @@ cdef void max_plane(const Pooling* q, const floating* x, floating* out,
                 o += 1
 
 
-cdef void max_plane_2x2(const Pooling* q, const floating* x, floating* out,
-                        int32_t* argmax) noexcept nogil:
-    """The common 2 x 2 window, stride 2, no padding, 2-D: the same choices as
-    max_plane in the same order (top left, top right, bottom left, bottom right)."""
-    cdef Py_ssize_t oh, ow, o, top
-    cdef floating best, value
-    cdef int32_t best_index, index
-    cdef bint take
-    for oh in range(q.out_height):
-        top = 2 * oh * q.width
-        for ow in range(q.out_width):
-            o = oh * q.out_width + ow
-            best_index = <int32_t>(top + 2 * ow)
-            best = x[best_index]
-            index = best_index + 1
-            value = x[index]
-            take = replaces(value, best)
-            best = value if take else best
-            best_index = index if take else best_index
-            index = <int32_t>(top + q.width + 2 * ow)
-            value = x[index]
-            take = replaces(value, best)
-            best = value if take else best
-            best_index = index if take else best_index
-            index = index + 1
-            value = x[index]
-            take = replaces(value, best)
-            best = value if take else best
-            best_index = index if take else best_index
-            out[o] = best
-            argmax[o] = best_index
-
-
 cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
                            int32_t* argmax, Py_ssize_t planes) noexcept nogil:
     cdef Py_ssize_t plane
@@ -126,8 +138,12 @@ cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
                             and q.pad_h == 0 and q.pad_w == 0)
     for plane in prange(planes, num_threads=n_threads, schedule='static'):
         if two_by_two:
-            max_plane_2x2(q, x + plane * volume, out + plane * outputs,
-                          argmax + plane * outputs)
+            if floating is float:
+                cn_max_2x2_float(x + plane * volume, q.width, q.out_height, q.out_width,
+                                 out + plane * outputs, argmax + plane * outputs)
+            else:
+                cn_max_2x2_double(x + plane * volume, q.width, q.out_height, q.out_width,
+                                  out + plane * outputs, argmax + plane * outputs)
         else:
             max_plane(q, x + plane * volume, out + plane * outputs, argmax + plane * outputs)
 
