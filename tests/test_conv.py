@@ -74,22 +74,26 @@ def test_convolution_matches_pytorch(case, dtype, rng):
 
 
 @pytest.mark.parametrize("n_axes", [2, 3])
-def test_batches_in_several_chunks_give_the_one_chunk_result(n_axes, rng, monkeypatch):
+def test_every_way_of_walking_the_batch_gives_the_same_result(n_axes, rng, monkeypatch):
     from corenet_conv import conv as conv_module
 
     config = dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)
     shape = (7, 3) + (5,) * n_axes
     x = rng.standard_normal(shape)
     results = []
-    for workspace in (1 << 30, 1):  # one chunk; then one sample per chunk
+    # One chunk; chunks of one sample taken by the threads (partial weight gradients);
+    # one sample at a time with the threads inside the products.
+    for chunk_bytes, workspace in ((1 << 30, 1 << 30), (1, 1 << 30), (1 << 30, 1)):
+        monkeypatch.setattr(conv_module, "CHUNK_BYTES", chunk_bytes)
         monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", workspace)
         corenet.random.seed(0)
         layer = (L.Conv2d if n_axes == 2 else L.Conv3d)(**config, dtype="float64")
         out = layer.forward(x).copy()
         x_grad = layer.backward(np.cos(out))
         results.append((out, x_grad, layer.weight.grad, layer.bias.grad))
-    for one, many in zip(*results):
-        np.testing.assert_allclose(one, many, rtol=1e-12, atol=1e-12)
+    for other in results[1:]:
+        for one, many in zip(results[0], other):
+            np.testing.assert_allclose(one, many, rtol=1e-12, atol=1e-12)
 
 
 def test_workspace_stays_bounded_on_large_images():
@@ -102,8 +106,8 @@ def test_workspace_stays_bounded_on_large_images():
     scratch = sum(array.nbytes for key, array in layer._buffers.items()
                   if key not in ("out", "x_grad"))
     per_sample_columns = 3 * 9 * 224 * 224 * 4
-    # col, grad_t (8 rows) and col_grad: each within one chunk's columns
-    bound = 3 * max(conv_module.WORKSPACE_BYTES, per_sample_columns)
+    # columns, their gradient and the output rows, for each thread's chunk
+    bound = 3 * corenet.get_num_threads() * max(conv_module.CHUNK_BYTES, per_sample_columns)
     assert scratch <= bound, (scratch, bound)
     assert scratch < 12 * per_sample_columns  # the whole batch's columns were never made
 

@@ -20,25 +20,33 @@ import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from corenet.kernels.fused cimport activation_derivative_times
 from corenet.kernels.gemm cimport EPILOGUE_NONE, EPILOGUE_RELU, gemm_ex
-from corenet.kernels.threads cimport num_threads, threads_for
+from corenet.kernels._openmp cimport omp_get_thread_num
+from corenet.kernels.threads cimport threads_for
 from corenet_conv.vol2col cimport Geometry, col2vol, vol2col
 
 from corenet import random
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
+from corenet.kernels.threads import get_num_threads
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
 from corenet_conv.geometry import Window, as_3d_shape, as_int, spatial_input
 
 cnp.import_array()
 
-# Bytes of columns one chunk of the batch may use (the other scratch arrays are
-# at most as large): a 224 x 224 batch needs this, not gigabytes.
+# Bytes of columns (or of output rows, if more) one chunk of the batch aims at: a
+# chunk's scratch then stays in L2, and the threads take whole chunks. A sample
+# whose columns exceed WORKSPACE_BYTES goes alone, the threads inside its
+# products. Fixed numbers, not the caches found: the chunks decide the order of
+# the weight-gradient sums, which must not depend on the machine's load or threads.
+CHUNK_BYTES = 256 << 10
 WORKSPACE_BYTES = 16 << 20
+# Partial weight gradients in the parallel backward: runs of consecutive chunks.
+MAX_PARTS = 16
 
 cdef enum:
     GRAIN = 1 << 15  # elements below which one thread runs
@@ -63,10 +71,11 @@ cdef extern from *:
 
 
 cdef void move_chunk_axis_front(const floating* src, floating* dst, Py_ssize_t n_samples,
-                                Py_ssize_t channels, Py_ssize_t positions) noexcept nogil:
+                                Py_ssize_t channels, Py_ssize_t positions,
+                                int max_threads) noexcept nogil:
     """dst (n_samples, channels, P) from src (channels, n_samples · P)."""
     cdef Py_ssize_t task, sample, c
-    cdef int n_threads = threads_for(n_samples * channels * positions, GRAIN)
+    cdef int n_threads = min(threads_for(n_samples * channels * positions, GRAIN), max_threads)
     for task in prange(n_samples * channels, num_threads=n_threads, schedule='static'):
         sample = task // channels
         c = task % channels
@@ -76,10 +85,11 @@ cdef void move_chunk_axis_front(const floating* src, floating* dst, Py_ssize_t n
 
 cdef void move_chunk_axis_back(const floating* grad, const floating* out, floating* dst,
                                Py_ssize_t n_samples, Py_ssize_t channels,
-                               Py_ssize_t positions, int kind, floating param) noexcept nogil:
+                               Py_ssize_t positions, int kind, floating param,
+                               int max_threads) noexcept nogil:
     """dst (channels, n_samples · P) = grad · f'(out), from (n_samples, channels, P)."""
     cdef Py_ssize_t task, sample, c, p, start
-    cdef int n_threads = threads_for(n_samples * channels * positions, GRAIN)
+    cdef int n_threads = min(threads_for(n_samples * channels * positions, GRAIN), max_threads)
     for task in prange(n_samples * channels, num_threads=n_threads, schedule='static'):
         sample = task // channels
         c = task % channels
@@ -100,12 +110,12 @@ cdef void move_chunk_axis_back(const floating* grad, const floating* out, floati
 
 
 cdef void add_row_sums(floating* sums, const floating* x, Py_ssize_t rows,
-                       Py_ssize_t columns) noexcept nogil:
+                       Py_ssize_t columns, int max_threads) noexcept nogil:
     """sums[r] += Σ_j x[r, j], eight partial sums per row in a fixed order."""
     cdef Py_ssize_t r, j, lane
     cdef floating partial[8]
     cdef floating total
-    cdef int n_threads = threads_for(rows * columns, GRAIN)
+    cdef int n_threads = min(threads_for(rows * columns, GRAIN), max_threads)
     for r in prange(rows, num_threads=n_threads, schedule='static'):
         for lane in range(8):
             partial[lane] = 0
@@ -123,19 +133,20 @@ cdef void add_row_sums(floating* sums, const floating* x, Py_ssize_t rows,
 cdef int forward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
                        const floating* x, const floating* weight, const floating* bias,
                        floating* out, floating* col, floating* scratch,
-                       Py_ssize_t n_samples, int epilogue, floating param) noexcept nogil:
+                       Py_ssize_t n_samples, int epilogue, floating param,
+                       int n_threads) noexcept nogil:
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t span = n_samples * positions
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t m = out_channels // groups, group
     cdef int status = 0
-    status |= vol2col(g, x, col, span, n_samples)
+    status |= vol2col(g, x, col, span, n_samples, n_threads)
     for group in range(groups):
         status |= gemm_ex(False, False, m, span, k, weight + group * m * k, k,
                           col + group * k * span, span, scratch + group * m * span, span,
                           False, NULL if bias == NULL else bias + group * m, True,
-                          epilogue, param, num_threads())
-    move_chunk_axis_front(scratch, out, n_samples, out_channels, positions)
+                          epilogue, param, n_threads)
+    move_chunk_axis_front(scratch, out, n_samples, out_channels, positions, n_threads)
     return status
 
 
@@ -144,31 +155,135 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
                         const floating* out, floating* weight_grad, floating* bias_grad,
                         floating* x_grad, floating* col, floating* grad_t, floating* col_grad,
                         Py_ssize_t n_samples, bint have_columns, int epilogue,
-                        floating param) noexcept nogil:
+                        floating param, int n_threads) noexcept nogil:
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t span = n_samples * positions
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t m = out_channels // groups, group
     cdef int status = 0
     move_chunk_axis_back(grad, out, grad_t, n_samples, out_channels, positions, epilogue,
-                         param)
+                         param, n_threads)
     if bias_grad != NULL:
-        add_row_sums(bias_grad, grad_t, out_channels, span)
+        add_row_sums(bias_grad, grad_t, out_channels, span, n_threads)
     if not have_columns:
-        status |= vol2col(g, x, col, span, n_samples)
+        status |= vol2col(g, x, col, span, n_samples, n_threads)
     for group in range(groups):
         # dW_g (m x k) += g'_g (m x span) · col_gᵀ (span x k)
         status |= gemm_ex(False, True, m, k, span, grad_t + group * m * span, span,
                           col + group * k * span, span, weight_grad + group * m * k, k,
-                          True, NULL, False, EPILOGUE_NONE, 0, num_threads())
+                          True, NULL, False, EPILOGUE_NONE, 0, n_threads)
         if x_grad != NULL:
             # dcol_g (k x span) = W_gᵀ (k x m) · g'_g (m x span)
             status |= gemm_ex(True, False, k, span, m, weight + group * m * k, k,
                               grad_t + group * m * span, span, col_grad + group * k * span,
-                              span, False, NULL, False, EPILOGUE_NONE, 0, num_threads())
+                              span, False, NULL, False, EPILOGUE_NONE, 0, n_threads)
     if x_grad != NULL:
-        status |= col2vol(g, col_grad, span, x_grad, n_samples)
+        status |= col2vol(g, col_grad, span, x_grad, n_samples, n_threads)
     return status
+
+
+cdef struct Batch:
+    # How one call walks the batch: chunks of `chunk` samples; in parallel (one thread
+    # per chunk, single-threaded kernels inside) or one after another (threads inside
+    # each kernel). Decided from the shapes alone (ConvNd._plan), never the threads.
+    Py_ssize_t size, chunk, in_step, out_step
+    bint parallel
+    int n_threads                   # threads to use, and scratch sets allocated
+    Py_ssize_t scratch_per_thread   # elements: columns, their gradient, output or grad_t
+    Py_ssize_t k_rows               # rows of the columns: C · kernel volume
+    Py_ssize_t n_parts              # backward's partial-sum buffers (parallel only)
+
+
+cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
+                       Py_ssize_t out_channels, const floating* x, const floating* weight,
+                       const floating* bias, floating* out, floating* scratch, int epilogue,
+                       floating param) noexcept nogil:
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t n_chunks = (b.size + b.chunk - 1) // b.chunk, c, start, n
+    cdef Py_ssize_t col_size = b.k_rows * b.chunk * positions
+    cdef int failures = 0
+    cdef floating* col
+    if not b.parallel:
+        for c in range(n_chunks):
+            start = c * b.chunk
+            n = min(b.chunk, b.size - start)
+            failures += -forward_chunk(g, groups, out_channels, x + start * b.in_step, weight,
+                                       bias, out + start * b.out_step, scratch,
+                                       scratch + col_size, n, epilogue, param, b.n_threads)
+        return -1 if failures else 0
+    for c in prange(n_chunks, num_threads=min(<Py_ssize_t>b.n_threads, n_chunks),
+                    schedule='dynamic'):
+        col = scratch + omp_get_thread_num() * b.scratch_per_thread
+        start = c * b.chunk
+        n = min(b.chunk, b.size - start)
+        failures += -forward_chunk(g, groups, out_channels, x + start * b.in_step, weight,
+                                   bias, out + start * b.out_step, col, col + col_size, n,
+                                   epilogue, param, 1)
+    return -1 if failures else 0
+
+
+cdef void add_parts(floating* total, const floating* parts, Py_ssize_t n_parts,
+                    Py_ssize_t size, Py_ssize_t stride, int max_threads) noexcept nogil:
+    """total[i] += Σ_p parts[p · stride + i], the parts in order: one order on any
+    thread count."""
+    cdef Py_ssize_t i, part
+    cdef floating value
+    for i in prange(size, num_threads=min(threads_for(size * n_parts, GRAIN), max_threads),
+                    schedule='static'):
+        value = 0
+        for part in range(n_parts):
+            value = value + parts[part * stride + i]
+        total[i] = total[i] + value
+
+
+cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
+                        Py_ssize_t out_channels, const floating* x, const floating* weight,
+                        const floating* grad, const floating* out, floating* weight_grad,
+                        floating* bias_grad, floating* x_grad, floating* scratch,
+                        floating* partials, bint have_columns, int epilogue,
+                        floating param) noexcept nogil:
+    """Sequential: each chunk adds into the gradients. Parallel: the chunks are split
+    in n_parts runs of consecutive chunks, each run summed into its own partial
+    gradients, the partials then added in order; the split depends on the shapes
+    only, so the sums do too."""
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t n_chunks = (b.size + b.chunk - 1) // b.chunk, c, start, n, part
+    cdef Py_ssize_t col_size = b.k_rows * b.chunk * positions
+    cdef Py_ssize_t grad_size = out_channels * b.chunk * positions
+    cdef Py_ssize_t weight_size = out_channels * (b.k_rows // groups)
+    cdef Py_ssize_t part_size = weight_size + out_channels
+    cdef int failures = 0
+    cdef floating* col
+    cdef floating* part_weight
+    if not b.parallel:
+        for c in range(n_chunks):
+            start = c * b.chunk
+            n = min(b.chunk, b.size - start)
+            failures += -backward_chunk(
+                g, groups, out_channels, x + start * b.in_step, weight,
+                grad + start * b.out_step, out + start * b.out_step, weight_grad, bias_grad,
+                NULL if x_grad == NULL else x_grad + start * b.in_step, scratch,
+                scratch + col_size, scratch + col_size + grad_size, n, have_columns,
+                epilogue, param, b.n_threads)
+        return -1 if failures else 0
+    memset(partials, 0, b.n_parts * part_size * sizeof(floating))
+    for part in prange(b.n_parts, num_threads=min(<Py_ssize_t>b.n_threads, b.n_parts),
+                       schedule='dynamic'):
+        col = scratch + omp_get_thread_num() * b.scratch_per_thread
+        part_weight = partials + part * part_size
+        for c in range(part * n_chunks // b.n_parts, (part + 1) * n_chunks // b.n_parts):
+            start = c * b.chunk
+            n = min(b.chunk, b.size - start)
+            failures += -backward_chunk(
+                g, groups, out_channels, x + start * b.in_step, weight,
+                grad + start * b.out_step, out + start * b.out_step, part_weight,
+                NULL if bias_grad == NULL else part_weight + weight_size,
+                NULL if x_grad == NULL else x_grad + start * b.in_step, col,
+                col + col_size, col + col_size + grad_size, n, False, epilogue, param, 1)
+    add_parts(weight_grad, partials, b.n_parts, weight_size, part_size, b.n_threads)
+    if bias_grad != NULL:
+        add_parts(bias_grad, partials + weight_size, b.n_parts, out_channels, part_size, 1)
+    return -1 if failures else 0
 
 
 cdef Geometry make_geometry(tuple x_shape, tuple out_shape, tuple window):
@@ -246,12 +361,34 @@ class ConvNd(Layer):
                              f"got per-sample shape {shape}")
         return (self.out_channels,) + self.window.output_size(shape[1:])
 
-    def _chunk(self, batch, positions):
-        """Samples per chunk: equal chunks within the workspace, from shapes only."""
+    def _plan(self, batch, positions):
+        """(samples per chunk, whether threads take whole chunks): from shapes only."""
         rows = max(self.in_channels * math.prod(self.window.kernel), self.out_channels)
         per_sample = rows * positions * self.dtype.itemsize
-        n_chunks = -(-batch // max(1, min(batch, WORKSPACE_BYTES // per_sample)))
-        return -(-batch // n_chunks)
+        if per_sample > WORKSPACE_BYTES:
+            return 1, False
+        if per_sample * batch <= CHUNK_BYTES:
+            return batch, False
+        chunk = max(1, CHUNK_BYTES // per_sample)
+        n_chunks = -(-batch // chunk)
+        return -(-batch // n_chunks), True
+
+    def _batch(self, x_shape, out_shape):
+        """The Batch struct for a call, and the scratch it needs (a layer buffer)."""
+        cdef Batch b
+        x3, out3 = as_3d_shape(x_shape), as_3d_shape(out_shape)
+        positions = math.prod(out3[2:])
+        b.size = x_shape[0]
+        b.chunk, b.parallel = self._plan(b.size, positions)
+        b.in_step, b.out_step = math.prod(x3[1:]), math.prod(out3[1:])
+        b.k_rows = self.in_channels * math.prod(self.window.kernel)
+        n_chunks = -(-b.size // b.chunk)
+        b.n_threads = min(get_num_threads(), n_chunks) if b.parallel else get_num_threads()
+        b.scratch_per_thread = (2 * b.k_rows + self.out_channels) * b.chunk * positions
+        b.n_parts = min(n_chunks, MAX_PARTS) if b.parallel else 0
+        sets = b.n_threads if b.parallel else 1
+        scratch = self.buffer("scratch", (sets * b.scratch_per_thread,), self.dtype)
+        return b, scratch, make_geometry(x3, out3, self.window.as_3d())
 
     # -- forward and backward ------------------------------------------------------
 
@@ -267,42 +404,30 @@ class ConvNd(Layer):
         out = self.buffer("out", out_shape, self.dtype)
         self._fusion = fusion_of(self.fused_activation)
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
-        x3, out3 = as_3d_shape(x.shape), as_3d_shape(out_shape)
-        cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
-        batch, positions = x.shape[0], math.prod(out3[2:])
-        chunk = self._chunk(batch, positions)
-        k_rows = self.in_channels * math.prod(self.window.kernel)
-        col = self.buffer("col", (k_rows, chunk * positions), self.dtype)
-        scratch = self.buffer("out_t", (self.out_channels, chunk * positions), self.dtype)
-        cdef Py_ssize_t start, n, in_step = math.prod(x3[1:]), out_step = math.prod(out3[1:])
+        cdef Batch b
+        cdef Geometry g
+        b, scratch, g = self._batch(x.shape, out_shape)
         cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
-        cdef char* px = <char*>data(x)
-        cdef char* pout = <char*>data(out)
+        cdef void* px = data(x)
         cdef void* pw = data(weight)
         cdef void* pb = data(bias)
-        cdef void* pcol = data(col)
+        cdef void* pout = data(out)
         cdef void* pscratch = data(scratch)
-        cdef int status = 0, epilogue = code, item = self.dtype.itemsize
+        cdef int status, epilogue = code, item = self.dtype.itemsize
         cdef double p = param
-        for start in range(0, batch, chunk):
-            n = min(chunk, batch - start)
-            with nogil:
-                if item == 4:
-                    status |= forward_chunk(&g, groups, out_channels,
-                                            <const float*>(px + start * in_step * 4),
-                                            <const float*>pw, <const float*>pb,
-                                            <float*>(pout + start * out_step * 4),
-                                            <float*>pcol, <float*>pscratch, n, epilogue,
-                                            <float>p)
-                else:
-                    status |= forward_chunk(&g, groups, out_channels,
-                                            <const double*>(px + start * in_step * 8),
-                                            <const double*>pw, <const double*>pb,
-                                            <double*>(pout + start * out_step * 8),
-                                            <double*>pcol, <double*>pscratch, n, epilogue, p)
+        with nogil:
+            if item == 4:
+                status = forward_batch(&g, &b, groups, out_channels, <const float*>px,
+                                       <const float*>pw, <const float*>pb, <float*>pout,
+                                       <float*>pscratch, epilogue, <float>p)
+            else:
+                status = forward_batch(&g, &b, groups, out_channels, <const double*>px,
+                                       <const double*>pw, <const double*>pb, <double*>pout,
+                                       <double*>pscratch, epilogue, p)
         if status:
             raise MemoryError(f"{self.name}: could not allocate scratch memory")
-        self._columns_kept = chunk == batch and self.reuse_buffers
+        # One sequential chunk: its columns are still in the scratch for backward.
+        self._columns_kept = b.chunk == b.size and not b.parallel and self.reuse_buffers
         self._x, self._out = x, out
         return out
 
@@ -317,49 +442,37 @@ class ConvNd(Layer):
             _, bias_grad = parameter_arrays(self, self.bias, (self.out_channels,), self.dtype)
         x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
-        x3, out3 = as_3d_shape(x.shape), as_3d_shape(out.shape)
-        cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
-        batch, positions = x.shape[0], math.prod(out3[2:])
-        chunk = self._chunk(batch, positions)
-        k_rows = self.in_channels * math.prod(self.window.kernel)
-        col = self.buffer("col", (k_rows, chunk * positions), self.dtype)
-        grad_t = self.buffer("grad_t", (self.out_channels, chunk * positions), self.dtype)
-        col_grad = None if x_grad is None else \
-            self.buffer("col_grad", (k_rows, chunk * positions), self.dtype)
+        cdef Batch b
+        cdef Geometry g
+        b, scratch, g = self._batch(x.shape, out.shape)
+        partials = self.buffer("partials", (max(1, b.n_parts) * (weight.size + self.out_channels),),
+                               self.dtype)
         cdef bint have_columns = self._columns_kept
-        cdef Py_ssize_t start, n, in_step = math.prod(x3[1:]), out_step = math.prod(out3[1:])
         cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
-        cdef char* px = <char*>data(x)
-        cdef char* pgrad = <char*>data(grad)
-        cdef char* pout = <char*>data(out)
-        cdef char* pxg = <char*>data(x_grad)
+        cdef void* px = data(x)
+        cdef void* pgrad = data(grad)
+        cdef void* pout = data(out)
+        cdef void* pxg = data(x_grad)
         cdef void* pw = data(weight)
         cdef void* pwg = data(weight_grad)
         cdef void* pbg = data(bias_grad)
-        cdef void* pcol = data(col)
-        cdef void* pgt = data(grad_t)
-        cdef void* pcg = data(col_grad)
-        cdef int status = 0, epilogue = code, item = self.dtype.itemsize
+        cdef void* pscratch = data(scratch)
+        cdef void* pparts = data(partials)
+        cdef int status, epilogue = code, item = self.dtype.itemsize
         cdef double p = param
-        for start in range(0, batch, chunk):
-            n = min(chunk, batch - start)
-            with nogil:
-                if item == 4:
-                    status |= backward_chunk(
-                        &g, groups, out_channels, <const float*>(px + start * in_step * 4),
-                        <const float*>pw, <const float*>(pgrad + start * out_step * 4),
-                        <const float*>(pout + start * out_step * 4), <float*>pwg,
-                        <float*>pbg, NULL if pxg == NULL else
-                        <float*>(pxg + start * in_step * 4), <float*>pcol, <float*>pgt,
-                        <float*>pcg, n, have_columns, epilogue, <float>p)
-                else:
-                    status |= backward_chunk(
-                        &g, groups, out_channels, <const double*>(px + start * in_step * 8),
-                        <const double*>pw, <const double*>(pgrad + start * out_step * 8),
-                        <const double*>(pout + start * out_step * 8), <double*>pwg,
-                        <double*>pbg, NULL if pxg == NULL else
-                        <double*>(pxg + start * in_step * 8), <double*>pcol, <double*>pgt,
-                        <double*>pcg, n, have_columns, epilogue, p)
+        with nogil:
+            if item == 4:
+                status = backward_batch(
+                    &g, &b, groups, out_channels, <const float*>px, <const float*>pw,
+                    <const float*>pgrad, <const float*>pout, <float*>pwg, <float*>pbg,
+                    <float*>pxg, <float*>pscratch, <float*>pparts, have_columns, epilogue,
+                    <float>p)
+            else:
+                status = backward_batch(
+                    &g, &b, groups, out_channels, <const double*>px, <const double*>pw,
+                    <const double*>pgrad, <const double*>pout, <double*>pwg, <double*>pbg,
+                    <double*>pxg, <double*>pscratch, <double*>pparts, have_columns, epilogue,
+                    p)
         if status:
             raise MemoryError(f"{self.name}: could not allocate scratch memory")
         return x_grad

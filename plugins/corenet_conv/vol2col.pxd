@@ -17,10 +17,10 @@ cdef struct Geometry:
 # (sample, output position); a row has ld_col values, sample s starts at s * P.
 cdef int vol2col(const Geometry* g, const floating* x,      # IN  (n_samples, C, D, H, W)
                   floating* col, Py_ssize_t ld_col,           # OUT (C·kd·kh·kw, ld_col)
-                  Py_ssize_t n_samples) noexcept nogil
+                  Py_ssize_t n_samples, int max_threads) noexcept nogil
 
 # The adjoint: dx = Σ of each column entry into the input position it came from.
 cdef int col2vol(const Geometry* g, const floating* col,    # IN
                   Py_ssize_t ld_col,
                   floating* dx,                               # OUT (n_samples, C, D, H, W)
-                  Py_ssize_t n_samples) noexcept nogil
+                  Py_ssize_t n_samples, int max_threads) noexcept nogil

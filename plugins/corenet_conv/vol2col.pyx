@@ -95,7 +95,7 @@ cdef void vol2col_row(const Geometry* g, const Ranges* r, const floating* plane,
 
 
 cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t ld_col,
-                  Py_ssize_t n_samples) noexcept nogil:
+                  Py_ssize_t n_samples, int max_threads) noexcept nogil:
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t rows = g.channels * kernel_size
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
@@ -104,7 +104,7 @@ cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t
     cdef Ranges r
     if make_ranges(g, &r):
         return -1
-    cdef int n_threads = threads_for(rows * n_samples * positions, GRAIN)
+    cdef int n_threads = min(threads_for(rows * n_samples * positions, GRAIN), max_threads)
     for row in prange(rows, num_threads=n_threads, schedule='static'):
         c = row // kernel_size
         offset = row % kernel_size
@@ -148,7 +148,7 @@ cdef void col2vol_plane(const Geometry* g, const Ranges* r, const floating* col,
 
 
 cdef int col2vol(const Geometry* g, const floating* col, Py_ssize_t ld_col, floating* dx,
-                  Py_ssize_t n_samples) noexcept nogil:
+                  Py_ssize_t n_samples, int max_threads) noexcept nogil:
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t volume = g.depth * g.height * g.width
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
@@ -156,7 +156,8 @@ cdef int col2vol(const Geometry* g, const floating* col, Py_ssize_t ld_col, floa
     cdef Ranges r
     if make_ranges(g, &r):
         return -1
-    cdef int n_threads = threads_for(n_samples * g.channels * kernel_size * positions, GRAIN)
+    cdef int n_threads = min(threads_for(n_samples * g.channels * kernel_size * positions,
+                                         GRAIN), max_threads)
     for task in prange(n_samples * g.channels, num_threads=n_threads, schedule='static'):
         sample = task // g.channels
         c = task % g.channels
