@@ -45,8 +45,8 @@
 #define CN_BUFFER_ALIGNMENT 64
 
 /* Register vectors of the micro-kernel and the thin paths (vector_math.h's
- * cn_vf is always 16 floats: the activations, split by the compiler where the
- * registers are narrower). */
+ * cn_vf, for the activations, is as wide as the registers too, or 16 bytes
+ * without native tuning). */
 typedef float cn_kf __attribute__((vector_size(CN_VEC_BYTES)));
 typedef int cn_kfi __attribute__((vector_size(CN_VEC_BYTES)));
 typedef double cn_vd __attribute__((vector_size(CN_VEC_BYTES)));
@@ -113,6 +113,7 @@ static inline void cn_activate_tile_double(double *c, ptrdiff_t ldc, int kind, d
  * of one scattered store per element. Pure data movement: the packed block is
  * the same as the scalar loops in gemm.pyx make. */
 
+#ifdef __AVX512F__
 /* Transposes a 16 x 16 block held as 16 row vectors: at each stage the
  * off-diagonal h x h blocks swap, element (i, c | h) with (i | h, c). */
 static inline void cn_transpose16(cn_vf r[16])
@@ -137,6 +138,7 @@ static inline void cn_transpose16(cn_vf r[16])
         }
     }
 }
+#endif
 
 /* The same for AVX2's 8 lanes: 8 rows of 8 floats, three stages. */
 typedef int cn_kfi8 __attribute__((vector_size(32)));
