@@ -12,19 +12,40 @@ class Optimizer:
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
         for parameter in self.params:
-            if parameter.grad.shape != parameter.value.shape \
-                    or parameter.grad.dtype != parameter.value.dtype \
-                    or not parameter.value.flags.c_contiguous \
-                    or not parameter.grad.flags.c_contiguous:
-                raise ValueError(f"{type(self).__name__}: {parameter!r} needs a C-contiguous "
-                                 f"value and grad of one shape and dtype")
+            if parameter.grad is not None:
+                check_parameter(self, parameter, None)
 
     def zero_grad(self) -> None:
         for parameter in self.params:
-            parameter.grad.fill(0)
+            if parameter.grad is not None:
+                parameter.grad.fill(0)
 
     def step(self) -> None:
         raise NotImplementedError
+
+
+def check_parameter(optimizer, parameter, state) -> None:
+    """A Parameter's arrays as the update loop needs them, or a clear error: users can
+    replace value and grad between steps; the optimizer's state keeps its shape."""
+    name = type(optimizer).__name__
+    value, grad = parameter.value, parameter.grad
+    if not isinstance(value, np.ndarray) or value.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: parameter {parameter.name!r} must be a float32 or float64 "
+                        f"array, got {getattr(value, 'dtype', type(value).__name__)}")
+    if not value.flags.writeable:
+        raise ValueError(f"{name}: parameter {parameter.name!r} is read-only; the optimizer "
+                         f"updates it in place")
+    if not value.flags.c_contiguous:
+        raise ValueError(f"{name}: parameter {parameter.name!r} must be C-contiguous")
+    if not isinstance(grad, np.ndarray) or grad.shape != value.shape \
+            or grad.dtype != value.dtype or not grad.flags.c_contiguous:
+        raise ValueError(f"{name}: the grad of {parameter.name!r} must be a C-contiguous "
+                         f"{value.dtype} array of shape {value.shape}, got "
+                         f"{getattr(grad, 'dtype', type(grad).__name__)} "
+                         f"{getattr(grad, 'shape', '')}")
+    if state is not None and state.shape != value.shape:
+        raise ValueError(f"{name}: parameter {parameter.name!r} changed shape from "
+                         f"{state.shape} to {value.shape} since the optimizer was made")
 
 
 class SGD(Optimizer):
@@ -49,5 +70,8 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         for parameter, velocity in zip(self.params, self._velocity):
+            if parameter.grad is None:  # as torch.optim: no gradient, no update
+                continue
+            check_parameter(self, parameter, velocity)
             sgd_step(parameter.value, parameter.grad, velocity, self.lr, self.momentum,
                      self.weight_decay)

@@ -246,3 +246,29 @@ def test_the_simd_coefficients_are_the_ones_the_fitting_script_makes():
             # far below float32's: ask for 1e-9 relative.
             close = [x for x in literals if abs(x - abs(value)) <= 1e-9 * abs(value)]
             assert close, f"{value!r} is not in vector_math.h"
+
+
+@pytest.mark.parametrize("name, config, shape", [
+    ("linear", {"in_features": 4, "out_features": 3}, (2, 4)),
+    ("prelu", {"num_parameters": 3}, (2, 3, 5)),
+    ("conv2d", {"in_channels": 2, "out_channels": 3, "kernel_size": 3}, (2, 2, 5, 5)),
+])
+def test_replaced_parameters_are_checked_before_the_kernel(name, config, shape):
+    layer = L.create(name, **config)
+    x = -np.ones(shape, np.float32)  # negative: prelu's slope gets a gradient too
+    weight_shape = layer.weight.value.shape
+    layer.weight.value = np.ones((1,) + weight_shape, np.float32)  # wrong shape
+    with pytest.raises(ShapeError, match=rf"{name}: parameter 'weight' must be a float32 "):
+        layer.forward(x)
+    layer.weight.value = np.ones(weight_shape, np.float64)  # wrong dtype
+    with pytest.raises(ShapeError, match=rf"{name}: parameter 'weight' must be a float32 "):
+        layer.forward(x)
+    layer.weight.value = np.asfortranarray(np.ones(weight_shape, np.float32))  # read as a copy
+    out = layer.forward(x)
+    layer.weight.grad = None  # as PyTorch: backward starts the gradient from zero
+    layer.backward(np.ones_like(out))
+    assert layer.weight.grad.shape == weight_shape and np.any(layer.weight.grad)
+    layer.weight.grad = np.zeros(weight_shape, np.float32)[::1]
+    layer.weight.grad.flags.writeable = False
+    with pytest.raises(ValueError, match=r"its grad must be a writeable C-contiguous array"):
+        layer.backward(np.ones_like(out))

@@ -68,3 +68,32 @@ def test_sgd_matches_pytorch(rng):
         theirs.step()
     for p, t in zip(params, torch_params):
         np.testing.assert_allclose(p.value, t.detach().numpy(), rtol=1e-12)
+
+
+def test_sgd_skips_a_none_grad_and_refuses_bad_parameter_arrays():
+    import corenet as cn
+
+    first = cn.Parameter("w", np.ones(3, np.float32))
+    second = cn.Parameter("b", np.ones(2, np.float32))
+    optimizer = cn.optim.SGD([first, second], lr=0.5, momentum=0.9)
+    first.grad[:] = 1
+    second.grad = None  # PyTorch's habit: no gradient, no update
+    optimizer.zero_grad()
+    first.grad[:] = 1
+    optimizer.step()
+    np.testing.assert_array_equal(first.value, [0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(second.value, [1, 1])
+    first.value.flags.writeable = False
+    with pytest.raises(ValueError, match="SGD: parameter 'w' is read-only"):
+        optimizer.step()
+    first.value = np.ones(4, np.float32)
+    first.grad = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"'w' changed shape from \(3,\) to \(4,\)"):
+        optimizer.step()
+    first.value = np.ones(3, np.float32)
+    first.grad = np.ones(3, np.float64)
+    with pytest.raises(ValueError, match="the grad of 'w' must be a C-contiguous float32"):
+        optimizer.step()
+    first.value = np.ones(3, np.int64)
+    with pytest.raises(TypeError, match="'w' must be a float32 or float64 array, got int64"):
+        optimizer.step()

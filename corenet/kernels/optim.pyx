@@ -30,11 +30,12 @@ cdef void sgd_update(floating* value, const floating* grad, floating* velocity,
             value[i] = value[i] - lr * step
 
 
-def sgd_step(cnp.ndarray value, cnp.ndarray grad, cnp.ndarray velocity,
+def sgd_step(cnp.ndarray value not None, cnp.ndarray grad not None, cnp.ndarray velocity,
              double lr, double momentum, double weight_decay):
     """Update ``value`` in place (and ``velocity``, which may be None at momentum 0).
 
-    The arrays must be C-contiguous, of one float dtype and one size.
+    The arrays must be C-contiguous, of one float dtype and one size; value and
+    velocity writeable.
     """
     cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
     cdef int type_num = cnp.PyArray_TYPE(value)
@@ -46,6 +47,9 @@ def sgd_step(cnp.ndarray value, cnp.ndarray grad, cnp.ndarray velocity,
                              f"the parameter {value.dtype}{(<object>value).shape}")
     if type_num not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64) or not cnp.PyArray_IS_C_CONTIGUOUS(value):
         raise ValueError(f"sgd_step: expected a C-contiguous float array, got {value.dtype}")
+    if not cnp.PyArray_ISWRITEABLE(value) or (
+            velocity is not None and not cnp.PyArray_ISWRITEABLE(velocity)):
+        raise ValueError("sgd_step: the parameter (and its velocity) must be writeable")
     cdef void* velocity_data = NULL if velocity is None else cnp.PyArray_DATA(velocity)
     if momentum != 0 and velocity_data == NULL:
         raise ValueError("sgd_step: momentum needs a velocity array")

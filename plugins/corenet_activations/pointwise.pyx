@@ -13,7 +13,8 @@ from libc.math cimport exp, expm1, tanh
 from corenet.kernels.threads cimport threads_for
 
 from corenet.errors import ShapeError
-from corenet.layer import Layer, Parameter, as_float_dtype, check_grad, check_input, require_forward
+from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
+                           parameter_arrays, require_forward)
 
 cnp.import_array()
 
@@ -328,7 +329,9 @@ class PReLU(Layer):
         y = self.buffer("out", x.shape, x.dtype)
         cdef Py_ssize_t outer, channels, inner
         outer, channels, inner = self._view(x)
-        cdef cnp.ndarray x_arr = x, y_arr = y, w_arr = self.weight.value
+        weight, _ = parameter_arrays(self, self.weight, (self.num_parameters,), self.dtype,
+                                     with_grad=False)
+        cdef cnp.ndarray x_arr = x, y_arr = y, w_arr = weight
         cdef bint shared = self.num_parameters == 1
         if x.dtype == np.float32:
             prelu_forward(<const float*>cnp.PyArray_DATA(x_arr),
@@ -349,7 +352,9 @@ class PReLU(Layer):
         cdef Py_ssize_t outer, channels, inner
         outer, channels, inner = self._view(x)
         cdef cnp.ndarray x_arr = x, g_arr = grad, xg_arr = x_grad
-        cdef cnp.ndarray w_arr = self.weight.value, wg_arr = self.weight.grad
+        weight, weight_grad = parameter_arrays(self, self.weight, (self.num_parameters,),
+                                               self.dtype)
+        cdef cnp.ndarray w_arr = weight, wg_arr = weight_grad
         cdef bint shared = self.num_parameters == 1
         if x.dtype == np.float32:
             prelu_backward(<const float*>cnp.PyArray_DATA(x_arr),

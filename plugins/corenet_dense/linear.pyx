@@ -19,7 +19,8 @@ from corenet.kernels.threads cimport threads_for
 from corenet import random
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
-from corenet.layer import Layer, Parameter, as_float_dtype, check_grad, check_input, require_forward
+from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
+                           parameter_arrays, require_forward)
 
 cnp.import_array()
 
@@ -197,8 +198,13 @@ class Linear(Layer):
         out = self.buffer("out", (x.shape[0], self.out_features), self.dtype)
         self._fusion = fusion_of(self.fused_activation)
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
-        linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
-                       out, code, param)
+        weight, _ = parameter_arrays(self, self.weight, (self.out_features, self.in_features),
+                                     self.dtype, with_grad=False)
+        bias = None
+        if self.bias is not None:
+            bias, _ = parameter_arrays(self, self.bias, (self.out_features,), self.dtype,
+                                       with_grad=False)
+        linear_forward(x, weight, bias, out, code, param)
         self._x = x
         self._out = out
         return out
@@ -208,7 +214,11 @@ class Linear(Layer):
         x = self._x
         grad = check_grad(self, grad, (x.shape[0], self.out_features), self.dtype)
         x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
-        bias_grad = None if self.bias is None else self.bias.grad
+        weight, weight_grad = parameter_arrays(self, self.weight,
+                                               (self.out_features, self.in_features), self.dtype)
+        bias_grad = None
+        if self.bias is not None:
+            _, bias_grad = parameter_arrays(self, self.bias, (self.out_features,), self.dtype)
         if self._fusion is not None:
             # One pass takes the gradient through the activation and sums it into
             # the bias gradient; the GEMMs then read that copy.
@@ -216,7 +226,7 @@ class Linear(Layer):
             code, param = self._fusion
             activation_backward(code, param, grad, self._out, pre_grad, bias_grad)
             grad, bias_grad = pre_grad, None
-        linear_backward(grad, x, self.weight.value, self.weight.grad, bias_grad, x_grad)
+        linear_backward(grad, x, weight, weight_grad, bias_grad, x_grad)
         return x_grad
 
     def can_fuse(self, following):
