@@ -274,8 +274,9 @@ def test_bad_arrays_are_clear_errors(rng):
     with pytest.raises(ShapeError, match=r"conv2d: input spatial size \(2, 8\)"):
         layer.forward(np.ones((2, 3, 2, 8), np.float32))
     layer.weight.value = np.ones((4, 3, 3), np.float32)  # a user replaced the weight
-    with pytest.raises(ShapeError, match=r"conv2d: parameter 'weight' must be a float32 "
-                                         r"array of shape \(4, 3, 3, 3\), got float32 \(4, 3, 3\)"):
+    message = (r"conv2d: parameter 'weight' must be a float32 array of shape \(4, 3, 3, 3\), "
+               r"got float32 \(4, 3, 3\)")
+    with pytest.raises(ShapeError, match=message):
         layer.forward(np.ones((2, 3, 8, 8), np.float32))
 
 

@@ -3,8 +3,9 @@
  * A micro-kernel multiplies a packed sliver of A (kc x CN_MR, column of MR
  * values per k) by a packed panel of B (kc x NR, row of NR values per k) and
  * writes or adds the MR x NR tile of C, with an optional epilogue on the last
- * k block: bias per column (or per row, for convolutions), then an activation (vector_math.h) — ReLU in
- * registers, the others over the tile while it is still in L1.
+ * k block: bias per column (or per row, for convolutions), then an activation
+ * (vector_math.h) — ReLU in registers, the others over the tile while it is
+ * still in L1.
  *
  * The tile is CN_MR rows by two SIMD vectors: 16 accumulators, which leaves
  * room in the 32 AVX-512 registers for the B vectors and the broadcasts. GCC

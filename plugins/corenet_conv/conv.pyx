@@ -445,8 +445,8 @@ class ConvNd(Layer):
         cdef Batch b
         cdef Geometry g
         b, scratch, g = self._batch(x.shape, out.shape)
-        partials = self.buffer("partials", (max(1, b.n_parts) * (weight.size + self.out_channels),),
-                               self.dtype)
+        part_size = weight.size + self.out_channels
+        partials = self.buffer("partials", (max(1, b.n_parts) * part_size,), self.dtype)
         cdef bint have_columns = self._columns_kept
         cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
         cdef void* px = data(x)
