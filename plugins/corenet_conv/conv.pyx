@@ -1,8 +1,10 @@
 """Conv2d and Conv3d: NCHW / NCDHW, weight (out, in/groups, *kernel) and bias (out,)
 as PyTorch lays them out.
 
-The batch goes through in chunks of samples whose columns fit the workspace
-(WORKSPACE_BYTES, or one sample's columns when that is larger):
+The batch goes through in chunks of samples (see ConvNd._plan): chunks of
+about CHUNK_BYTES of columns, so that a chunk's scratch stays in L2, which the
+threads take whole; or, for a sample whose columns exceed WORKSPACE_BYTES, one
+sample at a time with the threads inside the products. For each chunk:
 
     forward   col = vol2col(x)                      (C·k, chunk·P)
               y'  = W_g · col_g + b, f in the epilogue     one GEMM per group
@@ -11,7 +13,9 @@ The batch goes through in chunks of samples whose columns fit the workspace
               dW_g += g'_g · col_gᵀ;  db += Σ g'
               dx  = col2vol(W_gᵀ · g'_g)
 
-A batch that fits in one chunk keeps its columns from forward to backward.
+When threads take the chunks, each run of consecutive chunks sums its own
+partial dW and db, and the runs are added in order. A batch that fits in one
+chunk keeps its columns from forward to backward.
 """
 import math
 
