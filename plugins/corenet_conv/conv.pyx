@@ -200,8 +200,9 @@ cdef struct Batch:
 
 cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                        Py_ssize_t out_channels, const floating* x, const floating* weight,
-                       const floating* bias, floating* out, floating* scratch, int epilogue,
-                       floating param) noexcept nogil:
+                       const floating* bias, floating* out, floating* scratch, floating* kept,
+                       int epilogue, floating param) noexcept nogil:
+    """kept: every chunk's columns, kept for backward (parallel walk only), or NULL."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t n_chunks = (b.size + b.chunk - 1) // b.chunk, c, start, n
     cdef Py_ssize_t col_size = b.k_rows * b.chunk * positions
@@ -221,8 +222,9 @@ cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
         start = c * b.chunk
         n = min(b.chunk, b.size - start)
         failures += -forward_chunk(g, groups, out_channels, x + start * b.in_step, weight,
-                                   bias, out + start * b.out_step, col, col + col_size, n,
-                                   epilogue, param, 1)
+                                   bias, out + start * b.out_step,
+                                   col if kept == NULL else kept + c * col_size,
+                                   col + col_size, n, epilogue, param, 1)
     return -1 if failures else 0
 
 
@@ -244,7 +246,7 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                         Py_ssize_t out_channels, const floating* x, const floating* weight,
                         const floating* grad, const floating* out, floating* weight_grad,
                         floating* bias_grad, floating* x_grad, floating* scratch,
-                        floating* partials, bint have_columns, int epilogue,
+                        floating* partials, floating* kept, bint have_columns, int epilogue,
                         floating param) noexcept nogil:
     """Sequential: each chunk adds into the gradients. Parallel: the chunks are split
     in n_parts runs of consecutive chunks, each run summed into its own partial
@@ -282,8 +284,10 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                 g, groups, out_channels, x + start * b.in_step, weight,
                 grad + start * b.out_step, out + start * b.out_step, part_weight,
                 NULL if bias_grad == NULL else part_weight + weight_size,
-                NULL if x_grad == NULL else x_grad + start * b.in_step, col,
-                col + col_size, col + col_size + grad_size, n, False, epilogue, param, 1)
+                NULL if x_grad == NULL else x_grad + start * b.in_step,
+                col if kept == NULL else kept + c * col_size,
+                col + col_size, col + col_size + grad_size, n, kept != NULL, epilogue,
+                param, 1)
     add_parts(weight_grad, partials, b.n_parts, weight_size, part_size, b.n_threads)
     if bias_grad != NULL:
         add_parts(bias_grad, partials + weight_size, b.n_parts, out_channels, part_size, 1)
@@ -374,8 +378,8 @@ class ConvNd(Layer):
         if per_sample * batch <= CHUNK_BYTES:
             return batch, False
         chunk = max(1, CHUNK_BYTES // per_sample)
-        n_chunks = -(-batch // chunk)
-        return -(-batch // n_chunks), True
+        n_chunks = (batch + chunk - 1) // chunk
+        return (batch + n_chunks - 1) // n_chunks, True
 
     def _batch(self, x_shape, out_shape):
         """The Batch struct for a call, and the scratch it needs (a layer buffer)."""
@@ -386,13 +390,21 @@ class ConvNd(Layer):
         b.chunk, b.parallel = self._plan(b.size, positions)
         b.in_step, b.out_step = math.prod(x3[1:]), math.prod(out3[1:])
         b.k_rows = self.in_channels * math.prod(self.window.kernel)
-        n_chunks = -(-b.size // b.chunk)
+        # C integers divide toward zero (cdivision): no -(-a // b) ceiling on them.
+        n_chunks = (b.size + b.chunk - 1) // b.chunk
         b.n_threads = min(get_num_threads(), n_chunks) if b.parallel else get_num_threads()
         b.scratch_per_thread = (2 * b.k_rows + self.out_channels) * b.chunk * positions
         b.n_parts = min(n_chunks, MAX_PARTS) if b.parallel else 0
         sets = b.n_threads if b.parallel else 1
         scratch = self.buffer("scratch", (sets * b.scratch_per_thread,), self.dtype)
-        return b, scratch, make_geometry(x3, out3, self.window.as_3d())
+        # Inside a model, the columns of a batch within WORKSPACE_BYTES are kept from
+        # forward to backward: the same values as recomputed, without the work.
+        kept = None
+        columns = n_chunks * b.k_rows * b.chunk * positions
+        if b.parallel and self.reuse_buffers \
+                and columns * self.dtype.itemsize <= WORKSPACE_BYTES:
+            kept = self.buffer("columns", (columns,), self.dtype)
+        return b, scratch, kept, make_geometry(x3, out3, self.window.as_3d())
 
     # -- forward and backward ------------------------------------------------------
 
@@ -410,28 +422,30 @@ class ConvNd(Layer):
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
         cdef Batch b
         cdef Geometry g
-        b, scratch, g = self._batch(x.shape, out_shape)
+        b, scratch, kept, g = self._batch(x.shape, out_shape)
         cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
         cdef void* px = data(x)
         cdef void* pw = data(weight)
         cdef void* pb = data(bias)
         cdef void* pout = data(out)
         cdef void* pscratch = data(scratch)
+        cdef void* pkept = data(kept)
         cdef int status, epilogue = code, item = self.dtype.itemsize
         cdef double p = param
         with nogil:
             if item == 4:
                 status = forward_batch(&g, &b, groups, out_channels, <const float*>px,
                                        <const float*>pw, <const float*>pb, <float*>pout,
-                                       <float*>pscratch, epilogue, <float>p)
+                                       <float*>pscratch, <float*>pkept, epilogue, <float>p)
             else:
                 status = forward_batch(&g, &b, groups, out_channels, <const double*>px,
                                        <const double*>pw, <const double*>pb, <double*>pout,
-                                       <double*>pscratch, epilogue, p)
+                                       <double*>pscratch, <double*>pkept, epilogue, p)
         if status:
             raise MemoryError(f"{self.name}: could not allocate scratch memory")
         # One sequential chunk: its columns are still in the scratch for backward.
-        self._columns_kept = b.chunk == b.size and not b.parallel and self.reuse_buffers
+        self._columns_kept = (b.chunk == b.size and not b.parallel and self.reuse_buffers) \
+            or kept is not None
         self._x, self._out = x, out
         return out
 
@@ -448,10 +462,12 @@ class ConvNd(Layer):
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
         cdef Batch b
         cdef Geometry g
-        b, scratch, g = self._batch(x.shape, out.shape)
+        b, scratch, kept, g = self._batch(x.shape, out.shape)
         part_size = weight.size + self.out_channels
         partials = self.buffer("partials", (max(1, b.n_parts) * part_size,), self.dtype)
         cdef bint have_columns = self._columns_kept
+        if not have_columns:
+            kept = None  # not filled by the forward: recompute
         cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
         cdef void* px = data(x)
         cdef void* pgrad = data(grad)
@@ -462,6 +478,7 @@ class ConvNd(Layer):
         cdef void* pbg = data(bias_grad)
         cdef void* pscratch = data(scratch)
         cdef void* pparts = data(partials)
+        cdef void* pkept = data(kept)
         cdef int status, epilogue = code, item = self.dtype.itemsize
         cdef double p = param
         with nogil:
@@ -469,14 +486,14 @@ class ConvNd(Layer):
                 status = backward_batch(
                     &g, &b, groups, out_channels, <const float*>px, <const float*>pw,
                     <const float*>pgrad, <const float*>pout, <float*>pwg, <float*>pbg,
-                    <float*>pxg, <float*>pscratch, <float*>pparts, have_columns, epilogue,
-                    <float>p)
+                    <float*>pxg, <float*>pscratch, <float*>pparts, <float*>pkept,
+                    have_columns, epilogue, <float>p)
             else:
                 status = backward_batch(
                     &g, &b, groups, out_channels, <const double*>px, <const double*>pw,
                     <const double*>pgrad, <const double*>pout, <double*>pwg, <double*>pbg,
-                    <double*>pxg, <double*>pscratch, <double*>pparts, have_columns, epilogue,
-                    p)
+                    <double*>pxg, <double*>pscratch, <double*>pparts, <double*>pkept,
+                    have_columns, epilogue, p)
         if status:
             raise MemoryError(f"{self.name}: could not allocate scratch memory")
         return x_grad
