@@ -65,6 +65,9 @@ class Layer:
     """
 
     name: ClassVar[str] = ""
+    # True for an activation applied to each element on its own (relu, tanh, a
+    # plugin's swish): what `corenet train --activation` accepts.
+    elementwise: ClassVar[bool] = False
     # Set to False by the executor when this layer's inputs are the model's
     # inputs: backward may then skip computing dL/dinput and return None.
     needs_input_grad: bool = True

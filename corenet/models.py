@@ -54,12 +54,16 @@ def build_cnn(image_shape: tuple, n_classes: int, channels: tuple = (32, 64),
 
 
 def check_activation(name: str) -> None:
+    """A registered layer that declares itself elementwise (Layer.elementwise), or a
+    ValueError; an unknown name is the registry's error, with suggestions."""
     from corenet import layers as L
+    from corenet.registry import registry
 
-    try:
-        L.create(name)
-    except TypeError:  # a layer, but one that needs arguments: not an activation
-        raise ValueError(f"--activation {name}: not an activation layer") from None
+    cls = registry.layer(name)
+    if not getattr(cls, "elementwise", False):
+        choices = sorted(n for n in L.names() if getattr(registry.layer(n), "elementwise", False))
+        raise ValueError(f"--activation {name}: not an elementwise activation; choose one of "
+                         f"{', '.join(choices)}")
 
 
 def image_shape(X: np.ndarray) -> tuple:

@@ -114,9 +114,10 @@ def test_save_into_a_missing_folder_fails_before_training(tmp_path):
 def test_unknown_activation_and_bad_data_are_clear_errors(tmp_path):
     result = corenet("train", "--activation", "nope")
     assert result.returncode == 2 and "no layer named 'nope'" in result.stderr
-    for not_activation in ("linear", "add"):
+    for not_activation in ("linear", "add", "softmax", "flatten", "global_avg_pool"):
         result = corenet("train", "--activation", not_activation)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"--activation {not_activation}: not an elementwise activation" in result.stderr
     missing = corenet("train", "--data", str(tmp_path / "missing.npz"))
     assert missing.returncode == 2 and "no dataset at" in missing.stderr
 

@@ -166,6 +166,7 @@ class Activation(Layer):
     """An elementwise f(x) on any shape (batch first); no parameters, dtype of its input."""
 
     kind = -1
+    elementwise = True
 
     def __init__(self):
         super().__init__()
@@ -300,6 +301,7 @@ class PReLU(Layer):
     """
 
     name = "prelu"
+    elementwise = True
 
     def __init__(self, num_parameters=1, init=0.25, dtype="float32"):
         super().__init__()

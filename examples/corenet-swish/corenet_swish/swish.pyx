@@ -43,6 +43,7 @@ class Swish(Layer):
     """x · sigmoid(x) on any shape, batch first."""
 
     name = "swish"
+    elementwise = True
 
     def __init__(self):
         super().__init__()
