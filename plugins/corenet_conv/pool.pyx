@@ -162,10 +162,15 @@ cdef void max_pool_backward(const Pooling* q, const floating* grad, const int32_
             dx[argmax[plane * outputs + o]] += grad[plane * outputs + o]
 
 
-cdef void avg_plane(const Pooling* q, const floating* x, floating* out,
-                    floating divisor) noexcept nogil:
-    cdef Py_ssize_t od, oh, ow, d0, d1, h0, h1, w0, w1, i, j, l, o = 0
-    cdef floating total
+cdef void avg_plane(const Pooling* q, const floating* src, floating* dst, floating divisor,
+                    bint backward) noexcept nogil:
+    """Forward: dst[o] = Σ of window o of src / divisor. Backward: src is dL/dout, and
+    each window's share is added into dst = dL/dx (zeroed first). One walk of the
+    windows serves both, so they cannot disagree on which inputs a window holds."""
+    cdef Py_ssize_t od, oh, ow, d0, d1, h0, h1, w0, w1, i, j, l, index, o = 0
+    cdef floating total, share
+    if backward:
+        memset(dst, 0, q.depth * q.height * q.width * sizeof(floating))
     for od in range(q.out_depth):
         window_range(od, q.stride_d, q.pad_d, q.kernel_d, q.depth, &d0, &d1)
         for oh in range(q.out_height):
@@ -173,30 +178,17 @@ cdef void avg_plane(const Pooling* q, const floating* x, floating* out,
             for ow in range(q.out_width):
                 window_range(ow, q.stride_w, q.pad_w, q.kernel_w, q.width, &w0, &w1)
                 total = 0
+                share = src[o] / divisor if backward else 0
                 for i in range(d0, d1):
                     for j in range(h0, h1):
                         for l in range(w0, w1):
-                            total = total + x[(i * q.height + j) * q.width + l]
-                out[o] = total / divisor
-                o += 1
-
-
-cdef void avg_plane_backward(const Pooling* q, const floating* grad, floating* dx,
-                             floating divisor) noexcept nogil:
-    cdef Py_ssize_t od, oh, ow, d0, d1, h0, h1, w0, w1, i, j, l, o = 0
-    cdef floating share
-    memset(dx, 0, q.depth * q.height * q.width * sizeof(floating))
-    for od in range(q.out_depth):
-        window_range(od, q.stride_d, q.pad_d, q.kernel_d, q.depth, &d0, &d1)
-        for oh in range(q.out_height):
-            window_range(oh, q.stride_h, q.pad_h, q.kernel_h, q.height, &h0, &h1)
-            for ow in range(q.out_width):
-                window_range(ow, q.stride_w, q.pad_w, q.kernel_w, q.width, &w0, &w1)
-                share = grad[o] / divisor
-                for i in range(d0, d1):
-                    for j in range(h0, h1):
-                        for l in range(w0, w1):
-                            dx[(i * q.height + j) * q.width + l] += share
+                            index = (i * q.height + j) * q.width + l
+                            if backward:
+                                dst[index] += share
+                            else:
+                                total = total + src[index]
+                if not backward:
+                    dst[o] = total / divisor
                 o += 1
 
 
@@ -210,9 +202,9 @@ cdef void avg_pool(const Pooling* q, const floating* src, floating* dst, Py_ssiz
     cdef int n_threads = threads_for(planes * outputs * <Py_ssize_t>divisor, GRAIN)
     for plane in prange(planes, num_threads=n_threads, schedule='static'):
         if backward:
-            avg_plane_backward(q, src + plane * outputs, dst + plane * volume, divisor)
+            avg_plane(q, src + plane * outputs, dst + plane * volume, divisor, True)
         else:
-            avg_plane(q, src + plane * volume, dst + plane * outputs, divisor)
+            avg_plane(q, src + plane * volume, dst + plane * outputs, divisor, False)
 
 
 cdef Pooling make_pooling(tuple x_shape, tuple out_shape, tuple window):
