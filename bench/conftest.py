@@ -118,7 +118,11 @@ def pytest_terminal_summary(terminalreporter):
         return
     write = terminalreporter.write_line
     terminalreporter.section("corenet speed-up over its peers (peer time / corenet time)")
+    # The usual peers, then any other a suite compares with (e.g. "1 thread").
     peers = [impl for impl in IMPLS if impl != "corenet"]
+    peers += [impl for times in RESULTS.values() for impl in times
+              if impl != "corenet" and impl not in peers]
+    peers = list(dict.fromkeys(peers))
     write(f"{'group':<52}" + "".join(f"{'vs ' + peer:>12}" for peer in peers))
     for group, times in RESULTS.items():
         if "corenet" not in times:

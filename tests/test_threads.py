@@ -210,3 +210,42 @@ def test_a_short_lived_thread_frees_its_gemm_buffer(threads):
         thread.start()
         thread.join()
     assert resident_mib() - before < 20  # leaking, it grew by about 84 MiB
+
+
+SPIN_PROBE = """
+import os, time
+import numpy as np
+import corenet
+from corenet.kernels import matmul
+corenet.set_num_threads(2)
+a = np.ones((512, 512), np.float32)
+samples = []
+for _ in range(20):
+    matmul(a, a)  # a parallel region; then its worker idles while we sleep
+    start = time.process_time()
+    time.sleep(0.05)
+    samples.append(time.process_time() - start)
+print(sorted(samples)[len(samples) // 2] * 1e3, os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+def spin_probe(env):
+    """Median CPU time (ms) of a process sleeping 50 ms after a parallel kernel, and
+    its GOMP_SPINCOUNT after importing corenet."""
+    result = subprocess.run([sys.executable, "-c", SPIN_PROBE], capture_output=True, text=True,
+                            env=env, timeout=120, check=True)
+    milliseconds, variable = result.stdout.split()
+    return float(milliseconds), variable
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
+def test_idle_openmp_threads_sleep_soon_unless_the_user_says_otherwise():
+    # libgomp's default idle thread polls ~300,000 rounds: 6-8 ms of CPU after every
+    # kernel, taken from the Python thread and from other processes.
+    clean = {key: value for key, value in os.environ.items()
+             if key not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    milliseconds, variable = spin_probe(clean)
+    assert milliseconds < 2.0
+    assert variable == "None"  # not left behind for libraries loaded later
+    milliseconds, variable = spin_probe({**clean, "GOMP_SPINCOUNT": "300000"})
+    assert variable == "300000" and milliseconds > 2.0

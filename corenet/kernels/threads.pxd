@@ -3,6 +3,6 @@
 
 cdef int num_threads() noexcept nogil
 
-# Threads for a loop of `work` units: one below the grain size, since spreading
-# tiny work costs more in wake-ups than it saves.
+# Threads for a loop of `work` units: as many as get a grain each (at least one),
+# since spreading tiny work costs more in wake-ups and barriers than it saves.
 cdef int threads_for(Py_ssize_t work, Py_ssize_t grain) noexcept nogil

@@ -51,9 +51,13 @@ def in_forked_child() -> bool:
 
 
 cdef int threads_for(Py_ssize_t work, Py_ssize_t grain) noexcept nogil:
-    if work < grain:
+    # Each thread gets at least a grain of work: a region whose second thread
+    # would get less waits longer for it (waking it, the barrier) than it saves.
+    cdef int limit = num_threads()
+    cdef Py_ssize_t worth = work // grain if grain > 0 else limit
+    if worth < 1:
         return 1
-    return num_threads()
+    return limit if worth >= limit else <int>worth
 
 
 def openmp_enabled() -> bool:

@@ -1,0 +1,59 @@
+"""corenet on a CPU that another process keeps busy.
+
+The default run (``corenet train``, all cores) against ``corenet train --threads 1``,
+on an idle machine and with one process of our own spinning on a core the whole
+time. With static work splits and spinning waits, every parallel region waits for
+the thread that shares its core with the spinner; the targets: with a core busy the
+default run takes at most 1.3× the one-thread time, and idle it is not slower.
+The summary shows "vs 1 thread" = one-thread time / default time (≥ 0.77, ≥ 1).
+"""
+import contextlib
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+import corenet
+from conftest import RESULTS
+from corenet import cli
+
+EPOCHS = 3
+SPIN = "while True: pass"
+
+
+@pytest.fixture(scope="module")
+def busy_core():
+    """One process of our own spinning for as long as the busy benchmarks run."""
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN])
+    yield spinner
+    spinner.kill()
+    spinner.wait()
+
+
+def train(threads):
+    arguments = ["train", "--epochs", str(EPOCHS), "--json"]
+    if threads is not None:
+        arguments += ["--threads", str(threads)]
+    else:  # what a fresh process starts with
+        corenet.set_num_threads(len(os.sched_getaffinity(0)))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(arguments) == 0
+
+
+@pytest.mark.parametrize("threads", [None, 1], ids=["default", "threads-1"])
+@pytest.mark.parametrize("load", ["idle", "busy"])
+def test_default_run(benchmark, request, load, threads):
+    if load == "busy":
+        request.getfixturevalue("busy_core")
+    before = corenet.get_num_threads()
+    group = f"corenet train, digits MLP, {EPOCHS} epochs, {load}"
+    benchmark.group = group
+    try:
+        benchmark.pedantic(train, args=(threads,), rounds=5, warmup_rounds=1)
+    finally:
+        corenet.set_num_threads(before)
+    if benchmark.stats is not None:
+        RESULTS.setdefault(group, {})["corenet" if threads is None else "1 thread"] = \
+            benchmark.stats.stats.min
