@@ -16,14 +16,17 @@ from corenet.errors import DTypeError, ShapeError
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_dtype(dtype) -> np.dtype:
-    """np.dtype for 'float32' / 'float64' / np.float32 ..., or a DTypeError."""
+def as_float_dtype(dtype, owner: str = "") -> np.dtype:
+    """np.dtype for 'float32' / 'float64' / np.float32 ..., or a DTypeError that names
+    ``owner`` (the layer) when given."""
     try:
         resolved = np.dtype(dtype)
-    except TypeError:
+    except TypeError:  # an unknown name such as 'float33'
         resolved = None
-    if resolved not in FLOAT_DTYPES:
-        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    # `is None` first: np.dtype(None) is float64, so None would compare equal to it.
+    if dtype is None or resolved is None or resolved not in FLOAT_DTYPES:
+        prefix = f"{owner}: " if owner else ""
+        raise DTypeError(f"{prefix}dtype must be float32 or float64, got {dtype!r}")
     return resolved
 
 
@@ -121,7 +124,7 @@ class Layer:
             parameter.grad.fill(0)
 
     def astype(self, dtype) -> "Layer":
-        dtype = as_float_dtype(dtype)
+        dtype = as_float_dtype(dtype, self.name)
         for parameter in self.parameters():
             parameter.astype(dtype)
         if hasattr(self, "dtype"):

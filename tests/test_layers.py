@@ -111,6 +111,20 @@ def test_bad_input_errors_name_layer_and_shapes(bad, error, message):
         L.Linear(5, 3).forward(bad)
 
 
+@pytest.mark.parametrize("dtype", ["float33", "bogus", None, "int32", "float16", np.int64, 3])
+@pytest.mark.parametrize("make, owner", [
+    (lambda dtype: L.Linear(3, 4, dtype=dtype), "linear"),
+    (lambda dtype: L.Conv2d(3, 4, 3, dtype=dtype), "conv2d"),
+    (lambda dtype: L.PReLU(dtype=dtype), "prelu"),
+    (lambda dtype: L.Linear(3, 4).astype(dtype), "linear"),
+    (lambda dtype: corenet.Sequential(L.Linear(3, 4)).astype(dtype), "Sequential"),
+])
+def test_an_unknown_dtype_is_refused_naming_the_layer(make, owner, dtype):
+    # 'float33' once slipped through as None (np.dtype(None) is float64) and failed later.
+    with pytest.raises(DTypeError, match=f"{owner}: dtype must be float32 or float64, got"):
+        make(dtype)
+
+
 def test_backward_before_forward_and_wrong_gradient_shape():
     layer = L.Linear(5, 3)
     with pytest.raises(RuntimeError, match="linear.backward called before forward"):

@@ -308,7 +308,7 @@ class PReLU(Layer):
         _check_num_parameters(num_parameters)
         self.num_parameters = num_parameters
         self.init = float(init)
-        self.dtype = as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype, self.name)
         self.weight = Parameter("weight", np.full(num_parameters, init, self.dtype))
         self._x = None
 

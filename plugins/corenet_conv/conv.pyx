@@ -325,7 +325,7 @@ class ConvNd(Layer):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.groups = int(groups)
         self.window = Window(self.name, self.n_axes, kernel_size, stride, padding, dilation)
-        self.dtype = as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype, self.name)
         fan_in = self.in_channels // self.groups * math.prod(self.window.kernel)
         bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default initialisation
         rng = random.generator()
@@ -355,7 +355,7 @@ class ConvNd(Layer):
                              f"{in_channels} and out_channels={out_channels}")
         if not isinstance(bias, (bool, np.bool_)):
             raise ValueError(f"{cls.name}: bias must be True or False, got {bias!r}")
-        as_float_dtype(dtype)
+        as_float_dtype(dtype, cls.name)
         window = Window(cls.name, cls.n_axes, kernel_size, stride, padding, dilation)
         shapes = {"weight": (out_channels, in_channels // groups) + window.kernel}
         if bias:

@@ -170,7 +170,7 @@ class Linear(Layer):
         _check_sizes(in_features, out_features)
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self.dtype = as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype, self.name)
         bound = 1.0 / math.sqrt(self.in_features)
         rng = random.generator()
         self.weight = Parameter("weight", rng.uniform(
