@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--save", help="write the trained model to this file")
     train.add_argument("--json", action="store_true", help="print one JSON object of metrics")
+    train.add_argument("--diagnostics", action="store_true",
+                       help="each epoch: dead units of the ReLU-family layers, gradient norm "
+                            "of each layer, vanishing/exploding warnings (in --json too)")
 
     evaluate = commands.add_parser("eval", help="loss and accuracy of a saved model")
     evaluate.add_argument("model")
@@ -88,6 +91,7 @@ def command_train(args) -> int:
 
     import corenet as cn
     from corenet import data, models, serialize
+    from corenet.diagnostics import Diagnostics
     from corenet.progress import Progress
     from corenet.train import cosine_schedule, evaluate, fit
 
@@ -119,17 +123,22 @@ def command_train(args) -> int:
                              weight_decay=args.weight_decay)
     out = sys.stderr if args.json else sys.stdout
     progress = Progress(args.epochs, stream=out)
+    # The warnings are printed with the report, not also through the warnings module.
+    diagnostics = Diagnostics(warn=False) if args.diagnostics else None
 
     def on_epoch(epoch, mean_loss):
         test_loss, accuracy = evaluate(model, loss, X_test, y_test)
         progress.on_epoch(epoch, mean_loss, f" test_loss {test_loss:.4f} "
                                             f"test_accuracy {accuracy:.4f}")
+        if diagnostics is not None:
+            print(diagnostics.history[-1].format(), file=out, flush=True)
 
     start = time.perf_counter()
     history = fit(model, loss, optimizer, X_train, y_train, args.epochs, args.batch_size,
                   args.seed, on_batch=progress.on_batch, on_epoch=on_epoch,
                   lr_schedule=cosine_schedule(args.lr, args.epochs)
-                  if args.schedule == "cosine" else None)
+                  if args.schedule == "cosine" else None,
+                  callbacks=[diagnostics] if diagnostics is not None else [])
     seconds = time.perf_counter() - start
     test_loss, accuracy = evaluate(model, loss, X_test, y_test)
     if args.save:
@@ -139,6 +148,8 @@ def command_train(args) -> int:
                "epochs": args.epochs, "seconds": round(seconds, 3),
                "threads": cn.get_num_threads(), "samples": len(X_train),
                "test_samples": len(X_test)}
+    if diagnostics is not None:
+        metrics["diagnostics"] = [report.as_dict() for report in diagnostics.history]
     if args.json:
         print(json.dumps(metrics))
     else:

@@ -95,6 +95,21 @@ def topological_order(outputs: list) -> list:
     return order
 
 
+class HookHandle:
+    """What register_forward_hook returns: ``remove()`` unregisters the hook (once)."""
+
+    __slots__ = ("_hooks", "_hook")
+
+    def __init__(self, hooks: list, hook):
+        self._hooks = hooks
+        self._hook = hook
+
+    def remove(self) -> None:
+        if self._hook is not None and self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+        self._hook = None
+
+
 class Model:
     """A DAG of layers from ``inputs`` to ``outputs``.
 
@@ -122,6 +137,7 @@ class Model:
         self.layers = [node.layer for node in self.nodes]
         self._build_plan()
         self.requires_input_grad = requires_input_grad
+        self._forward_hooks = []
         # How the model was trained, as far as later commands need it (corenet train
         # records the split seed and test fraction); saved and loaded with the model.
         self.training_info: dict = {}
@@ -142,6 +158,10 @@ class Model:
         self._n_slots = len(slots)
         self._input_slots = list(range(len(self.inputs)))
         self._output_slots = [slots[id(tensor)] for tensor in self.outputs]
+        # (layer, input slots, output slot) of every node, for the forward hooks. The
+        # first node of a fused pair never fills its output slot (nor so the second's input).
+        self._node_slots = [(node.layer, [slots[id(t)] for t in node.inputs],
+                             slots[id(node.output)]) for node in self.nodes]
         # (layer, input slots, output slot, fused) in topological order. A fused pair
         # (see _fusable_pairs) is one entry that writes the second node's output;
         # `fused` is the second layer, None elsewhere.
@@ -234,11 +254,46 @@ class Model:
             for layer, _, fusable, _ in self._settings:
                 if fusable:  # a layer called on its own afterwards runs unfused
                     layer.fused_activation = None
+        if self._forward_hooks:
+            self._run_forward_hooks(values)
         # Copies: the layers reuse their buffers at the next step.
         outputs = [values[slot].copy() for slot in self._output_slots]
         return outputs[0] if len(outputs) == 1 else outputs
 
     __call__ = forward
+
+    def register_forward_hook(self, hook) -> "HookHandle":
+        """Call ``hook(layer, inputs, output)`` for each layer after every forward, as
+        PyTorch's hooks of that name; returns a handle whose ``remove()`` unregisters it.
+
+        ``inputs`` is the tuple of the layer's input arrays. Fused pairs (Linear → ReLU)
+        never materialise the first layer's output: that layer gets no call, and the
+        second gets ``(None,)`` as its inputs. The arrays are the executor's buffers,
+        valid until the next forward: read them, do not keep or modify them.
+
+        >>> import corenet as cn, corenet.layers as L, numpy as np
+        >>> model = cn.Sequential(L.Linear(2, 3), L.ReLU())
+        >>> seen = []
+        >>> handle = model.register_forward_hook(lambda layer, inputs, out: seen.append(
+        ...     (layer.name, inputs[0] is None, out.shape)))
+        >>> _ = model.forward(np.ones((4, 2), np.float32)); handle.remove()
+        >>> seen
+        [('relu', True, (4, 3))]
+        """
+        if not callable(hook):
+            raise TypeError(f"register_forward_hook: expected a callable, got "
+                            f"{type(hook).__name__}")
+        self._forward_hooks.append(hook)
+        return HookHandle(self._forward_hooks, hook)
+
+    def _run_forward_hooks(self, values: list) -> None:
+        for layer, input_slots, output_slot in self._node_slots:
+            output = values[output_slot]
+            if output is None:  # the first layer of a fused pair
+                continue
+            inputs = tuple(values[slot] for slot in input_slots)
+            for hook in list(self._forward_hooks):
+                hook(layer, inputs, output)
 
     def backward(self, *grads):
         """Back-propagate dL/doutputs; parameters' .grad receive dL/dW (added)."""

@@ -1,0 +1,82 @@
+"""Linear regions: how many pieces a ReLU network cuts its input space into.
+
+Each hidden unit of a one-hidden-layer ReLU network switches on one side of the
+hyperplane w·x + b = 0; inside each cell of those n hyperplanes the network is
+one affine map. Zaslavsky's theorem counts the cells of n hyperplanes in general
+position in d dimensions: Σ_{s=0}^{d} C(n, s) (n(n+1)/2 + 1 lines in the plane).
+The lecture draws them in 2-D; count_linear_regions counts them on a grid.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from corenet.diagnostics.dead_units import RELU_FAMILY, linear_regime_source
+from corenet.errors import ShapeError
+
+
+def max_linear_regions(n_hyperplanes: int, dim: int) -> int:
+    """Σ_{s=0}^{dim} C(n, s), exactly: the regions that ``n_hyperplanes`` hyperplanes in
+    general position cut R^dim into (Zaslavsky), the most n ReLU units of one hidden
+    layer can make.
+
+    >>> max_linear_regions(3, 2), max_linear_regions(100, 784) == 2 ** 100
+    (7, True)
+    """
+    for label, value in (("n_hyperplanes", n_hyperplanes), ("dim", dim)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"max_linear_regions: {label} must be an integer >= 0, "
+                             f"got {value!r}")
+    return sum(math.comb(int(n_hyperplanes), s) for s in range(int(dim) + 1))
+
+
+def activation_patterns(model, X, batch_size: int = 4096) -> np.ndarray:
+    """(N, units) booleans: which units of the model's ReLU-family layers are in their
+    linear regime (input > 0) for each sample of X, in evaluation mode; the units of
+    all those layers side by side, in the order of ``model.layers``."""
+    tracked = {id(layer) for layer in model.layers if layer.name in RELU_FAMILY}
+    if not tracked:
+        raise ValueError(f"activation_patterns: the model has no ReLU-family layer "
+                         f"({', '.join(sorted(RELU_FAMILY))})")
+    parts = []
+
+    def record(layer, inputs, output):
+        if id(layer) in tracked:
+            source = linear_regime_source(inputs, output)
+            parts.append(source.reshape(len(source), -1) > 0)
+
+    handle = model.register_forward_hook(record)
+    try:
+        batches = []
+        for start in range(0, len(X), batch_size):
+            parts.clear()
+            model.predict(X[start:start + batch_size], batch_size)
+            batches.append(np.hstack(parts))
+    finally:
+        handle.remove()
+    return np.concatenate(batches)
+
+
+def count_linear_regions(model, extent: float = 4.0, resolution: int = 400) -> int:
+    """How many distinct activation patterns the model's ReLU-family units take on a
+    ``resolution`` × ``resolution`` grid over [-extent, extent]²: the linear regions
+    that the grid meets (a region thinner than the grid's step can be missed).
+
+    >>> import corenet as cn, corenet.layers as L
+    >>> model = cn.Sequential(L.Linear(2, 2), L.ReLU())
+    >>> model.layers[0].weight.value[:] = [[1, 0], [0, 1]]   # the two axes
+    >>> model.layers[0].bias.value[:] = 0.5
+    >>> count_linear_regions(model, extent=1, resolution=50)
+    4
+    """
+    if model.inputs[0].shape != (2,) or len(model.inputs) != 1:
+        raise ShapeError(f"count_linear_regions: expected a model of one input of shape (2,), "
+                         f"got input shapes {[tensor.shape for tensor in model.inputs]}")
+    if resolution < 2 or not extent > 0:
+        raise ValueError(f"count_linear_regions: expected resolution >= 2 and extent > 0, "
+                         f"got resolution={resolution!r}, extent={extent!r}")
+    axis = np.linspace(-extent, extent, int(resolution))
+    grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
+    patterns = np.packbits(activation_patterns(model, grid), axis=1)
+    return len(np.unique(patterns, axis=0))
