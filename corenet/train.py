@@ -42,12 +42,15 @@ def cosine_schedule(lr: float, epochs: int):
 
 
 def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
-        seed: int = 0, on_batch=None, on_epoch=None, lr_schedule=None) -> list[float]:
+        seed: int = 0, on_batch=None, on_epoch=None, lr_schedule=None,
+        step=None) -> list[float]:
     """Train for ``epochs``; returns the mean training loss of each epoch.
 
     ``on_batch(epoch, batch, n_batches, loss)`` and ``on_epoch(epoch, mean_loss)``
     are called as training goes; a NaN or infinite loss raises TrainingDiverged.
     ``lr_schedule(epoch)``, if given, sets ``optimizer.lr`` before each epoch.
+    ``step(model, loss, optimizer, X, y, index)`` replaces ``train_step`` on the global
+    batch ``index``: corenet.gradients.AccumulatingStep, corenet.distributed.DistributedStep.
     """
     if batch_size < 1:
         raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
@@ -60,7 +63,8 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
             optimizer.lr = lr_schedule(epoch)
         total = 0.0
         for batch, index in enumerate(batches(len(X), batch_size, rng)):
-            value = train_step(model, loss, optimizer, X[index], y[index])
+            value = train_step(model, loss, optimizer, X[index], y[index]) if step is None \
+                else step(model, loss, optimizer, X, y, index)
             if not math.isfinite(value):
                 raise TrainingDiverged(f"the loss became {value} at epoch {epoch + 1}, "
                                        f"batch {batch + 1}; try a smaller learning rate")
