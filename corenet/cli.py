@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive_int, help="kernel threads (default: all CPUs)")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--save", help="write the trained model to this file")
+    train.add_argument("--accumulate", type=_positive_int, default=1, metavar="K",
+                       help="sum the gradients of K micro-batches of each batch before a step")
+    train.add_argument("--distributed", action="store_true",
+                       help="data parallel over MPI, under mpiexec -n K; --batch-size is the "
+                            "global batch (needs corenet[mpi])")
     train.add_argument("--json", action="store_true", help="print one JSON object of metrics")
     train.add_argument("--diagnostics", action="store_true",
                        help="each epoch: dead units of the ReLU-family layers, gradient norm "
@@ -87,12 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_train(args) -> int:
+    if not args.distributed:
+        return train_model(args, None)
+    if args.accumulate > 1:
+        raise ValueError("--accumulate and --distributed: give one of them (K ranks are "
+                         "what --accumulate K computes in one process)")
+    import corenet as cn
+    from corenet import distributed
+
+    comm = distributed.init()
+    with distributed.abort_on_error(comm, "corenet train"):  # never leave a rank waiting
+        if not args.threads:
+            cn.set_num_threads(distributed.threads_per_rank(comm))
+        return train_model(args, comm)
+
+
+def train_model(args, comm) -> int:
+    """corenet train, in one process (comm None) or as one rank of an MPI job."""
     import time
 
     import corenet as cn
     from corenet import data, models, serialize
     from corenet.diagnostics import Diagnostics
     from corenet.progress import Progress
+    from corenet.gradients import AccumulatingStep
     from corenet.train import cosine_schedule, evaluate, fit
 
     if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
@@ -121,6 +144,14 @@ def command_train(args) -> int:
     loss = cn.losses.SoftmaxCrossEntropy()
     optimizer = cn.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                              weight_decay=args.weight_decay)
+    step = AccumulatingStep(args.accumulate) if args.accumulate > 1 else None
+    root = comm is None or comm.Get_rank() == 0  # only rank 0 prints and saves
+    if comm is not None:
+        from corenet import distributed
+
+        distributed.broadcast_parameters(model, comm=comm)
+        optimizer = distributed.DistributedOptimizer(optimizer, model, comm)
+        step = distributed.DistributedStep()
     out = sys.stderr if args.json else sys.stdout
     progress = Progress(args.epochs, stream=out)
     # The warnings are printed with the report, not also through the warnings module.
@@ -135,11 +166,14 @@ def command_train(args) -> int:
 
     start = time.perf_counter()
     history = fit(model, loss, optimizer, X_train, y_train, args.epochs, args.batch_size,
-                  args.seed, on_batch=progress.on_batch, on_epoch=on_epoch,
+                  args.seed, on_batch=progress.on_batch if root else None,
+                  on_epoch=on_epoch if root else None,
                   lr_schedule=cosine_schedule(args.lr, args.epochs)
                   if args.schedule == "cosine" else None,
-                  callbacks=[diagnostics] if diagnostics is not None else [])
+                  callbacks=[diagnostics] if diagnostics is not None else [], step=step)
     seconds = time.perf_counter() - start
+    if not root:
+        return 0
     test_loss, accuracy = evaluate(model, loss, X_test, y_test)
     if args.save:
         model.training_info = {"split_seed": args.seed, "test_fraction": args.test_fraction}
@@ -147,7 +181,7 @@ def command_train(args) -> int:
     metrics = {"test_accuracy": accuracy, "test_loss": test_loss, "train_loss": history[-1],
                "epochs": args.epochs, "seconds": round(seconds, 3),
                "threads": cn.get_num_threads(), "samples": len(X_train),
-               "test_samples": len(X_test)}
+               "test_samples": len(X_test), "ranks": comm.Get_size() if comm else 1}
     if diagnostics is not None:
         metrics["diagnostics"] = [report.as_dict() for report in diagnostics.history]
     if args.json:

@@ -141,6 +141,9 @@ class Model:
         # How the model was trained, as far as later commands need it (corenet train
         # records the split seed and test fraction); saved and loaded with the model.
         self.training_info: dict = {}
+        # Called as hook(layer) right after each layer's backward, in backward order:
+        # corenet.distributed starts a bucket's allreduce there (while earlier layers compute).
+        self.backward_hooks: list = []
         parameters = self.parameters()
         self.dtype = parameters[0].value.dtype if parameters else np.dtype(np.float32)
 
@@ -304,12 +307,16 @@ class Model:
         owned = set()  # slots whose array the executor allocated to sum fan-out
         for slot, grad in zip(self._output_slots, grads):
             values[slot] = self._add_grad(values, owned, slot, grad)
-        for layer, input_slots, output_slot, _ in reversed(self._plan):
+        for layer, input_slots, output_slot, fused in reversed(self._plan):
             grad = values[output_slot]
             values[output_slot] = None
             if grad is None:
                 continue
             input_grads = layer.backward(grad)
+            for hook in self.backward_hooks:
+                if fused is not None:  # the pair ran as one: its second layer first
+                    hook(fused)
+                hook(layer)
             if len(input_slots) == 1:
                 input_grads = (input_grads,)
             for slot, input_grad in zip(input_slots, input_grads):

@@ -79,13 +79,17 @@ def cosine_schedule(lr: float, epochs: int):
 
 def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
         seed: int = 0, on_batch=None, on_epoch=None, lr_schedule=None,
-        callbacks=()) -> list[float]:
+        callbacks=(), step=None) -> list[float]:
     """Train for ``epochs``; returns the mean training loss of each epoch.
 
     ``on_batch(epoch, batch, n_batches, loss)`` and ``on_epoch(epoch, mean_loss)``
     are called as training goes; a NaN or infinite loss raises TrainingDiverged.
     ``lr_schedule(epoch)``, if given, sets ``optimizer.lr`` before each epoch.
     ``callbacks``: Callback objects (corenet.diagnostics.Diagnostics is one).
+    ``step(model, loss, optimizer, X, y, index)`` replaces ``train_step`` on the global
+    batch ``index``: corenet.gradients.AccumulatingStep, corenet.distributed.DistributedStep.
+    With a step, ``on_after_backward`` comes after it: the gradients then are the ones
+    the update used (the sum over micro-batches or ranks).
     """
     if batch_size < 1:
         raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
@@ -111,7 +115,13 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
             for batch, index in enumerate(batches(len(X), batch_size, rng)):
                 after_backward = partial(_after_backward, callbacks, epoch, batch) \
                     if callbacks else None
-                value = train_step(model, loss, optimizer, X[index], y[index], after_backward)
+                if step is None:
+                    value = train_step(model, loss, optimizer, X[index], y[index],
+                                       after_backward)
+                else:
+                    value = step(model, loss, optimizer, X, y, index)
+                    if after_backward is not None:
+                        after_backward()
                 if not math.isfinite(value):
                     raise TrainingDiverged(f"the loss became {value} at epoch {epoch + 1}, "
                                            f"batch {batch + 1}; try a smaller learning rate")

@@ -1,0 +1,316 @@
+"""Data-parallel training over MPI (mpi4py, ``pip install "corenet[mpi]"``).
+
+Each of K ranks holds a replica of the model and takes its share of every global batch;
+the gradients are summed in rank order, so the replicas stay bitwise identical and equal
+to one process that accumulates K micro-batches (``corenet train --accumulate K``; the
+contract is spelled out in corenet.gradients). From the shell::
+
+    mpiexec -n 2 corenet train --distributed --batch-size 64
+
+In a loop written by hand, in the manner of Horovod and PyTorch DDP::
+
+    from corenet import distributed as dist
+    from corenet.gradients import micro_batch_gradient
+    from corenet.train import batches
+    comm = dist.init()                        # an uncaught error on any rank ends the job
+    dist.broadcast_parameters(model)          # every rank starts from rank 0's weights
+    optimizer = dist.DistributedOptimizer(cn.optim.SGD(model.parameters(), lr=0.1), model)
+    for index in batches(len(X), 64, np.random.default_rng(0)):  # same batches on all ranks
+        run, optimizer.weight = dist.shard(index)
+        micro_batch_gradient(model, loss, optimizer, X, y, run)  # zero_grad, forward, backward
+        optimizer.step()                      # waits for the allreduce, then updates
+
+The allreduce of a bucket of gradients starts as soon as the backward of its layers is
+done (Model.backward_hooks), while the earlier layers are still computing.
+"""
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import sys
+import traceback
+
+import numpy as np
+
+try:
+    from mpi4py import MPI
+except ImportError as error:  # pragma: no cover - exercised where mpi4py is missing
+    raise ImportError('corenet.distributed needs mpi4py and an MPI library: '
+                      'pip install "corenet[mpi]"') from error
+
+from corenet.gradients import DEFAULT_BUCKET_BYTES, FlatGradients, add_in_order, \
+    micro_batch_gradient, micro_batches
+
+
+def init():
+    """MPI's world communicator, with fail-fast errors: an exception that no one catches
+    prints ``rank R: ...`` and aborts every rank (instead of leaving the others waiting
+    forever in a collective), and a crash prints its Python traceback."""
+    comm = MPI.COMM_WORLD
+    faulthandler.enable()
+    if not getattr(sys.excepthook, "aborts_mpi", False):
+        def abort_on_uncaught(kind, error, trace):
+            report(comm, error, trace)
+            comm.Abort(1)
+        abort_on_uncaught.aborts_mpi = True
+        sys.excepthook = abort_on_uncaught
+    return comm
+
+
+def report(comm, error: BaseException, trace=None, prefix: str = "corenet") -> None:
+    """``prefix: rank R: Error: message`` on stderr, after the traceback."""
+    traceback.print_exception(type(error), error, trace or error.__traceback__)
+    print(f"{prefix}: rank {comm.Get_rank()} of {comm.Get_size()}: "
+          f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def abort_on_error(comm=None, prefix: str = "corenet"):
+    """Any exception inside (an interrupt too) is reported with the rank and aborts the
+    whole job: the other ranks would otherwise wait for this one forever."""
+    comm = comm or MPI.COMM_WORLD
+    try:
+        yield comm
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            report(comm, stop, prefix=prefix)
+            comm.Abort(stop.code if isinstance(stop.code, int) else 1)
+        raise
+    except BaseException as error:
+        report(comm, error, prefix=prefix)
+        comm.Abort(1)
+
+
+def threads_per_rank(comm=None) -> int:
+    """The CPUs this process may use shared among the ranks on its machine: K ranks on
+    one machine that each took every core would fight over them."""
+    import os
+
+    comm = comm or MPI.COMM_WORLD
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return max(1, len(os.sched_getaffinity(0)) // local.Get_size())
+    finally:
+        local.Free()
+
+
+def broadcast_parameters(model, root: int = 0, comm=None) -> None:
+    """Every rank's parameter values become rank ``root``'s (in place)."""
+    comm = comm or MPI.COMM_WORLD
+    for parameter in model.parameters():
+        comm.Bcast(parameter.value, root=root)
+
+
+def shard(index: np.ndarray, comm=None) -> tuple[np.ndarray, float]:
+    """This rank's part of a global batch and its weight, len(part) / len(index): contiguous
+    runs in rank order, the same cut as --accumulate's micro-batches."""
+    comm = comm or MPI.COMM_WORLD
+    run = micro_batches(index, comm.Get_size())[comm.Get_rank()]
+    return run, len(run) / len(index)
+
+
+class ChainAllreduce:
+    """The sum over ranks of each rank's ``local`` vector, span by span, in rank order.
+
+    Why not MPI's Allreduce with MPI.SUM: the standard lets the library choose how the
+    additions are grouped (binomial tree, recursive doubling, reduce-scatter, chosen by
+    message size and rank count, differently in MPICH and Open MPI), and float addition is
+    not associative, so the sum of more than two ranks could change with the library, the
+    rank count or the message size. Here a span travels down a chain, rank 0 -> 1 -> ... ->
+    K-1, each rank adding its own part to what it received: ((g0 + g1) + g2) + ..., exactly
+    the order of one process that accumulates micro-batches. The last rank then broadcasts
+    the sum; a broadcast copies and never adds, so MPI's choice of algorithm cannot change
+    the bits. Spans started one after another pipeline the chain: while rank 2 adds span 0,
+    rank 1 adds span 1. All calls are non-blocking; ``poll`` advances what has arrived.
+    """
+
+    def __init__(self, comm, spans: list, local: np.ndarray):
+        self.comm, self.spans, self.local = comm, spans, local
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.last = self.size - 1
+        self.incoming = np.empty_like(local) if self.rank > 0 else None
+        self.result = np.empty_like(local) if self.rank < self.last else None
+        self.reset()
+
+    @property
+    def total(self) -> np.ndarray:
+        """Where the sum is once ``finish`` has returned."""
+        if self.size == 1:
+            return self.local
+        return self.incoming if self.rank == self.last else self.result
+
+    def reset(self) -> None:
+        self.started = 0
+        self.added = 0 if self.rank > 0 else None  # spans whose receive is consumed
+        self.receives, self.pending = [], []
+
+    def start(self, span: int) -> None:
+        """Begin span ``span``; spans must start in order, 0, 1, 2, ..., on every rank
+        (the broadcasts are collectives, posted in the same order everywhere)."""
+        assert span == self.started, f"span {span} started before span {self.started}"
+        self.started += 1
+        if self.size == 1:
+            return
+        part = self.spans[span]
+        if self.rank == 0:
+            self.pending.append(self.comm.Isend(self.local[part], dest=1, tag=span))
+        else:
+            self.receives.append(self.comm.Irecv(self.incoming[part], source=self.rank - 1,
+                                                 tag=span))
+        if self.rank != self.last:
+            self.pending.append(self.comm.Ibcast(self.result[part], root=self.last))
+
+    def poll(self) -> None:
+        """Add and pass on the spans that have arrived, in order (no waiting)."""
+        if self.rank > 0:
+            while self.added < self.started and self.receives[self.added].Test():
+                self._add_and_pass_on(self.added)
+
+    def finish(self) -> np.ndarray:
+        """Wait for every started span; returns ``total``."""
+        if self.rank > 0:
+            while self.added < self.started:
+                self.receives[self.added].Wait()
+                self._add_and_pass_on(self.added)
+        MPI.Request.Waitall(self.pending)
+        self.reset()
+        return self.total
+
+    def _add_and_pass_on(self, span: int) -> None:
+        part = self.spans[span]
+        add_in_order(self.incoming[part], self.local[part])
+        if self.rank != self.last:
+            self.pending.append(self.comm.Isend(self.incoming[part], dest=self.rank + 1,
+                                                tag=span))
+        else:
+            self.pending.append(self.comm.Ibcast(self.incoming[part], root=self.last))
+        self.added += 1
+
+
+def allreduce_in_rank_order(array: np.ndarray, comm=None) -> np.ndarray:
+    """The sum of ``array`` over ranks, added in rank order (a new array on every rank).
+
+    >>> float(allreduce_in_rank_order(np.ones(1, np.float32))[0]) == MPI.COMM_WORLD.size
+    True
+    """
+    comm = comm or MPI.COMM_WORLD
+    local = np.ascontiguousarray(array).reshape(-1).copy()
+    chain = ChainAllreduce(comm, [slice(0, local.size)], local)
+    chain.start(0)
+    return chain.finish().reshape(np.shape(array)).copy()
+
+
+class GradientReducer:
+    """Allreduces a model's gradients in buckets, each started as soon as the backward of
+    its layers is done. ``begin()`` before backward, ``finish()`` after it: then every
+    parameter's grad is Σ_rank weight_rank · grad_rank, summed in rank order.
+
+    ``weight`` is this rank's share of the global batch (len(part) / len(batch)); the
+    default 1/K suits equal parts.
+    """
+
+    def __init__(self, model, comm=None, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+        # A communicator of its own: its messages never meet the user's.
+        self.comm = (comm or MPI.COMM_WORLD).Dup()
+        self.flat = FlatGradients(model.parameters(), bucket_bytes)
+        spans = [self.flat.span(bucket) for bucket in range(len(self.flat.buckets))]
+        self.chain = ChainAllreduce(self.comm, spans,
+                                    np.zeros(self.flat.size, self.flat.dtype))
+        self.weight = 1.0 / self.comm.Get_size()
+        index_of = {id(p): index for index, p in enumerate(self.flat.parameters)}
+        self._parameters_of = {id(layer): [index_of[id(p)] for p in layer.parameters()]
+                               for layer in model.layers if layer.parameters()}
+        self._active = False
+        model.backward_hooks.append(self._after_layer)
+
+    def begin(self) -> None:
+        self._packed = [False] * len(self.flat.parameters)
+        self._missing = [end - first for first, end in self.flat.buckets]
+        self._active = True
+
+    def _after_layer(self, layer) -> None:
+        if not self._active:  # a backward outside a step (a gradient check, say)
+            return
+        for index in self._parameters_of.get(id(layer), ()):
+            self._pack(index)
+        # Buckets start in order: ranks must post their broadcasts in the same order.
+        while self.chain.started < len(self._missing) and \
+                self._missing[self.chain.started] == 0:
+            self.chain.start(self.chain.started)
+        self.chain.poll()
+
+    def _pack(self, index: int) -> None:
+        if not self._packed[index]:
+            self.flat.pack(self.chain.local, index, self.weight)
+            self._packed[index] = True
+            self._missing[self.flat.bucket_of[index]] -= 1
+
+    def finish(self) -> None:
+        if not self._active:
+            raise RuntimeError("GradientReducer.finish called without begin (call "
+                               "zero_grad before backward)")
+        # Parameters whose layer did not run backward (no samples on this rank, or a
+        # branch the loss does not reach) contribute their grads as they are.
+        for index in range(len(self._packed)):
+            self._pack(index)
+        while self.chain.started < len(self._missing):
+            self.chain.start(self.chain.started)
+        self.flat.unpack(self.chain.finish())
+        self._active = False
+
+    def sum_in_rank_order(self, value: float) -> float:
+        """Σ over ranks of a Python float, added in rank order (the batch loss)."""
+        return sum(self.comm.allgather(float(value)))
+
+
+class DistributedOptimizer:
+    """An optimizer whose ``step`` first waits for the allreduce of the gradients.
+
+    ``zero_grad()`` starts a step (the reducer then packs each layer's gradients as its
+    backward finishes, times ``weight``), ``step()`` finishes the allreduce and updates.
+    Other attributes (``lr``, ``params``) are the wrapped optimizer's.
+    """
+
+    def __init__(self, optimizer, model, comm=None, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+        self.__dict__["optimizer"] = optimizer
+        self.__dict__["reducer"] = GradientReducer(model, comm, bucket_bytes)
+
+    @property
+    def weight(self) -> float:
+        return self.reducer.weight
+
+    @weight.setter
+    def weight(self, value: float) -> None:
+        self.reducer.weight = float(value)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+        self.reducer.begin()
+
+    def step(self) -> None:
+        self.reducer.finish()
+        self.optimizer.step()
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+    def __setattr__(self, name, value):
+        if name == "weight":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.optimizer, name, value)
+
+
+class DistributedStep:
+    """The ``step`` of corenet.train.fit under MPI: this rank's part of the global batch,
+    forward, backward (allreduce overlapped), update; returns the global batch loss.
+    ``optimizer`` must be a DistributedOptimizer."""
+
+    def __call__(self, model, loss, optimizer, X, y, index) -> float:
+        if not isinstance(optimizer, DistributedOptimizer):
+            raise TypeError(f"DistributedStep needs a DistributedOptimizer, got "
+                            f"{type(optimizer).__name__}")
+        run, optimizer.weight = shard(index, optimizer.reducer.comm)
+        value = micro_batch_gradient(model, loss, optimizer, X, y, run)
+        optimizer.step()
+        return optimizer.reducer.sum_in_rank_order(optimizer.weight * value)

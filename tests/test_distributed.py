@@ -1,0 +1,180 @@
+"""corenet.distributed over MPI. Two ways to run this file, and CI runs both:
+
+    python -m pytest tests/test_distributed.py               launches mpiexec jobs of 2-4 ranks
+    mpiexec -n 2 python -m pytest tests/test_distributed.py  the tests that run inside the job
+
+Every test skips, saying why, when mpi4py is not installed.
+"""
+import doctest
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py", reason='mpi4py is not installed: pip install "corenet[mpi]"')
+
+import corenet as cn  # noqa: E402
+import corenet.layers as L  # noqa: E402
+from corenet import distributed as dist  # noqa: E402
+from corenet.gradients import AccumulatingStep  # noqa: E402
+from corenet.train import fit  # noqa: E402
+from distributed_worker import rank_values  # noqa: E402
+
+WORLD = dist.MPI.COMM_WORLD
+HERE = os.path.dirname(os.path.abspath(__file__))
+MPIEXEC = shutil.which("mpiexec")
+
+in_job = pytest.mark.skipif(WORLD.Get_size() < 2,
+                            reason="runs inside an MPI job: mpiexec -n 2 python -m pytest "
+                                   "tests/test_distributed.py")
+launches_jobs = pytest.mark.skipif(WORLD.Get_size() > 1 or MPIEXEC is None,
+                                   reason="launches its own mpiexec: run in one process, "
+                                          "with mpiexec on PATH")
+
+
+# -- inside the job -------------------------------------------------------------------
+
+@in_job
+def test_allreduce_adds_in_rank_order():
+    size = WORLD.Get_size()
+    expected = rank_values(0, size).copy()
+    for rank in range(1, size):
+        expected += rank_values(rank, size)
+    got = dist.allreduce_in_rank_order(rank_values(WORLD.Get_rank(), size))
+    assert got.tobytes() == expected.tobytes()
+
+
+@in_job
+def test_broadcast_parameters_gives_every_rank_the_weights_of_rank_0():
+    cn.random.seed(WORLD.Get_rank())  # different weights on each rank
+    model = cn.Sequential(L.Linear(6, 4))
+    dist.broadcast_parameters(model)
+    cn.random.seed(0)
+    expected = cn.Sequential(L.Linear(6, 4))
+    for p, q in zip(model.parameters(), expected.parameters()):
+        assert p.value.tobytes() == q.value.tobytes()
+
+
+def mlp():
+    cn.random.seed(0)
+    return cn.Sequential(L.Linear(30, 24), L.ReLU(), L.Linear(24, 16), L.Tanh(),
+                         L.Linear(16, 5))
+
+
+def cnn():
+    cn.random.seed(0)
+    return cn.Sequential(L.Conv2d(1, 4, 3, padding=1), L.ReLU(), L.MaxPool2d(2), L.Flatten(),
+                         L.Linear(4 * 3 * 3, 5), input_shape=(1, 6, 6))
+
+
+@in_job
+@pytest.mark.parametrize("build", [mlp, cnn])
+def test_ranks_train_bitwise_as_one_process_accumulating(build):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((71, 30 if build is mlp else 36)).astype(np.float32)
+    X = X.reshape((71,) + build().inputs[0].shape)
+    y = rng.integers(0, 5, 71)
+    loss = cn.losses.SoftmaxCrossEntropy()
+
+    def train(step, wrap):
+        model = build()
+        optimizer = wrap(cn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
+                                      weight_decay=1e-3), model)
+        # 71 = 4 batches of 16 and one of 7: uneven parts on the last.
+        history = fit(model, loss, optimizer, X, y, epochs=2, batch_size=16, step=step)
+        return model, history
+
+    # Small buckets: several allreduces in flight during one backward.
+    distributed, history = train(dist.DistributedStep(), lambda optimizer, model:
+                                 dist.DistributedOptimizer(optimizer, model, bucket_bytes=512))
+    alone, alone_history = train(AccumulatingStep(WORLD.Get_size()), lambda o, m: o)
+    assert history == alone_history
+    for p, q in zip(distributed.parameters(), alone.parameters()):
+        assert p.value.tobytes() == q.value.tobytes()
+    replicas = WORLD.allgather(b"".join(p.value.tobytes() for p in distributed.parameters()))
+    assert len(set(replicas)) == 1
+
+
+@in_job
+def test_a_bucket_allreduce_starts_before_backward_ends():
+    model = mlp()
+    optimizer = dist.DistributedOptimizer(cn.optim.SGD(model.parameters(), lr=0.1), model,
+                                          bucket_bytes=1)  # one parameter per bucket
+    started = {}
+    model.backward_hooks.append(
+        lambda layer: started.setdefault(id(layer), optimizer.reducer.chain.started))
+    optimizer.zero_grad()
+    model.backward(model.forward(np.ones((4, 30), np.float32)))
+    first = model.layers[0]
+    # When the first layer's backward is done, the four later parameters' buckets are
+    # already on their way; its own two start then.
+    assert started[id(first)] == 6 and started[id(model.layers[2])] == 4
+    assert started[id(model.layers[-1])] == 2
+    optimizer.step()
+
+
+@in_job
+def test_docstring_examples_of_the_module():
+    result = doctest.testmod(dist, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# -- launching jobs ---------------------------------------------------------------------
+
+def mpiexec(n, *args, timeout=60):
+    start = time.monotonic()
+    result = subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *args],
+                            capture_output=True, text=True, timeout=timeout, cwd=HERE)
+    return result, time.monotonic() - start
+
+
+@launches_jobs
+@pytest.mark.parametrize("ranks", [3, 4])
+def test_the_sum_of_3_and_4_ranks_is_the_sequential_sum(ranks):
+    result, _ = mpiexec(ranks, "distributed_worker.py", "order")
+    assert result.returncode == 0, result.stderr
+    # Element 0 is 1e8 + 1 - 1e8 (+ 1) in float32: 0.0 (1.0) in rank order, where 1e8 + 1
+    # rounds to 1e8; (1e8 - 1e8) + 1 would give 1.0 (2.0).
+    assert result.stdout.split() == ["ok", "np.float32(0.0)" if ranks == 3 else
+                                     "np.float32(1.0)"]
+    values = [rank_values(rank, 4)[0] for rank in range(4)]
+    assert (values[0] + values[1]) + (values[2] + values[3]) == 0.0  # grouping matters
+
+
+@launches_jobs
+def test_a_rank_that_raises_ends_the_job_and_is_named():
+    result, seconds = mpiexec(2, "distributed_worker.py", "raise", timeout=30)
+    assert result.returncode != 0
+    assert "rank 1 of 2: RuntimeError: a fault injected by the test" in result.stderr
+    assert seconds < 30
+
+
+@launches_jobs
+def test_a_rank_that_dies_ends_the_job():
+    result, seconds = mpiexec(2, "distributed_worker.py", "killed", timeout=30)
+    assert result.returncode != 0 and seconds < 30
+
+
+@launches_jobs
+def test_corenet_train_distributed_saves_what_accumulate_saves_and_resumes_on_any_ranks(
+        tmp_path):
+    from corenet.cli import main
+
+    train = ["train", "--epochs", "1", "--hidden", "16", "--augment", "0", "--json"]
+    result, _ = mpiexec(2, "-m", "corenet", *train, "--distributed",
+                        "--save", str(tmp_path / "two.cnet"))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1  # rank 0 alone prints
+    assert main(train + ["--accumulate", "2", "--save", str(tmp_path / "one.cnet")]) == 0
+    assert (tmp_path / "two.cnet").read_bytes() == (tmp_path / "one.cnet").read_bytes()
+    # Continue on 3 ranks from the file written by 2.
+    result, _ = mpiexec(3, "-m", "corenet", *train, "--distributed", "--model",
+                        str(tmp_path / "two.cnet"), "--save", str(tmp_path / "three.cnet"))
+    assert result.returncode == 0, result.stderr
+    assert main(train + ["--accumulate", "3", "--model", str(tmp_path / "two.cnet"),
+                         "--save", str(tmp_path / "alone.cnet")]) == 0
+    assert (tmp_path / "three.cnet").read_bytes() == (tmp_path / "alone.cnet").read_bytes()
