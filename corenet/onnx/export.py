@@ -56,8 +56,10 @@ class OnnxGraph:
         return output
 
     def parameter(self, layer, name: str, shape: tuple | None = None) -> str:
-        """The layer's parameter ``name`` as an initializer (reshaped to ``shape``)."""
-        value = next(p.value for p in layer.parameters() if p.name == name)
+        """The layer's parameter ``name`` as an initializer (reshaped to ``shape``); an
+        array attribute of that name serves too (running statistics, say)."""
+        values = {p.name: p.value for p in layer.parameters()}
+        value = values[name] if name in values else np.asarray(getattr(layer, name))
         array = np.ascontiguousarray(value if shape is None else value.reshape(shape))
         key = self._unique(f"{self._index}.{name}")
         self.initializers.append(self.onnx.numpy_helper.from_array(array, key))
