@@ -96,7 +96,7 @@ def extensions():
 
 
 setup(
-    packages=["corenet", "corenet.diagnostics", "corenet.kernels"] + PLUGIN_PACKAGES,
+    packages=["corenet", "corenet.diagnostics", "corenet.kernels", "corenet.onnx"] + PLUGIN_PACKAGES,
     package_dir={name: f"plugins/{name}" for name in PLUGIN_PACKAGES},
     package_data={
         "corenet": ["data/*.npz", "data/*.txt"],

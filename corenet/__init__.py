@@ -5,7 +5,7 @@ registry, losses, optimizers, training loop) over Cython kernels; layers and
 losses come from plugins found through the ``corenet`` entry-point group, the
 first time the registry is used (``import corenet`` loads none).
 """
-from corenet.errors import DTypeError, ModelFileError, PluginError, ShapeError
+from corenet.errors import DTypeError, ModelFileError, PluginError, ShapeError, StateDictError
 from corenet.graph import Input, Model, Sequential, SymbolicTensor
 from corenet.hookspecs import hookimpl
 from corenet.kernels.threads import get_num_threads, set_num_threads
@@ -39,8 +39,8 @@ def __getattr__(name):
     # corenet.save and corenet.load (corenet.serialize's), which need it.
     import importlib
 
-    if name in ("data", "diagnostics", "layers", "losses", "optim", "random", "serialize",
-                "testing", "train"):
+    if name in ("data", "diagnostics", "interop", "layers", "losses", "onnx", "optim", "random",
+                "serialize", "testing", "train"):
         return importlib.import_module(f"corenet.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module("corenet.serialize"), name)
@@ -48,6 +48,7 @@ def __getattr__(name):
 
 
 __all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "ModelFileError", "PLUGIN_API",
-           "Parameter", "PluginError", "Sequential", "ShapeError", "SymbolicTensor",
+           "Parameter", "PluginError", "Sequential", "ShapeError", "StateDictError",
+           "SymbolicTensor",
            "get_include", "get_num_threads", "hookimpl", "load", "save", "set_num_threads",
            "show_config"]

@@ -1,4 +1,4 @@
-"""The ``corenet`` command: train, eval, predict, plugins, info."""
+"""The ``corenet`` command: train, eval, predict, export, plugins, info."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", help="a .npz with X (and optionally y), or 'digits'")
     predict.add_argument("--threads", type=_positive_int)
     predict.add_argument("--json", action="store_true")
+
+    export = commands.add_parser("export", help="write a saved model as an ONNX file")
+    export.add_argument("model", help="a model file saved by corenet train --save")
+    export.add_argument("output", metavar="FILE.onnx")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer")
 
     plugins = commands.add_parser("plugins", help="list the installed plugins")
     plugins.add_argument("--json", action="store_true")
@@ -234,6 +239,20 @@ def command_predict(args) -> int:
     return 0
 
 
+def command_export(args) -> int:
+    from corenet import serialize
+    from corenet.onnx import export
+
+    model = serialize.load(args.model)
+    try:
+        export(model, args.output, args.opset)
+    except ImportError as error:  # the onnx extra is not installed: say which
+        print(f"corenet export: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {args.output}")
+    return 0
+
+
 def command_plugins(args) -> int:
     from corenet.registry import registry
 
@@ -267,7 +286,7 @@ def command_info(args) -> int:
 
 
 COMMANDS = {"train": command_train, "eval": command_eval, "predict": command_predict,
-            "plugins": command_plugins, "info": command_info}
+            "export": command_export, "plugins": command_plugins, "info": command_info}
 
 
 # Exit statuses besides 0: bad arguments or data, a diverged training, and the shell's

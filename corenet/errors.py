@@ -16,3 +16,8 @@ class PluginError(RuntimeError):
 class ModelFileError(ValueError):
     """A model file is malformed: not a corenet model, or arrays and config that do not
     agree. The message names the file and what is wrong with it."""
+
+
+class StateDictError(ValueError):
+    """A state dict does not fit the model: missing or unexpected keys, or shapes that
+    differ. The message lists every problem and the model's keys."""

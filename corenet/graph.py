@@ -344,6 +344,20 @@ class Model:
     def parameters(self) -> list:
         return [parameter for layer in self.layers for parameter in layer.parameters()]
 
+    def state_dict(self) -> dict:
+        """{"<node index>.<parameter>": array copy}: PyTorch's keys for a Sequential
+        ("0.weight", "2.bias"); see corenet.state."""
+        from corenet.state import state_dict
+
+        return state_dict(self)
+
+    def load_state_dict(self, state: dict, strict: bool = True):
+        """Copy arrays (or PyTorch tensors) into the parameters, checked first; strict:
+        missing and unexpected keys are errors too. Returns (missing, unexpected)."""
+        from corenet.state import load_state_dict
+
+        return load_state_dict(self, state, strict)
+
     def zero_grad(self) -> None:
         for layer in self.layers:
             layer.zero_grad()

@@ -1,5 +1,6 @@
 """The example third-party plugin builds against the installed corenet, is found
 through its entry point, and passes the conformance kit."""
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -31,4 +32,6 @@ def test_example_plugin_installs_registers_and_conforms(tmp_path):
                             str(build / "tests")], cwd=tmp_path, capture_output=True,
                            text=True, env=env, timeout=300)
     assert tests.returncode == 0, tests.stdout[-3000:]
-    assert "2 passed" in tests.stdout
+    # Its ONNX test runs where onnx and onnxruntime are installed (the same python).
+    has_onnx = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+    assert ("3 passed" if has_onnx else "2 passed, 1 skipped") in tests.stdout, tests.stdout

@@ -180,10 +180,11 @@ def test_conflict_inside_registry_names_both_distributions(register_plugin):
 
 def test_every_hook_is_documented_and_exercised():
     hooks = [name for name in dir(hookspecs) if name.startswith("corenet_")]
-    assert hooks == ["corenet_layers", "corenet_losses"]
+    assert hooks == ["corenet_layers", "corenet_losses", "corenet_onnx_exporters"]
     for name in hooks:
         assert getattr(hookspecs, name).__doc__.strip()
-    # Both hooks are exercised by test_registered_object_provides_layers_and_losses.
+    # The first two are exercised by test_registered_object_provides_layers_and_losses,
+    # corenet_onnx_exporters by tests/test_onnx.py::test_a_plugin_exports_its_layer.
     fresh = Registry()
     fresh.load()
     assert fresh.layers and fresh.losses

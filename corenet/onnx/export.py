@@ -1,0 +1,231 @@
+"""corenet -> ONNX: one exporter per layer name, each adding its layer's nodes.
+
+Tensors are named after the corenet graph: the model's input "input" (or its Input
+name), initializers "<node index>.<parameter>" as in ``Model.state_dict()``, the
+output "output". The batch axis is dynamic ("batch"); every other axis is fixed.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from corenet.errors import PluginError
+
+DEFAULT_OPSET = 17  # the oldest opset accepted: the ops below are stable since 13-17
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError('corenet.onnx needs the onnx package: pip install "corenet[onnx]"'
+                          ) from None
+    return onnx
+
+
+class OnnxGraph:
+    """The graph an export builds: exporters call ``node`` and ``parameter``."""
+
+    def __init__(self, onnx, dtype: np.dtype):
+        self.onnx = onnx
+        self.dtype = np.dtype(dtype)
+        self.elem_type = onnx.helper.np_dtype_to_tensor_dtype(self.dtype)
+        self.nodes, self.initializers, self.shapes = [], [], {}
+        self.prefix = ""
+        self._index = None
+        self._names = set()
+
+    def begin(self, index: int, layer) -> None:
+        """Nodes added from now on belong to node ``index`` of the corenet model."""
+        self._index, self.prefix = index, f"{index}.{layer.name}"
+
+    def _unique(self, name: str) -> str:
+        candidate, suffix = name, 1
+        while candidate in self._names:
+            candidate, suffix = f"{name}_{suffix}", suffix + 1
+        self._names.add(candidate)
+        return candidate
+
+    def node(self, op_type: str, inputs: list, **attributes) -> str:
+        """Add an ONNX node of the default domain; returns the name of its one output."""
+        output = self._unique(f"{self.prefix}/{op_type}")
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [output],
+                                                     name=output, **attributes))
+        return output
+
+    def parameter(self, layer, name: str, shape: tuple | None = None) -> str:
+        """The layer's parameter ``name`` as an initializer (reshaped to ``shape``); an
+        array attribute of that name serves too (running statistics, say)."""
+        values = {p.name: p.value for p in layer.parameters()}
+        value = values[name] if name in values else np.asarray(getattr(layer, name))
+        array = np.ascontiguousarray(value if shape is None else value.reshape(shape))
+        key = self._unique(f"{self._index}.{name}")
+        self.initializers.append(self.onnx.numpy_helper.from_array(array, key))
+        return key
+
+    def shape(self, name: str) -> tuple:
+        """The per-sample shape (no batch axis) of a tensor of the graph."""
+        return self.shapes[name]
+
+    def value_info(self, name: str, shape: tuple):
+        return self.onnx.helper.make_tensor_value_info(name, self.elem_type,
+                                                       ["batch", *shape])
+
+
+# -- the exporters of corenet's own layers ---------------------------------------------
+
+def _linear(graph, layer, inputs):
+    operands = [inputs[0], graph.parameter(layer, "weight")]
+    if layer.bias is not None:
+        operands.append(graph.parameter(layer, "bias"))
+    return graph.node("Gemm", operands, transB=1)
+
+
+def _window_attributes(window) -> dict:
+    return {"kernel_shape": list(window.kernel), "strides": list(window.stride),
+            "pads": list(window.pad_before + window.pad_after)}
+
+
+def _conv(graph, layer, inputs):
+    operands = [inputs[0], graph.parameter(layer, "weight")]
+    if layer.bias is not None:
+        operands.append(graph.parameter(layer, "bias"))
+    window = _window_attributes(layer.window)
+    if isinstance(layer.window.padding_config, str):
+        # "same" pads the odd one after, as SAME_UPPER does; kept by name, so that the
+        # import gives back the same config.
+        del window["pads"]
+        window["auto_pad"] = {"same": "SAME_UPPER", "valid": "VALID"}[layer.window.padding_config]
+    return graph.node("Conv", operands, dilations=list(layer.window.dilation),
+                      group=layer.groups, **window)
+
+
+def _pool(graph, layer, inputs):
+    if layer.is_max:
+        return graph.node("MaxPool", inputs, **_window_attributes(layer.window))
+    return graph.node("AveragePool", inputs, count_include_pad=1,
+                      **_window_attributes(layer.window))
+
+
+def _prelu(graph, layer, inputs):
+    # ONNX broadcasts the slope from the right: one per channel (axis 1) is (C, 1, ..., 1).
+    spatial = len(graph.shape(inputs[0])) - 1
+    shape = (1,) if layer.num_parameters == 1 else (layer.num_parameters,) + (1,) * spatial
+    return graph.node("PRelu", [inputs[0], graph.parameter(layer, "weight", shape)])
+
+
+EXPORTERS = {
+    "linear": _linear,
+    "conv2d": _conv, "conv3d": _conv,
+    "max_pool2d": _pool, "max_pool3d": _pool, "avg_pool2d": _pool, "avg_pool3d": _pool,
+    "global_avg_pool": lambda graph, layer, inputs: graph.node(
+        "Flatten", [graph.node("GlobalAveragePool", inputs)], axis=1),
+    "flatten": lambda graph, layer, inputs: graph.node("Flatten", inputs, axis=1),
+    "relu": lambda graph, layer, inputs: graph.node("Relu", inputs),
+    "sigmoid": lambda graph, layer, inputs: graph.node("Sigmoid", inputs),
+    "tanh": lambda graph, layer, inputs: graph.node("Tanh", inputs),
+    "leaky_relu": lambda graph, layer, inputs: graph.node("LeakyRelu", inputs,
+                                                          alpha=layer.negative_slope),
+    "elu": lambda graph, layer, inputs: graph.node("Elu", inputs, alpha=layer.alpha),
+    "prelu": _prelu,
+    "softmax": lambda graph, layer, inputs: graph.node("Softmax", inputs, axis=-1),
+    "add": lambda graph, layer, inputs: graph.node("Add" if len(inputs) == 2 else "Sum",
+                                                   inputs),
+    "concat": lambda graph, layer, inputs: graph.node("Concat", inputs, axis=layer.axis),
+}
+
+
+def exporters() -> dict:
+    """EXPORTERS and those the plugins provide through ``corenet_onnx_exporters``."""
+    from corenet.registry import registry
+
+    table, owners = dict(EXPORTERS), dict.fromkeys(EXPORTERS, "corenet")
+    hook = registry.load().plugin_manager.hook.corenet_onnx_exporters
+    for implementation in hook.get_hookimpls():
+        info = registry.plugins.get(implementation.plugin_name)
+        owner = info.distribution if info else implementation.plugin_name
+        provided = implementation.function() or {}
+        if not isinstance(provided, dict) or not all(
+                isinstance(name, str) and callable(function) for name, function in provided.items()):
+            raise PluginError(f"corenet_onnx_exporters of {owner!r} must return "
+                              f"{{layer name: function}}, got {provided!r}")
+        for name, function in provided.items():
+            if name in table:
+                raise PluginError(f"the ONNX export of layer {name!r} is provided twice: "
+                                  f"by {owners[name]!r} and by {owner!r}")
+            table[name], owners[name] = function, owner
+    return table
+
+
+def to_onnx(model, opset: int = DEFAULT_OPSET):
+    """The model as an onnx.ModelProto, checked by onnx.checker."""
+    onnx = require_onnx()
+    if not isinstance(opset, int) or not DEFAULT_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(f"opset must be an integer from {DEFAULT_OPSET} to "
+                         f"{onnx.defs.onnx_opset_version()} (this onnx's newest), got {opset!r}")
+    graph = OnnxGraph(onnx, model.dtype)
+    table = exporters()
+    names = {}  # id(symbolic tensor) -> ONNX name
+    inputs = []
+    for index, tensor in enumerate(model.inputs):
+        name = tensor.name or ("input" if len(model.inputs) == 1 else f"input{index}")
+        names[id(tensor)] = name
+        graph.shapes[name] = tensor.shape
+        inputs.append(graph.value_info(name, tensor.shape))
+    for index, node in enumerate(model.nodes):
+        exporter = table.get(node.layer.name)
+        if exporter is None:
+            raise ValueError(f"corenet.onnx.export: no ONNX conversion for layer "
+                             f"{node.layer.name!r} (node {index}); converted: "
+                             f"{', '.join(sorted(table))}. A plugin provides the conversion "
+                             f"of its layers through the corenet_onnx_exporters hook")
+        graph.begin(index, node.layer)
+        output = exporter(graph, node.layer, [names[id(tensor)] for tensor in node.inputs])
+        names[id(node.output)] = output
+        graph.shapes[output] = node.output.shape
+    outputs = _name_outputs(graph, [names[id(tensor)] for tensor in model.outputs],
+                           {value.name for value in inputs})
+    proto = onnx.helper.make_model(
+        onnx.helper.make_graph(graph.nodes, "corenet", inputs,
+                               [graph.value_info(name, graph.shapes[name]) for name in outputs],
+                               graph.initializers),
+        opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="corenet")
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import))
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _name_outputs(graph: OnnxGraph, outputs: list, input_names: set) -> list:
+    """Rename the tensors the model returns "output" (output0, output1, ... for several);
+    one that is a model input, or is returned twice, goes through an Identity."""
+    final, renamed = [], {}
+    for index, old in enumerate(outputs):
+        new = "output" if len(outputs) == 1 else f"output{index}"
+        if old in renamed or old in input_names:
+            graph.nodes.append(graph.onnx.helper.make_node(
+                "Identity", [renamed.get(old, old)], [new], name=new))
+        else:
+            renamed[old] = new
+        graph.shapes[new] = graph.shapes[old]
+        final.append(new)
+    for node in graph.nodes:
+        for field in (node.input, node.output):
+            field[:] = [renamed.get(name, name) for name in field]
+    return final
+
+
+def export(model, path: str, opset: int = DEFAULT_OPSET) -> None:
+    """Write ``model`` as an ONNX file (opset ``opset``, 17 or newer) with a dynamic batch
+    axis; written to a temporary file and renamed, as corenet.save does."""
+    proto = to_onnx(model, opset)
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".corenet-export-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(proto.SerializeToString())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

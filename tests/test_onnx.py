@@ -1,0 +1,288 @@
+"""ONNX export checked by onnx.checker and against onnxruntime; import back, exactly."""
+import sys
+
+import numpy as np
+import pytest
+
+import corenet as cn
+import corenet.layers as L
+from corenet import models
+from corenet.registry import registry
+from layer_table import LAYERS, builtin_names, layer_id
+
+REASON = 'needs the onnx extra: pip install "corenet[onnx]" (onnx and onnxruntime)'
+onnx = pytest.importorskip("onnx", reason=REASON)
+runtime = pytest.importorskip("onnxruntime", reason=REASON)
+import corenet.onnx  # noqa: E402  (after the skip)
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+def run_onnxruntime(path, *xs):
+    session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {i.name: x for i, x in zip(session.get_inputs(), xs)})
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def random_inputs(model, batch, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch,) + tensor.shape).astype(dtype)
+            for tensor in model.inputs]
+
+
+def randomize(model, seed=1):
+    """Parameters away from their initial values (PReLU's 0.25 everywhere, say)."""
+    rng = np.random.default_rng(seed)
+    for parameter in model.parameters():
+        parameter.value[...] = rng.uniform(-1, 1, parameter.value.shape)
+    return model
+
+
+def check_export(model, path, batches=(1, 5)):
+    """Export, onnx.checker, onnxruntime within 1e-5 for several batch sizes (the batch
+    axis is dynamic), and the import back: the same layers, outputs bitwise equal."""
+    corenet.onnx.export(model, str(path))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version >= 17
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    back = corenet.onnx.load(str(path))
+    assert [(layer.name, layer.get_config()) for layer in back.layers] == \
+        [(layer.name, layer.get_config()) for layer in model.layers]
+    for batch in batches:
+        xs = random_inputs(model, batch, seed=batch, dtype=model.dtype)
+        expected = model.predict(*xs) if len(xs) == 1 else model.forward(*xs)
+        np.testing.assert_allclose(run_onnxruntime(path, *xs), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(back.forward(*xs), model.forward(*xs))
+    return proto
+
+
+@pytest.mark.parametrize("row", LAYERS, ids=layer_id)
+def test_every_layer_exports_and_imports(row, tmp_path):
+    name, config, shapes = row
+    inputs = [cn.Input(shape) for shape in shapes]
+    model = randomize(cn.Model(inputs, L.create(name, **config)(*inputs)))
+    check_export(model, tmp_path / "layer.onnx")
+
+
+def test_every_builtin_layer_has_an_exporter():
+    # A new built-in layer needs a line in corenet.onnx.export.EXPORTERS (and a row in
+    # tests/layer_table.py, which the test above runs through the export).
+    assert builtin_names() - set(corenet.onnx.EXPORTERS) == set()
+
+
+def test_the_cli_models_export_from_the_command_line(tmp_path, capsys):
+    from corenet.cli import main
+
+    cn.random.seed(0)
+    for name, model in [("mlp", models.build_mlp(64, [32], 10)),
+                        ("cnn", models.build_cnn((1, 8, 8), 10, channels=(8, 16)))]:
+        randomize(model)
+        cn.save(model, str(tmp_path / f"{name}.npz"))
+        target = tmp_path / f"{name}.onnx"
+        assert main(["export", str(tmp_path / f"{name}.npz"), str(target)]) == 0
+        assert f"wrote {target}" in capsys.readouterr().out
+        xs = random_inputs(model, 7)
+        np.testing.assert_allclose(run_onnxruntime(target, *xs), model.predict(*xs),
+                                   rtol=1e-5, atol=1e-5)
+        back = corenet.onnx.load(str(target))
+        np.testing.assert_array_equal(back.forward(*xs), model.forward(*xs))
+
+
+def test_cli_export_errors_are_one_line(tmp_path, capsys):
+    from corenet.cli import main
+
+    cn.save(models.build_mlp(4, [3], 2), str(tmp_path / "m.npz"))
+    assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx"),
+                 "--opset", "12"]) == 2
+    assert "opset must be an integer from 17" in capsys.readouterr().err
+
+
+def test_a_dag_with_branches_and_two_outputs(tmp_path):
+    x = cn.Input((3, 6, 6), name="image")
+    a = L.ReLU()(L.Conv2d(3, 4, 3, padding=1)(x))
+    b = L.Conv2d(3, 4, 1)(x)
+    merged = L.Add()(a, b, L.Tanh()(b))
+    pooled = L.Flatten()(L.MaxPool2d(2)(merged))
+    head = L.Linear(40, 5)(L.Concat()(pooled, L.GlobalAvgPool()(merged)))
+    model = randomize(cn.Model(x, [L.Softmax()(head), head]))
+    proto = check_export(model, tmp_path / "dag.onnx")
+    assert [value.name for value in proto.graph.input] == ["image"]
+    assert [value.name for value in proto.graph.output] == ["output0", "output1"]
+    assert "Sum" in [node.op_type for node in proto.graph.node]  # the 3-input add
+
+
+def test_float64_models_export_as_double(tmp_path):
+    model = randomize(cn.Sequential(L.Linear(5, 4, dtype="float64"), L.Tanh(),
+                                    L.Linear(4, 2, dtype="float64"), L.Softmax()))
+    proto = check_export(model, tmp_path / "double.onnx")
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.DOUBLE
+    assert corenet.onnx.load(str(tmp_path / "double.onnx")).dtype == np.float64
+
+
+def test_initializers_are_named_as_the_state_dict(tmp_path):
+    model = cn.Sequential(L.Linear(4, 3), L.PReLU(), L.Linear(3, 2))
+    corenet.onnx.export(model, str(tmp_path / "m.onnx"))
+    names = [tensor.name for tensor in onnx.load(str(tmp_path / "m.onnx")).graph.initializer]
+    assert names == list(model.state_dict())
+
+
+# -- ONNX files from elsewhere ---------------------------------------------------------
+
+def make_file(path, nodes, initializers=(), input_shape=("N", 4), opset=17):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"] + [None] * (
+            len(input_shape) - 1))],
+        [numpy_helper.from_array(np.asarray(value, np.float32), name)
+         for name, value in initializers])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+def test_matmul_and_add_import_as_one_linear(tmp_path):
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    path = make_file(tmp_path / "mm.onnx",
+                     [helper.make_node("MatMul", ["x", "W"], ["h"]),
+                      helper.make_node("Add", ["b", "h"], ["z"]),
+                      helper.make_node("Relu", ["z"], ["y"])],
+                     [("W", weight), ("b", bias)])
+    model = corenet.onnx.load(path)
+    assert [layer.name for layer in model.layers] == ["linear", "relu"]
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.forward(x), run_onnxruntime(path, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nodes, initializers, message", [
+    ([helper.make_node("Cos", ["x"], ["y"], name="cosine")], [],
+     r"node 0 \('cosine', Cos\): unsupported operator ai.onnx.Cos"),
+    ([helper.make_node("Gemm", ["x", "W"], ["y"], alpha=2.0)], [("W", np.ones((4, 2)))],
+     "only alpha=1, beta=1, transA=0"),
+    ([helper.make_node("Gemm", ["x", "x"], ["y"])], [],
+     "its B 'x' must be an initializer"),
+    ([helper.make_node("Relu", ["x"], ["y"], foo=1)], [],
+     "onnx.checker rejects it: Unrecognized attribute: foo"),
+    ([helper.make_node("Softmax", ["x"], ["y"], axis=0)], [], "softmax over axis 0"),
+    ([helper.make_node("Concat", ["x", "x"], ["y"], axis=0)], [], "along axis 0"),
+    ([helper.make_node("Gemm", ["x", "W"], ["y"])], [("W", np.ones((5, 2)))],
+     "linear: expected per-sample shape \\(5,\\)"),
+    ([helper.make_node("GlobalAveragePool", ["x"], ["y"])], [],
+     "when Flatten\\(axis=1\\) alone follows it"),
+])
+def test_what_cannot_be_imported_is_named(tmp_path, nodes, initializers, message):
+    path = make_file(tmp_path / "bad.onnx", nodes, initializers)
+    with pytest.raises(cn.ModelFileError, match=message) as caught:
+        corenet.onnx.load(path)
+    assert str(caught.value).startswith(path)
+
+
+def test_pads_corenet_cannot_take_are_refused(tmp_path):
+    path = make_file(tmp_path / "pads.onnx",
+                     [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2],
+                                       pads=[0, 0, 1, 1])],
+                     input_shape=("N", 1, 4, 4))
+    with pytest.raises(cn.ModelFileError, match="corenet pads each axis as much before"):
+        corenet.onnx.load(path)
+
+
+def test_malformed_and_hostile_files(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a protobuf at all\xff\xff")
+    with pytest.raises(cn.ModelFileError, match="garbage.onnx"):
+        corenet.onnx.load(str(garbage))
+    with pytest.raises(FileNotFoundError):
+        corenet.onnx.load(str(tmp_path / "missing.onnx"))
+    # A weight "stored" in another file (here /etc/passwd) is refused, never read.
+    path = make_file(tmp_path / "ext.onnx", [helper.make_node("Gemm", ["x", "W"], ["y"])],
+                     [("W", np.ones((4, 2)))])
+    proto = onnx.load(path)
+    tensor = proto.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="/etc/passwd")
+    onnx.save(proto, path)
+    with pytest.raises(cn.ModelFileError, match="keeps its data in another file"):
+        corenet.onnx.load(path)
+    # An integer input, and an input without a fixed feature size.
+    for input_shape, message in [(("N", "F"), "fixed positive sizes"), (("N",), "batch axis")]:
+        path = make_file(tmp_path / "shape.onnx", [helper.make_node("Relu", ["x"], ["y"])],
+                         input_shape=input_shape)
+        with pytest.raises(cn.ModelFileError, match=message):
+            corenet.onnx.load(path)
+    path = make_file(tmp_path / "old.onnx", [helper.make_node("Relu", ["x"], ["y"])], opset=11)
+    with pytest.raises(cn.ModelFileError, match="opset 11"):
+        corenet.onnx.load(path)
+
+
+# -- plugins, and corenet without onnx ----------------------------------------------------
+
+class Double(cn.Layer):
+    name = "double_for_onnx"
+
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, grad):
+        return 2 * grad
+
+
+class DoublePlugin:
+    @cn.hookimpl
+    def corenet_layers(self):
+        return [Double]
+
+    @cn.hookimpl
+    def corenet_onnx_exporters(self):
+        return {"double_for_onnx": lambda graph, layer, inputs: graph.node(
+            "Add", [inputs[0], inputs[0]])}
+
+
+def test_a_plugin_exports_its_layer(tmp_path):
+    registry.load()
+    registry.register(DoublePlugin(), "double_plugin", distribution="double-dist")
+    try:
+        model = cn.Sequential(L.Linear(3, 4), Double())
+        corenet.onnx.export(model, str(tmp_path / "double.onnx"))
+        x = random_inputs(model, 3)[0]
+        np.testing.assert_allclose(run_onnxruntime(tmp_path / "double.onnx", x),
+                                   model.forward(x), rtol=1e-6)
+    finally:
+        registry.unregister("double_plugin")
+    with pytest.raises(ValueError, match="no ONNX conversion for layer 'double_for_onnx' "
+                                         "\\(node 1\\).*corenet_onnx_exporters hook"):
+        corenet.onnx.export(model, str(tmp_path / "double.onnx"))
+
+
+def test_a_plugin_may_not_take_over_a_builtin_export(tmp_path):
+    class Clash:
+        @cn.hookimpl
+        def corenet_onnx_exporters(self):
+            return {"relu": lambda graph, layer, inputs: inputs[0]}
+
+    registry.load()
+    registry.register(Clash(), "clash_plugin", distribution="clash-dist")
+    try:
+        with pytest.raises(cn.PluginError, match="'relu' is provided twice: by 'corenet' "
+                                                 "and by 'clash-dist'"):
+            corenet.onnx.export(cn.Sequential(L.Linear(2, 2), L.ReLU()),
+                                str(tmp_path / "x.onnx"))
+    finally:
+        registry.unregister("clash_plugin")
+
+
+def test_without_onnx_the_error_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "corenet\[onnx\]"'):
+        corenet.onnx.export(cn.Sequential(L.Linear(2, 2)), str(tmp_path / "x.onnx"))
+    with pytest.raises(ImportError, match=r'pip install "corenet\[onnx\]"'):
+        corenet.onnx.load(str(tmp_path / "x.onnx"))
+
+
+def test_docstring_example():
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module("corenet.onnx"))
+    assert result.attempted > 0 and result.failed == 0
