@@ -9,7 +9,7 @@ from corenet.errors import DTypeError, ModelFileError, PluginError, ShapeError
 from corenet.graph import Input, Model, Sequential, SymbolicTensor
 from corenet.hookspecs import hookimpl
 from corenet.kernels.threads import get_num_threads, set_num_threads
-from corenet.layer import Layer, Parameter
+from corenet.layer import Buffer, Layer, Parameter
 from corenet.loss import Loss
 from corenet.registry import PLUGIN_API
 
@@ -46,7 +46,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'corenet' has no attribute {name!r}")
 
 
-__all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "ModelFileError", "PLUGIN_API",
-           "Parameter", "PluginError", "Sequential", "ShapeError", "SymbolicTensor",
+__all__ = ["Buffer", "DTypeError", "Input", "Layer", "Loss", "Model", "ModelFileError",
+           "PLUGIN_API", "Parameter", "PluginError", "Sequential", "ShapeError", "SymbolicTensor",
            "get_include", "get_num_threads", "hookimpl", "load", "save", "set_num_threads",
            "show_config"]

@@ -192,7 +192,8 @@ ARRAY_CASES = {
     "array of no node": (tamper_arrays(lambda a: a.update({"node9.weight": np.ones(1, "f4")})),
                          "array 'node9.weight' belongs to no node"),
     "int dtype": (tamper_arrays(lambda a: a.update({"node0.weight": np.ones((3, 4), int)})),
-                  "array 'node0.weight' has dtype int64, the model's is float32"),
+                  r"node 0 \('linear'\): parameter 'weight' is int64 in the file, the config "
+                  r"makes float32"),
     "float16 dtype": (tamper_arrays(lambda a: a.update({"node0.weight": np.ones((3, 4), "<f2")})),
                       "array 'node0.weight' has dtype float16"),
     "big-endian dtype": (tamper_arrays(lambda a: a.update({"node0.bias": np.ones(3, ">f4")})),
