@@ -39,7 +39,8 @@ def __getattr__(name):
     # corenet.save and corenet.load (corenet.serialize's), which need it.
     import importlib
 
-    if name in ("layers", "losses", "optim", "data", "random", "serialize", "testing", "train"):
+    if name in ("layers", "losses", "optim", "data", "init", "random", "serialize", "testing",
+                "train"):
         return importlib.import_module(f"corenet.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module("corenet.serialize"), name)
