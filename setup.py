@@ -25,6 +25,9 @@ EXTENSIONS = {
     "corenet.kernels.peak": "corenet/kernels/peak.pyx",
     "corenet_dense.linear": "plugins/corenet_dense/linear.pyx",
     "corenet_dense.merge": "plugins/corenet_dense/merge.pyx",
+    "corenet_dense.maxout": "plugins/corenet_dense/maxout.pyx",
+    "corenet_dense.dropout": "plugins/corenet_dense/dropout.pyx",
+    "corenet_dense.normalization": "plugins/corenet_dense/normalization.pyx",
     "corenet_activations.pointwise": "plugins/corenet_activations/pointwise.pyx",
     "corenet_activations.softmax": "plugins/corenet_activations/softmax.pyx",
     "corenet_losses.losses": "plugins/corenet_losses/losses.pyx",
@@ -102,6 +105,7 @@ setup(
         "corenet": ["data/*.npz", "data/*.txt"],
         "corenet.kernels": ["*.pxd", "*.h"],
         "corenet_conv": ["*.pxd"],
+        "corenet_dense": ["*.pxd"],
     },
     ext_modules=extensions(),
 )

@@ -9,7 +9,7 @@ from corenet.errors import DTypeError, ModelFileError, PluginError, ShapeError, 
 from corenet.graph import Input, Model, Sequential, SymbolicTensor
 from corenet.hookspecs import hookimpl
 from corenet.kernels.threads import get_num_threads, set_num_threads
-from corenet.layer import Layer, Parameter
+from corenet.layer import Buffer, Layer, Parameter
 from corenet.loss import Loss
 from corenet.registry import PLUGIN_API
 
@@ -39,16 +39,16 @@ def __getattr__(name):
     # corenet.save and corenet.load (corenet.serialize's), which need it.
     import importlib
 
-    if name in ("data", "diagnostics", "interop", "layers", "losses", "onnx", "optim", "random",
-                "serialize", "testing", "train"):
+    if name in ("data", "diagnostics", "init", "interop", "layers", "losses", "onnx", "optim",
+                "random", "serialize", "testing", "train"):
         return importlib.import_module(f"corenet.{name}")
     if name in ("save", "load"):
         return getattr(importlib.import_module("corenet.serialize"), name)
     raise AttributeError(f"module 'corenet' has no attribute {name!r}")
 
 
-__all__ = ["DTypeError", "Input", "Layer", "Loss", "Model", "ModelFileError", "PLUGIN_API",
-           "Parameter", "PluginError", "Sequential", "ShapeError", "StateDictError",
+__all__ = ["Buffer", "DTypeError", "Input", "Layer", "Loss", "Model", "ModelFileError",
+           "PLUGIN_API", "Parameter", "PluginError", "Sequential", "ShapeError", "StateDictError",
            "SymbolicTensor",
            "get_include", "get_num_threads", "hookimpl", "load", "save", "set_num_threads",
            "show_config"]

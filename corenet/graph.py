@@ -371,11 +371,14 @@ class Model:
         return self
 
     def train(self, mode: bool = True) -> "Model":
+        """Every layer in training mode, as PyTorch's ``Module.train``; ``fit`` calls it."""
         for layer in self.layers:
-            layer.training = mode
+            layer.train(mode)
         return self
 
     def eval(self) -> "Model":
+        """Every layer in evaluation mode (dropout off, batch norm's running statistics);
+        ``predict`` and ``evaluate`` use it for their pass and restore the modes after."""
         return self.train(False)
 
     def predict(self, x, batch_size: int = 1024) -> np.ndarray:

@@ -58,6 +58,25 @@ class Parameter:
         return f"Parameter({self.name!r}, shape={self.value.shape}, dtype={self.value.dtype})"
 
 
+class Buffer:
+    """An array a layer keeps between calls without learning it, saved and loaded with
+    the model: batch norm's running statistics (what PyTorch calls a buffer). A float
+    buffer follows the layer's dtype; another (a step count) keeps its own."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: np.ndarray):
+        self.name = name
+        self.value = np.asarray(value, order="C")  # a 0-d count stays 0-d
+
+    def astype(self, dtype) -> None:
+        if self.value.dtype in FLOAT_DTYPES:
+            self.value = self.value.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name!r}, shape={self.value.shape}, dtype={self.value.dtype})"
+
+
 class Layer:
     """Base of every layer. Subclasses set ``name`` and override forward/backward.
 
@@ -109,6 +128,16 @@ class Layer:
     def get_config(self) -> dict:
         return {}
 
+    def state_buffers(self) -> list[Buffer]:
+        """The arrays besides the parameters that a saved model keeps (running statistics)."""
+        return []
+
+    @classmethod
+    def state_shapes(cls, **config) -> dict[str, tuple]:
+        """{buffer name: shape} that ``cls(**config)`` would make, as parameter_shapes
+        does for parameters: a layer with state_buffers that declares one declares both."""
+        return {}
+
     @classmethod
     def parameter_shapes(cls, **config) -> dict[str, tuple] | None:
         """{parameter name: shape} that ``cls(**config)`` would make, worked out without
@@ -123,10 +152,20 @@ class Layer:
         for parameter in self.parameters():
             parameter.grad.fill(0)
 
+    def train(self, mode: bool = True) -> "Layer":
+        """Training mode (the default): dropout drops, batch norm uses the batch's
+        statistics. ``Model.train`` / ``Model.eval`` set it on every layer."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "Layer":
+        """Evaluation mode: dropout is the identity, batch norm uses its running statistics."""
+        return self.train(False)
+
     def astype(self, dtype) -> "Layer":
         dtype = as_float_dtype(dtype, self.name)
-        for parameter in self.parameters():
-            parameter.astype(dtype)
+        for array in self.parameters() + self.state_buffers():
+            array.astype(dtype)
         if hasattr(self, "dtype"):
             self.dtype = dtype
         self._buffers = {}

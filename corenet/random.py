@@ -1,7 +1,11 @@
-"""The random generator layers draw their initial weights from.
+"""The random generator layers draw from: initial weights, and dropout's masks.
 
-``corenet.random.seed(n)`` makes every later initialisation reproducible.
+``corenet.random.seed(n)`` makes every later draw reproducible, as
+``torch.manual_seed`` does: the same seed, the same model built and trained the
+same way, the same weights at the end.
 """
+import contextlib
+
 import numpy as np
 
 _generator = np.random.default_rng()
@@ -14,3 +18,24 @@ def seed(value: int) -> None:
 
 def generator() -> np.random.Generator:
     return _generator
+
+
+@contextlib.contextmanager
+def seeded(value: int):
+    """Draws inside the block come from a generator seeded with ``value``; the one
+    before comes back afterwards, where it was.
+
+    >>> with seeded(0):
+    ...     first = generator().random()
+    >>> with seeded(0):
+    ...     second = generator().random()
+    >>> first == second
+    True
+    """
+    global _generator
+    before = _generator
+    _generator = np.random.default_rng(value)
+    try:
+        yield _generator
+    finally:
+        _generator = before

@@ -2,16 +2,18 @@
 
 The file holds the graph's config as JSON (layer names and configs, the
 plugin distribution and version of each layer, corenet's version, the dtype)
-and one array per parameter. It is written to a temporary file in the same
-folder and renamed over the target, so a crash never leaves half a file.
+and one array per parameter and per state buffer (batch norm's running
+statistics), named ``node{index}.{name}``. It is written to a temporary file in
+the same folder and renamed over the target, so a crash never leaves half a file.
 
 A model file is untrusted input. ``load`` reads the zip directory and every
 array's .npy header first (no pickle, headers of bounded size), checks that
 each array's declared size is what the file holds, checks the config's
 structure, the arrays' dtypes and, for layers that declare them through
-``Layer.parameter_shapes``, their shapes against the config, and only then
-builds layers and reads arrays. Anything malformed is a ``ModelFileError``
-naming the file and what is wrong.
+``Layer.parameter_shapes`` (and ``Layer.state_shapes``), their shapes against
+the config, and only then builds layers and reads arrays; each array must then
+be exactly what the built layer holds, name for name, shape and dtype. Anything
+malformed is a ``ModelFileError`` naming the file and what is wrong.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ MAX_CONFIG_BYTES = 16 << 20
 MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default bound for an untrusted header
 ZIP_ENCRYPTED = 0x1  # general purpose flag bit 0 of a zip member
 FLOAT_DTYPE_NAMES = ("float32", "float64")
+# Besides the model's float dtype, the one dtype an array may have: a buffer's step
+# count (batch norm's num_batches_tracked, an int64 as in PyTorch).
+COUNT_DTYPE = np.dtype("<i8")
 # Reading a zip or an .npy header can fail in these ways on a damaged file.
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError,
                NotImplementedError, RecursionError, OverflowError, KeyError)
@@ -82,8 +87,8 @@ def save(model: Model, path: str) -> None:
     save killed outright is removed by the next save into the same folder."""
     arrays = {CONFIG_ENTRY: np.frombuffer(json.dumps(model_config(model)).encode(), np.uint8)}
     for index, layer in enumerate(model.layers):
-        for parameter in layer.parameters():
-            arrays[f"node{index}.{parameter.name}"] = parameter.value
+        for array in layer.parameters() + layer.state_buffers():
+            arrays[f"node{index}.{array.name}"] = array.value
     folder = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(folder)
     handle, temporary = tempfile.mkstemp(prefix=f".corenet-save-{os.getpid()}-",
@@ -285,13 +290,14 @@ def _check_node(path: str, index: int, node, slots_before: int) -> None:
 
 
 def _arrays_by_node(path: str, entries: dict, n_nodes: int, dtype: np.dtype) -> list:
-    """[{parameter name: ArrayEntry}] per node, each array's name and dtype checked."""
+    """[{array name: ArrayEntry}] per node, each array's name and dtype checked (the
+    model's float dtype or a count; that it is the one its layer holds, later)."""
     by_node = [{} for _ in range(n_nodes)]
     for name, entry in entries.items():
         match = re.fullmatch(r"node(\d+)\.(\w+)", name)
         if not match or int(match[1]) >= n_nodes:
             _fail(path, f"array {name!r} belongs to no node of the model")
-        if entry.dtype != dtype:
+        if entry.dtype != dtype and entry.dtype != COUNT_DTYPE:
             _fail(path, f"array {name!r} has dtype {entry.dtype}, the model's is {dtype}")
         by_node[int(match[1])][match[2]] = entry
     return by_node
@@ -318,38 +324,51 @@ def _layer_class(path: str, node: dict) -> type:
                           f"which is not installed: pip install {wanted}") from None
 
 
-def _check_parameters(path: str, index: int, node: dict, expected: dict, saved: dict) -> None:
-    """The file's arrays for a node are exactly the parameters it makes, shape for shape."""
+def _layer_arrays(layer) -> dict:
+    """{name: (kind, array)} of what a built layer holds: its parameters and buffers."""
+    arrays = {parameter.name: ("parameter", parameter) for parameter in layer.parameters()}
+    arrays.update((buffer.name, ("buffer", buffer)) for buffer in layer.state_buffers())
+    return arrays
+
+
+def _check_arrays(path: str, index: int, node: dict, expected: dict, saved: dict) -> None:
+    """The file's arrays for a node are exactly the ones the layer makes, shape for shape.
+    ``expected``: {name: (kind, shape)}, kind "parameter" or "buffer"."""
     name = node["layer"]
     missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or extra:
-        _fail(path, f"arrays do not match the layer's parameters {sorted(expected)}: "
-                    f"missing {missing}, unexpected {extra}", index, name)
-    for parameter, shape in expected.items():
-        if tuple(saved[parameter].shape) != tuple(shape):
-            _fail(path, f"parameter {parameter!r} has shape {saved[parameter].shape} in the "
+        _fail(path, f"arrays do not match the layer's parameters and buffers "
+                    f"{sorted(expected)}: missing {missing}, unexpected {extra}", index, name)
+    for array, (kind, shape) in expected.items():
+        if tuple(saved[array].shape) != tuple(shape):
+            _fail(path, f"{kind} {array!r} has shape {saved[array].shape} in the "
                         f"file, the config makes {tuple(shape)}", index, name)
 
 
 def _build_layer(path: str, index: int, node: dict, cls: type, saved: dict):
-    """The node's layer, its parameters checked against the file before it is built."""
+    """The node's layer, its arrays checked against the file before it is built."""
     name, config = node["layer"], node["config"]
     try:
         declared = cls.parameter_shapes(**config) if hasattr(cls, "parameter_shapes") else None
         if declared is not None:
-            _check_parameters(path, index, node, declared, saved)
+            expected = {array: ("parameter", shape) for array, shape in declared.items()}
+            states = cls.state_shapes(**config) if hasattr(cls, "state_shapes") else {}
+            expected.update((array, ("buffer", shape)) for array, shape in states.items())
+            _check_arrays(path, index, node, expected, saved)
         layer = cls(**config)
     except ModelFileError:
         raise
     except Exception as error:  # the layer's own check of its config
         _fail(path, f"config {config!r} is rejected: {type(error).__name__}: {error}",
               index, name)
-    made = {parameter.name: parameter.value.shape for parameter in layer.parameters()}
-    _check_parameters(path, index, node, made, saved)
-    for parameter in layer.parameters():
-        if parameter.value.dtype != saved[parameter.name].dtype:
-            _fail(path, f"parameter {parameter.name!r} is {saved[parameter.name].dtype} in "
-                        f"the file, the config makes {parameter.value.dtype}", index, name)
+    made = _layer_arrays(layer)
+    _check_arrays(path, index, node,
+                  {array: (kind, held.value.shape) for array, (kind, held) in made.items()},
+                  saved)
+    for array, (kind, held) in made.items():
+        if held.value.dtype != saved[array].dtype:
+            _fail(path, f"{kind} {array!r} is {saved[array].dtype} in the file, the config "
+                        f"makes {held.value.dtype}", index, name)
     return layer
 
 
@@ -377,10 +396,11 @@ def _load_archive(path: str, archive: zipfile.ZipFile, file_size: int) -> Model:
     inputs = list(tensors)
     for index, node in enumerate(config["nodes"]):
         layer = _build_layer(path, index, node, _layer_class(path, node), by_node[index])
-        for parameter in layer.parameters():
-            parameter.value = _read_array(path, archive, by_node[index][parameter.name],
-                                          f"node{index}.{parameter.name}")
-            parameter.grad = np.zeros_like(parameter.value)
+        for array, (kind, held) in _layer_arrays(layer).items():
+            held.value = _read_array(path, archive, by_node[index][array],
+                                     f"node{index}.{array}")
+            if kind == "parameter":
+                held.grad = np.zeros_like(held.value)
         try:
             tensors.append(layer(*[tensors[slot] for slot in node["inputs"]]))
         except (ValueError, TypeError) as error:  # ShapeError, DTypeError, reuse

@@ -7,18 +7,29 @@
 ``check_layer(cls, config, input_shapes)`` runs every check below on a layer
 built as ``cls(**config)`` and fed a batch of inputs of the given per-sample
 shapes. Each check raises AssertionError (or the layer's own error) on failure.
+
+The checks that run forward do so in training and in evaluation mode. Each
+forward runs with corenet.random seeded afresh, so that a layer drawing from it
+(dropout's mask) is one function of its inputs: its gradient can be checked
+by finite differences, and two runs compared. A layer's state buffers (batch
+norm's running statistics) are set away from their defaults, to positive
+values, before the checks that read them.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 
 import numpy as np
 
+from corenet import random
 from corenet.errors import DTypeError, ShapeError
-from corenet.layer import Layer, Parameter
+from corenet.layer import FLOAT_DTYPES, Buffer, Layer, Parameter
 
 BATCH = 3
+MODES = (True, False)  # training, evaluation
+FORWARD_SEED = 12345
 
 
 def _build(cls, config: dict, dtype=np.float32) -> Layer:
@@ -38,6 +49,21 @@ def _inputs(input_shapes, rng, dtype=np.float64, batch=BATCH) -> list:
 
 def _as_tuple(grads) -> tuple:
     return grads if isinstance(grads, tuple) else (grads,)
+
+
+def _forward(layer_or_model, xs):
+    """forward with corenet.random seeded the same way every time."""
+    with random.seeded(FORWARD_SEED):
+        return layer_or_model.forward(*xs)
+
+
+def _set_state(layers, rng) -> None:
+    """Float state buffers to values in [0.5, 1.5]: off their defaults, and valid as
+    running means and variances."""
+    for layer in layers:
+        for buffer in layer.state_buffers():
+            if buffer.value.dtype in FLOAT_DTYPES:
+                buffer.value[...] = rng.uniform(0.5, 1.5, buffer.value.shape)
 
 
 def finite_difference_gradient(objective, target: np.ndarray, step: float = 1e-6) -> np.ndarray:
@@ -71,15 +97,20 @@ def check_protocol(cls, config: dict, input_shapes) -> None:
     for parameter in layer.parameters():
         assert isinstance(parameter, Parameter)
         assert parameter.grad.shape == parameter.value.shape, parameter
+    names = [array.name for array in layer.parameters() + layer.state_buffers()]
+    assert len(names) == len(set(names)), f"{cls.name}: repeated array names {names}"
+    for buffer in layer.state_buffers():
+        assert isinstance(buffer, Buffer), buffer
+    assert layer.training and not layer.eval().training and layer.train().training
 
 
 def check_output_shape(cls, config: dict, input_shapes) -> None:
     """output_shape agrees with what forward returns, in float32 and float64."""
     rng = np.random.default_rng(0)
-    for dtype in (np.float32, np.float64):
-        layer = _build(cls, config, dtype)
+    for dtype, training in itertools.product((np.float32, np.float64), MODES):
+        layer = _build(cls, config, dtype).train(training)
         expected = layer.output_shape(*[tuple(shape) for shape in input_shapes])
-        out = layer.forward(*_inputs(input_shapes, rng, dtype))
+        out = _forward(layer, _inputs(input_shapes, rng, dtype))
         assert out.shape == (BATCH,) + tuple(expected), (out.shape, expected)
         assert out.dtype == dtype, f"{cls.name}: {dtype.__name__} input gave {out.dtype}"
         assert np.all(np.isfinite(out)), f"{cls.name}: non-finite output"
@@ -87,27 +118,32 @@ def check_output_shape(cls, config: dict, input_shapes) -> None:
 
 def check_gradients(cls, config: dict, input_shapes, tolerance: float = 1e-6,
                     step: float = 1e-6) -> None:
-    """backward against central finite differences in float64, inputs and parameters."""
-    rng = np.random.default_rng(1)
-    layer = _build(cls, config, np.float64)
-    xs = _inputs(input_shapes, rng)
-    for parameter in layer.parameters():  # move parameters off their defaults, away from kinks
-        parameter.value[...] = away_from_kinks(parameter.value.shape, rng) * 0.5
-    weights = rng.standard_normal((BATCH,) + tuple(layer.output_shape(*input_shapes)))
+    """backward against central finite differences in float64, inputs and parameters,
+    in training and in evaluation mode. The objective is a weighted sum over the whole
+    batch, so layers that couple samples (batch norm in training) are checked whole."""
+    for training in MODES:
+        rng = np.random.default_rng(1)
+        layer = _build(cls, config, np.float64).train(training)
+        xs = _inputs(input_shapes, rng)
+        for parameter in layer.parameters():  # move parameters off their defaults, from kinks
+            parameter.value[...] = away_from_kinks(parameter.value.shape, rng) * 0.5
+        _set_state([layer], rng)
+        weights = rng.standard_normal((BATCH,) + tuple(layer.output_shape(*input_shapes)))
 
-    def objective() -> float:
-        return float(np.sum(layer.forward(*xs) * weights))
+        def objective() -> float:
+            return float(np.sum(_forward(layer, xs) * weights))
 
-    objective()
-    layer.zero_grad()
-    analytic = _as_tuple(layer.backward(weights.copy()))
-    analytic = [np.array(g) for g in analytic] + [p.grad.copy() for p in layer.parameters()]
-    targets = list(xs) + [p.value for p in layer.parameters()]
-    names = [f"input {i}" for i in range(len(xs))] + [p.name for p in layer.parameters()]
-    for name, target, grad in zip(names, targets, analytic):
-        error = relative_error(grad, finite_difference_gradient(objective, target, step))
-        assert error < tolerance, (f"{cls.name}: gradient of {name} differs from finite "
-                                   f"differences, relative error {error:.2e}")
+        objective()
+        layer.zero_grad()
+        analytic = _as_tuple(layer.backward(weights.copy()))
+        analytic = [np.array(g) for g in analytic] + [p.grad.copy() for p in layer.parameters()]
+        targets = list(xs) + [p.value for p in layer.parameters()]
+        names = [f"input {i}" for i in range(len(xs))] + [p.name for p in layer.parameters()]
+        mode = "training" if training else "evaluation"
+        for name, target, grad in zip(names, targets, analytic):
+            error = relative_error(grad, finite_difference_gradient(objective, target, step))
+            assert error < tolerance, (f"{cls.name}: gradient of {name} in {mode} mode differs "
+                                       f"from finite differences, relative error {error:.2e}")
 
 
 def check_config_round_trip(cls, config: dict, input_shapes) -> None:
@@ -115,12 +151,15 @@ def check_config_round_trip(cls, config: dict, input_shapes) -> None:
     layer = cls(**config)
     rebuilt = cls(**layer.get_config())
     assert rebuilt.get_config() == layer.get_config()
-    for ours, theirs in zip(layer.parameters(), rebuilt.parameters()):
+    for ours, theirs in zip(layer.parameters() + layer.state_buffers(),
+                            rebuilt.parameters() + rebuilt.state_buffers()):
+        assert ours.name == theirs.name
         assert ours.value.shape == theirs.value.shape and ours.value.dtype == theirs.value.dtype
 
 
 def check_save_load(cls, config: dict, input_shapes) -> None:
-    """A model holding the layer saves and loads to the same outputs (layer must be registered)."""
+    """A model holding the layer saves and loads to the same parameters, state buffers
+    and outputs in both modes (the layer must be registered)."""
     import corenet as cn
     from corenet import serialize
 
@@ -129,12 +168,21 @@ def check_save_load(cls, config: dict, input_shapes) -> None:
     rng = np.random.default_rng(2)
     for parameter in model.parameters():
         parameter.value[...] = rng.standard_normal(parameter.value.shape)
+    _set_state(model.layers, rng)
     xs = _inputs(input_shapes, rng, model.dtype)
+    _forward(model.train(), xs)  # a training step moves running statistics and counts
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.npz")
         serialize.save(model, path)
         loaded = serialize.load(path)
-    np.testing.assert_array_equal(model.forward(*xs), loaded.forward(*xs))
+    for ours, theirs in zip(model.layers, loaded.layers):
+        for mine, read in zip(ours.parameters() + ours.state_buffers(),
+                              theirs.parameters() + theirs.state_buffers()):
+            assert mine.name == read.name and mine.value.dtype == read.value.dtype
+            np.testing.assert_array_equal(mine.value, read.value, err_msg=mine.name)
+    for training in (False, True):  # evaluation first: training moves the statistics
+        np.testing.assert_array_equal(_forward(model.train(training), xs),
+                                      _forward(loaded.train(training), xs))
 
 
 def check_bad_input(cls, config: dict, input_shapes) -> None:
@@ -159,29 +207,36 @@ def check_bad_input(cls, config: dict, input_shapes) -> None:
 
 
 def check_thread_invariance(cls, config: dict, input_shapes) -> None:
-    """Bitwise the same outputs and gradients on 1 thread and on every thread."""
+    """Bitwise the same outputs, gradients and state on 1 thread and on every thread, in
+    both modes."""
     from corenet.kernels.threads import get_num_threads, set_num_threads
 
     threads = get_num_threads()
-    results = []
     rng = np.random.default_rng(4)
     # A batch large enough that every kernel's grain is passed and threads really split it.
     per_sample = min(int(np.prod(shape)) for shape in input_shapes)
     xs = _inputs(input_shapes, rng, np.float32, batch=max(64, -(-(1 << 18) // per_sample)))
-    try:
-        for n in (1, max(2, threads)):
-            set_num_threads(n)
-            layer = cls(**config)
-            for parameter in layer.parameters():
-                parameter.value[...] = np.linspace(-1, 1, parameter.value.size).reshape(
-                    parameter.value.shape)
-            out = layer.forward(*xs).copy()
-            grads = [np.array(g) for g in _as_tuple(layer.backward(np.ones_like(out)))]
-            results.append([out] + grads + [p.grad.copy() for p in layer.parameters()])
-    finally:
-        set_num_threads(threads)
-    for one, many in zip(*results):
-        np.testing.assert_array_equal(one, many)
+    for training in MODES:
+        results = []
+        try:
+            for n in (1, max(2, threads)):
+                set_num_threads(n)
+                layer = cls(**config).train(training)
+                for parameter in layer.parameters():
+                    parameter.value[...] = np.linspace(-1, 1, parameter.value.size).reshape(
+                        parameter.value.shape)
+                _set_state([layer], np.random.default_rng(5))
+                out = _forward(layer, xs).copy()
+                # Weights that differ across the batch: dL/dx of batch norm in training
+                # is 0 for a gradient of ones.
+                grad = np.linspace(-1, 1, out.size, dtype=out.dtype).reshape(out.shape)
+                grads = [np.array(g) for g in _as_tuple(layer.backward(grad))]
+                results.append([out] + grads + [p.grad.copy() for p in layer.parameters()]
+                               + [b.value.copy() for b in layer.state_buffers()])
+        finally:
+            set_num_threads(threads)
+        for one, many in zip(*results):
+            np.testing.assert_array_equal(one, many)
 
 
 CHECKS = [check_protocol, check_output_shape, check_gradients, check_config_round_trip,

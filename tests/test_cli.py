@@ -136,7 +136,8 @@ def test_plugins_and_info():
     plugins = json.loads(corenet("plugins", "--json").stdout)["plugins"]
     assert {p["name"] for p in plugins} >= {"dense", "activations", "losses"}
     text = corenet("plugins").stdout
-    assert "layers: linear, add, concat" in text
+    assert ("layers: linear, maxout, add, concat, dropout, batch_norm1d, batch_norm2d, "
+            "layer_norm") in text
     info = json.loads(corenet("info", "--json").stdout)
     assert info["openmp"] in ("on", "off (serial kernels)")
     assert "-O3" in info["compile flags"]

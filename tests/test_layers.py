@@ -14,6 +14,46 @@ def numpy_sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
+FORWARD_SEED = 7  # corenet.random's seed for every forward below: dropout's mask
+
+
+def numpy_dropout(layer, x):
+    """Dropout's documented mask: element i is kept when splitmix64(key + (i + 1)·γ) >> 11
+    is at least p·2⁵³, key the forward's one draw from corenet.random."""
+    if not layer.training:
+        return x
+    key = np.random.default_rng(FORWARD_SEED).integers(0, 2**64, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        state = key + np.arange(1, x.size + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        state = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        state = (state ^ (state >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    bits = (state ^ (state >> np.uint64(31))) >> np.uint64(11)
+    kept = bits >= np.uint64(int(layer.p * 2.0**53))
+    return np.where(kept.reshape(x.shape), x / (1 - layer.p), 0.0)
+
+
+def numpy_maxout(layer, x):
+    pieces = np.einsum("ni,oki->nok", x, layer.weight.value.astype(np.float64))
+    return (pieces + layer.bias.value).max(axis=2)
+
+
+def numpy_batch_norm(layer, x):
+    axes = (0,) + tuple(range(2, x.ndim))
+    if layer.training:
+        mean, variance = x.mean(axis=axes), x.var(axis=axes)
+    else:
+        mean, variance = layer.running_mean.value, layer.running_var.value
+    channel = (1, -1) + (1,) * (x.ndim - 2)
+    normalized = (x - mean.reshape(channel)) / np.sqrt(variance.reshape(channel) + layer.eps)
+    return normalized * layer.weight.value.reshape(channel) + layer.bias.value.reshape(channel)
+
+
+def numpy_layer_norm(layer, x):
+    axes = tuple(range(x.ndim - len(layer.normalized_shape), x.ndim))
+    mean, variance = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(variance + layer.eps) * layer.weight.value + layer.bias.value
+
+
 # name -> (config, input shapes, numpy reference of (layer, *xs))
 NUMPY_REFERENCES = {
     "linear": ({"in_features": 5, "out_features": 4}, [(5,)],
@@ -44,20 +84,41 @@ NUMPY_REFERENCES = {
                    lambda layer, x: numpy_vision.pool(layer, x, "avg")),
     "global_avg_pool": ({}, [(3, 4, 5)], lambda layer, x: x.mean(axis=(2, 3))),
     "flatten": ({}, [(2, 3, 4)], lambda layer, x: x.reshape(len(x), -1)),
+    "maxout": ({"in_features": 5, "out_features": 3, "pieces": 4}, [(5,)], numpy_maxout),
+    "dropout": ({"p": 0.4}, [(3, 50)], numpy_dropout),
+    "batch_norm1d": ({"num_features": 3}, [(3, 4)], numpy_batch_norm),
+    "batch_norm2d": ({"num_features": 2, "eps": 1e-3}, [(2, 3, 4)], numpy_batch_norm),
+    "layer_norm": ({"normalized_shape": (3, 4)}, [(2, 3, 4)], numpy_layer_norm),
 }
+
+
+def build(name, config, dtype, training, rng):
+    """The layer in the given mode, its state buffers (running statistics) set away from
+    their defaults."""
+    layer = L.create(name, **config).astype(dtype).train(training)
+    for buffer in layer.state_buffers():
+        if buffer.value.dtype == dtype:
+            buffer.value[...] = rng.uniform(0.5, 1.5, buffer.value.shape)
+    return layer
+
+
+def forward(layer, *xs):
+    with corenet.random.seeded(FORWARD_SEED):
+        return layer.forward(*xs)
 
 
 def test_every_layer_has_a_numpy_reference():
     assert set(NUMPY_REFERENCES) == builtin_names()
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", sorted(NUMPY_REFERENCES))
-def test_forward_matches_numpy(name, dtype, rng):
+def test_forward_matches_numpy(name, dtype, training, rng):
     config, shapes, reference = NUMPY_REFERENCES[name]
-    layer = L.create(name, **config).astype(dtype)
+    layer = build(name, config, dtype, training, rng)
     xs = [(rng.standard_normal((8,) + shape) * 3).astype(dtype) for shape in shapes]
-    out = layer.forward(*xs)
+    out = forward(layer, *xs)
     assert out.dtype == dtype
     expected = reference(layer, *[x.astype(np.float64) for x in xs])
     np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
@@ -116,6 +177,9 @@ def test_bad_input_errors_name_layer_and_shapes(bad, error, message):
     (lambda dtype: L.Linear(3, 4, dtype=dtype), "linear"),
     (lambda dtype: L.Conv2d(3, 4, 3, dtype=dtype), "conv2d"),
     (lambda dtype: L.PReLU(dtype=dtype), "prelu"),
+    (lambda dtype: L.Maxout(3, 4, 2, dtype=dtype), "maxout"),
+    (lambda dtype: L.BatchNorm2d(3, dtype=dtype), "batch_norm2d"),
+    (lambda dtype: L.LayerNorm(3, dtype=dtype), "layer_norm"),
     (lambda dtype: L.Linear(3, 4).astype(dtype), "linear"),
     (lambda dtype: corenet.Sequential(L.Linear(3, 4)).astype(dtype), "Sequential"),
 ])
@@ -193,26 +257,44 @@ def torch_reference(name, layer):
         "avg_pool3d": lambda x: F.avg_pool3d(x, **torch_window(layer)),
         "global_avg_pool": lambda x: x.mean(dim=(2, 3)),
         "flatten": lambda x: x.flatten(1),
+        "maxout": lambda x: F.linear(x, params[0].reshape(-1, layer.in_features),
+                                     params[1].reshape(-1)).reshape(
+            len(x), layer.out_features, layer.pieces).max(dim=2).values,
+        "dropout": lambda x: F.dropout(x, layer.p, training=False),
+        "batch_norm1d": lambda x: torch_batch_norm(layer, x, params),
+        "batch_norm2d": lambda x: torch_batch_norm(layer, x, params),
+        "layer_norm": lambda x: F.layer_norm(x, layer.normalized_shape, *params, eps=layer.eps),
     }
     return functions[name], params
 
 
+def torch_batch_norm(layer, x, params):
+    """F.batch_norm on copies of the layer's running statistics as they are now."""
+    running = [torch.tensor(buffer.value) for buffer in layer.state_buffers()[:2]] or [None,
+                                                                                        None]
+    return F.batch_norm(x, *running, *params, training=layer.training, momentum=layer.momentum,
+                        eps=layer.eps)
+
+
 @needs_torch
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", sorted(NUMPY_REFERENCES))
-def test_forward_and_backward_match_pytorch(name, dtype, rng):
+def test_forward_and_backward_match_pytorch(name, dtype, training, rng):
+    if name == "dropout" and training:
+        pytest.skip("dropout's training mask is corenet's own: checked against numpy above")
     config, shapes, _ = NUMPY_REFERENCES[name]
-    layer = L.create(name, **config).astype(dtype)
+    layer = build(name, config, dtype, training, rng)
     for parameter in layer.parameters():
         parameter.value[...] = rng.uniform(0.1, 0.5, parameter.value.shape)
     xs = [away_from_kinks((6,) + shape, rng, dtype) for shape in shapes]
     grad = rng.standard_normal((6,) + layer.output_shape(*shapes)).astype(dtype)
 
+    function, params = torch_reference(name, layer)  # before forward moves running statistics
     out = layer.forward(*xs)
     input_grads = layer.backward(grad)
     input_grads = input_grads if isinstance(input_grads, tuple) else (input_grads,)
 
-    function, params = torch_reference(name, layer)
     torch_xs = [torch.tensor(x, requires_grad=True) for x in xs]
     torch_out = function(*torch_xs)
     torch_out.backward(torch.tensor(grad))

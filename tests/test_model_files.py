@@ -27,15 +27,19 @@ def small_model():
     return cn.Sequential(L.Linear(4, 3), L.PReLU(), L.Linear(3, 2))
 
 
-@pytest.fixture
-def parts(tmp_path):
-    """(config, arrays) of a valid saved model, to tamper with."""
-    path = tmp_path / "good.npz"
-    serialize.save(small_model(), str(path))
+def saved_parts(model, path):
+    """(config, arrays) of ``model`` saved at ``path``, to tamper with."""
+    serialize.save(model, str(path))
     with np.load(path) as archive:
         arrays = {name: archive[name] for name in archive.files}
     config = json.loads(arrays.pop("__config__").tobytes())
     return config, arrays
+
+
+@pytest.fixture
+def parts(tmp_path):
+    """(config, arrays) of a valid saved model."""
+    return saved_parts(small_model(), tmp_path / "good.npz")
 
 
 def write(path, config, arrays, config_bytes=None, **savez):
@@ -192,7 +196,8 @@ ARRAY_CASES = {
     "array of no node": (tamper_arrays(lambda a: a.update({"node9.weight": np.ones(1, "f4")})),
                          "array 'node9.weight' belongs to no node"),
     "int dtype": (tamper_arrays(lambda a: a.update({"node0.weight": np.ones((3, 4), int)})),
-                  "array 'node0.weight' has dtype int64, the model's is float32"),
+                  r"node 0 \('linear'\): parameter 'weight' is int64 in the file, the config "
+                  r"makes float32"),
     "float16 dtype": (tamper_arrays(lambda a: a.update({"node0.weight": np.ones((3, 4), "<f2")})),
                       "array 'node0.weight' has dtype float16"),
     "big-endian dtype": (tamper_arrays(lambda a: a.update({"node0.bias": np.ones(3, ">f4")})),
@@ -262,6 +267,8 @@ CONFIG_CASES = {
     "unknown config key": (node0(colour="red"), r"node 0 \('linear'\): config .* TypeError"),
     "bogus layer dtype": (node0(dtype="float16"),
                           r"node 0 \('linear'\): config .* DTypeError: linear: dtype must be float32"),
+    "unknown init": (node0(init="he"), r"node 0 \('linear'\): config .* is rejected: "
+                                       r"ValueError: linear: init must be one of"),
     "layer dtype against the file's": (node0(dtype="float64"),
                                        r"parameter 'weight' is float32 in the file, the "
                                        r"config makes float64"),
@@ -412,3 +419,58 @@ def _npy(array) -> bytes:
     np.lib.format.write_array(buffer, array)
     return buffer.getvalue()
 
+
+# -- state buffers: batch norm's running statistics ------------------------------------
+
+@pytest.fixture
+def batch_norm_parts(tmp_path):
+    """(config, arrays) of a saved model whose node 1 has running statistics."""
+    return saved_parts(cn.Sequential(L.Linear(4, 3), L.BatchNorm1d(3)), tmp_path / "bn.npz")
+
+
+BUFFER_CASES = {
+    "missing count": (tamper_arrays(lambda a: a.pop("node1.num_batches_tracked")),
+                      r"node 1 \('batch_norm1d'\): arrays do not match the layer's parameters "
+                      r"and buffers .* missing \['num_batches_tracked'\]"),
+    "running_var of another shape": (
+        tamper_arrays(lambda a: a.update({"node1.running_var": np.ones(4, np.float32)})),
+        r"node 1 \('batch_norm1d'\): buffer 'running_var' has shape \(4,\) in the file, "
+        r"the config makes \(3,\)"),
+    "count as a float": (
+        tamper_arrays(lambda a: a.update({"node1.num_batches_tracked": np.float32(2)})),
+        r"buffer 'num_batches_tracked' is float32 in the file, the config makes int64"),
+    "running_mean as a count": (
+        tamper_arrays(lambda a: a.update({"node1.running_mean": np.zeros(3, np.int64)})),
+        r"buffer 'running_mean' is int64 in the file, the config makes float32"),
+    "count of another width": (
+        tamper_arrays(lambda a: a.update({"node1.num_batches_tracked": np.int32(2)})),
+        "array 'node1.num_batches_tracked' has dtype int32, the model's is float32"),
+    "statistics without tracking": (
+        tamper_config(lambda c: c["nodes"][1]["config"].update(track_running_stats=False)),
+        r"unexpected \['num_batches_tracked', 'running_mean', 'running_var'\]"),
+}
+
+
+@pytest.mark.parametrize("case", BUFFER_CASES, ids=str)
+def test_state_buffers_that_do_not_match_the_config(tmp_path, batch_norm_parts, case):
+    tamper, match = BUFFER_CASES[case]
+    refused(write(tmp_path / "m.npz", *tamper(*batch_norm_parts)), match)
+
+
+def test_huge_batch_norm_is_refused_before_allocating(tmp_path, batch_norm_parts):
+    config, arrays = batch_norm_parts
+    config["nodes"][1]["config"].update(num_features=10**10)
+    path = write(tmp_path / "m.npz", config, arrays)
+    assert peak_memory_of(lambda: refused(
+        path, r"node 1 \('batch_norm1d'\): parameter 'weight' has shape \(3,\) in the file, "
+              r"the config makes \(10000000000,\)")) < 1 << 20
+
+
+def test_a_valid_batch_norm_file_loads_its_statistics(tmp_path, batch_norm_parts):
+    config, arrays = batch_norm_parts
+    arrays["node1.running_var"] = np.array([1.0, 2.0, 3.0], np.float32)
+    arrays["node1.num_batches_tracked"] = np.array(7)
+    layer = serialize.load(write(tmp_path / "m.npz", config, arrays)).layers[1]
+    np.testing.assert_array_equal(layer.running_var.value, [1.0, 2.0, 3.0])
+    count = layer.num_batches_tracked.value
+    assert count.shape == () and count.dtype == np.int64 and int(count) == 7

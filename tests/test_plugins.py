@@ -50,7 +50,8 @@ def test_builtins_come_from_entry_points():
     plugins = registry.load().plugins
     assert {"dense", "activations", "losses"} <= set(plugins)
     assert plugins["dense"].distribution == "corenet"
-    assert set(plugins["dense"].layers) == {"linear", "add", "concat"}
+    assert set(plugins["dense"].layers) == {"linear", "maxout", "add", "concat", "dropout",
+                                            "batch_norm1d", "batch_norm2d", "layer_norm"}
     assert registry.provider("layers", "relu").name == "activations"
 
 

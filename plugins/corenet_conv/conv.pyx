@@ -32,7 +32,7 @@ from corenet.kernels._openmp cimport omp_get_thread_num
 from corenet.kernels.threads cimport threads_for
 from corenet_conv.vol2col cimport Geometry, col2vol, vol2col
 
-from corenet import random
+from corenet import init as initializers
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
 from corenet.kernels.threads import get_num_threads
@@ -312,28 +312,38 @@ cdef inline void* data(object array):
 
 
 class ConvNd(Layer):
-    """The convolution over ``n_axes`` spatial axes; Conv2d and Conv3d fix n_axes."""
+    """The convolution over ``n_axes`` spatial axes; Conv2d and Conv3d fix n_axes.
+
+    Weights and bias start as in PyTorch, uniform in ±1/√fan_in
+    (``init="pytorch_uniform"``); ``init`` and ``bias_init`` take corenet.init specs
+    as Linear's, with fan_in = in_channels/groups · kernel volume and fan_out =
+    out_channels · kernel volume (PyTorch's fans for a convolution).
+    """
 
     n_axes = 0
 
     # No annotations: in a .pyx, Cython would convert True or 2.5 to an int silently.
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, dtype="float32"):
+                 dilation=1, groups=1, bias=True, dtype="float32", init="pytorch_uniform",
+                 bias_init="pytorch_uniform"):
         super().__init__()
         shapes = self.parameter_shapes(in_channels, out_channels, kernel_size, stride,
-                                       padding, dilation, groups, bias, dtype)
+                                       padding, dilation, groups, bias, dtype, init, bias_init)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.groups = int(groups)
         self.window = Window(self.name, self.n_axes, kernel_size, stride, padding, dilation)
         self.dtype = as_float_dtype(dtype, self.name)
-        fan_in = self.in_channels // self.groups * math.prod(self.window.kernel)
-        bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default initialisation
-        rng = random.generator()
+        # As PyTorch: each output sees in/groups channels of the kernel's window, each
+        # input feeds out channels through it.
+        receptive_field = math.prod(self.window.kernel)
+        fans = (self.in_channels // self.groups * receptive_field,
+                self.out_channels * receptive_field)
+        self.init = initializers.get(init, self.name)
+        self.bias_init = initializers.get_bias(bias_init, self.name)
         self.weight_shape = shapes["weight"]
-        self.weight = Parameter("weight", rng.uniform(-bound, bound, self.weight_shape)
-                                .astype(self.dtype))
-        self.bias = Parameter("bias", rng.uniform(-bound, bound, self.out_channels)
-                              .astype(self.dtype)) if bias else None
+        self.weight = Parameter("weight", self.init(self.weight_shape, *fans, self.dtype))
+        self.bias = Parameter("bias", self.bias_init(
+            (self.out_channels,), *fans, self.dtype)) if bias else None
         self.fused_activation = None
         self._fusion = None
         self._x = None
@@ -344,9 +354,12 @@ class ConvNd(Layer):
 
     @classmethod
     def parameter_shapes(cls, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                         dilation=1, groups=1, bias=True, dtype="float32"):
+                         dilation=1, groups=1, bias=True, dtype="float32",
+                         init="pytorch_uniform", bias_init="pytorch_uniform"):
         """{name: shape} of the parameters, every argument checked, nothing allocated
         (loading a model file asks this before building the layer)."""
+        initializers.get(init, cls.name)
+        initializers.get_bias(bias_init, cls.name)
         in_channels = as_int(cls.name, "in_channels", in_channels, 1)
         out_channels = as_int(cls.name, "out_channels", out_channels, 1)
         groups = as_int(cls.name, "groups", groups, 1)
@@ -517,7 +530,8 @@ class ConvNd(Layer):
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 **self.window.config(), "groups": self.groups,
-                "bias": self.bias is not None, "dtype": self.dtype.name}
+                "bias": self.bias is not None, "dtype": self.dtype.name,
+                "init": self.init.config(), "bias_init": self.bias_init.config()}
 
 
 class Conv2d(ConvNd):

@@ -4,8 +4,6 @@ Backward, as in the lecture: dL/dx = dL/dy · W, dL/dW = (dL/dy)ᵀ · x,
 dL/db = Σ_batch dL/dy. All three products are corenet's GEMM; the weight
 gradient is accumulated by the GEMM itself, with no extra pass.
 """
-import math
-
 import numpy as np
 
 cimport numpy as cnp
@@ -16,7 +14,7 @@ from corenet.kernels.fused cimport activation_derivative_times
 from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm
 from corenet.kernels.threads cimport threads_for
 
-from corenet import random
+from corenet import init as initializers
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
@@ -155,7 +153,10 @@ def _check_sizes(in_features, out_features):
 class Linear(Layer):
     """y = x Wᵀ + b on a batch of row vectors, x of shape (batch, in_features).
 
-    Weights start as in PyTorch: uniform in ±1/√in_features.
+    Weights and bias start as in PyTorch: uniform in ±1/√in_features
+    (``init="pytorch_uniform"``). ``init`` takes any corenet.init spec for the
+    weight (fan_in = in_features, fan_out = out_features), ``bias_init``
+    "pytorch_uniform", "zeros", "ones" or ("constant", value).
 
     >>> import corenet.layers as L, numpy as np
     >>> L.Linear(3, 2).forward(np.ones((4, 3), np.float32)).shape
@@ -164,19 +165,20 @@ class Linear(Layer):
 
     name = "linear"
 
-    def __init__(self, in_features, out_features, bias=True,
-                 dtype="float32"):
+    def __init__(self, in_features, out_features, bias=True, dtype="float32",
+                 init="pytorch_uniform", bias_init="pytorch_uniform"):
         super().__init__()
         _check_sizes(in_features, out_features)
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.dtype = as_float_dtype(dtype, self.name)
-        bound = 1.0 / math.sqrt(self.in_features)
-        rng = random.generator()
-        self.weight = Parameter("weight", rng.uniform(
-            -bound, bound, (self.out_features, self.in_features)).astype(self.dtype))
-        self.bias = Parameter("bias", rng.uniform(-bound, bound, self.out_features)
-                              .astype(self.dtype)) if bias else None
+        self.init = initializers.get(init, self.name)
+        self.bias_init = initializers.get_bias(bias_init, self.name)
+        fans = (self.in_features, self.out_features)
+        self.weight = Parameter("weight", self.init(
+            (self.out_features, self.in_features), *fans, self.dtype))
+        self.bias = Parameter("bias", self.bias_init(
+            (self.out_features,), *fans, self.dtype)) if bias else None
         self.input_shape = (self.in_features,)
         # Set by the executor before each forward: the activation layer that follows
         # when the pair runs as this one layer, the activation in the GEMM's epilogue.
@@ -186,8 +188,11 @@ class Linear(Layer):
         self._out = None
 
     @classmethod
-    def parameter_shapes(cls, in_features, out_features, bias=True, dtype="float32"):
+    def parameter_shapes(cls, in_features, out_features, bias=True, dtype="float32",
+                         init="pytorch_uniform", bias_init="pytorch_uniform"):
         _check_sizes(in_features, out_features)
+        initializers.get(init, cls.name)
+        initializers.get_bias(bias_init, cls.name)
         shapes = {"weight": (int(out_features), int(in_features))}
         if bias:
             shapes["bias"] = (int(out_features),)
@@ -247,4 +252,5 @@ class Linear(Layer):
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "dtype": self.dtype.name}
+                "bias": self.bias is not None, "dtype": self.dtype.name,
+                "init": self.init.config(), "bias_init": self.bias_init.config()}
