@@ -10,6 +10,7 @@ shapes. Each check raises AssertionError (or the layer's own error) on failure.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -62,11 +63,13 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
 
 
 def check_protocol(cls, config: dict, input_shapes) -> None:
-    """A registry name, a repr, Parameter objects with grads of their shape."""
+    """A registry name, a config that is a dict of JSON values, a repr, Parameter
+    objects with grads of their shape."""
     layer = cls(**config)
     assert isinstance(layer, Layer), f"{cls.__name__} does not subclass corenet.Layer"
     assert isinstance(cls.name, str) and cls.name == cls.name.lower() and cls.name, \
         f"{cls.__name__}.name must be a snake_case string, got {cls.name!r}"
+    checked_config(layer)  # before repr, which prints it
     assert repr(layer).startswith(cls.__name__), repr(layer)
     for parameter in layer.parameters():
         assert isinstance(parameter, Parameter)
@@ -110,13 +113,110 @@ def check_gradients(cls, config: dict, input_shapes, tolerance: float = 1e-6,
                                    f"differences, relative error {error:.2e}")
 
 
+def checked_config(layer: Layer) -> dict:
+    """layer.get_config(), or an AssertionError naming the layer unless it is a dict
+    of JSON values with string keys (a model file stores it as JSON)."""
+    label = f"{type(layer).__name__}.get_config()"
+    config = layer.get_config()
+    assert isinstance(config, dict), \
+        f"{label} must return a dict of constructor arguments, got {type(config).__name__}"
+    for key, value in config.items():
+        assert isinstance(key, str), f"{label}: keys must be argument names, got {key!r}"
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as error:
+            raise AssertionError(f"{label}: {key}={value!r} ({type(value).__name__}) is not a "
+                                 f"JSON value, and a model file stores the config as JSON "
+                                 f"({error})") from None
+    return config
+
+
+def _as_json(value):
+    """The value a JSON round trip gives back: tuples become lists."""
+    return json.loads(json.dumps(value))
+
+
+SET_BY_EXECUTOR = {"training", "needs_input_grad", "reuse_buffers", "fused_activation"}
+
+
+def _settings(obj, prefix: str = "", depth: int = 2) -> dict:
+    """{dotted name: value} of the public attributes a constructor sets: plain values,
+    and those of plain helper objects (a convolution's window); not parameters, arrays,
+    or the attributes the executor sets."""
+    found = {}
+    for key, value in vars(obj).items():
+        if key.startswith("_") or key in SET_BY_EXECUTOR:
+            continue
+        if value is None or isinstance(value, (bool, int, float, str, tuple, list, np.dtype)):
+            try:
+                found[prefix + key] = _as_json(value.name if isinstance(value, np.dtype)
+                                               else value)
+            except (TypeError, ValueError):  # a tuple of objects: not a plain setting
+                pass
+        elif depth and hasattr(value, "__dict__") and not isinstance(
+                value, (Layer, Parameter, np.ndarray, type)) and not callable(value):
+            found.update(_settings(value, f"{prefix}{key}.", depth - 1))
+    return found
+
+
+def _differences(rebuilt: dict, original: dict) -> str:
+    """"rebuilt k=1, original k=2" for each key whose value differs or is missing."""
+    def shown(table: dict, key: str) -> str:
+        return f"{key}={table[key]!r}" if key in table else f"no {key}"
+
+    return ", ".join(f"rebuilt {shown(rebuilt, key)}, original {shown(original, key)}"
+                     for key in sorted(set(rebuilt) | set(original))
+                     if key not in rebuilt or key not in original or rebuilt[key] != original[key])
+
+
+def _layer_dtype(layer: Layer) -> np.dtype:
+    if getattr(layer, "dtype", None) is not None:
+        return np.dtype(layer.dtype)
+    parameters = layer.parameters()
+    return parameters[0].value.dtype if parameters else np.dtype(np.float32)
+
+
 def check_config_round_trip(cls, config: dict, input_shapes) -> None:
-    """type(layer)(**layer.get_config()) builds an equal layer."""
+    """``cls(**layer.get_config())`` rebuilds an equal layer, the config going through
+    JSON as in a model file: the same config, the same settings (public attributes),
+    the same parameter names, shapes and dtypes and, with the original's parameter
+    values copied in, the same output and gradients on the same input."""
     layer = cls(**config)
-    rebuilt = cls(**layer.get_config())
-    assert rebuilt.get_config() == layer.get_config()
+    stored = _as_json(checked_config(layer))
+    fail = f"{cls.__name__}.get_config() does not rebuild an equal layer: "
+    try:
+        rebuilt = cls(**stored)
+    except Exception as error:
+        raise AssertionError(f"{cls.__name__}.get_config() returned {stored!r}, which "
+                             f"{cls.__name__}(**config) rejects: {type(error).__name__}: "
+                             f"{error}") from error
+    difference = _differences(_as_json(checked_config(rebuilt)), stored)
+    assert not difference, fail + "get_config() of the rebuilt layer differs: " + difference
+    difference = _differences(_settings(rebuilt), _settings(layer))
+    assert not difference, fail + difference
+    shapes = {p.name: (p.value.shape, p.value.dtype.name) for p in rebuilt.parameters()}
+    expected = {p.name: (p.value.shape, p.value.dtype.name) for p in layer.parameters()}
+    assert shapes == expected, f"{fail}rebuilt parameters {shapes}, original {expected}"
+    rng = np.random.default_rng(5)
     for ours, theirs in zip(layer.parameters(), rebuilt.parameters()):
-        assert ours.value.shape == theirs.value.shape and ours.value.dtype == theirs.value.dtype
+        ours.value[...] = rng.uniform(-1, 1, ours.value.shape)  # off the defaults, as trained
+        theirs.value[...] = ours.value
+    xs = _inputs(input_shapes, rng, _layer_dtype(layer))
+    out = layer.forward(*[x.copy() for x in xs]).copy()
+    rebuilt_out = rebuilt.forward(*[x.copy() for x in xs])
+    assert rebuilt_out.shape == out.shape, \
+        f"{fail}rebuilt output shape {rebuilt_out.shape}, original {out.shape}"
+    assert np.array_equal(out, rebuilt_out, equal_nan=True), (
+        f"{fail}with the same parameters its output differs by up to "
+        f"{np.nanmax(np.abs(out - rebuilt_out)):.3g}")
+    weights = rng.standard_normal(out.shape).astype(out.dtype)
+    grads = [np.array(g) for g in _as_tuple(layer.backward(weights.copy()))]
+    rebuilt_grads = [np.array(g) for g in _as_tuple(rebuilt.backward(weights.copy()))]
+    grads += [p.grad for p in layer.parameters()]
+    rebuilt_grads += [p.grad for p in rebuilt.parameters()]
+    for ours, theirs in zip(grads, rebuilt_grads):
+        assert np.array_equal(ours, theirs, equal_nan=True), \
+            f"{fail}with the same parameters its gradients differ"
 
 
 def check_save_load(cls, config: dict, input_shapes) -> None:
