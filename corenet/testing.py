@@ -170,6 +170,7 @@ def _differences(rebuilt: dict, original: dict) -> str:
 
 
 def _layer_dtype(layer: Layer) -> np.dtype:
+    """The dtype of input a layer takes: its own dtype, its parameters', else float32."""
     if getattr(layer, "dtype", None) is not None:
         return np.dtype(layer.dtype)
     parameters = layer.parameters()
@@ -242,7 +243,7 @@ def check_bad_input(cls, config: dict, input_shapes) -> None:
     sample without its batch axis, for layers that fix their input shape (``input_shape``)."""
     rng = np.random.default_rng(3)
     layer = cls(**config)
-    good = _inputs(input_shapes, rng, np.float32)
+    good = _inputs(input_shapes, rng, _layer_dtype(layer))
     cases = [(DTypeError, [x.astype(np.int64) for x in good]),
              (DTypeError, [x.astype(object) for x in good]),
              (ShapeError, [x[:0] for x in good])]
@@ -267,7 +268,8 @@ def check_thread_invariance(cls, config: dict, input_shapes) -> None:
     rng = np.random.default_rng(4)
     # A batch large enough that every kernel's grain is passed and threads really split it.
     per_sample = min(int(np.prod(shape)) for shape in input_shapes)
-    xs = _inputs(input_shapes, rng, np.float32, batch=max(64, -(-(1 << 18) // per_sample)))
+    xs = _inputs(input_shapes, rng, _layer_dtype(cls(**config)),
+                 batch=max(64, -(-(1 << 18) // per_sample)))
     try:
         for n in (1, max(2, threads)):
             set_num_threads(n)

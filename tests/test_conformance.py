@@ -21,6 +21,12 @@ def test_conformance(row, check):
     check(registry.layer(name), config, shapes)
 
 
+@pytest.mark.parametrize("check", testing.CHECKS, ids=lambda check: check.__name__)
+def test_a_float64_layer_is_fed_float64(check):
+    check(registry.layer("linear"), {"in_features": 5, "out_features": 4, "dtype": "float64"},
+          [(5,)])
+
+
 # -- the config check on layers whose get_config is broken ----------------------------
 
 class Scale(Layer):
