@@ -141,5 +141,6 @@ def test_the_config_check_compares_parameters():
 
 
 def test_check_layer_reports_a_config_that_is_not_a_dict_before_anything_prints_it():
-    with pytest.raises(AssertionError, match=re.escape("ReturnsList.get_config() must return a dict")):
+    message = "ReturnsList.get_config() must return a dict"
+    with pytest.raises(AssertionError, match=re.escape(message)):
         testing.check_layer(ReturnsList, {}, [(3,)])
