@@ -181,7 +181,8 @@ def check_config_round_trip(cls, config: dict, input_shapes) -> None:
     """``cls(**layer.get_config())`` rebuilds an equal layer, the config going through
     JSON as in a model file: the same config, the same settings (public attributes),
     the same parameter names, shapes and dtypes and, with the original's parameter
-    values copied in, the same output and gradients on the same input."""
+    values copied in, the same output and gradients on the same input (in evaluation
+    mode)."""
     layer = cls(**config)
     stored = _as_json(checked_config(layer))
     fail = f"{cls.__name__}.get_config() does not rebuild an equal layer: "
@@ -202,6 +203,7 @@ def check_config_round_trip(cls, config: dict, input_shapes) -> None:
     for ours, theirs in zip(layer.parameters(), rebuilt.parameters()):
         ours.value[...] = rng.uniform(-1, 1, ours.value.shape)  # off the defaults, as trained
         theirs.value[...] = ours.value
+    layer.training = rebuilt.training = False  # where a layer that draws random numbers does not
     xs = _inputs(input_shapes, rng, _layer_dtype(layer))
     out = layer.forward(*[x.copy() for x in xs]).copy()
     rebuilt_out = rebuilt.forward(*[x.copy() for x in xs])

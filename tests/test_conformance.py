@@ -105,8 +105,17 @@ class Weighted(Scale):
         return [self._weight]
 
 
-def test_a_correct_layer_passes_the_config_check():
-    testing.check_config_round_trip(Scale, {"factor": 2.0, "axes": (0, 1)}, [(3,)])
+class TrainingNoise(Scale):
+    """Adds fresh noise in training mode only, as dropout would."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out + np.random.default_rng().normal(size=out.shape) if self.training else out
+
+
+@pytest.mark.parametrize("cls", [Scale, TrainingNoise])
+def test_a_correct_layer_passes_the_config_check(cls):
+    testing.check_config_round_trip(cls, {"factor": 2.0, "axes": (0, 1)}, [(3,)])
 
 
 # Each broken layer, built with factor=2.0, and the start of the message it must give.
