@@ -18,6 +18,7 @@ values, before the checks that read them.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import tempfile
 
@@ -88,11 +89,13 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
 
 
 def check_protocol(cls, config: dict, input_shapes) -> None:
-    """A registry name, a repr, Parameter objects with grads of their shape."""
+    """A registry name, a config that is a dict of JSON values, a repr, Parameter
+    objects with grads of their shape."""
     layer = cls(**config)
     assert isinstance(layer, Layer), f"{cls.__name__} does not subclass corenet.Layer"
     assert isinstance(cls.name, str) and cls.name == cls.name.lower() and cls.name, \
         f"{cls.__name__}.name must be a snake_case string, got {cls.name!r}"
+    checked_config(layer)  # before repr, which prints it
     assert repr(layer).startswith(cls.__name__), repr(layer)
     for parameter in layer.parameters():
         assert isinstance(parameter, Parameter)
@@ -146,15 +149,119 @@ def check_gradients(cls, config: dict, input_shapes, tolerance: float = 1e-6,
                                        f"from finite differences, relative error {error:.2e}")
 
 
+def checked_config(layer: Layer) -> dict:
+    """layer.get_config(), or an AssertionError naming the layer unless it is a dict
+    of JSON values with string keys (a model file stores it as JSON)."""
+    label = f"{type(layer).__name__}.get_config()"
+    config = layer.get_config()
+    assert isinstance(config, dict), \
+        f"{label} must return a dict of constructor arguments, got {type(config).__name__}"
+    for key, value in config.items():
+        assert isinstance(key, str), f"{label}: keys must be argument names, got {key!r}"
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as error:
+            raise AssertionError(f"{label}: {key}={value!r} ({type(value).__name__}) is not a "
+                                 f"JSON value, and a model file stores the config as JSON "
+                                 f"({error})") from None
+    return config
+
+
+def _as_json(value):
+    """The value a JSON round trip gives back: tuples become lists."""
+    return json.loads(json.dumps(value))
+
+
+SET_BY_EXECUTOR = {"training", "needs_input_grad", "reuse_buffers", "fused_activation"}
+
+
+def _settings(obj, prefix: str = "", depth: int = 2) -> dict:
+    """{dotted name: value} of the public attributes a constructor sets: plain values,
+    and those of plain helper objects (a convolution's window); not parameters, arrays,
+    or the attributes the executor sets."""
+    found = {}
+    for key, value in vars(obj).items():
+        if key.startswith("_") or key in SET_BY_EXECUTOR:
+            continue
+        if value is None or isinstance(value, (bool, int, float, str, tuple, list, np.dtype)):
+            try:
+                found[prefix + key] = _as_json(value.name if isinstance(value, np.dtype)
+                                               else value)
+            except (TypeError, ValueError):  # a tuple of objects: not a plain setting
+                pass
+        elif depth and hasattr(value, "__dict__") and not isinstance(
+                value, (Layer, Parameter, np.ndarray, type)) and not callable(value):
+            found.update(_settings(value, f"{prefix}{key}.", depth - 1))
+    return found
+
+
+def _differences(rebuilt: dict, original: dict) -> str:
+    """"rebuilt k=1, original k=2" for each key whose value differs or is missing."""
+    def shown(table: dict, key: str) -> str:
+        return f"{key}={table[key]!r}" if key in table else f"no {key}"
+
+    return ", ".join(f"rebuilt {shown(rebuilt, key)}, original {shown(original, key)}"
+                     for key in sorted(set(rebuilt) | set(original))
+                     if key not in rebuilt or key not in original or rebuilt[key] != original[key])
+
+
+def _layer_dtype(layer: Layer) -> np.dtype:
+    """The dtype of input a layer takes: its own dtype, its parameters', else float32."""
+    if getattr(layer, "dtype", None) is not None:
+        return np.dtype(layer.dtype)
+    parameters = layer.parameters()
+    return parameters[0].value.dtype if parameters else np.dtype(np.float32)
+
+
 def check_config_round_trip(cls, config: dict, input_shapes) -> None:
-    """type(layer)(**layer.get_config()) builds an equal layer."""
+    """``cls(**layer.get_config())`` rebuilds an equal layer, the config going through
+    JSON as in a model file: the same config, the same settings (public attributes),
+    the same parameter names, shapes and dtypes and, with the original's parameter
+    values copied in, the same output and gradients on the same input (in evaluation
+    mode)."""
     layer = cls(**config)
-    rebuilt = cls(**layer.get_config())
-    assert rebuilt.get_config() == layer.get_config()
-    for ours, theirs in zip(layer.parameters() + layer.state_buffers(),
-                            rebuilt.parameters() + rebuilt.state_buffers()):
-        assert ours.name == theirs.name
-        assert ours.value.shape == theirs.value.shape and ours.value.dtype == theirs.value.dtype
+    stored = _as_json(checked_config(layer))
+    fail = f"{cls.__name__}.get_config() does not rebuild an equal layer: "
+    try:
+        rebuilt = cls(**stored)
+    except Exception as error:
+        raise AssertionError(f"{cls.__name__}.get_config() returned {stored!r}, which "
+                             f"{cls.__name__}(**config) rejects: {type(error).__name__}: "
+                             f"{error}") from error
+    difference = _differences(_as_json(checked_config(rebuilt)), stored)
+    assert not difference, fail + "get_config() of the rebuilt layer differs: " + difference
+    difference = _differences(_settings(rebuilt), _settings(layer))
+    assert not difference, fail + difference
+    shapes = {p.name: (p.value.shape, p.value.dtype.name)  # buffers too
+              for p in rebuilt.parameters() + rebuilt.state_buffers()}
+    expected = {p.name: (p.value.shape, p.value.dtype.name)
+                for p in layer.parameters() + layer.state_buffers()}
+    assert shapes == expected, f"{fail}rebuilt parameters {shapes}, original {expected}"
+    rng = np.random.default_rng(5)
+    for ours, theirs in zip(layer.parameters(), rebuilt.parameters()):
+        ours.value[...] = rng.uniform(-1, 1, ours.value.shape)  # off the defaults, as trained
+        theirs.value[...] = ours.value
+    state = np.random.default_rng(6)
+    _set_state([layer], state)
+    _set_state([rebuilt], np.random.default_rng(6))
+    layer.eval()  # where a layer that draws random numbers does not
+    rebuilt.eval()
+    xs = _inputs(input_shapes, rng, _layer_dtype(layer))
+    out = _forward(layer, [x.copy() for x in xs]).copy()
+    rebuilt_out = _forward(rebuilt, [x.copy() for x in xs])
+    assert rebuilt_out.shape == out.shape, \
+        f"{fail}rebuilt output shape {rebuilt_out.shape}, original {out.shape}"
+    assert np.array_equal(out, rebuilt_out, equal_nan=True), (
+        f"{fail}with the same parameters its output differs by up to "
+        f"{np.nanmax(np.abs(out - rebuilt_out)):.3g}")
+    weights = rng.standard_normal(out.shape).astype(out.dtype)
+    grads = [np.array(g) for g in _as_tuple(layer.backward(weights.copy()))]
+    rebuilt_grads = [np.array(g) for g in _as_tuple(rebuilt.backward(weights.copy()))]
+    grads += [p.grad for p in layer.parameters()]
+    rebuilt_grads += [p.grad for p in rebuilt.parameters()]
+    for ours, theirs in zip(grads, rebuilt_grads):
+        assert np.array_equal(ours, theirs, equal_nan=True), \
+            f"{fail}with the same parameters its gradients differ"
 
 
 def check_save_load(cls, config: dict, input_shapes) -> None:
@@ -190,7 +297,7 @@ def check_bad_input(cls, config: dict, input_shapes) -> None:
     sample without its batch axis, for layers that fix their input shape (``input_shape``)."""
     rng = np.random.default_rng(3)
     layer = cls(**config)
-    good = _inputs(input_shapes, rng, np.float32)
+    good = _inputs(input_shapes, rng, _layer_dtype(layer))
     cases = [(DTypeError, [x.astype(np.int64) for x in good]),
              (DTypeError, [x.astype(object) for x in good]),
              (ShapeError, [x[:0] for x in good])]
@@ -215,7 +322,8 @@ def check_thread_invariance(cls, config: dict, input_shapes) -> None:
     rng = np.random.default_rng(4)
     # A batch large enough that every kernel's grain is passed and threads really split it.
     per_sample = min(int(np.prod(shape)) for shape in input_shapes)
-    xs = _inputs(input_shapes, rng, np.float32, batch=max(64, -(-(1 << 18) // per_sample)))
+    xs = _inputs(input_shapes, rng, _layer_dtype(cls(**config)),
+                 batch=max(64, -(-(1 << 18) // per_sample)))
     for training in MODES:
         results = []
         try:

@@ -1,7 +1,11 @@
 """Every built-in layer passes the conformance kit that plugin authors run."""
+import re
+
+import numpy as np
 import pytest
 
-from corenet import testing
+from corenet import Layer, Parameter, testing
+from corenet.layer import check_grad, check_input, require_forward
 from corenet.registry import registry
 from layer_table import LAYERS, builtin_names, layer_id
 
@@ -15,3 +19,137 @@ def test_every_registered_layer_has_a_row():
 def test_conformance(row, check):
     name, config, shapes = row
     check(registry.layer(name), config, shapes)
+
+
+@pytest.mark.parametrize("check", testing.CHECKS, ids=lambda check: check.__name__)
+def test_a_float64_layer_is_fed_float64(check):
+    check(registry.layer("linear"), {"in_features": 5, "out_features": 4, "dtype": "float64"},
+          [(5,)])
+
+
+# -- the config check on layers whose get_config is broken ----------------------------
+
+class Scale(Layer):
+    """y = factor · x: a correct layer, to break one way at a time below."""
+
+    name = "scale"
+
+    def __init__(self, factor=1.0, axes=(0,)):
+        super().__init__()
+        self.factor = float(factor)
+        self.axes = tuple(axes)  # a tuple that a model file stores as a JSON list
+        self._x = None
+
+    def forward(self, x):
+        self._x = check_input(self, x)
+        return self.factor * self._x
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        return self.factor * check_grad(self, grad, self._x.shape, self._x.dtype)
+
+    def get_config(self):
+        return {"factor": self.factor, "axes": self.axes}
+
+
+class ForgetsFactor(Scale):
+    def get_config(self):
+        return {"axes": self.axes}
+
+
+class ReturnsList(Scale):
+    def get_config(self):
+        return [self.factor]
+
+
+class ReturnsNumpyScalar(Scale):
+    def get_config(self):
+        return {"factor": np.float32(self.factor), "axes": self.axes}
+
+
+class MisspellsFactor(Scale):
+    def get_config(self):
+        return {"facter": self.factor, "axes": self.axes}
+
+
+class DriftsFactor(Scale):
+    def get_config(self):  # each rebuild moves further away
+        return {"factor": self.factor + 1, "axes": self.axes}
+
+
+class HidesFactor(Scale):
+    """The setting lives in a private attribute only the output reveals."""
+
+    def __init__(self, factor=1.0, axes=(0,)):
+        super().__init__(1.0, axes)
+        self._hidden = float(factor)
+
+    def forward(self, x):
+        return self._hidden * super().forward(x)
+
+    def backward(self, grad):
+        return self._hidden * super().backward(grad)
+
+    def get_config(self):
+        return {"axes": self.axes}
+
+
+class Weighted(Scale):
+    """y = w · x with a parameter w of `size` values, which get_config forgets."""
+
+    def __init__(self, factor=1.0, axes=(0,), size=1):
+        super().__init__(factor, axes)
+        self._weight = Parameter("w", np.ones(size, np.float32))
+
+    def parameters(self):
+        return [self._weight]
+
+
+class TrainingNoise(Scale):
+    """Adds fresh noise in training mode only, as dropout would."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out + np.random.default_rng().normal(size=out.shape) if self.training else out
+
+
+@pytest.mark.parametrize("cls", [Scale, TrainingNoise])
+def test_a_correct_layer_passes_the_config_check(cls):
+    testing.check_config_round_trip(cls, {"factor": 2.0, "axes": (0, 1)}, [(3,)])
+
+
+# Each broken layer, built with factor=2.0, and the start of the message it must give.
+BROKEN_CONFIGS = [
+    (ForgetsFactor, "ForgetsFactor.get_config() does not rebuild an equal layer: "
+                    "rebuilt factor=1.0, original factor=2.0"),
+    (ReturnsList, "ReturnsList.get_config() must return a dict of constructor arguments, "
+                  "got list"),
+    (ReturnsNumpyScalar, "ReturnsNumpyScalar.get_config(): factor=np.float32(2.0) (float32) "
+                         "is not a JSON value, and a model file stores the config as JSON"),
+    (MisspellsFactor, "MisspellsFactor.get_config() returned {'facter': 2.0, 'axes': [0]}, "
+                      "which MisspellsFactor(**config) rejects: TypeError: "),
+    (DriftsFactor, "DriftsFactor.get_config() does not rebuild an equal layer: get_config() of "
+                   "the rebuilt layer differs: rebuilt factor=4.0, original factor=3.0"),
+    (HidesFactor, "HidesFactor.get_config() does not rebuild an equal layer: with the same "
+                  "parameters its output differs by up to"),
+]
+
+
+@pytest.mark.parametrize("cls, message", BROKEN_CONFIGS,
+                         ids=[cls.__name__ for cls, _ in BROKEN_CONFIGS])
+def test_the_config_check_names_the_layer_and_what_differs(cls, message):
+    with pytest.raises(AssertionError, match="^" + re.escape(message)):
+        testing.check_config_round_trip(cls, {"factor": 2.0}, [(3,)])
+
+
+def test_the_config_check_compares_parameters():
+    with pytest.raises(AssertionError, match=re.escape(
+            "Weighted.get_config() does not rebuild an equal layer: rebuilt parameters "
+            "{'w': ((1,), 'float32')}, original {'w': ((4,), 'float32')}")):
+        testing.check_config_round_trip(Weighted, {"size": 4}, [(3,)])
+
+
+def test_check_layer_reports_a_config_that_is_not_a_dict_before_anything_prints_it():
+    message = "ReturnsList.get_config() must return a dict"
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        testing.check_layer(ReturnsList, {}, [(3,)])
