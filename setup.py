@@ -36,6 +36,10 @@ EXTENSIONS = {
     "corenet_conv.pool": "plugins/corenet_conv/pool.pyx",
 }
 
+# Flags for one extension only. The optimizer loops take square roots, which GCC
+# vectorizes only when sqrt need not set errno (no corenet code reads errno).
+EXTRA_FLAGS = {"corenet.kernels.optim": ["-fno-math-errno"]}
+
 
 OPENMP_PROGRAM = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
 PLAIN_PROGRAM = "int main(void) { return 0; }\n"
@@ -77,7 +81,7 @@ def extensions():
             name,
             [source],
             include_dirs=[numpy.get_include(), "corenet/kernels"],
-            extra_compile_args=flags + openmp,
+            extra_compile_args=flags + openmp + EXTRA_FLAGS.get(name, []),
             extra_link_args=openmp,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                            ("CORENET_COMPILE_FLAGS", '"%s"' % described)],

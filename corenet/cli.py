@@ -16,6 +16,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def _sizes(text: str) -> list:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
@@ -42,14 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int,
                        help="passes over the training set (default: 40 for mlp, 15 for cnn)")
     train.add_argument("--batch-size", type=_positive_int, default=32)
-    train.add_argument("--lr", type=float, default=0.02)
-    train.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
+    train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw", "rmsprop"])
+    train.add_argument("--lr", type=float,
+                       help="learning rate (default: 0.02 for sgd, else PyTorch's default)")
+    train.add_argument("--momentum", type=float,
+                       help="sgd (default 0.9) and rmsprop (default 0) only")
+    train.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    train.add_argument("--weight-decay", type=float,
+                       help="default 0, 0.01 for adamw (decoupled there, L2 otherwise)")
+    train.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"],
                        help="learning rate over the epochs (default cosine decay)")
+    train.add_argument("--warmup", type=int, default=0,
+                       help="epochs of linear warm-up from lr/10 before the schedule")
+    train.add_argument("--step-size", type=_positive_int,
+                       help="--schedule step: epochs between decays (default a third)")
+    train.add_argument("--gamma", type=float, default=0.1,
+                       help="--schedule step: factor of each decay (default 0.1)")
+    train.add_argument("--clip-norm", type=_positive_float,
+                       help="clip the gradients of each step to this global L2 norm")
     train.add_argument("--augment", type=int, default=2,
                        help="shifted copies of each square training image (default 2)")
-    train.add_argument("--momentum", type=float, default=0.9)
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--optimizer", default="sgd", choices=["sgd"])
     train.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling")
     train.add_argument("--test-fraction", type=float, default=0.2)
     train.add_argument("--threads", type=_positive_int, help="kernel threads (default: all CPUs)")
@@ -121,14 +140,16 @@ def train_model(args, comm) -> int:
     from corenet.diagnostics import Diagnostics
     from corenet.progress import Progress
     from corenet.gradients import AccumulatingStep
-    from corenet.train import cosine_schedule, evaluate, fit
+    from corenet.train import evaluate, fit, make_optimizer, make_schedule
 
     if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
         # Checked before training, so that no training run is lost to a typo.
         raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
-    X, y = data.load(args.data)
     if args.epochs is None:
         args.epochs = 15 if args.model == "cnn" else 40
+    schedule = make_schedule(args.schedule, args.epochs, args.warmup, args.step_size,
+                             args.gamma)
+    X, y = data.load(args.data)
     cn.random.seed(args.seed)
     n_classes = int(y.max()) + 1
     if args.model == "cnn":
@@ -147,8 +168,8 @@ def train_model(args, comm) -> int:
         y_train = np.tile(y_train, args.augment + 1)
     X_train, X_test = models.as_model_input(model, X_train), models.as_model_input(model, X_test)
     loss = cn.losses.SoftmaxCrossEntropy()
-    optimizer = cn.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                             weight_decay=args.weight_decay)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum,
+                               args.weight_decay, args.nesterov)
     step = AccumulatingStep(args.accumulate) if args.accumulate > 1 else None
     root = comm is None or comm.Get_rank() == 0  # only rank 0 prints and saves
     if comm is not None:
@@ -172,10 +193,9 @@ def train_model(args, comm) -> int:
     start = time.perf_counter()
     history = fit(model, loss, optimizer, X_train, y_train, args.epochs, args.batch_size,
                   args.seed, on_batch=progress.on_batch if root else None,
-                  on_epoch=on_epoch if root else None,
-                  lr_schedule=cosine_schedule(args.lr, args.epochs)
-                  if args.schedule == "cosine" else None,
-                  callbacks=[diagnostics] if diagnostics is not None else [], step=step)
+                  on_epoch=on_epoch if root else None, lr_schedule=schedule,
+                  callbacks=[diagnostics] if diagnostics is not None else [], step=step,
+                  clip_norm=args.clip_norm)
     seconds = time.perf_counter() - start
     if not root:
         return 0
@@ -185,8 +205,9 @@ def train_model(args, comm) -> int:
         serialize.save(model, args.save)
     metrics = {"test_accuracy": accuracy, "test_loss": test_loss, "train_loss": history[-1],
                "epochs": args.epochs, "seconds": round(seconds, 3),
-               "threads": cn.get_num_threads(), "samples": len(X_train),
-               "test_samples": len(X_test), "ranks": comm.Get_size() if comm else 1}
+               "threads": cn.get_num_threads(), "optimizer": args.optimizer,
+               "samples": len(X_train), "test_samples": len(X_test),
+               "ranks": comm.Get_size() if comm else 1}
     if diagnostics is not None:
         metrics["diagnostics"] = [report.as_dict() for report in diagnostics.history]
     if args.json:

@@ -1,27 +1,206 @@
-"""Optimizers: they update each Parameter.value in place from Parameter.grad."""
+"""Optimizers: they update each Parameter.value in place from Parameter.grad.
+
+SGD (momentum, dampening, Nesterov), Adam, AdamW and RMSprop follow torch.optim:
+the same update rules in the same order, the same defaults, parameter groups given
+the same way, and ``state_dict()`` / ``load_state_dict()`` shaped like PyTorch's
+(integer parameter indices, numpy arrays and plain Python values). Each parameter
+is updated by one fused Cython pass over its elements (corenet.kernels.optim).
+``clip_grad_norm`` scales the gradients to a maximum global norm.
+
+>>> import corenet as cn, corenet.layers as L
+>>> model = cn.Sequential(L.Linear(4, 8), L.ReLU(), L.Linear(8, 2))
+>>> optimizer = AdamW(weight_decay_groups(model.parameters(), 0.01), lr=1e-3)
+>>> [len(group["params"]) for group in optimizer.param_groups]
+[2, 2]
+"""
 from __future__ import annotations
+
+import math
+import numbers
 
 import numpy as np
 
-from corenet.kernels.optim import sgd_step
+from corenet.errors import DTypeError
+from corenet.kernels.optim import adam_step, rmsprop_step, scale, sgd_step, sum_of_squares
+from corenet.layer import Parameter
 
 
 class Optimizer:
-    def __init__(self, params):
-        self.params = list(params)
-        if not self.params:
-            raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
-        for parameter in self.params:
-            if parameter.grad is not None:
-                check_parameter(self, parameter, None)
+    """Base of the optimizers: parameter groups, per-parameter state, state dicts.
+
+    ``params`` is a list of Parameters, or of dicts ``{"params": [...], "lr": ...}``
+    (parameter groups, as torch.optim takes them): a group's own settings override the
+    optimizer's ``defaults``. Subclasses set ``STATE_ARRAYS`` (arrays every updated
+    parameter has), ``OPTIONAL_ARRAYS`` (those some settings add), check their
+    settings in ``check_settings`` and update one parameter in ``update``.
+    """
+
+    STATE_ARRAYS: tuple = ()
+    OPTIONAL_ARRAYS: tuple = ()
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = defaults
+        self.param_groups: list[dict] = []
+        self.state: dict = {}  # Parameter -> {"step": int, array name: np.ndarray}
+        if isinstance(params, (Parameter, dict)):
+            raise TypeError(f"{self._name}: params must be a list of Parameters or of "
+                            f"parameter groups (dicts), got one {type(params).__name__}")
+        params = list(params)
+        if not params:
+            raise ValueError(f"{self._name}: got no parameters to optimize")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        for group in groups:
+            self.add_param_group(group)
+        if not any(group["params"] for group in self.param_groups):
+            raise ValueError(f"{self._name}: got no parameters to optimize (every group is "
+                             f"empty)")
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    def add_param_group(self, group: dict) -> None:
+        """Add a group ``{"params": [...], setting: value, ...}``; settings it does not
+        give are the optimizer's defaults."""
+        if not isinstance(group, dict):
+            raise TypeError(f"{self._name}: a parameter group must be a dict, got "
+                            f"{type(group).__name__} (give all Parameters or all dicts)")
+        if "params" not in group:
+            raise ValueError(f"{self._name}: a parameter group needs a 'params' list")
+        group = {**self.defaults, **group, "params": self._parameter_list(group["params"])}
+        self.check_group(group)
+        seen = {id(p) for other in self.param_groups for p in other["params"]}
+        for parameter in group["params"]:
+            if id(parameter) in seen:
+                raise ValueError(f"{self._name}: parameter {parameter.name!r} "
+                                 f"{parameter.value.shape} is in more than one parameter "
+                                 f"group (or twice in one)")
+            seen.add(id(parameter))
+        self.param_groups.append(group)
+
+    def _parameter_list(self, params) -> list:
+        if isinstance(params, Parameter):
+            params = [params]
+        if isinstance(params, (set, frozenset)):  # the state dict numbers them in order
+            raise TypeError(f"{self._name}: parameters must be given in an ordered list, "
+                            f"not a set")
+        params = list(params)
+        for parameter in params:
+            if not isinstance(parameter, Parameter):
+                raise TypeError(f"{self._name}: expected corenet Parameters, got "
+                                f"{type(parameter).__name__}")
+        return params
+
+    def check_group(self, group: dict) -> None:
+        """Refuse unknown keys and bad settings, naming them; numbers become floats."""
+        known = set(self.defaults) | {"params", "initial_lr"}
+        unknown = sorted(set(group) - known)
+        if unknown:
+            raise ValueError(f"{self._name}: unknown setting(s) {unknown} in a parameter "
+                             f"group; it takes {sorted(self.defaults)}")
+        missing = sorted(set(self.defaults) - set(group))
+        if missing:
+            raise ValueError(f"{self._name}: a parameter group lacks {missing}")
+        group["lr"] = check_number(self._name, "lr", group["lr"])
+        if "initial_lr" in group:
+            group["initial_lr"] = check_number(self._name, "initial_lr", group["initial_lr"])
+        self.check_settings(group)
+
+    def check_settings(self, group: dict) -> None:
+        """Check (and normalize in place) the settings of a subclass."""
+        raise NotImplementedError
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of every group (an error if the groups differ)."""
+        rates = {group["lr"] for group in self.param_groups}
+        if len(rates) != 1:
+            raise ValueError(f"{self._name}: the parameter groups have different learning "
+                             f"rates {sorted(rates)}; read param_groups[i]['lr']")
+        return rates.pop()
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        value = check_number(self._name, "lr", value)
+        for group in self.param_groups:
+            group["lr"] = value
 
     def zero_grad(self) -> None:
-        for parameter in self.params:
-            if parameter.grad is not None:
-                parameter.grad.fill(0)
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    parameter.grad.fill(0)
 
     def step(self) -> None:
+        """Update every parameter that has a gradient (None: skipped, as torch.optim)."""
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                state = self.state.get(parameter)
+                check_parameter(self, parameter, state)
+                if state is None:
+                    state = self.state[parameter] = {"step": 0}
+                state["step"] += 1
+                self.update(parameter, state, group)
+
+    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
         raise NotImplementedError
+
+    def state_array(self, state: dict, name: str, value: np.ndarray) -> np.ndarray:
+        """A state array, made of zeros the first time (PyTorch's initial state)."""
+        array = state.get(name)
+        if array is None:
+            array = state[name] = np.zeros_like(value)
+        return array
+
+    # -- state dicts ----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """``{"state": {index: {"step": int, name: array}}, "param_groups": [...]}``,
+        parameters numbered in the order of the groups, as torch.optim does. Arrays
+        are copies; everything else is a plain Python value."""
+        state, groups, index = {}, [], 0
+        for group in self.param_groups:
+            saved = {key: value for key, value in group.items() if key != "params"}
+            saved["params"] = list(range(index, index + len(group["params"])))
+            groups.append(saved)
+            for parameter in group["params"]:
+                if parameter in self.state:
+                    state[index] = {key: value.copy() if isinstance(value, np.ndarray)
+                                    else value for key, value in self.state[parameter].items()}
+                index += 1
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Take the settings and state of ``state_dict`` (from an optimizer of this kind
+        over parameters of the same shapes, in the same groups). Everything is checked
+        before anything changes; arrays are copied."""
+        from corenet.optim_state import parse_state_dict
+
+        self.param_groups, self.state = parse_state_dict(self, state_dict)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in self.defaults.items())
+        sizes = [len(group["params"]) for group in self.param_groups]
+        return f"{self._name}({settings}; parameters per group {sizes})"
+
+
+def check_number(owner: str, label: str, value, low: float = 0.0,
+                 below: float = math.inf) -> float:
+    """``value`` as a float if it is a finite number in [low, below), else an error naming
+    the optimizer and the setting."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not low <= value < below or not math.isfinite(value):
+        bound = f"in [{low:g}, {below:g})" if below != math.inf else f">= {low:g}"
+        raise ValueError(f"{owner}: {label} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_flag(owner: str, label: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: {label} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_parameter(optimizer, parameter, state) -> None:
@@ -43,14 +222,19 @@ def check_parameter(optimizer, parameter, state) -> None:
                          f"{value.dtype} array of shape {value.shape}, got "
                          f"{getattr(grad, 'dtype', type(grad).__name__)} "
                          f"{getattr(grad, 'shape', '')}")
-    if state is not None and state.shape != value.shape:
-        raise ValueError(f"{name}: parameter {parameter.name!r} changed shape from "
-                         f"{state.shape} to {value.shape} since the optimizer was made")
+    for array in (state or {}).values():
+        if isinstance(array, np.ndarray) and (array.shape != value.shape
+                                              or array.dtype != value.dtype):
+            raise ValueError(f"{name}: parameter {parameter.name!r} changed from "
+                             f"{array.dtype} {array.shape} to {value.dtype} {value.shape} "
+                             f"since its optimizer state was made: the state does not match "
+                             f"the parameter")
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with PyTorch's momentum and weight decay:
-    v = momentum·v + (g + weight_decay·w);  w -= lr·v.
+    """Stochastic gradient descent as torch.optim.SGD:
+    d = g + weight_decay·w; b = d on the first step, then momentum·b + (1 − dampening)·d;
+    w −= lr·(d + momentum·b) with nesterov, else w −= lr·b (w −= lr·d at momentum 0).
 
     >>> import corenet, numpy as np
     >>> p = corenet.Parameter("w", np.ones(2, np.float32)); p.grad[:] = 1
@@ -58,20 +242,166 @@ class SGD(Optimizer):
     array([0.5, 0.5], dtype=float32)
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        super().__init__(params)
-        for label, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"SGD: {label} must be a finite number >= 0, got {value!r}")
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self._velocity = [np.zeros_like(p.value) if momentum else None for p in self.params]
+    OPTIONAL_ARRAYS = ("momentum_buffer",)
 
-    def step(self) -> None:
-        for parameter, velocity in zip(self.params, self._velocity):
-            if parameter.grad is None:  # as torch.optim: no gradient, no update
-                continue
-            check_parameter(self, parameter, velocity)
-            sgd_step(parameter.value, parameter.grad, velocity, self.lr, self.momentum,
-                     self.weight_decay)
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                  "weight_decay": weight_decay, "nesterov": nesterov})
+
+    def check_settings(self, group: dict) -> None:
+        for label in ("momentum", "weight_decay"):
+            group[label] = check_number(self._name, label, group[label])
+        group["dampening"] = check_number(self._name, "dampening", group["dampening"], -math.inf)
+        group["nesterov"] = check_flag(self._name, "nesterov", group["nesterov"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"SGD: Nesterov momentum needs momentum > 0 and dampening 0, "
+                             f"got momentum={group['momentum']}, "
+                             f"dampening={group['dampening']}")
+
+    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
+        buffer, first = None, False
+        if group["momentum"] != 0:
+            buffer = state.get("momentum_buffer")
+            first = buffer is None  # PyTorch starts the buffer at the first direction
+            if first:
+                buffer = state["momentum_buffer"] = np.empty_like(parameter.value)
+        sgd_step(parameter.value, parameter.grad, buffer, group["lr"], group["weight_decay"],
+                 group["momentum"], group["dampening"], group["nesterov"], first)
+
+
+class Adam(Optimizer):
+    """Adam as torch.optim.Adam, weight decay as an L2 term added to the gradient:
+    m = lerp(m, g, 1 − β1), v = β2·v + (1 − β2)·g², w −= lr/(1 − β1ᵗ) ·
+    m / (sqrt(v)/sqrt(1 − β2ᵗ) + eps); with amsgrad, v is the running maximum.
+
+    >>> import corenet, numpy as np
+    >>> p = corenet.Parameter("w", np.zeros(2)); p.grad[:] = [1, -1]
+    >>> Adam([p], lr=0.1).step(); p.value.round(6)
+    array([-0.1,  0.1])
+    """
+
+    STATE_ARRAYS = ("exp_avg", "exp_avg_sq")
+    OPTIONAL_ARRAYS = ("max_exp_avg_sq",)
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
+                                  "weight_decay": weight_decay, "amsgrad": amsgrad})
+
+    def check_settings(self, group: dict) -> None:
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{self._name}: betas must be a pair, got {betas!r}")
+        group["betas"] = (check_number(self._name, "betas[0]", betas[0], below=1.0),
+                          check_number(self._name, "betas[1]", betas[1], below=1.0))
+        for label in ("eps", "weight_decay"):
+            group[label] = check_number(self._name, label, group[label])
+        group["amsgrad"] = check_flag(self._name, "amsgrad", group["amsgrad"])
+
+    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
+        value = parameter.value
+        beta1, beta2 = group["betas"]
+        adam_step(value, parameter.grad, self.state_array(state, "exp_avg", value),
+                  self.state_array(state, "exp_avg_sq", value),
+                  self.state_array(state, "max_exp_avg_sq", value) if group["amsgrad"] else None,
+                  state["step"], group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                  self.decoupled)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, as torch.optim.AdamW: w ·= 1 − lr·weight_decay
+    before Adam's step (default weight_decay 0.01)."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+
+class RMSprop(Optimizer):
+    """RMSprop as torch.optim.RMSprop: s = α·s + (1 − α)·g²; with centered, a running
+    mean a of g and s − a² in place of s; w −= lr·g/(sqrt(s) + eps), through a momentum
+    buffer b = momentum·b + g/(sqrt(s) + eps) when momentum > 0."""
+
+    STATE_ARRAYS = ("square_avg",)
+    OPTIONAL_ARRAYS = ("momentum_buffer", "grad_avg")
+
+    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False):
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps,
+                                  "weight_decay": weight_decay, "momentum": momentum,
+                                  "centered": centered})
+
+    def check_settings(self, group: dict) -> None:
+        for label in ("alpha", "eps", "weight_decay", "momentum"):
+            group[label] = check_number(self._name, label, group[label])
+        group["centered"] = check_flag(self._name, "centered", group["centered"])
+
+    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
+        value = parameter.value
+        rmsprop_step(value, parameter.grad, self.state_array(state, "square_avg", value),
+                     self.state_array(state, "grad_avg", value) if group["centered"] else None,
+                     self.state_array(state, "momentum_buffer", value)
+                     if group["momentum"] > 0 else None,
+                     group["lr"], group["alpha"], group["eps"], group["weight_decay"],
+                     group["momentum"])
+
+
+def clip_grad_norm(parameters, max_norm: float, error_if_nonfinite: bool = False) -> float:
+    """Scale the gradients so that their global L2 norm is at most ``max_norm``, as
+    torch.nn.utils.clip_grad_norm_: returns the norm before clipping, and multiplies
+    every gradient by max_norm / (norm + 1e-6) when that is below 1. Parameters
+    without a gradient (None) are skipped. The norm is summed in double, in an order
+    that does not depend on the thread count.
+
+    >>> import corenet, numpy as np
+    >>> p = corenet.Parameter("w", np.zeros(2)); p.grad[:] = [3, 4]
+    >>> clip_grad_norm([p], 1.0), p.grad.round(6)
+    (5.0, array([0.6, 0.8]))
+    """
+    check_number("clip_grad_norm", "max_norm", max_norm)
+    grads = []
+    for parameter in parameters:
+        grad = parameter.grad
+        if grad is None:
+            continue
+        if not isinstance(grad, np.ndarray) or grad.dtype not in (np.float32, np.float64):
+            raise DTypeError(f"clip_grad_norm: the grad of {parameter.name!r} must be a "
+                             f"float32 or float64 array, got "
+                             f"{getattr(grad, 'dtype', type(grad).__name__)}")
+        if not grad.flags.c_contiguous or not grad.flags.writeable:
+            raise ValueError(f"clip_grad_norm: the grad of {parameter.name!r} must be a "
+                             f"writeable C-contiguous array")
+        grads.append(grad)
+    total = math.sqrt(sum(sum_of_squares(grad) for grad in grads))
+    if error_if_nonfinite and not math.isfinite(total):
+        raise FloatingPointError(f"clip_grad_norm: the total norm of the gradients is "
+                                 f"{total}; clipping cannot fix that")
+    factor = max_norm / (total + 1e-6)
+    if not factor >= 1.0:  # a NaN norm makes every gradient NaN, as PyTorch's does
+        for grad in grads:
+            scale(grad, factor)
+    return total
+
+
+def weight_decay_groups(parameters, weight_decay: float, exclude=None) -> list[dict]:
+    """Two parameter groups: one with ``weight_decay``, one without for the parameters
+    that ``exclude(parameter)`` picks (default: biases and every 1-D parameter, such as
+    PReLU's slopes, which are usually not decayed).
+
+    >>> import corenet as cn, corenet.layers as L
+    >>> groups = weight_decay_groups(L.Linear(3, 2).parameters(), 0.1)
+    >>> [([p.name for p in g["params"]], g["weight_decay"]) for g in groups]
+    [(['weight'], 0.1), (['bias'], 0.0)]
+    """
+    if exclude is None:
+        def exclude(parameter):
+            return parameter.name == "bias" or parameter.value.ndim <= 1
+    decayed, kept = [], []
+    for parameter in parameters:
+        (kept if exclude(parameter) else decayed).append(parameter)
+    return [{"params": decayed, "weight_decay": weight_decay},
+            {"params": kept, "weight_decay": 0.0}]

@@ -16,6 +16,10 @@ from functools import partial
 
 import numpy as np
 
+from corenet.optim import SGD, Adam, AdamW, RMSprop, clip_grad_norm
+from corenet.schedules import (Constant, CosineDecay, LinearWarmup, Schedule, Sequence,
+                               StepDecay)
+
 
 class TrainingDiverged(ArithmeticError):
     """The loss became NaN or infinite: the learning rate is usually too high."""
@@ -60,31 +64,89 @@ class Callback:
         """After the last epoch, and also when training stops on an exception."""
 
 
-def train_step(model, loss, optimizer, x, y, after_backward=None) -> float:
-    """One step: forward, loss, backward, ``after_backward()`` if given, update.
-    Returns the batch loss."""
+def train_step(model, loss, optimizer, x, y, after_backward=None,
+               clip_norm: float | None = None) -> float:
+    """One step: forward, loss, backward, ``after_backward()`` if given, update
+    (gradients first clipped to a global norm of ``clip_norm`` if given). Returns the
+    batch loss."""
     optimizer.zero_grad()
     value = loss.forward(model.forward(x), y)
     model.backward(loss.backward())
     if after_backward is not None:
         after_backward()
+    if clip_norm is not None:
+        clip_grad_norm(model.parameters(), clip_norm)
     optimizer.step()
     return value
 
 
 def cosine_schedule(lr: float, epochs: int):
-    """lr at the start, falling along half a cosine to near zero at the last epoch."""
-    return lambda epoch: lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    """lr at the start, falling along half a cosine to near zero at the last epoch
+    (``corenet.schedules.CosineDecay(epochs)`` with its base lr fixed)."""
+    cosine = CosineDecay(epochs)
+    return lambda epoch: cosine(lr, epoch)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def make_optimizer(name: str, params, lr: float | None = None, momentum: float | None = None,
+                   weight_decay: float | None = None, nesterov: bool = False):
+    """The optimizer ``corenet train --optimizer NAME`` makes. Settings left at None take
+    the optimizer's defaults (PyTorch's), except SGD's: lr 0.02 and momentum 0.9,
+    which suit the bundled digits."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"no optimizer named {name!r}; choose from {sorted(OPTIMIZERS)}")
+    settings = {"lr": 0.02, "momentum": 0.9} if name == "sgd" else {}
+    if lr is not None:
+        settings["lr"] = lr
+    if momentum is not None:
+        if name not in ("sgd", "rmsprop"):
+            raise ValueError(f"momentum is a setting of sgd and rmsprop, not of {name}")
+        settings["momentum"] = momentum
+    if weight_decay is not None:
+        settings["weight_decay"] = weight_decay
+    if nesterov:
+        if name != "sgd":
+            raise ValueError(f"nesterov is a setting of sgd, not of {name}")
+        settings["nesterov"] = True
+    return OPTIMIZERS[name](params, **settings)
+
+
+def make_schedule(kind: str, epochs: int, warmup: int = 0, step_size: int | None = None,
+                  gamma: float = 0.1) -> Schedule:
+    """The schedule of ``corenet train --schedule KIND --warmup N``: ``warmup`` epochs
+    rising linearly from a tenth of the lr, then over the remaining epochs cosine
+    decay to zero, step decay (by ``gamma`` every ``step_size`` epochs, default a third
+    of them) or a constant lr."""
+    if not 0 <= warmup < epochs:
+        raise ValueError(f"a warm-up of {warmup} epochs needs more epochs than that and at "
+                         f"least 0, got {epochs} epochs")
+    remaining = epochs - warmup
+    if kind == "cosine":
+        main = CosineDecay(remaining)
+    elif kind == "step":
+        main = StepDecay(step_size if step_size is not None else max(1, remaining // 3), gamma)
+    elif kind == "constant":
+        main = Constant()
+    else:
+        raise ValueError(f"no schedule named {kind!r}; choose from constant, cosine, step")
+    if warmup:
+        return Sequence([LinearWarmup(warmup, start_factor=0.1), main], milestones=[warmup])
+    return main
 
 
 def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
         seed: int = 0, on_batch=None, on_epoch=None, lr_schedule=None,
-        callbacks=(), step=None) -> list[float]:
+        callbacks=(), step=None, clip_norm: float | None = None) -> list[float]:
     """Train for ``epochs``; returns the mean training loss of each epoch.
 
     ``on_batch(epoch, batch, n_batches, loss)`` and ``on_epoch(epoch, mean_loss)``
     are called as training goes; a NaN or infinite loss raises TrainingDiverged.
-    ``lr_schedule(epoch)``, if given, sets ``optimizer.lr`` before each epoch.
+    ``lr_schedule``, if given, sets the learning rates before each epoch: a
+    ``corenet.schedules.Schedule`` scales each parameter group's own base lr; any
+    other callable ``epoch -> lr`` sets every group's lr. ``clip_norm`` clips the
+    gradients of each step to that global norm (not with ``step``).
     ``callbacks``: Callback objects (corenet.diagnostics.Diagnostics is one).
     ``step(model, loss, optimizer, X, y, index)`` replaces ``train_step`` on the global
     batch ``index``: corenet.gradients.AccumulatingStep, corenet.distributed.DistributedStep.
@@ -93,6 +155,9 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
     """
     if batch_size < 1:
         raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
+    if step is not None and clip_norm is not None:
+        raise ValueError("fit: clip_norm applies to the plain step; with --accumulate or "
+                         "--distributed the summed gradients are not clipped")
     callbacks = list(callbacks)
     for callback in callbacks:
         if not isinstance(callback, Callback):
@@ -107,7 +172,9 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
         callback.on_train_begin()
     try:
         for epoch in range(epochs):
-            if lr_schedule is not None:
+            if isinstance(lr_schedule, Schedule):
+                lr_schedule.apply(optimizer, epoch)
+            elif lr_schedule is not None:
                 optimizer.lr = lr_schedule(epoch)
             for callback in callbacks:
                 callback.on_epoch_begin(epoch)
@@ -117,7 +184,7 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
                     if callbacks else None
                 if step is None:
                     value = train_step(model, loss, optimizer, X[index], y[index],
-                                       after_backward)
+                                       after_backward, clip_norm)
                 else:
                     value = step(model, loss, optimizer, X, y, index)
                     if after_backward is not None:

@@ -105,6 +105,30 @@ def test_nan_loss_stops_with_a_message_and_non_zero_exit():
     assert "Traceback" not in result.stderr
 
 
+def test_train_with_adamw_a_warmup_a_step_schedule_and_clipping():
+    result = corenet("train", "--optimizer", "adamw", "--lr", "0.003", "--schedule", "step",
+                     "--warmup", "2", "--clip-norm", "1", "--epochs", "8", "--threads", "1",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["optimizer"] == "adamw" and metrics["test_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "adam", "--momentum", "0.9"],
+     "momentum is a setting of sgd and rmsprop, not of adam"),
+    (["--optimizer", "rmsprop", "--nesterov"], "nesterov is a setting of sgd, not of rmsprop"),
+    (["--nesterov", "--momentum", "0"], "SGD: Nesterov momentum needs momentum > 0"),
+    (["--optimizer", "adam", "--lr", "-1"], "Adam: lr must be a finite number >= 0, got -1"),
+    (["--warmup", "3", "--epochs", "3"], "a warm-up of 3 epochs needs more epochs"),
+    (["--clip-norm", "0"], "expected a positive number, got 0"),
+])
+def test_bad_optimizer_settings_exit_2_with_the_reason(args, message):
+    result = corenet("train", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "epoch" not in result.stdout
+
+
 def test_save_into_a_missing_folder_fails_before_training(tmp_path):
     result = corenet("train", "--save", str(tmp_path / "no" / "model.npz"))
     assert result.returncode == 2 and "its folder does not exist" in result.stderr

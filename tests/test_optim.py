@@ -1,55 +1,16 @@
+"""Optimizers against plain numpy written from PyTorch's documented update rules and,
+where installed, against torch.optim itself; parameter groups, state dicts, gradient
+clipping and the checks that keep bad arrays out of the kernels."""
+import math
+
 import numpy as np
 import pytest
 
 import corenet
-from corenet.optim import SGD
-
-
-def parameters(rng, dtype=np.float64):
-    params = [corenet.Parameter("w", rng.standard_normal((3, 4)).astype(dtype)),
-              corenet.Parameter("b", rng.standard_normal(4).astype(dtype))]
-    return params
-
-
-@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.5, 0.01)])
-def test_sgd_matches_the_update_rule(momentum, weight_decay, rng):
-    params = parameters(rng)
-    values = [p.value.copy() for p in params]
-    velocities = [np.zeros_like(v) for v in values]
-    optimizer = SGD(params, lr=0.1, momentum=momentum, weight_decay=weight_decay)
-    for _ in range(3):
-        for p, value, velocity in zip(params, values, velocities):
-            p.grad[...] = rng.standard_normal(p.grad.shape)
-            step = momentum * velocity + p.grad + weight_decay * value
-            velocity[...] = step if momentum else 0
-            value -= 0.1 * step
-        optimizer.step()
-        for p, value in zip(params, values):
-            np.testing.assert_allclose(p.value, value, rtol=1e-14)
-
-
-def test_zero_grad(rng):
-    params = parameters(rng)
-    for p in params:
-        p.grad[...] = 1
-    SGD(params, lr=0.1).zero_grad()
-    assert all(not p.grad.any() for p in params)
-
-
-def test_sgd_rejects_bad_settings(rng):
-    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
-        SGD(parameters(rng), lr=float("nan"))
-    with pytest.raises(ValueError, match="got no parameters"):
-        SGD([], lr=0.1)
-
-
-def test_sgd_refuses_a_parameter_whose_dtype_changed(rng):
-    params = parameters(rng, np.float32)
-    optimizer = SGD(params, lr=0.1, momentum=0.9)
-    params[0].astype(np.float64)
-    with pytest.raises(ValueError, match="does not match the parameter"):
-        optimizer.step()
-
+import corenet.layers as L
+from corenet.errors import DTypeError, ShapeError
+from corenet.kernels import optim as kernels
+from corenet.optim import (SGD, Adam, AdamW, RMSprop, clip_grad_norm, weight_decay_groups)
 
 try:
     import torch
@@ -57,31 +18,459 @@ except ImportError:  # the tests that do not compare with PyTorch run without it
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is the reference where installed")
 
+# Odd sizes: vector tails, and a parameter above the kernels' grain that the threads
+# share, in blocks with a remainder.
+SHAPES = [(7, 13), (13,), (40_009,)]
+STEPS = 12
 
-@needs_torch
-def test_sgd_matches_pytorch(rng):
-    params = parameters(rng)
-    torch_params = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
-    ours = SGD(params, lr=0.05, momentum=0.9, weight_decay=0.001)
-    theirs = torch.optim.SGD(torch_params, lr=0.05, momentum=0.9, weight_decay=0.001)
-    for _ in range(4):
-        for p, t in zip(params, torch_params):
-            grad = rng.standard_normal(p.grad.shape)
-            p.grad[...] = grad
-            t.grad = torch.tensor(grad)
+CASES = {
+    "sgd": (SGD, dict(lr=0.1)),
+    "sgd-momentum-decay": (SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+    "sgd-dampening": (SGD, dict(lr=0.05, momentum=0.9, dampening=0.3)),
+    "sgd-nesterov": (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    "adam": (Adam, dict()),
+    "adam-l2-amsgrad": (Adam, dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True)),
+    "adam-small-betas": (Adam, dict(lr=0.01, betas=(0.3, 0.6))),  # lerp's other form
+    "adamw": (AdamW, dict(lr=0.01)),
+    "adamw-amsgrad": (AdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True, eps=1e-6)),
+    "rmsprop": (RMSprop, dict()),
+    "rmsprop-momentum": (RMSprop, dict(momentum=0.5, weight_decay=0.01)),
+    "rmsprop-centered": (RMSprop, dict(centered=True, alpha=0.9)),
+    "rmsprop-centered-momentum": (RMSprop, dict(lr=0.001, momentum=0.9, centered=True)),
+    "rmsprop-centered-small-alpha": (RMSprop, dict(centered=True, alpha=0.4)),
+}
+# float32: a few units of rounding, grown over the steps (measured: at most ~2e-6).
+TOLERANCE = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-12)}
+
+
+# -- numpy references, from the update rules in PyTorch's documentation -----------------
+
+def reference_sgd(value, grads, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                  nesterov=False):
+    buffer = None
+    for grad in grads:
+        direction = grad + weight_decay * value
+        if momentum:
+            buffer = direction.copy() if buffer is None else \
+                momentum * buffer + (1 - dampening) * direction
+            direction = direction + momentum * buffer if nesterov else buffer
+        value = value - lr * direction
+    return value
+
+
+def reference_adam(value, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                   amsgrad=False, decoupled=False):
+    beta1, beta2 = betas
+    first, second, largest = (np.zeros_like(value) for _ in range(3))
+    for t, grad in enumerate(grads, start=1):
+        if decoupled:
+            value = value * (1 - lr * weight_decay)
+        else:
+            grad = grad + weight_decay * value
+        first = beta1 * first + (1 - beta1) * grad
+        second = beta2 * second + (1 - beta2) * grad * grad
+        largest = np.maximum(largest, second)
+        first_hat = first / (1 - beta1 ** t)
+        second_hat = (largest if amsgrad else second) / (1 - beta2 ** t)
+        value = value - lr * first_hat / (np.sqrt(second_hat) + eps)
+    return value
+
+
+def reference_adamw(value, grads, weight_decay=1e-2, **settings):
+    return reference_adam(value, grads, weight_decay=weight_decay, decoupled=True, **settings)
+
+
+def reference_rmsprop(value, grads, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                      momentum=0.0, centered=False):
+    square_avg, grad_avg, buffer = (np.zeros_like(value) for _ in range(3))
+    for grad in grads:
+        grad = grad + weight_decay * value
+        square_avg = alpha * square_avg + (1 - alpha) * grad * grad
+        if centered:
+            grad_avg = alpha * grad_avg + (1 - alpha) * grad
+            denominator = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+        else:
+            denominator = np.sqrt(square_avg) + eps
+        if momentum:
+            buffer = momentum * buffer + grad / denominator
+            value = value - lr * buffer
+        else:
+            value = value - lr * grad / denominator
+    return value
+
+
+REFERENCES = {SGD: reference_sgd, Adam: reference_adam, AdamW: reference_adamw,
+              RMSprop: reference_rmsprop}
+
+
+def make_parameters(rng, dtype, shapes=SHAPES):
+    return [corenet.Parameter(name, rng.standard_normal(shape).astype(dtype))
+            for name, shape in zip(["weight", "bias", "big"], shapes)]
+
+
+def gradient_steps(rng, params, steps=STEPS):
+    """Per step, one random gradient per parameter (of its dtype)."""
+    return [[rng.standard_normal(p.value.shape).astype(p.value.dtype) for p in params]
+            for _ in range(steps)]
+
+
+def run(optimizer, params, steps):
+    for grads in steps:
+        for parameter, grad in zip(params, grads):
+            parameter.grad[...] = grad
+        optimizer.step()
+
+
+def run_both(ours, theirs, params, tensors, steps):
+    """The same gradients through a corenet and a torch.optim optimizer."""
+    for grads in steps:
+        for parameter, tensor, grad in zip(params, tensors, grads):
+            parameter.grad[...] = grad
+            tensor.grad = torch.tensor(grad.copy())
         ours.step()
         theirs.step()
-    for p, t in zip(params, torch_params):
-        np.testing.assert_allclose(p.value, t.detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_matches_the_numpy_reference(case, dtype, rng):
+    kind, settings = CASES[case]
+    params = make_parameters(rng, dtype)
+    starts = [p.value.copy() for p in params]
+    steps = gradient_steps(rng, params)
+    run(kind(params, **settings), params, steps)
+    for index, (parameter, start) in enumerate(zip(params, starts)):
+        expected = REFERENCES[kind](start, [grads[index] for grads in steps], **settings)
+        assert parameter.value.dtype == dtype
+        np.testing.assert_allclose(parameter.value, expected, **TOLERANCE[dtype])
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch_optim(case, dtype, rng):
+    kind, settings = CASES[case]
+    params = make_parameters(rng, dtype)
+    tensors = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
+    theirs = getattr(torch.optim, kind.__name__)(tensors, **settings)
+    ours = kind(params, **settings)
+    run_both(ours, theirs, params, tensors, gradient_steps(rng, params))
+    for parameter, tensor in zip(params, tensors):
+        np.testing.assert_allclose(parameter.value, tensor.detach().numpy(), **TOLERANCE[dtype])
+    # The state holds the same moments under PyTorch's names.
+    saved = ours.state_dict()["state"]
+    for index, tensor in enumerate(tensors):
+        for name, value in theirs.state[tensor].items():
+            if name == "step" or value is None:
+                continue
+            np.testing.assert_allclose(saved[index][name], value.numpy(), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bitwise_the_same_on_1_and_2_threads(case, rng, threads):
+    kind, settings = CASES[case]
+    steps = gradient_steps(rng, make_parameters(rng, np.float32))
+    results = []
+    for n_threads in (1, 2):
+        corenet.set_num_threads(n_threads)
+        params = make_parameters(np.random.default_rng(1), np.float32)
+        run(kind(params, **settings), params, steps)
+        results.append([p.value for p in params])
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+# -- settings -----------------------------------------------------------------------
+
+def test_defaults_are_pytorchs(rng):
+    params = make_parameters(rng, np.float64)
+    assert SGD(params).defaults == dict(lr=1e-3, momentum=0.0, dampening=0.0,
+                                        weight_decay=0.0, nesterov=False)
+    assert Adam(params).defaults == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                                         weight_decay=0.0, amsgrad=False)
+    assert AdamW(params).defaults["weight_decay"] == 1e-2
+    assert RMSprop(params).defaults == dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                                            momentum=0.0, centered=False)
+
+
+@pytest.mark.parametrize("kind, settings, message", [
+    (SGD, dict(lr=float("nan")), "SGD: lr must be a finite number >= 0"),
+    (SGD, dict(lr=-0.1), "SGD: lr must be a finite number >= 0, got -0.1"),
+    (SGD, dict(momentum=-1), "SGD: momentum must be a finite number >= 0"),
+    (SGD, dict(nesterov=True), "SGD: Nesterov momentum needs momentum > 0 and dampening 0"),
+    (SGD, dict(nesterov=True, momentum=0.9, dampening=0.1), "needs momentum > 0 and dampen"),
+    (Adam, dict(betas=(0.9, 1.0)), r"Adam: betas\[1\] must be a finite number in \[0, 1\)"),
+    (Adam, dict(betas=0.9), "Adam: betas must be a pair"),
+    (AdamW, dict(eps=-1e-8), "AdamW: eps must be a finite number >= 0"),
+    (AdamW, dict(weight_decay=float("inf")), "AdamW: weight_decay must be a finite number"),
+    (RMSprop, dict(alpha=-0.5), "RMSprop: alpha must be a finite number >= 0"),
+])
+def test_bad_settings_are_clear_errors(kind, settings, message, rng):
+    with pytest.raises(ValueError, match=message):
+        kind(make_parameters(rng, np.float32), **settings)
+
+
+def test_flags_must_be_booleans(rng):
+    with pytest.raises(TypeError, match="Adam: amsgrad must be True or False, got 'yes'"):
+        Adam(make_parameters(rng, np.float32), amsgrad="yes")
+    with pytest.raises(TypeError, match="RMSprop: centered must be True or False"):
+        RMSprop(make_parameters(rng, np.float32), centered=1)
+
+
+def test_no_parameters_is_an_error(rng):
+    with pytest.raises(ValueError, match="SGD: got no parameters"):
+        SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="Adam: got no parameters to optimize .every group"):
+        Adam([{"params": []}])
+    with pytest.raises(TypeError, match="params must be a list of Parameters .* got one "
+                                        "Parameter"):
+        Adam(make_parameters(rng, np.float32)[0])
+    with pytest.raises(TypeError, match="Adam: expected corenet Parameters, got ndarray"):
+        Adam([np.zeros(3)])
+
+
+def test_lr_reads_and_sets_every_group(rng):
+    weight, bias, _ = make_parameters(rng, np.float32)
+    optimizer = Adam([weight, bias], lr=0.01)
+    optimizer.lr = 0.5
+    assert optimizer.lr == 0.5 and optimizer.param_groups[0]["lr"] == 0.5
+    grouped = Adam([{"params": [weight]}, {"params": [bias], "lr": 0.1}])
+    with pytest.raises(ValueError, match=r"different learning rates \[0.001, 0.1\]"):
+        grouped.lr
+    with pytest.raises(ValueError, match="Adam: lr must be a finite number"):
+        grouped.lr = -1.0
+
+
+# -- parameter groups -----------------------------------------------------------------
+
+def test_each_group_uses_its_own_settings(rng):
+    weight, bias, big = make_parameters(rng, np.float64)
+    starts = [p.value.copy() for p in (weight, bias, big)]
+    optimizer = AdamW([{"params": [weight, big], "weight_decay": 0.1},
+                       {"params": [bias], "lr": 0.02, "weight_decay": 0.0}], lr=0.01)
+    assert optimizer.param_groups[1] == {"params": [bias], "lr": 0.02, "betas": (0.9, 0.999),
+                                         "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False}
+    steps = gradient_steps(rng, [weight, bias, big], 4)
+    run(optimizer, [weight, bias, big], steps)
+    settings = [dict(lr=0.01, weight_decay=0.1), dict(lr=0.02, weight_decay=0.0),
+                dict(lr=0.01, weight_decay=0.1)]
+    for index, (parameter, start) in enumerate(zip((weight, bias, big), starts)):
+        expected = reference_adamw(start, [grads[index] for grads in steps], **settings[index])
+        np.testing.assert_allclose(parameter.value, expected, rtol=1e-12)
+
+
+@needs_torch
+def test_groups_match_torch(rng):
+    params = make_parameters(rng, np.float32)
+    tensors = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
+
+    def groups(items):
+        return [{"params": [items[0], items[2]], "weight_decay": 0.05},
+                {"params": [items[1]], "lr": 0.003, "momentum": 0.0}]
+    ours = RMSprop(groups(params), lr=0.001, momentum=0.9)
+    theirs = torch.optim.RMSprop(groups(tensors), lr=0.001, momentum=0.9)
+    run_both(ours, theirs, params, tensors, gradient_steps(rng, params, 6))
+    for parameter, tensor in zip(params, tensors):
+        np.testing.assert_allclose(parameter.value, tensor.detach().numpy(), rtol=2e-5,
+                                   atol=2e-5)
+
+
+def test_group_errors_name_the_problem(rng):
+    weight, bias, big = make_parameters(rng, np.float32)
+    with pytest.raises(ValueError, match=r"parameter 'weight' \(7, 13\) is in more than one"):
+        Adam([{"params": [weight, bias]}, {"params": [weight]}])
+    with pytest.raises(ValueError, match="'bias' .* is in more than one parameter group "
+                                         r"\(or twice in one\)"):
+        SGD([weight, bias, bias], lr=0.1)
+    with pytest.raises(ValueError, match=r"Adam: unknown setting\(s\) \['momentum'\] in a "
+                                         r"parameter group; it takes \['amsgrad', 'betas', "):
+        Adam([{"params": [weight], "momentum": 0.9}])
+    with pytest.raises(ValueError, match="Adam: a parameter group needs a 'params' list"):
+        Adam([{"lr": 0.1}])
+    with pytest.raises(TypeError, match="a parameter group must be a dict, got Parameter"):
+        Adam([{"params": [weight]}, bias])
+    with pytest.raises(ValueError, match="SGD: lr must be a finite number >= 0, got -1"):
+        SGD([{"params": [weight], "lr": -1}])
+    optimizer = Adam([weight])
+    with pytest.raises(ValueError, match="'weight' .* is in more than one"):
+        optimizer.add_param_group({"params": [weight]})
+    optimizer.add_param_group({"params": [bias], "lr": 0.5})
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 0.5]
+
+
+def test_weight_decay_groups_leave_biases_undecayed():
+    model = corenet.Sequential(L.Linear(5, 4), L.PReLU(4), L.Linear(4, 3))
+    groups = weight_decay_groups(model.parameters(), 0.1)
+    assert [[p.value.shape for p in g["params"]] for g in groups] == [
+        [(4, 5), (3, 4)], [(4,), (4,), (3,)]]
+    optimizer = AdamW(groups, lr=0.5)
+    before = [p.value.copy() for p in model.parameters()]
+    model.zero_grad()
+    optimizer.step()  # zero gradients: only the decay moves a parameter
+    for parameter, start in zip(model.parameters(), before):
+        factor = 1.0 if parameter.value.ndim == 1 else np.float32(1 - 0.5 * 0.1)
+        np.testing.assert_array_equal(parameter.value, start * factor)
+    only_weights = weight_decay_groups(model.parameters(), 0.1,
+                                       exclude=lambda p: p.name == "bias")
+    assert [len(g["params"]) for g in only_weights] == [3, 2]
+
+
+# -- the state dict -------------------------------------------------------------------
+
+def plain(value) -> bool:
+    """numpy arrays and plain Python values only, all the way down."""
+    if isinstance(value, dict):
+        return all(type(key) in (int, str) and plain(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(plain(item) for item in value)
+    return isinstance(value, np.ndarray) or type(value) in (int, float, bool, str)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_state_dict_round_trips_exactly(case, rng):
+    kind, settings = CASES[case]
+    steps = gradient_steps(rng, make_parameters(rng, np.float32), 6)
+    params = make_parameters(np.random.default_rng(1), np.float32)
+    optimizer = kind(weight_decay_groups(params, settings.get("weight_decay", 0.0)),
+                     **settings)
+    run(optimizer, params, steps[:3])
+    saved = optimizer.state_dict()
+    assert plain(saved)
+    assert all(state["step"] == 3 for state in saved["state"].values())
+    assert sorted(saved["state"]) == [0, 1, 2]
+    copies = [p.value.copy() for p in params]
+    run(optimizer, params, steps[3:])
+    assert all(state["step"] == 3 for state in saved["state"].values())  # copies, not views
+
+    resumed = [corenet.Parameter(p.name, value) for p, value in zip(params, copies)]
+    fresh = kind(weight_decay_groups(resumed, 0.5), lr=0.123)  # settings come from the dict
+    fresh.load_state_dict(saved)
+    again = fresh.state_dict()
+    assert again["param_groups"] == saved["param_groups"]
+    for index, state in saved["state"].items():
+        assert again["state"][index].keys() == state.keys()
+        for name, value in state.items():
+            np.testing.assert_array_equal(again["state"][index][name], value)
+    run(fresh, resumed, steps[3:])
+    for one, two in zip(params, resumed):
+        np.testing.assert_array_equal(one.value, two.value)
+
+
+def test_state_dict_before_any_step_and_parameters_without_grads(rng):
+    params = make_parameters(rng, np.float64)
+    optimizer = Adam(params)
+    assert optimizer.state_dict() == {"state": {}, "param_groups": [
+        {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+         "amsgrad": False, "params": [0, 1, 2]}]}
+    params[1].grad = None  # no gradient: no step, no state, as torch.optim
+    optimizer.step()
+    assert sorted(optimizer.state_dict()["state"]) == [0, 2]
+
+
+@needs_torch
+def test_state_dict_is_shaped_like_torchs(rng):
+    params = make_parameters(rng, np.float32)
+    tensors = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
+    ours, theirs = AdamW(params, amsgrad=True), torch.optim.AdamW(tensors, amsgrad=True)
+    for parameter, tensor in zip(params, tensors):
+        parameter.grad[...] = 1
+        tensor.grad = torch.ones_like(tensor)
+    ours.step()
+    theirs.step()
+    saved, reference = ours.state_dict(), theirs.state_dict()
+    assert saved["state"].keys() == reference["state"].keys()
+    for index in saved["state"]:
+        assert saved["state"][index].keys() == reference["state"][index].keys()
+        assert saved["state"][index]["step"] == reference["state"][index]["step"].item()
+    for group, torch_group in zip(saved["param_groups"], reference["param_groups"]):
+        assert group["params"] == torch_group["params"]
+        assert all(group[key] == torch_group[key] for key in ours.defaults)
+
+
+def broken(saved, change):
+    """A deep copy of a state dict with one change."""
+    copy = {"state": {index: dict(state) for index, state in saved["state"].items()},
+            "param_groups": [dict(group) for group in saved["param_groups"]]}
+    change(copy)
+    return copy
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda d: d.pop("state"), ValueError, "expected a dict with 'state' and 'param_groups'"),
+    (lambda d: d["param_groups"].append({"params": []}), ValueError,
+     "the state dict has 2 parameter groups, the optimizer 1"),
+    (lambda d: d["param_groups"][0].update(params=[0, 1]), ValueError,
+     "parameter group 0 has 2 parameters in the state dict, 3 in the optimizer"),
+    (lambda d: d["param_groups"][0].update(params=[0, 1, 1]), ValueError,
+     "parameter indices must be distinct integers, got 1"),
+    (lambda d: d["param_groups"][0].update(lr=-1.0), ValueError,
+     "Adam: lr must be a finite number >= 0"),
+    (lambda d: d["param_groups"][0].update(nesterov=True), ValueError,
+     r"Adam: unknown setting\(s\) \['nesterov'\]"),
+    (lambda d: d["state"].update({7: d["state"][0]}), ValueError,
+     "state for parameter index 7, which no group lists"),
+    (lambda d: d["state"][0].update(exp_avg=np.zeros((13, 7), np.float32)), ShapeError,
+     r"exp_avg of parameter 'weight' must have its shape \(7, 13\), got \(13, 7\)"),
+    (lambda d: d["state"][1].update(exp_avg_sq=np.zeros(13)), DTypeError,
+     "exp_avg_sq of parameter 'bias' must be a float32 array, got float64"),
+    (lambda d: d["state"][1].update(exp_avg_sq=[0.0] * 13), DTypeError,
+     "must be a float32 array, got list"),
+    (lambda d: d["state"][2].pop("exp_avg"), ValueError,
+     r"the state of parameter 'big' lacks \['exp_avg'\]"),
+    (lambda d: d["state"][2].update(momentum_buffer=d["state"][2]["exp_avg"]), ValueError,
+     r"unknown state \['momentum_buffer'\] for parameter 'big'; Adam keeps"),
+    (lambda d: d["state"][0].update(step=-1), ValueError,
+     "the step count of parameter 'weight' must be an integer >= 0, got -1"),
+    (lambda d: d["state"][0].update(step=2.5), ValueError, "must be an integer >= 0, got 2.5"),
+])
+def test_load_state_dict_refuses_a_mismatch_and_changes_nothing(change, error, message, rng):
+    params = make_parameters(rng, np.float32)
+    optimizer = Adam(params, lr=0.01)
+    run(optimizer, params, gradient_steps(rng, params, 2))
+    saved = optimizer.state_dict()
+    target = Adam(make_parameters(rng, np.float32))
+    before = target.state_dict()
+    with pytest.raises(error, match=message):
+        target.load_state_dict(broken(saved, change))
+    assert target.state_dict() == before
+
+
+def test_loaded_arrays_are_copies(rng):
+    params = make_parameters(rng, np.float64)
+    optimizer = SGD(params, lr=0.1, momentum=0.9)
+    run(optimizer, params, gradient_steps(rng, params, 1))
+    saved = optimizer.state_dict()
+    other = SGD(make_parameters(rng, np.float64), lr=0.1, momentum=0.9)
+    other.load_state_dict(saved)
+    saved["state"][0]["momentum_buffer"][...] = 0
+    assert other.state_dict()["state"][0]["momentum_buffer"].any()
+
+
+# -- parameters replaced between steps, and the kernels' own checks ---------------------
+
+def test_zero_grad(rng):
+    params = make_parameters(rng, np.float64)
+    for p in params:
+        p.grad[...] = 1
+    SGD(params, lr=0.1).zero_grad()
+    assert all(not p.grad.any() for p in params)
+
+
+@pytest.mark.parametrize("kind", [SGD, Adam, RMSprop])
+def test_a_parameter_whose_dtype_changed_is_refused(kind, rng):
+    params = make_parameters(rng, np.float32)
+    optimizer = kind(params, momentum=0.9) if kind is not Adam else kind(params)
+    optimizer.step()
+    params[0].astype(np.float64)
+    with pytest.raises(ValueError, match=f"{kind.__name__}: parameter 'weight' changed from "
+                                         r"float32 \(7, 13\) to float64 \(7, 13\)"):
+        optimizer.step()
 
 
 def test_sgd_skips_a_none_grad_and_refuses_bad_parameter_arrays():
-    import corenet as cn
-
-    first = cn.Parameter("w", np.ones(3, np.float32))
-    second = cn.Parameter("b", np.ones(2, np.float32))
-    optimizer = cn.optim.SGD([first, second], lr=0.5, momentum=0.9)
-    first.grad[:] = 1
+    first = corenet.Parameter("w", np.ones(3, np.float32))
+    second = corenet.Parameter("b", np.ones(2, np.float32))
+    optimizer = SGD([first, second], lr=0.5, momentum=0.9)
     second.grad = None  # PyTorch's habit: no gradient, no update
     optimizer.zero_grad()
     first.grad[:] = 1
@@ -93,12 +482,105 @@ def test_sgd_skips_a_none_grad_and_refuses_bad_parameter_arrays():
         optimizer.step()
     first.value = np.ones(4, np.float32)
     first.grad = np.ones(4, np.float32)
-    with pytest.raises(ValueError, match=r"'w' changed shape from \(3,\) to \(4,\)"):
+    with pytest.raises(ValueError, match=r"'w' changed from float32 \(3,\) to float32 \(4,\)"):
         optimizer.step()
     first.value = np.ones(3, np.float32)
     first.grad = np.ones(3, np.float64)
     with pytest.raises(ValueError, match="the grad of 'w' must be a C-contiguous float32"):
         optimizer.step()
+    first.grad = np.ones((3, 2), np.float32)[:, 0]
+    with pytest.raises(ValueError, match="the grad of 'w' must be a C-contiguous"):
+        optimizer.step()
     first.value = np.ones(3, np.int64)
     with pytest.raises(TypeError, match="'w' must be a float32 or float64 array, got int64"):
         optimizer.step()
+
+
+def test_the_kernels_refuse_arrays_that_do_not_match():
+    value, grad = np.zeros(5, np.float32), np.ones(5, np.float32)
+    state = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match=r"adam_step: float32\(4,\) does not match the "
+                                         r"parameter float32\(5,\)"):
+        kernels.adam_step(value, grad, state, np.zeros(4, np.float32), None, 1, 0.1, 0.9,
+                          0.999, 1e-8)
+    with pytest.raises(ValueError, match=r"rmsprop_step: float64\(5,\) does not match"):
+        kernels.rmsprop_step(value, np.ones(5), state, None, None, 0.1, 0.99, 1e-8)
+    with pytest.raises(ValueError, match="sgd_step: momentum needs a buffer array"):
+        kernels.sgd_step(value, grad, None, 0.1, 0.0, 0.9)
+    with pytest.raises(ValueError, match="adam_step: step counts from 1, got 0"):
+        kernels.adam_step(value, grad, state, state.copy(), None, 0, 0.1, 0.9, 0.999, 1e-8)
+    read_only = np.zeros(5, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="must be writeable"):
+        kernels.sgd_step(value, grad, read_only, 0.1, 0.0, 0.9)
+    with pytest.raises(ValueError, match="expected a C-contiguous float array, got int32"):
+        kernels.scale(np.zeros(3, np.int32), 2.0)
+    with pytest.raises(ValueError, match="does not match"):
+        kernels.sgd_step(value, np.ones(10, np.float32)[::2], None, 0.1)
+
+
+# -- gradient clipping ----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_grad_norm_scales_to_the_max_norm(dtype, rng):
+    params = make_parameters(rng, dtype)
+    grads = [rng.standard_normal(p.value.shape).astype(dtype) for p in params]
+    for parameter, grad in zip(params, grads):
+        parameter.grad[...] = grad
+    expected = math.sqrt(math.fsum(float(x) ** 2 for g in grads for x in g.ravel()))
+    total = clip_grad_norm(params, 10.0)
+    assert total == pytest.approx(expected, rel=1e-12)  # summed in double either way
+    factor = dtype(10.0 / (total + 1e-6))
+    for parameter, grad in zip(params, grads):
+        np.testing.assert_array_equal(parameter.grad, grad * factor)
+    assert clip_grad_norm(params, 10.0) == pytest.approx(10.0, rel=1e-6)
+
+
+def test_clip_grad_norm_leaves_small_gradients_and_skips_none(rng):
+    params = make_parameters(rng, np.float64)
+    params[1].grad = None
+    before = [p.grad.copy() for p in (params[0], params[2])]
+    total = clip_grad_norm(params, 1e9)
+    assert total == pytest.approx(np.sqrt(sum(np.sum(g * g) for g in before)), rel=1e-12)
+    for parameter, grad in zip((params[0], params[2]), before):
+        np.testing.assert_array_equal(parameter.grad, grad)
+
+
+def test_clip_grad_norm_errors_and_non_finite_norms():
+    parameter = corenet.Parameter("w", np.zeros(3))
+    parameter.grad[:] = [1.0, np.nan, 2.0]
+    with pytest.raises(FloatingPointError, match="total norm of the gradients is nan"):
+        clip_grad_norm([parameter], 1.0, error_if_nonfinite=True)
+    assert math.isnan(clip_grad_norm([parameter], 1.0))
+    assert np.isnan(parameter.grad).all()  # as PyTorch: a NaN norm spreads
+    with pytest.raises(ValueError, match="clip_grad_norm: max_norm must be a finite number"):
+        clip_grad_norm([parameter], -1.0)
+    parameter.grad = np.zeros(3, np.int64)
+    with pytest.raises(DTypeError, match="the grad of 'w' must be a float32 or float64"):
+        clip_grad_norm([parameter], 1.0)
+
+
+def test_clip_grad_norm_is_the_same_on_1_and_2_threads(rng, threads):
+    grad = rng.standard_normal(300_001).astype(np.float32)
+    results = []
+    for n_threads in (1, 2):
+        corenet.set_num_threads(n_threads)
+        parameter = corenet.Parameter("w", np.zeros_like(grad))
+        parameter.grad[...] = grad
+        results.append((clip_grad_norm([parameter], 1.0), parameter.grad))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@needs_torch
+def test_clip_grad_norm_matches_torch(rng):
+    params = make_parameters(rng, np.float64)
+    tensors = [torch.zeros(p.value.shape, dtype=torch.float64) for p in params]
+    for parameter, tensor in zip(params, tensors):
+        parameter.grad[...] = rng.standard_normal(parameter.value.shape)
+        tensor.grad = torch.tensor(parameter.grad.copy())
+    total = clip_grad_norm(params, 5.0)
+    assert total == pytest.approx(torch.nn.utils.clip_grad_norm_(tensors, 5.0).item(),
+                                  rel=1e-12)
+    for parameter, tensor in zip(params, tensors):
+        np.testing.assert_allclose(parameter.grad, tensor.grad.numpy(), rtol=1e-12)

@@ -1,9 +1,20 @@
-"""Optimizer update loops: one pass over a parameter, parallel over its elements."""
+"""Optimizer update loops and the global gradient norm.
+
+Each update is one pass over a parameter that reads and writes every element of
+the parameter, its gradient and its state once, with PyTorch's arithmetic in
+PyTorch's order (so results agree with torch.optim to rounding). The elements
+are split statically among the threads and each element's arithmetic is the
+same on any thread count: results are bitwise identical for any number of
+threads. The Python-callable functions check every array before the nogil
+block; corenet.optim checks them first with errors that name the parameter.
+"""
 import numpy as np
 
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport pow, sqrt, sqrtf
+from libc.stdlib cimport free, malloc
 
 from corenet.kernels.threads cimport threads_for
 
@@ -11,54 +22,359 @@ cnp.import_array()
 
 cdef enum:
     GRAIN = 1 << 15  # elements below which one thread runs
+    # The threads take whole blocks of this many elements. The sum of squares sums each
+    # block in LANES interleaved partial sums, then the blocks in order: its value
+    # depends on the array only, not on the thread count.
+    BLOCK = 1 << 14
+    LANES = 16
 
 
-cdef void sgd_update(floating* value, const floating* grad, floating* velocity,
-                     Py_ssize_t size, floating lr, floating momentum,
-                     floating weight_decay) noexcept nogil:
-    """PyTorch's SGD: d = g + wd w; v = momentum v + d; w -= lr v (v unused at momentum 0)."""
-    cdef Py_ssize_t i
-    cdef floating step
-    cdef int n_threads = threads_for(size, GRAIN)
-    if momentum == 0:
-        for i in prange(size, num_threads=n_threads, schedule='static'):
-            value[i] = value[i] - lr * (grad[i] + weight_decay * value[i])
+cdef inline floating lerp(floating start, floating end, floating weight) noexcept nogil:
+    # PyTorch's lerp: the form that stays exact at the end its weight is near.
+    cdef floating one = 1  # a float32 one: the literal 1 would compute in double
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (one - weight)
+
+
+cdef inline floating square_root(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
     else:
-        for i in prange(size, num_threads=n_threads, schedule='static'):
-            step = momentum * velocity[i] + (grad[i] + weight_decay * value[i])
-            velocity[i] = step
-            value[i] = value[i] - lr * step
+        return sqrt(x)
 
 
-def sgd_step(cnp.ndarray value not None, cnp.ndarray grad not None, cnp.ndarray velocity,
-             double lr, double momentum, double weight_decay):
-    """Update ``value`` in place (and ``velocity``, which may be None at momentum 0).
+cdef inline floating* block_of(floating* array, Py_ssize_t start) noexcept nogil:
+    # The block of an optional state array (NULL stays NULL).
+    return NULL if array == NULL else array + start
 
-    The arrays must be C-contiguous, of one float dtype and one size; value and
-    velocity writeable.
-    """
-    cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
+
+# Each update runs over one block in a plain loop: GCC takes the tests of settings
+# (weight decay, momentum, amsgrad...) out of the loop and vectorizes each variant,
+# which it does not do inside an OpenMP loop.
+
+# -- SGD ---------------------------------------------------------------------------
+
+cdef void sgd_block(floating* value, const floating* grad, floating* buffer,  # OUT, IN, OUT
+                    Py_ssize_t size, floating lr, floating weight_decay, floating momentum,
+                    floating dampening, bint nesterov, bint first) noexcept nogil:
+    """d = g + wd·w; b = d on the first step, else momentum·b + (1 − dampening)·d;
+    w −= lr·(d + momentum·b if nesterov else b). No buffer (NULL) at momentum 0."""
+    cdef Py_ssize_t i
+    cdef floating direction, velocity
+    cdef floating one = 1  # a float32 one: the literal 1 would compute in double
+    cdef floating keep = one - dampening
+    for i in range(size):
+        direction = grad[i]
+        if weight_decay != 0:  # PyTorch adds nothing at 0, so an inf weight stays inf
+            direction = direction + weight_decay * value[i]
+        if buffer != NULL:
+            velocity = direction if first else momentum * buffer[i] + keep * direction
+            buffer[i] = velocity
+            direction = direction + momentum * velocity if nesterov else velocity
+        value[i] = value[i] - lr * direction
+
+
+cdef void sgd_update(floating* value, const floating* grad, floating* buffer,
+                     Py_ssize_t size, floating lr, floating weight_decay, floating momentum,
+                     floating dampening, bint nesterov, bint first) noexcept nogil:
+    cdef Py_ssize_t block, start
+    for block in prange((size + BLOCK - 1) // BLOCK, num_threads=threads_for(size, GRAIN),
+                        schedule='static'):
+        start = block * BLOCK
+        sgd_block(value + start, grad + start, block_of(buffer, start),
+                  min(BLOCK, size - start), lr, weight_decay, momentum, dampening, nesterov,
+                  first)
+
+
+# -- Adam and AdamW -----------------------------------------------------------------
+
+cdef void adam_block(floating* value, const floating* grad, floating* exp_avg,
+                     floating* exp_avg_sq, floating* max_exp_avg_sq,  # OUT, IN, OUT, OUT, OUT
+                     Py_ssize_t size, floating l2_decay, floating decoupled_factor,
+                     floating beta1_complement, floating beta2, floating beta2_complement,
+                     floating bias_correction2_sqrt, floating eps,
+                     floating neg_step_size) noexcept nogil:
+    """w ·= decoupled_factor (AdamW); g += l2_decay·w (Adam); m = lerp(m, g, 1 − β1);
+    v = β2·v + (1 − β2)·g·g; v̂ = max(v̂, v) with amsgrad;
+    w += −step_size · m / (sqrt(v or v̂) / sqrt(1 − β2ᵗ) + eps)."""
+    cdef Py_ssize_t i
+    cdef floating weight, direction, first_moment, second_moment
+    for i in range(size):
+        weight = value[i]
+        if decoupled_factor != 1:
+            weight = weight * decoupled_factor
+        direction = grad[i]
+        if l2_decay != 0:
+            direction = direction + l2_decay * weight
+        first_moment = lerp(exp_avg[i], direction, beta1_complement)
+        exp_avg[i] = first_moment
+        second_moment = exp_avg_sq[i] * beta2 + beta2_complement * direction * direction
+        exp_avg_sq[i] = second_moment
+        if max_exp_avg_sq != NULL:
+            if not max_exp_avg_sq[i] <= second_moment:  # a NaN propagates, as torch.maximum
+                second_moment = max_exp_avg_sq[i]
+            max_exp_avg_sq[i] = second_moment
+        value[i] = weight + neg_step_size * (
+            first_moment / (square_root(second_moment) / bias_correction2_sqrt + eps))
+
+
+cdef void adam_update(floating* value, const floating* grad, floating* exp_avg,
+                      floating* exp_avg_sq, floating* max_exp_avg_sq,
+                      Py_ssize_t size, floating l2_decay, floating decoupled_factor,
+                      floating beta1_complement, floating beta2, floating beta2_complement,
+                      floating bias_correction2_sqrt, floating eps,
+                      floating neg_step_size) noexcept nogil:
+    cdef Py_ssize_t block, start
+    for block in prange((size + BLOCK - 1) // BLOCK, num_threads=threads_for(size, GRAIN),
+                        schedule='static'):
+        start = block * BLOCK
+        adam_block(value + start, grad + start, exp_avg + start, exp_avg_sq + start,
+                   block_of(max_exp_avg_sq, start), min(BLOCK, size - start), l2_decay,
+                   decoupled_factor, beta1_complement, beta2, beta2_complement,
+                   bias_correction2_sqrt, eps, neg_step_size)
+
+
+# -- RMSprop --------------------------------------------------------------------------
+
+cdef inline void rmsprop_loop(floating* value, const floating* grad, floating* square_avg,
+                              floating* grad_avg, floating* buffer,  # OUT, IN, OUT, OUT, OUT
+                              Py_ssize_t size, floating lr, floating weight_decay,
+                              floating alpha, floating alpha_complement, floating eps,
+                              floating momentum, bint centered,
+                              bint with_momentum) noexcept nogil:
+    """g += wd·w; s = α·s + (1 − α)·g·g; a = lerp(a, g, 1 − α) if centered (grad_avg);
+    r = sqrt(s − a·a or s) + eps; b = momentum·b + g/r and w −= lr·b (with_momentum),
+    else w −= lr·g/r."""
+    cdef Py_ssize_t i
+    cdef floating direction, mean_square, mean, scaled
+    for i in range(size):
+        direction = grad[i] + weight_decay * value[i] if weight_decay != 0 else grad[i]
+        mean_square = square_avg[i] * alpha + alpha_complement * direction * direction
+        square_avg[i] = mean_square
+        if centered:
+            mean = lerp(grad_avg[i], direction, alpha_complement)
+            grad_avg[i] = mean
+            mean_square = mean_square + (-mean) * mean
+        scaled = direction / (square_root(mean_square) + eps)
+        if with_momentum:
+            scaled = buffer[i] * momentum + scaled
+            buffer[i] = scaled
+        value[i] = value[i] + (-lr) * scaled
+
+
+cdef void rmsprop_block(floating* value, const floating* grad, floating* square_avg,
+                        floating* grad_avg, floating* buffer, Py_ssize_t size, floating lr,
+                        floating weight_decay, floating alpha, floating alpha_complement,
+                        floating eps, floating momentum) noexcept nogil:
+    # One loop for each variant: a loop that tests both settings is too large for GCC
+    # to take the tests out, and it would not vectorize.
+    if grad_avg == NULL and buffer == NULL:
+        rmsprop_loop(value, grad, square_avg, grad_avg, buffer, size, lr, weight_decay, alpha,
+                     alpha_complement, eps, momentum, False, False)
+    elif buffer == NULL:
+        rmsprop_loop(value, grad, square_avg, grad_avg, buffer, size, lr, weight_decay, alpha,
+                     alpha_complement, eps, momentum, True, False)
+    elif grad_avg == NULL:
+        rmsprop_loop(value, grad, square_avg, grad_avg, buffer, size, lr, weight_decay, alpha,
+                     alpha_complement, eps, momentum, False, True)
+    else:
+        rmsprop_loop(value, grad, square_avg, grad_avg, buffer, size, lr, weight_decay, alpha,
+                     alpha_complement, eps, momentum, True, True)
+
+
+cdef void rmsprop_update(floating* value, const floating* grad, floating* square_avg,
+                         floating* grad_avg, floating* buffer,
+                         Py_ssize_t size, floating lr, floating weight_decay, floating alpha,
+                         floating alpha_complement, floating eps,
+                         floating momentum) noexcept nogil:
+    cdef Py_ssize_t block, start
+    for block in prange((size + BLOCK - 1) // BLOCK, num_threads=threads_for(size, GRAIN),
+                        schedule='static'):
+        start = block * BLOCK
+        rmsprop_block(value + start, grad + start, square_avg + start,
+                      block_of(grad_avg, start), block_of(buffer, start),
+                      min(BLOCK, size - start), lr, weight_decay, alpha, alpha_complement, eps,
+                      momentum)
+
+
+# -- the global norm and the scaling of gradients -------------------------------------
+
+cdef double block_sum_of_squares(const floating* x, Py_ssize_t size) noexcept nogil:
+    """Σ x² in double, in LANES partial sums that the compiler can keep in vectors."""
+    cdef double lanes[LANES]
+    cdef double total = 0
+    cdef Py_ssize_t chunk, lane, whole = size - size % LANES
+    cdef const floating* chunk_start
+    for lane in range(LANES):
+        lanes[lane] = 0
+    for chunk in range(whole // LANES):
+        chunk_start = x + chunk * LANES
+        for lane in range(LANES):
+            lanes[lane] += <double>chunk_start[lane] * <double>chunk_start[lane]
+    for lane in range(size - whole):
+        lanes[lane] += <double>x[whole + lane] * <double>x[whole + lane]
+    for lane in range(LANES):
+        total += lanes[lane]
+    return total
+
+
+cdef double sum_of_squares_of(const floating* x, Py_ssize_t size, double* partial) noexcept nogil:
+    cdef Py_ssize_t block, n_blocks = (size + BLOCK - 1) // BLOCK
+    cdef double total = 0
+    for block in prange(n_blocks, num_threads=threads_for(size, GRAIN), schedule='static'):
+        partial[block] = block_sum_of_squares(x + block * BLOCK,
+                                              min(BLOCK, size - block * BLOCK))
+    for block in range(n_blocks):
+        total += partial[block]
+    return total
+
+
+cdef void scale_update(floating* x, Py_ssize_t size, floating factor) noexcept nogil:  # IN/OUT
+    cdef Py_ssize_t i
+    for i in prange(size, num_threads=threads_for(size, GRAIN), schedule='static'):
+        x[i] = x[i] * factor
+
+
+# -- the Python-callable functions ------------------------------------------------------
+
+cdef int checked_type(str kernel, cnp.ndarray value, tuple outputs, tuple inputs) except -1:
+    """The dtype number of ``value``, once it and every other array given (None allowed)
+    are C-contiguous arrays of its float dtype and size, and value and outputs writeable."""
     cdef int type_num = cnp.PyArray_TYPE(value)
-    for array in (grad, velocity):
-        if array is not None and (cnp.PyArray_TYPE(array) != type_num
-                                  or cnp.PyArray_SIZE(array) != size
-                                  or not cnp.PyArray_IS_C_CONTIGUOUS(array)):
-            raise ValueError(f"sgd_step: {array.dtype}{(<object>array).shape} does not match "
-                             f"the parameter {value.dtype}{(<object>value).shape}")
-    if type_num not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64) or not cnp.PyArray_IS_C_CONTIGUOUS(value):
-        raise ValueError(f"sgd_step: expected a C-contiguous float array, got {value.dtype}")
-    if not cnp.PyArray_ISWRITEABLE(value) or (
-            velocity is not None and not cnp.PyArray_ISWRITEABLE(velocity)):
-        raise ValueError("sgd_step: the parameter (and its velocity) must be writeable")
-    cdef void* velocity_data = NULL if velocity is None else cnp.PyArray_DATA(velocity)
-    if momentum != 0 and velocity_data == NULL:
-        raise ValueError("sgd_step: momentum needs a velocity array")
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
+    if type_num not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64) \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(value):
+        raise ValueError(f"{kernel}: expected a C-contiguous float array, got {value.dtype}")
+    for array in outputs + inputs:
+        if array is None:
+            continue
+        if not isinstance(array, np.ndarray) or cnp.PyArray_TYPE(<cnp.ndarray>array) != type_num \
+                or cnp.PyArray_SIZE(<cnp.ndarray>array) != size \
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array):
+            raise ValueError(f"{kernel}: {getattr(array, 'dtype', type(array).__name__)}"
+                             f"{getattr(array, 'shape', '')} does not match the parameter "
+                             f"{value.dtype}{(<object>value).shape}")
+    for array in (value,) + outputs:
+        if array is not None and not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>array):
+            raise ValueError(f"{kernel}: the parameter and its state must be writeable")
+    return type_num
+
+
+cdef inline void* data_or_null(cnp.ndarray array):
+    return NULL if array is None else cnp.PyArray_DATA(array)
+
+
+def sgd_step(cnp.ndarray value not None, cnp.ndarray grad not None, cnp.ndarray buffer,
+             double lr, double weight_decay=0, double momentum=0, double dampening=0,
+             bint nesterov=False, bint first=False):
+    """One SGD update of ``value`` in place, as torch.optim.SGD. ``buffer`` is the momentum
+    buffer (None at momentum 0); ``first`` fills it with the direction, as PyTorch's first
+    step does."""
+    cdef int type_num = checked_type("sgd_step", value, (buffer,), (grad,))
+    if momentum != 0 and buffer is None:
+        raise ValueError("sgd_step: momentum needs a buffer array")
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
+    cdef void* buffer_data = data_or_null(buffer) if momentum != 0 else NULL
     if type_num == cnp.NPY_FLOAT32:
         with nogil:
             sgd_update(<float*>cnp.PyArray_DATA(value), <const float*>cnp.PyArray_DATA(grad),
-                       <float*>velocity_data, size, <float>lr, <float>momentum,
-                       <float>weight_decay)
+                       <float*>buffer_data, size, <float>lr, <float>weight_decay,
+                       <float>momentum, <float>dampening, nesterov, first)
     else:
         with nogil:
             sgd_update(<double*>cnp.PyArray_DATA(value), <const double*>cnp.PyArray_DATA(grad),
-                       <double*>velocity_data, size, lr, momentum, weight_decay)
+                       <double*>buffer_data, size, lr, weight_decay, momentum, dampening,
+                       nesterov, first)
+
+
+def adam_step(cnp.ndarray value not None, cnp.ndarray grad not None,
+              cnp.ndarray exp_avg not None, cnp.ndarray exp_avg_sq not None,
+              cnp.ndarray max_exp_avg_sq, long step, double lr, double beta1, double beta2,
+              double eps, double weight_decay=0, bint decoupled=False):
+    """Adam's update number ``step`` (from 1) of ``value`` in place, as torch.optim.Adam;
+    AdamW's with ``decoupled``. ``max_exp_avg_sq`` is given for amsgrad, else None."""
+    cdef int type_num = checked_type("adam_step", value, (exp_avg, exp_avg_sq, max_exp_avg_sq),
+                                     (grad,))
+    if step < 1:
+        raise ValueError(f"adam_step: step counts from 1, got {step}")
+    # The scalars as PyTorch works them out, in double.
+    cdef double step_size = lr / (1 - pow(beta1, <double>step))
+    cdef double bias_correction2_sqrt = pow(1 - pow(beta2, <double>step), 0.5)
+    cdef double decoupled_factor = 1 - lr * weight_decay if decoupled else 1
+    cdef double l2_decay = 0 if decoupled else weight_decay
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
+    cdef void* max_data = data_or_null(max_exp_avg_sq)
+    if type_num == cnp.NPY_FLOAT32:
+        with nogil:
+            adam_update(<float*>cnp.PyArray_DATA(value), <const float*>cnp.PyArray_DATA(grad),
+                        <float*>cnp.PyArray_DATA(exp_avg), <float*>cnp.PyArray_DATA(exp_avg_sq),
+                        <float*>max_data, size, <float>l2_decay, <float>decoupled_factor,
+                        <float>(1 - beta1), <float>beta2, <float>(1 - beta2),
+                        <float>bias_correction2_sqrt, <float>eps, <float>-step_size)
+    else:
+        with nogil:
+            adam_update(<double*>cnp.PyArray_DATA(value), <const double*>cnp.PyArray_DATA(grad),
+                        <double*>cnp.PyArray_DATA(exp_avg),
+                        <double*>cnp.PyArray_DATA(exp_avg_sq), <double*>max_data, size,
+                        l2_decay, decoupled_factor, 1 - beta1, beta2, 1 - beta2,
+                        bias_correction2_sqrt, eps, -step_size)
+
+
+def rmsprop_step(cnp.ndarray value not None, cnp.ndarray grad not None,
+                 cnp.ndarray square_avg not None, cnp.ndarray grad_avg, cnp.ndarray buffer,
+                 double lr, double alpha, double eps, double weight_decay=0,
+                 double momentum=0):
+    """One RMSprop update of ``value`` in place, as torch.optim.RMSprop. ``grad_avg`` is
+    given when centered, ``buffer`` when momentum > 0; else None."""
+    cdef int type_num = checked_type("rmsprop_step", value, (square_avg, grad_avg, buffer),
+                                     (grad,))
+    if momentum > 0 and buffer is None:
+        raise ValueError("rmsprop_step: momentum needs a buffer array")
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
+    cdef void* grad_avg_data = data_or_null(grad_avg)
+    cdef void* buffer_data = data_or_null(buffer) if momentum > 0 else NULL
+    if type_num == cnp.NPY_FLOAT32:
+        with nogil:
+            rmsprop_update(<float*>cnp.PyArray_DATA(value), <const float*>cnp.PyArray_DATA(grad),
+                           <float*>cnp.PyArray_DATA(square_avg), <float*>grad_avg_data,
+                           <float*>buffer_data, size, <float>lr, <float>weight_decay,
+                           <float>alpha, <float>(1 - alpha), <float>eps, <float>momentum)
+    else:
+        with nogil:
+            rmsprop_update(<double*>cnp.PyArray_DATA(value),
+                           <const double*>cnp.PyArray_DATA(grad),
+                           <double*>cnp.PyArray_DATA(square_avg), <double*>grad_avg_data,
+                           <double*>buffer_data, size, lr, weight_decay, alpha, 1 - alpha, eps,
+                           momentum)
+
+
+def sum_of_squares(cnp.ndarray x not None) -> float:
+    """Σ x² of a C-contiguous float array, in double, the same for any thread count."""
+    cdef int type_num = checked_type("sum_of_squares", x, (), ())
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    cdef double total
+    cdef double* partial = <double*>malloc(max(1, (size + BLOCK - 1) // BLOCK)
+                                           * sizeof(double))
+    if partial == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            if type_num == cnp.NPY_FLOAT32:
+                total = sum_of_squares_of(<const float*>cnp.PyArray_DATA(x), size, partial)
+            else:
+                total = sum_of_squares_of(<const double*>cnp.PyArray_DATA(x), size, partial)
+    finally:
+        free(partial)
+    return total
+
+
+def scale(cnp.ndarray x not None, double factor) -> None:
+    """x *= factor in place (factor rounded to x's dtype first, as PyTorch's mul_)."""
+    cdef int type_num = checked_type("scale", x, (), ())
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    with nogil:
+        if type_num == cnp.NPY_FLOAT32:
+            scale_update(<float*>cnp.PyArray_DATA(x), size, <float>factor)
+        else:
+            scale_update(<double*>cnp.PyArray_DATA(x), size, factor)
