@@ -73,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=0.2)
     train.add_argument("--threads", type=_positive_int, help="kernel threads (default: all CPUs)")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    train.add_argument("--save", help="write the trained model to this file")
+    train.add_argument("--save", help="write a checkpoint (the model, the optimizer, the "
+                                      "schedule's and the random state) to this file "
+                                      "atomically at the end of every epoch")
+    train.add_argument("--resume", metavar="FILE",
+                       help="go on from a checkpoint of --save, with its settings (and "
+                            "saving to it unless --save says otherwise)")
     train.add_argument("--accumulate", type=_positive_int, default=1, metavar="K",
                        help="sum the gradients of K micro-batches of each batch before a step")
     train.add_argument("--distributed", action="store_true",
@@ -142,6 +147,11 @@ def train_model(args, comm) -> int:
     from corenet.gradients import AccumulatingStep
     from corenet.train import evaluate, fit, make_optimizer, make_schedule
 
+    from corenet import checkpoint
+
+    saved = None
+    if args.resume:
+        args, saved = resumed_settings(args)
     if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
         # Checked before training, so that no training run is lost to a typo.
         raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
@@ -152,7 +162,9 @@ def train_model(args, comm) -> int:
     X, y = data.load(args.data)
     cn.random.seed(args.seed)
     n_classes = int(y.max()) + 1
-    if args.model == "cnn":
+    if saved is not None:
+        model = saved.pop("model")
+    elif args.model == "cnn":
         model = models.build_cnn(models.image_shape(X), n_classes, activation=args.activation,
                                  dtype=args.dtype)
     elif args.model == "mlp":
@@ -170,6 +182,10 @@ def train_model(args, comm) -> int:
     loss = cn.losses.SoftmaxCrossEntropy()
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum,
                                args.weight_decay, args.nesterov)
+    start_epoch, history_before = 0, []
+    if saved is not None:
+        checkpoint.restore(args.resume, optimizer, saved)
+        start_epoch, history_before = saved["state"]["epoch"], saved["state"]["history"]
     step = AccumulatingStep(args.accumulate) if args.accumulate > 1 else None
     root = comm is None or comm.Get_rank() == 0  # only rank 0 prints and saves
     if comm is not None:
@@ -183,7 +199,15 @@ def train_model(args, comm) -> int:
     # The warnings are printed with the report, not also through the warnings module.
     diagnostics = Diagnostics(warn=False) if args.diagnostics else None
 
+    model.training_info = {"split_seed": args.seed, "test_fraction": args.test_fraction}
+    losses = list(history_before)
+
     def on_epoch(epoch, mean_loss):
+        losses.append(mean_loss)
+        if args.save:
+            checkpoint.save_checkpoint(args.save, model, optimizer, {
+                "epoch": epoch + 1, "argv": training_argv(getattr(args, "argv", ["train"])),
+                "history": losses})
         test_loss, accuracy = evaluate(model, loss, X_test, y_test)
         progress.on_epoch(epoch, mean_loss, f" test_loss {test_loss:.4f} "
                                             f"test_accuracy {accuracy:.4f}")
@@ -195,14 +219,12 @@ def train_model(args, comm) -> int:
                   args.seed, on_batch=progress.on_batch if root else None,
                   on_epoch=on_epoch if root else None, lr_schedule=schedule,
                   callbacks=[diagnostics] if diagnostics is not None else [], step=step,
-                  clip_norm=args.clip_norm)
+                  clip_norm=args.clip_norm, start_epoch=start_epoch)
+    history = history_before + history
     seconds = time.perf_counter() - start
     if not root:
         return 0
     test_loss, accuracy = evaluate(model, loss, X_test, y_test)
-    if args.save:
-        model.training_info = {"split_seed": args.seed, "test_fraction": args.test_fraction}
-        serialize.save(model, args.save)
     metrics = {"test_accuracy": accuracy, "test_loss": test_loss, "train_loss": history[-1],
                "epochs": args.epochs, "seconds": round(seconds, 3),
                "threads": cn.get_num_threads(), "optimizer": args.optimizer,
@@ -216,6 +238,58 @@ def train_model(args, comm) -> int:
         print(f"test accuracy {accuracy:.4f}, test loss {test_loss:.4f}, "
               f"{args.epochs} epochs in {seconds:.2f} s on {cn.get_num_threads()} thread(s)")
     return 0
+
+
+# Options of a run that do not change what it computes: a checkpoint keeps the others.
+NOT_SETTINGS = {"--save": 1, "--resume": 1, "--threads": 1, "--json": 0, "--diagnostics": 0}
+
+
+def training_argv(argv: list) -> list:
+    """The training settings of a `corenet train` command line, for its checkpoint."""
+    kept, skip = [], 0
+    for word in argv[1:]:  # after "train"
+        name = word.split("=", 1)[0]
+        if skip:
+            skip -= 1
+        elif name in NOT_SETTINGS:
+            skip = NOT_SETTINGS[name] if "=" not in word else 0
+        else:
+            kept.append(word)
+    return kept
+
+
+def resumed_settings(args) -> tuple:
+    """The settings of the checkpoint's run, parsed as that command line was (so checked
+    the same way), with this call's --save, --threads, --json and --diagnostics; and the
+    checkpoint, its model under "model"."""
+    from corenet import checkpoint
+    from corenet.errors import ModelFileError
+
+    model, saved = checkpoint.load_checkpoint(args.resume)
+    state = saved["state"]
+    argv = state.get("argv")
+    if not (isinstance(argv, list) and all(isinstance(word, str) for word in argv)):
+        raise ModelFileError(f"{args.resume}: the checkpoint's settings are malformed")
+    try:
+        settings = build_parser().parse_args(["train"] + argv)
+    except SystemExit:
+        raise ModelFileError(f"{args.resume}: the checkpoint's settings {argv} are not "
+                             f"valid corenet train options") from None
+    if args.epochs is not None:  # run longer (or shorter) than the checkpoint's run
+        settings.epochs = args.epochs
+    if settings.epochs is None:
+        settings.epochs = 15 if settings.model == "cnn" else 40
+    epoch, history = state.get("epoch"), state.get("history")
+    if not (type(epoch) is int and 0 <= epoch <= settings.epochs and isinstance(history, list)
+            and len(history) == epoch and all(type(v) is float for v in history)):
+        raise ModelFileError(f"{args.resume}: the checkpoint's epoch {epoch!r} or history do "
+                             f"not fit a run of {settings.epochs} epochs")
+    for name in ("threads", "json", "diagnostics", "resume", "distributed"):
+        setattr(settings, name, getattr(args, name))
+    settings.save = args.save or args.resume
+    settings.argv = ["train"] + argv + (["--epochs", str(args.epochs)] if args.epochs else [])
+    saved["model"] = model
+    return settings, saved
 
 
 def command_eval(args) -> int:
@@ -320,11 +394,13 @@ EXIT_BROKEN_PIPE = 141
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
     except KeyboardInterrupt:
-        # One line, no traceback. Nothing half-written stays: --save writes only after
-        # training, and an interrupted save removes its temporary file.
+        # One line, no traceback. Nothing half-written stays: --save replaces its file
+        # whole at the end of each epoch, and an interrupted save removes its temporary
+        # file; --resume goes on from the last epoch saved.
         print(f"corenet {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -20,6 +20,14 @@ def generator() -> np.random.Generator:
     return _generator
 
 
+def set_generator(value: np.random.Generator) -> None:
+    """Draw from ``value`` from now on (a checkpoint restores its generator so)."""
+    global _generator
+    if not isinstance(value, np.random.Generator):
+        raise TypeError(f"set_generator expects a numpy Generator, got {type(value).__name__}")
+    _generator = value
+
+
 @contextlib.contextmanager
 def seeded(value: int):
     """Draws inside the block come from a generator seeded with ``value``; the one

@@ -80,12 +80,22 @@ def model_config(model: Model) -> dict:
 TEMPORARY_NAME = re.compile(r"\.corenet-save-(\d+)-[^/]*\.tmp")
 
 
-def save(model: Model, path: str) -> None:
-    """Write ``model`` to ``path`` atomically (an existing file is replaced whole).
+# Entries a model file may carry beside the model (a checkpoint's training state):
+# the model loader reads past them, corenet.checkpoint reads them.
+EXTRA_PREFIX = "extra."
+
+
+def save(model: Model, path: str, extra: dict | None = None) -> None:
+    """Write ``model`` to ``path`` atomically (an existing file is replaced whole);
+    ``extra``: more arrays to store, under names that start with ``EXTRA_PREFIX``.
 
     An exception during the save removes the temporary file; the temporary file of a
     save killed outright is removed by the next save into the same folder."""
     arrays = {CONFIG_ENTRY: np.frombuffer(json.dumps(model_config(model)).encode(), np.uint8)}
+    for name, array in (extra or {}).items():
+        if not name.startswith(EXTRA_PREFIX):
+            raise ValueError(f"save: extra array {name!r} must start with {EXTRA_PREFIX!r}")
+        arrays[name] = array
     for index, layer in enumerate(model.layers):
         for array in layer.parameters() + layer.state_buffers():
             arrays[f"node{index}.{array.name}"] = array.value
@@ -377,6 +387,12 @@ def load(path: str) -> Model:
 
     A missing or unreadable file raises OSError (FileNotFoundError ...); a malformed
     one, ModelFileError."""
+    return load_with_extra(path)[0]
+
+
+def load_with_extra(path: str) -> tuple:
+    """(model, {name: array}): the model and the extra arrays saved beside it, each
+    read with the same checks as the model's."""
     with open(path, "rb") as stream:
         file_size = os.fstat(stream.fileno()).st_size
         try:
@@ -387,8 +403,10 @@ def load(path: str) -> Model:
             return _load_archive(path, archive, file_size)
 
 
-def _load_archive(path: str, archive: zipfile.ZipFile, file_size: int) -> Model:
+def _load_archive(path: str, archive: zipfile.ZipFile, file_size: int) -> tuple:
     entries = _read_entries(path, archive, file_size)
+    extra = {name: _read_array(path, archive, entries.pop(name), name)
+             for name in [name for name in entries if name.startswith(EXTRA_PREFIX)]}
     config = _read_config(path, archive, entries)
     _check_config(path, config)
     by_node = _arrays_by_node(path, entries, len(config["nodes"]), np.dtype(config["dtype"]))
@@ -410,4 +428,4 @@ def _load_archive(path: str, archive: zipfile.ZipFile, file_size: int) -> Model:
     except (ValueError, TypeError) as error:
         _fail(path, f"the graph is not a valid model: {error}")
     model.training_info = dict(config.get("training", {}))
-    return model
+    return model, extra

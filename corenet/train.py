@@ -138,7 +138,8 @@ def make_schedule(kind: str, epochs: int, warmup: int = 0, step_size: int | None
 
 def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
         seed: int = 0, on_batch=None, on_epoch=None, lr_schedule=None,
-        callbacks=(), step=None, clip_norm: float | None = None) -> list[float]:
+        callbacks=(), step=None, clip_norm: float | None = None,
+        start_epoch: int = 0) -> list[float]:
     """Train for ``epochs``; returns the mean training loss of each epoch.
 
     ``on_batch(epoch, batch, n_batches, loss)`` and ``on_epoch(epoch, mean_loss)``
@@ -152,6 +153,8 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
     batch ``index``: corenet.gradients.AccumulatingStep, corenet.distributed.DistributedStep.
     With a step, ``on_after_backward`` comes after it: the gradients then are the ones
     the update used (the sum over micro-batches or ranks).
+    ``start_epoch``: go on from a checkpoint taken after that many epochs; the batches
+    of each epoch are those an uninterrupted run draws. The history returned starts there.
     """
     if batch_size < 1:
         raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
@@ -170,8 +173,10 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
     model.train()
     for callback in callbacks:
         callback.on_train_begin()
+    for _ in range(start_epoch):  # the shuffles of the epochs done before the checkpoint
+        rng.permutation(len(X))
     try:
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             if isinstance(lr_schedule, Schedule):
                 lr_schedule.apply(optimizer, epoch)
             elif lr_schedule is not None:
