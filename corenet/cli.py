@@ -240,8 +240,11 @@ def train_model(args, comm) -> int:
     return 0
 
 
-# Options of a run that do not change what it computes: a checkpoint keeps the others.
-NOT_SETTINGS = {"--save": 1, "--resume": 1, "--threads": 1, "--json": 0, "--diagnostics": 0}
+# Options of a run that do not change what it computes (K ranks compute what --accumulate
+# K does, on any threads): a checkpoint keeps the others, and a resumed run takes these
+# from its own command line (so it may go on with another number of ranks).
+NOT_SETTINGS = {"--save": 1, "--resume": 1, "--threads": 1, "--json": 0, "--diagnostics": 0,
+                "--distributed": 0, "--accumulate": 1}
 
 
 def training_argv(argv: list) -> list:
@@ -284,7 +287,7 @@ def resumed_settings(args) -> tuple:
             and len(history) == epoch and all(type(v) is float for v in history)):
         raise ModelFileError(f"{args.resume}: the checkpoint's epoch {epoch!r} or history do "
                              f"not fit a run of {settings.epochs} epochs")
-    for name in ("threads", "json", "diagnostics", "resume", "distributed"):
+    for name in ("threads", "json", "diagnostics", "resume", "distributed", "accumulate"):
         setattr(settings, name, getattr(args, name))
     settings.save = args.save or args.resume
     settings.argv = ["train"] + argv + (["--epochs", str(args.epochs)] if args.epochs else [])
