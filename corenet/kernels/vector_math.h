@@ -7,14 +7,19 @@
  * where e^x − 1 would lose it; tanh is a rational function. A tail shorter than a vector is
  * computed in a zero-padded vector by the same instructions, so every element
  * gets the same result wherever it lies.
+ *
+ * The derivatives of sigmoid, tanh and elu are computed from the input x, not
+ * from the output y: where f saturates, y(1 − y), 1 − y² and y + alpha cancel
+ * to nothing (0 once y rounds to ±1 or −alpha) while f'(x) is representable.
  */
 #ifndef CORENET_VECTOR_MATH_H
 #define CORENET_VECTOR_MATH_H
 
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
-#ifdef __AVX512F__
+#ifdef __SSE__
 #include <immintrin.h>
 #endif
 
@@ -42,66 +47,111 @@ static inline cn_vf cn_select(cn_vi mask, cn_vf a, cn_vf b)
     return (cn_vf)((mask & (cn_vi)a) | (~mask & (cn_vi)b));
 }
 
-/* lo <= x <= hi; a NaN x stays NaN. vmaxps/vminps return their second operand
- * when either is NaN, hence the bound first. */
-static inline cn_vf cn_clamp(cn_vf x, float lo, float hi)
+/* a where x is negative (its sign bit set, −0 and −NaN too), else b: one
+ * blendv on x86, which reads the sign bits, where a comparison would add one. */
+static inline cn_vf cn_select_negative(cn_vf x, cn_vf a, cn_vf b)
 {
-#ifdef __AVX512F__
-    x = (cn_vf)_mm512_max_ps((__m512)cn_splat(lo), (__m512)x);
-    return (cn_vf)_mm512_min_ps((__m512)cn_splat(hi), (__m512)x);
+#if defined(__AVX__) && !defined(__AVX512F__)
+    return (cn_vf)_mm256_blendv_ps((__m256)b, (__m256)a, (__m256)x);
+#elif defined(__SSE4_1__) && CN_VECTOR_BYTES == 16
+    return (cn_vf)_mm_blendv_ps((__m128)b, (__m128)a, (__m128)x);
 #else
-    x = cn_select(x < cn_splat(lo), cn_splat(lo), x);
+    return cn_select((cn_vi)x >> 31, a, b);
+#endif
+}
+
+/* max(x, lo) and min(x, hi) with a NaN x staying NaN, one instruction each on
+ * x86: maxps/minps return their second operand when either is NaN, hence the
+ * bound first. */
+static inline cn_vf cn_at_least(cn_vf x, float lo)
+{
+#if defined(__AVX512F__)
+    return (cn_vf)_mm512_max_ps((__m512)cn_splat(lo), (__m512)x);
+#elif defined(__AVX__)
+    return (cn_vf)_mm256_max_ps((__m256)cn_splat(lo), (__m256)x);
+#elif defined(__SSE__)
+    return (cn_vf)_mm_max_ps((__m128)cn_splat(lo), (__m128)x);
+#else
+    return cn_select(x < cn_splat(lo), cn_splat(lo), x);
+#endif
+}
+
+static inline cn_vf cn_at_most(cn_vf x, float hi)
+{
+#if defined(__AVX512F__)
+    return (cn_vf)_mm512_min_ps((__m512)cn_splat(hi), (__m512)x);
+#elif defined(__AVX__)
+    return (cn_vf)_mm256_min_ps((__m256)cn_splat(hi), (__m256)x);
+#elif defined(__SSE__)
+    return (cn_vf)_mm_min_ps((__m128)cn_splat(hi), (__m128)x);
+#else
     return cn_select(x > cn_splat(hi), cn_splat(hi), x);
 #endif
 }
 
-static inline cn_vf cn_abs(cn_vf x) { return (cn_vf)((cn_vi)x & 0x7fffffff); }
+static inline cn_vf cn_clamp(cn_vf x, float lo, float hi)
+{
+    return cn_at_most(cn_at_least(x, lo), hi);
+}
 
-/* 1 / x. With AVX-512, a 14-bit hardware estimate refined by one Newton step
- * (error about 2^-28, under one ulp) costs a fraction of a vector division. */
-static inline cn_vf cn_reciprocal(cn_vf x)
+/* a / b. With AVX-512, a times 1 / b from a 14-bit hardware estimate refined by
+ * one Newton step (error about 2^-28, under one ulp) costs a fraction of a
+ * vector division. */
+static inline cn_vf cn_divide(cn_vf a, cn_vf b)
 {
 #ifdef __AVX512F__
-    cn_vf r = (cn_vf)_mm512_rcp14_ps((__m512)x);
-    return r * (2.0f - x * r);
+    cn_vf r = (cn_vf)_mm512_rcp14_ps((__m512)b);
+    return a * (r * (2.0f - b * r));
 #else
-    return 1.0f / x;
+    return a / b;
 #endif
 }
 
 /* x = n·ln2 + r with |r| <= ln2/2 (ln2 split in two parts, as Cephes does):
- * sets *two_n = 2^n and returns e^r − 1 as r + r²·p(r), which keeps its
- * relative precision however small r is. p is a degree-4 relative-error fit
- * made for corenet (fit_approximations.py): 1.3·10⁻⁸, below float32's ulp. */
-static inline cn_vf cn_exp_reduced(cn_vf x, cn_vf *two_n)
+ * sets *n and returns e^r − 1 as r + r²·p(r), which keeps its relative
+ * precision however small r is. p is a degree-4 relative-error fit made for
+ * corenet (fit_approximations.py): 1.3·10⁻⁸, below float32's ulp. The caller
+ * bounds x so that n fits the exponent arithmetic it does. */
+static inline cn_vf cn_exp_reduced(cn_vf x, cn_vi *n)
 {
-    x = cn_clamp(x, -87.0f, 88.0f); /* so that 2^n stays a normal float */
     const cn_vf shifter = cn_splat(12582912.0f); /* 1.5·2^23: adding it rounds to an integer */
     cn_vf t = x * 1.44269504088896341f + shifter;
-    cn_vf n = t - shifter;
-    cn_vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    cn_vf n_float = t - shifter;
+    cn_vf r = x - n_float * 0.693359375f + n_float * 2.12194440e-4f;
     cn_vf p = cn_splat(0.0013882486652569432f);
     p = p * r + 0.008366503326091375f;
     p = p * r + 0.04166719974715015f;
     p = p * r + 0.16666543751384988f;
     p = p * r + 0.4999999815613703f;
-    *two_n = (cn_vf)(((cn_vi)t - 0x4B400000 + 127) << 23);
+    *n = (cn_vi)t - 0x4B400000;
     return p * r * r + r;
 }
 
-static inline cn_vf cn_exp(cn_vf x)
+/* 2^n from its exponent bits, for -126 <= n <= 127. */
+static inline cn_vf cn_power_of_two(cn_vi n) { return (cn_vf)((n + 127) << 23); }
+
+/* e^−|x|, all that sigmoid and the derivatives of sigmoid, tanh and elu need:
+ * in (0, 1], so it never overflows, and as IEEE expf has it below, subnormal
+ * past |x| = 87.34 and 0 past 103.98 (NaN for NaN). 2^n is applied as
+ * 2^(n+64) · 2^−64: the first product is exact, the second rounds once, into
+ * the subnormals where the true value lies (and changes nothing where e^−|x|
+ * is normal). A bound at −110 keeps 2^(n+64) a normal float. */
+static inline cn_vf cn_exp_minus_abs(cn_vf x)
 {
-    cn_vf two_n;
-    cn_vf e_minus_1 = cn_exp_reduced(x, &two_n);
-    return (e_minus_1 + 1.0f) * two_n;
+    cn_vf minus_abs = (cn_vf)((cn_vi)x | INT_MIN); /* the sign bit set */
+    cn_vi n;
+    cn_vf e_r = cn_exp_reduced(cn_at_least(minus_abs, -110.0f), &n) + 1.0f;
+    return e_r * cn_power_of_two(n + 64) * 0x1p-64f;
 }
 
 /* e^x − 1 = 2^n (e^r − 1) + (2^n − 1): exact in the last term, so no
- * cancellation near zero (n = 0 there). */
+ * cancellation near zero (n = 0 there). Below −87 it is −1 in float32; elu,
+ * its only user, takes it for x <= 0 only (above 88 it would stop growing). */
 static inline cn_vf cn_expm1(cn_vf x)
 {
-    cn_vf two_n;
-    cn_vf e_minus_1 = cn_exp_reduced(x, &two_n);
+    cn_vi n;
+    cn_vf e_minus_1 = cn_exp_reduced(cn_clamp(x, -87.0f, 88.0f), &n);
+    cn_vf two_n = cn_power_of_two(n);
     return two_n * e_minus_1 + (two_n - 1.0f);
 }
 
@@ -124,10 +174,32 @@ static inline cn_vf cn_tanh(cn_vf x)
     q = q * z + 0.023763123057848425f;
     q = q * z + 0.46252501590802203f;
     q = q * z + 1.0f;
-    return cn_clamp(x * p * cn_reciprocal(q), -1.0f, 1.0f); /* never past ±1 by rounding */
+    return cn_clamp(cn_divide(x * p, q), -1.0f, 1.0f); /* never past ±1 by rounding */
 }
 
-static inline cn_vf cn_sigmoid(cn_vf x) { return cn_reciprocal(1.0f + cn_exp(-x)); }
+static const cn_vf cn_zero = {0};
+
+/* 1 / (1 + e) for x >= 0, e / (1 + e) below, with e = e^−|x|: no overflow, and
+ * below x = −87.34 the subnormal e^x (0 below −103.98), where 1 / (1 + e^−x)
+ * would overflow to 1/inf = 0 (PyTorch's and numpy's float32 give 0 from −88.73). */
+static inline cn_vf cn_sigmoid(cn_vf x)
+{
+    cn_vf e = cn_exp_minus_abs(x);
+    return cn_divide(cn_select_negative(x, e, cn_splat(1.0f)), 1.0f + e);
+}
+
+/* σ'(x) = σ(x) σ(−x) = e / (1 + e)² with e = e^-|x| (σ' is even): a product
+ * with no cancellation, so it keeps its relative precision where σ saturates
+ * (σ'(18) = 1.5·10⁻⁸, while y(1 − y) is 0 from y = σ(18), which is 1 in float32). */
+static inline cn_vf cn_sigmoid_slope(cn_vf x)
+{
+    cn_vf e = cn_exp_minus_abs(x);
+    cn_vf denominator = 1.0f + e;
+    return cn_divide(e, denominator * denominator);
+}
+
+/* tanh'(x) = 1 − tanh² x = 4 σ'(2x), exact scalings of the same product. */
+static inline cn_vf cn_tanh_slope(cn_vf x) { return 4.0f * cn_sigmoid_slope(2.0f * x); }
 
 /* The activations a GEMM epilogue can apply (see gemm.pxd), one code each. */
 #define CN_EPILOGUE_NONE 0
@@ -136,8 +208,6 @@ static inline cn_vf cn_sigmoid(cn_vf x) { return cn_reciprocal(1.0f + cn_exp(-x)
 #define CN_EPILOGUE_TANH 3
 #define CN_EPILOGUE_LEAKY_RELU 4
 #define CN_EPILOGUE_ELU 5
-
-static const cn_vf cn_zero = {0};
 
 /* f(x) for a vector of floats: the same instructions as the activation layers. */
 static inline cn_vf cn_activate_vector(cn_vf x, int kind, float param)
@@ -231,8 +301,8 @@ CN_DEFINE_FORWARD(cn_relu_forward, cn_activate_vector(x, CN_EPILOGUE_RELU, param
 CN_DEFINE_FORWARD(cn_leaky_relu_forward, cn_activate_vector(x, CN_EPILOGUE_LEAKY_RELU, param))
 CN_DEFINE_FORWARD(cn_elu_forward, cn_activate_vector(x, CN_EPILOGUE_ELU, param))
 
-CN_DEFINE_BACKWARD(cn_sigmoid_backward, g * y * (1.0f - y))
-CN_DEFINE_BACKWARD(cn_tanh_backward, g * (1.0f - y * y))
+CN_DEFINE_BACKWARD(cn_sigmoid_backward, g * cn_sigmoid_slope(x))
+CN_DEFINE_BACKWARD(cn_tanh_backward, g * cn_tanh_slope(x))
 /* g where y > 0, else 0. With AVX-512 the empty asm keeps g a plain full load:
  * folded into a zero-masked load instead, the loop runs about 10% slower. (A
  * 64-byte vector fits no single register below AVX-512.) */
@@ -246,6 +316,8 @@ static inline cn_vf cn_relu_gradient(cn_vf y, cn_vf g)
 
 CN_DEFINE_BACKWARD(cn_relu_backward, cn_relu_gradient(y, g))
 CN_DEFINE_BACKWARD(cn_leaky_relu_backward, cn_select(x > cn_zero, g, g * param))
-CN_DEFINE_BACKWARD(cn_elu_backward, cn_select(x > cn_zero, g, g * (y + param)))
+/* elu' = alpha e^x for x <= 0, from x: y + alpha would cancel to 0 past x = −17. */
+CN_DEFINE_BACKWARD(cn_elu_backward,
+                   cn_select(x > cn_zero, g, g * (param * cn_exp_minus_abs(x))))
 
 #endif
