@@ -1,4 +1,4 @@
-"""Activations at extreme inputs, in float32 and float64.
+"""Activations, softmax and cross-entropy at extreme inputs, in float32 and float64.
 
 References are computed in extended precision (np.longdouble), the derivatives
 from formulas other than corenet's (cosh, not exp(−|x|)), and errors are counted in ulps of the layer's dtype at the
@@ -11,6 +11,7 @@ import pytest
 
 import corenet as cn
 import corenet.layers as L
+from corenet.losses import SoftmaxCrossEntropy
 
 LONG = np.longdouble
 DTYPES = [np.float32, np.float64]
@@ -144,3 +145,108 @@ def test_conv_then_tanh_in_a_model_keeps_the_saturated_gradients(dtype):
     model.forward(x)
     x_grad = model.backward(np.ones_like(x))
     assert ulps(x_grad.ravel(), ACTIVATIONS["tanh"][2](x.ravel()), dtype).max() <= 6
+
+
+def softmax_reference(rows):
+    rows = rows.astype(LONG)
+    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+EXTREME_ROWS = [[1e4, -1e4, 0.0], [88.7, -88.7, 0.0], [-1e4, -1e4 + 1, -1e4 + 2],
+                [88.7, 87.0, -20.0], [-88.7, -100.0, -104.0]]
+
+
+def conditioned(rows):
+    """Ulps allowed for exp(x − max) and what is made of it: e^a amplifies an error
+    of a's last bit, made in x − max, by |a|."""
+    return 4 + np.abs(rows - rows.max(axis=-1, keepdims=True))
+
+
+def test_softmax_at_extreme_finite_inputs(dtype):
+    rows = np.array(EXTREME_ROWS, dtype)
+    errors = ulps(L.Softmax().forward(rows), softmax_reference(rows), dtype)
+    assert (errors <= conditioned(rows)).all()
+
+
+# Rows whose largest entry takes all but e^-16 ... e^-40 of the mass: its softmax
+# rounds to 1 in float32 (float64 from a margin of 37).
+SATURATED_ROWS = [[16.6, 0.0, -3.0], [0.0, 20.0, -1.0], [-5.0, -2.0, 38.0], [40.0, -30.0, 0.0]]
+
+
+@pytest.mark.parametrize("upstream", ["largest", "smallest"])
+def test_softmax_backward_keeps_the_gradient_of_saturated_rows(upstream, dtype):
+    # With the upstream gradient on one entry, dx is p_t (1 − p_t) or −p_t p_j: no
+    # cancellation in the true value, so each entry is held to a few ulps. From
+    # y ⊙ (g − ⟨g, y⟩) the first was 0 once p_t rounded to 1.
+    rows = np.array(SATURATED_ROWS, dtype)
+    grad = np.zeros_like(rows)
+    pick = rows.argmax if upstream == "largest" else rows.argmin
+    grad[np.arange(len(rows)), pick(axis=1)] = 1
+    layer = L.Softmax()
+    layer.forward(rows)
+    p = softmax_reference(rows)
+    # g_i − ⟨g, p⟩ = Σ_j p_j (g_i − g_j): no cancellation, in extended precision too
+    differences = grad.astype(LONG)[:, :, None] - grad.astype(LONG)[:, None, :]
+    expected = p * np.sum(p[:, None, :] * differences, axis=2)
+    assert ulps(layer.backward(grad), expected, dtype).max() <= 6
+
+
+def test_softmax_takes_the_limit_for_infinite_inputs_and_propagates_nan(dtype):
+    inf, nan = np.inf, np.nan
+    rows = np.array([[inf, 0, 1], [inf, inf, 0], [-inf, 0, 1], [-inf, -inf, -inf],
+                     [nan, 0, 1], [0, nan, inf]], dtype)
+    out = L.Softmax().forward(rows)
+    finite = softmax_reference(rows[2:3, 1:]).astype(dtype)[0]
+    np.testing.assert_array_equal(out[:4], np.array(
+        [[1, 0, 0], [0.5, 0.5, 0], [0, *finite], [1 / 3] * 3], dtype))
+    assert np.isnan(out[4:]).all()
+
+
+def cross_entropy_reference(logits, label):
+    """Loss and gradient in extended precision: −log p = (max − o) + log1p(the others'
+    mass relative to the max's), and 1 − p as the sum of the others' p."""
+    p = softmax_reference(logits[None])[0]
+    grad = p.copy()
+    grad[label] = -np.sum(np.delete(p, label))
+    logits = logits.astype(LONG)
+    top = logits.argmax()
+    others = np.sum(np.exp(np.delete(logits, top) - logits[top]))
+    return logits[top] - logits[label] + np.log1p(others), grad
+
+
+@pytest.mark.parametrize("label", [0, 1, 2])
+def test_cross_entropy_at_extreme_finite_logits(label, dtype):
+    loss = SoftmaxCrossEntropy()
+    for row in np.array(EXTREME_ROWS, dtype):
+        value = loss.forward(row[None], [label])
+        grad = loss.backward()[0]
+        expected_value, expected_grad = cross_entropy_reference(row, label)
+        np.testing.assert_allclose(value, float(expected_value), rtol=1e-14)
+        assert (ulps(grad, expected_grad, dtype) <= conditioned(row)).all()
+
+
+def test_cross_entropy_of_a_confident_right_answer_keeps_its_small_loss_and_gradient(dtype):
+    # 1 − p for the true class, e^-16.6 ... e^-40: it was 0 once p rounded to 1.
+    loss = SoftmaxCrossEntropy()
+    for row in np.array(SATURATED_ROWS, dtype):
+        label = int(row.argmax())
+        value = loss.forward(row[None], [label])
+        expected_value, expected_grad = cross_entropy_reference(row, label)
+        np.testing.assert_allclose(value, float(expected_value), rtol=1e-14)
+        assert (ulps(loss.backward()[0], expected_grad, dtype) <= conditioned(row)).all()
+
+
+def test_cross_entropy_takes_the_limit_for_infinite_logits_and_propagates_nan(dtype):
+    loss = SoftmaxCrossEntropy()
+    inf = np.inf
+    # (logits, label, loss, gradient)
+    for logits, label, value, grad in [
+            ([inf, 0, 1], 0, 0.0, [0, 0, 0]),  # certain and right
+            ([inf, 0, 1], 2, inf, [1, 0, -1]),  # certain and wrong
+            ([-inf, 0, 0], 0, inf, [-1, 0.5, 0.5]),  # impossible
+            ([inf, inf, 0], 1, np.log(2), [0.5, -0.5, 0])]:  # a tie of certainties
+        assert loss.forward(np.array([logits], dtype), [label]) == pytest.approx(value)
+        np.testing.assert_allclose(loss.backward()[0], np.array(grad, dtype), rtol=1e-7)
+    assert np.isnan(loss.forward(np.array([[0, np.nan, 1]], dtype), [0]))
+    assert np.isnan(loss.backward()).all()
