@@ -78,8 +78,8 @@ class Layer:
     # to run the single node that consumes its output as part of itself. Before
     # each forward the executor then sets ``fused_activation`` to that layer
     # (None when not fused in the model being run); backward receives the
-    # gradient of the fused pair's output. Linear and the convolutions fuse a
-    # following relu or leaky_relu (corenet.fusion).
+    # gradient of the fused pair's output. Linear fuses a following relu,
+    # sigmoid, tanh, leaky_relu or elu.
 
     def __init__(self):
         self.training = True

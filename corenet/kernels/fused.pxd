@@ -1,18 +1,28 @@
 # The backward of an activation that a GEMM ran in its epilogue (Linear, the
-# convolutions): grad · f'(x), recovered from the output y = f(x).
+# convolutions): grad · f'(x), recovered from the output y = f(x). Where sigmoid,
+# tanh and elu saturate, y(1 − y), 1 − y² and y + alpha keep an absolute error of
+# about an ulp of 1 and reach 0 with y at ±1 or −alpha (README, Numerics).
 from cython cimport floating
 
-from corenet.kernels.gemm cimport EPILOGUE_LEAKY_RELU, EPILOGUE_RELU
+from corenet.kernels.gemm cimport (EPILOGUE_ELU, EPILOGUE_LEAKY_RELU, EPILOGUE_RELU,
+                                   EPILOGUE_SIGMOID, EPILOGUE_TANH)
 
 
 cdef inline floating activation_derivative_times(int kind, floating grad, floating out,
                                                   floating param) noexcept nogil:
-    """grad · f'(x) from y = f(x), for the activations corenet.fusion lets fuse:
-    those whose f' y gives exactly (leaky_relu: y > 0 exactly when x > 0, its
-    slope not being negative). The same expressions as the activation layers'
-    backward, so a fused pair is bitwise equal to the two layers."""
+    """grad · f'(x) from y = f(x): each fusable f has its derivative as a function
+    of y (leaky_relu and elu: y > 0 exactly when x > 0, since their slope and alpha
+    are not negative). The same expressions as the activation layers' backward, so
+    a fused pair is bitwise equal to the two layers."""
+    cdef floating one = 1  # a float32 one: the literal 1 would compute in double
     if kind == EPILOGUE_RELU:
         return grad if out > 0 else 0
+    if kind == EPILOGUE_SIGMOID:
+        return grad * out * (one - out)
+    if kind == EPILOGUE_TANH:
+        return grad * (one - out * out)
     if kind == EPILOGUE_LEAKY_RELU:
         return grad if out > 0 else param * grad
+    if kind == EPILOGUE_ELU:
+        return grad if out > 0 else grad * (out + param)
     return grad

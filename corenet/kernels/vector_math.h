@@ -8,9 +8,11 @@
  * computed in a zero-padded vector by the same instructions, so every element
  * gets the same result wherever it lies.
  *
- * The derivatives of sigmoid, tanh and elu are computed from the input x, not
- * from the output y: where f saturates, y(1 − y), 1 − y² and y + alpha cancel
- * to nothing (0 once y rounds to ±1 or −alpha) while f'(x) is representable.
+ * The derivatives of sigmoid, tanh and elu are computed from the output y, as
+ * a fused GEMM epilogue (which keeps only y) must: y(1 − y), 1 − y² and
+ * y + alpha, the same expressions as fused.pxd, so fused and unfused are
+ * bitwise equal. Where f saturates they lose relative precision and are 0 once
+ * y rounds to ±1 or −alpha (README, Numerics).
  */
 #ifndef CORENET_VECTOR_MATH_H
 #define CORENET_VECTOR_MATH_H
@@ -130,7 +132,7 @@ static inline cn_vf cn_exp_reduced(cn_vf x, cn_vi *n)
 /* 2^n from its exponent bits, for -126 <= n <= 127. */
 static inline cn_vf cn_power_of_two(cn_vi n) { return (cn_vf)((n + 127) << 23); }
 
-/* e^−|x|, all that sigmoid and the derivatives of sigmoid, tanh and elu need:
+/* e^−|x|, all that sigmoid needs:
  * in (0, 1], so it never overflows, and as IEEE expf has it below, subnormal
  * past |x| = 87.34 and 0 past 103.98 (NaN for NaN). 2^n is applied as
  * 2^(n+64) · 2^−64: the first product is exact, the second rounds once, into
@@ -155,11 +157,43 @@ static inline cn_vf cn_expm1(cn_vf x)
     return two_n * e_minus_1 + (two_n - 1.0f);
 }
 
-/* tanh x = x · P(x²) / Q(x²) on |x| <= 9, beyond which tanh rounds to ±1 in
- * float32 (the fit passes 1 just beyond 9, so tanh is exactly ±1 there). P
- * (degree 5) and Q (degree 3) are a relative-error fit made for
- * corenet (fit_approximations.py; relative error 6·10⁻⁸ in float64); evaluated
- * in float32 they stay within 3 ulps. Cheaper than any exp-based form. */
+/* Whether any lane of a comparison mask is set. */
+static inline int cn_any(cn_vi mask)
+{
+#if defined(__AVX512F__)
+    return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask) != 0;
+#elif defined(__AVX__)
+    return _mm256_movemask_ps((__m256)mask) != 0;
+#elif defined(__SSE__)
+    return _mm_movemask_ps((__m128)mask) != 0;
+#else
+    for (int lane = 0; lane < CN_LANES; lane++)
+        if (mask[lane]) return 1;
+    return 0;
+#endif
+}
+
+/* |x| at and past which tanh takes the exp form below rather than P/Q. */
+#define CN_TANH_EXP_FROM 3.0f
+
+/* tanh x = ±(1 − 2e / (1 + e)) with e = e^−2|x|, for |x| >= CN_TANH_EXP_FROM:
+ * the quotient is below 5·10⁻³ there, so its own error hardly reaches y, which
+ * rounds once, near correctly (within 0.51 ulp), and reaches 1 where the true
+ * tanh rounds to 1 (x = 9.01), as PyTorch's. P/Q's few ulps would matter
+ * there: tanh' = 1 − y² is taken from y (fused.pxd), and it gave 2.4·10⁻⁷ at
+ * x = 8.75 for 1.2·10⁻⁷ and flickered to 0 from x = 8.0. */
+static inline cn_vf cn_tanh_saturating(cn_vf x)
+{
+    cn_vf e = cn_exp_minus_abs(2.0f * x);
+    cn_vf magnitude = 1.0f - cn_divide(2.0f * e, 1.0f + e);
+    return (cn_vf)((cn_vi)magnitude | ((cn_vi)x & INT_MIN)); /* x's sign */
+}
+
+/* tanh x = x · P(x²) / Q(x²) on |x| < CN_TANH_EXP_FROM, within 4.3 ulps. P
+ * (degree 5) and Q (degree 3) are a relative-error fit made for corenet
+ * (fit_approximations.py; relative error 6·10⁻⁸ in float64) on |x| <= 9,
+ * cheaper than any exp-based form; the exp form runs only for vectors that
+ * hold a larger |x|. Past 9.5 both give ±1, as tanh rounds to ±1 from 9.01. */
 static inline cn_vf cn_tanh(cn_vf x)
 {
     x = cn_clamp(x, -9.5f, 9.5f); /* where P/Q passes 1: the final clamp makes it exactly 1 */
@@ -174,7 +208,11 @@ static inline cn_vf cn_tanh(cn_vf x)
     q = q * z + 0.023763123057848425f;
     q = q * z + 0.46252501590802203f;
     q = q * z + 1.0f;
-    return cn_clamp(cn_divide(x * p, q), -1.0f, 1.0f); /* never past ±1 by rounding */
+    cn_vf y = cn_clamp(cn_divide(x * p, q), -1.0f, 1.0f); /* never past ±1 by rounding */
+    cn_vi far = z >= CN_TANH_EXP_FROM * CN_TANH_EXP_FROM;
+    if (cn_any(far))
+        y = cn_select(far, cn_tanh_saturating(x), y);
+    return y;
 }
 
 static const cn_vf cn_zero = {0};
@@ -187,19 +225,6 @@ static inline cn_vf cn_sigmoid(cn_vf x)
     cn_vf e = cn_exp_minus_abs(x);
     return cn_divide(cn_select_negative(x, e, cn_splat(1.0f)), 1.0f + e);
 }
-
-/* σ'(x) = σ(x) σ(−x) = e / (1 + e)² with e = e^-|x| (σ' is even): a product
- * with no cancellation, so it keeps its relative precision where σ saturates
- * (σ'(18) = 1.5·10⁻⁸, while y(1 − y) is 0 from y = σ(18), which is 1 in float32). */
-static inline cn_vf cn_sigmoid_slope(cn_vf x)
-{
-    cn_vf e = cn_exp_minus_abs(x);
-    cn_vf denominator = 1.0f + e;
-    return cn_divide(e, denominator * denominator);
-}
-
-/* tanh'(x) = 1 − tanh² x = 4 σ'(2x), exact scalings of the same product. */
-static inline cn_vf cn_tanh_slope(cn_vf x) { return 4.0f * cn_sigmoid_slope(2.0f * x); }
 
 /* The activations a GEMM epilogue can apply (see gemm.pxd), one code each. */
 #define CN_EPILOGUE_NONE 0
@@ -301,8 +326,8 @@ CN_DEFINE_FORWARD(cn_relu_forward, cn_activate_vector(x, CN_EPILOGUE_RELU, param
 CN_DEFINE_FORWARD(cn_leaky_relu_forward, cn_activate_vector(x, CN_EPILOGUE_LEAKY_RELU, param))
 CN_DEFINE_FORWARD(cn_elu_forward, cn_activate_vector(x, CN_EPILOGUE_ELU, param))
 
-CN_DEFINE_BACKWARD(cn_sigmoid_backward, g * cn_sigmoid_slope(x))
-CN_DEFINE_BACKWARD(cn_tanh_backward, g * cn_tanh_slope(x))
+CN_DEFINE_BACKWARD(cn_sigmoid_backward, g * y * (1.0f - y))
+CN_DEFINE_BACKWARD(cn_tanh_backward, g * (1.0f - y * y))
 /* g where y > 0, else 0. With AVX-512 the empty asm keeps g a plain full load:
  * folded into a zero-masked load instead, the loop runs about 10% slower. (A
  * 64-byte vector fits no single register below AVX-512.) */
@@ -316,8 +341,6 @@ static inline cn_vf cn_relu_gradient(cn_vf y, cn_vf g)
 
 CN_DEFINE_BACKWARD(cn_relu_backward, cn_relu_gradient(y, g))
 CN_DEFINE_BACKWARD(cn_leaky_relu_backward, cn_select(x > cn_zero, g, g * param))
-/* elu' = alpha e^x for x <= 0, from x: y + alpha would cancel to 0 past x = −17. */
-CN_DEFINE_BACKWARD(cn_elu_backward,
-                   cn_select(x > cn_zero, g, g * (param * cn_exp_minus_abs(x))))
+CN_DEFINE_BACKWARD(cn_elu_backward, cn_select(x > cn_zero, g, g * (y + param)))
 
 #endif

@@ -1,20 +1,19 @@
 """Elementwise activations: each forward and each backward is one parallel pass.
 
-Backward takes f' from the input x (sigmoid, tanh, elu, leaky_relu, prelu),
-except relu, whose f' the output gives exactly. From the output alone,
-y(1 − y), 1 − y² and y + alpha cancel where f saturates: they fall to 0 once
-y rounds to 1 (sigmoid past x = 17.3 in float32, 37.4 in float64) while f'(x)
-is still representable. PyTorch takes sigmoid' and tanh' from y, so its
-gradients there are 0 or off by up to 100%; ours are within a few ulps of
-f'(x) everywhere (tests/test_numerics.py). The input is kept anyway: it is
-the previous layer's output.
+Backward takes f' from the output y where f' is a function of it: relu,
+sigmoid' = y(1 − y), tanh' = 1 − y², elu' = y + alpha for x <= 0 (as PyTorch
+does); from the input otherwise (leaky_relu, prelu). These are the expressions
+of corenet/kernels/fused.pxd: a GEMM that runs the activation in its epilogue
+keeps only y, and the fused pair is bitwise equal to the two layers. The cost:
+where sigmoid, tanh and elu saturate, the derivative loses relative precision
+and is exactly 0 once y rounds to ±1 or −alpha (README, Numerics).
 """
 import numpy as np
 
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expm1, fabs, tanh
+from libc.math cimport exp, expm1, tanh
 
 from corenet.kernels.threads cimport threads_for
 
@@ -92,12 +91,6 @@ cdef inline floating sigmoid(floating x) noexcept nogil:
     return e / (1 + e)
 
 
-cdef inline double sigmoid_slope(double x) noexcept nogil:
-    """σ'(x) = e / (1 + e)² with e = e^-|x|: no cancellation, as cn_sigmoid_slope."""
-    cdef double e = exp(-fabs(x))
-    return e / ((1 + e) * (1 + e))
-
-
 cdef void activation_forward(int kind, const floating* x, floating* y, Py_ssize_t size,
                              floating parameter) noexcept nogil:
     cdef Py_ssize_t i
@@ -130,10 +123,10 @@ cdef void activation_backward(int kind, const floating* x, const floating* y,
         float_backward(kind, x, y, grad, x_grad, size, parameter)
     elif kind == KIND_SIGMOID:
         for i in prange(size, num_threads=n, schedule='static'):
-            x_grad[i] = grad[i] * sigmoid_slope(x[i])
+            x_grad[i] = grad[i] * y[i] * (1 - y[i])
     elif kind == KIND_TANH:
         for i in prange(size, num_threads=n, schedule='static'):
-            x_grad[i] = grad[i] * (4 * sigmoid_slope(2 * x[i]))  # 1 − tanh² x = 4 σ'(2x)
+            x_grad[i] = grad[i] * (1 - y[i] * y[i])
     elif kind == KIND_RELU:
         for i in prange(size, num_threads=n, schedule='static'):
             x_grad[i] = grad[i] if y[i] > 0 else 0
@@ -142,7 +135,7 @@ cdef void activation_backward(int kind, const floating* x, const floating* y,
             x_grad[i] = grad[i] if x[i] > 0 else parameter * grad[i]
     elif kind == KIND_ELU:
         for i in prange(size, num_threads=n, schedule='static'):
-            x_grad[i] = grad[i] if x[i] > 0 else grad[i] * (parameter * exp(x[i]))
+            x_grad[i] = grad[i] if x[i] > 0 else grad[i] * (y[i] + parameter)
 
 
 cdef void run_forward(int kind, cnp.ndarray x, cnp.ndarray y, double parameter):

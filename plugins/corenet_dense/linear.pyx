@@ -231,8 +231,8 @@ class Linear(Layer):
 
     def can_fuse(self, following):
         """Whether this layer can run ``following`` (its only consumer) in its own
-        forward and backward: relu and leaky_relu, in the GEMM's epilogue (see
-        corenet.fusion for why not sigmoid, tanh or elu)."""
+        forward and backward: relu, sigmoid, tanh, leaky_relu and elu, in the GEMM's
+        epilogue."""
         return fusion_of(following) is not None
 
     def parameters(self):
