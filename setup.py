@@ -72,6 +72,11 @@ def compile_flags():
     return flags, (["-fopenmp"] if openmp else [])
 
 
+# Included by .pyx files directly or through each other (microkernel.h includes
+# vector_math.h), which Cython does not follow: an edit rebuilds every module.
+HEADERS = ["corenet/kernels/microkernel.h", "corenet/kernels/vector_math.h"]
+
+
 def extensions():
     flags, openmp = compile_flags()
     described = " ".join(flags + openmp)
@@ -80,6 +85,7 @@ def extensions():
         Extension(
             name,
             [source],
+            depends=HEADERS,
             include_dirs=[numpy.get_include(), "corenet/kernels"],
             extra_compile_args=flags + openmp + EXTRA_FLAGS.get(name, []),
             extra_link_args=openmp,

@@ -1,7 +1,12 @@
 """Elementwise activations: each forward and each backward is one parallel pass.
 
-Backward takes what is cheapest to keep: the output where f' is a function
-of it (sigmoid, tanh, relu), the input otherwise (leaky_relu, prelu, elu).
+Backward takes f' from the output y where f' is a function of it: relu,
+sigmoid' = y(1 − y), tanh' = 1 − y², elu' = y + alpha for x <= 0 (as PyTorch
+does); from the input otherwise (leaky_relu, prelu). These are the expressions
+of corenet/kernels/fused.pxd: a GEMM that runs the activation in its epilogue
+keeps only y, and the fused pair is bitwise equal to the two layers. The cost:
+where sigmoid, tanh and elu saturate, the derivative loses relative precision
+and is exactly 0 once y rounds to ±1 or −alpha (README, Numerics).
 """
 import numpy as np
 

@@ -1,7 +1,17 @@
 """Softmax over the last axis, parallel over rows.
 
 Forward subtracts each row's maximum before exp, so no input overflows.
-Backward is the vector-Jacobian product dx = y ⊙ (g − ⟨g, y⟩) per row.
+Backward is the vector-Jacobian product dx = y ⊙ (g − ⟨g, y⟩) per row, with
+⟨g, y⟩ = g_t + Σ_j y_j (g_j − g_t) for the row's largest y_t (Σ y = 1): then
+g_t − ⟨g, y⟩ is a sum of the small terms, not the difference of two numbers
+near g_t, so a saturated row (y_t rounds to 1, as sigmoid's y) keeps its small
+gradient (y_t (1 − y_t) for g on entry t), which y_t (g_t − ⟨g, y⟩) rounds to 0.
+
+An entry equal to its row's maximum counts as exp(0) = 1 even when the maximum
+is infinite, where x − max would be inf − inf = NaN: a +inf entry takes the
+limit (all the mass, shared equally by several), and a row of −inf is uniform
+like any row of equal entries. A NaN anywhere in a row makes the row NaN.
+(PyTorch returns NaN for the whole row in all three cases.)
 """
 import numpy as np
 
@@ -35,7 +45,7 @@ cdef void softmax_rows(const floating* x, floating* y, Py_ssize_t rows,
                 largest = x_row[j]
         total = 0
         for j in range(columns):
-            y_row[j] = exp(x_row[j] - largest)
+            y_row[j] = 1 if x_row[j] == largest else exp(x_row[j] - largest)
             total = total + y_row[j]
         for j in range(columns):
             y_row[j] = y_row[j] / total
@@ -43,14 +53,19 @@ cdef void softmax_rows(const floating* x, floating* y, Py_ssize_t rows,
 
 cdef void softmax_rows_backward(const floating* y, const floating* grad, floating* x_grad,
                                 Py_ssize_t rows, Py_ssize_t columns) noexcept nogil:
-    cdef Py_ssize_t row, j
-    cdef floating dot
+    cdef Py_ssize_t row, j, top, start
+    cdef floating spread  # ⟨g, y⟩ − g_top
     for row in prange(rows, num_threads=threads_for(rows * columns, GRAIN), schedule='static'):
-        dot = 0
-        for j in range(row * columns, (row + 1) * columns):
-            dot = dot + grad[j] * y[j]
-        for j in range(row * columns, (row + 1) * columns):
-            x_grad[j] = y[j] * (grad[j] - dot)
+        start = row * columns
+        top = start
+        for j in range(start + 1, start + columns):
+            if y[j] > y[top]:
+                top = j
+        spread = 0
+        for j in range(start, start + columns):
+            spread = spread + y[j] * (grad[j] - grad[top])
+        for j in range(start, start + columns):
+            x_grad[j] = y[j] * (grad[j] - grad[top] - spread)
 
 
 class Softmax(Layer):
