@@ -345,15 +345,15 @@ class Model:
         return [parameter for layer in self.layers for parameter in layer.parameters()]
 
     def state_dict(self) -> dict:
-        """{"<node index>.<parameter>": array copy}: PyTorch's keys for a Sequential
-        ("0.weight", "2.bias"); see corenet.state."""
+        """{"<node index>.<parameter or buffer>": array copy}: PyTorch's keys for a
+        Sequential ("0.weight", "2.bias", "1.running_mean"); see corenet.state."""
         from corenet.state import state_dict
 
         return state_dict(self)
 
     def load_state_dict(self, state: dict, strict: bool = True):
-        """Copy arrays (or PyTorch tensors) into the parameters, checked first; strict:
-        missing and unexpected keys are errors too. Returns (missing, unexpected)."""
+        """Copy arrays (or PyTorch tensors) into the parameters and buffers, checked first;
+        strict: missing and unexpected keys are errors too. Returns (missing, unexpected)."""
         from corenet.state import load_state_dict
 
         return load_state_dict(self, state, strict)

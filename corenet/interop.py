@@ -70,6 +70,25 @@ def _prelu(L, m, dtype):
     return layer
 
 
+def _batch_norm(L, m, dtype):
+    cls = L.BatchNorm1d if type(m).__name__ == "BatchNorm1d" else L.BatchNorm2d
+    layer = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                dtype=dtype)
+    for array in layer.parameters() + layer.state_buffers():
+        _copy(array, getattr(m, array.name))
+    return layer
+
+
+def _layer_norm(L, m, dtype):
+    # Without elementwise_affine torch keeps neither weight nor bias (nor the bias flag).
+    with_bias = m.bias is not None if m.elementwise_affine else True
+    layer = L.LayerNorm(tuple(m.normalized_shape), m.eps, m.elementwise_affine, with_bias,
+                        dtype=dtype)
+    for parameter in layer.parameters():
+        _copy(parameter, getattr(m, parameter.name))
+    return layer
+
+
 def _flatten(L, m, dtype):
     if (m.start_dim, m.end_dim) != (1, -1):
         raise ValueError(f"corenet flattens every axis after the batch (start_dim=1, "
@@ -96,6 +115,9 @@ FROM_TORCH = {
     "ELU": lambda L, m, dtype: L.ELU(m.alpha),
     "PReLU": _prelu,
     "Softmax": _softmax,
+    "BatchNorm1d": _batch_norm, "BatchNorm2d": _batch_norm,
+    "LayerNorm": _layer_norm,
+    "Dropout": lambda L, m, dtype: L.Dropout(m.p),
     "Flatten": _flatten,
     "Identity": lambda L, m, dtype: None,
 }
@@ -131,8 +153,9 @@ def from_torch(module, input_shape=None) -> Sequential:
     from corenet import layers as L
 
     leaves = _leaves(module) if isinstance(module, torch.nn.Sequential) else [("", module)]
-    parameters = list(module.parameters())
-    dtype = str(parameters[0].dtype).replace("torch.", "") if parameters else "float32"
+    arrays = list(module.parameters()) + [buffer for buffer in module.buffers()
+                                          if buffer.is_floating_point()]
+    dtype = str(arrays[0].dtype).replace("torch.", "") if arrays else "float32"
     converted, index = [], 0
     while index < len(leaves):
         path, child = leaves[index]
@@ -200,6 +223,17 @@ def _torch_global_avg_pool(nn, layer, shape):
     return [getattr(nn, f"AdaptiveAvgPool{spatial_axes}d")(1), nn.Flatten()]
 
 
+def _torch_batch_norm(nn, layer, shape):
+    cls = nn.BatchNorm1d if layer.name == "batch_norm1d" else nn.BatchNorm2d
+    return [cls(layer.num_features, layer.eps, layer.momentum, layer.affine,
+                layer.track_running_stats)]
+
+
+def _torch_layer_norm(nn, layer, shape):
+    return [nn.LayerNorm(layer.normalized_shape, layer.eps, layer.elementwise_affine,
+                         layer.use_bias)]
+
+
 def _tuple(value):
     return tuple(value) if isinstance(value, list) else value
 
@@ -218,6 +252,9 @@ TO_TORCH = {
     "prelu": lambda nn, layer, shape: [nn.PReLU(layer.num_parameters)],
     "softmax": lambda nn, layer, shape: [nn.Softmax(dim=-1)],
     "flatten": lambda nn, layer, shape: [nn.Flatten()],
+    "batch_norm1d": _torch_batch_norm, "batch_norm2d": _torch_batch_norm,
+    "layer_norm": _torch_layer_norm,
+    "dropout": lambda nn, layer, shape: [nn.Dropout(layer.p)],
 }
 
 
@@ -237,8 +274,9 @@ def _check_chain(model: Model) -> None:
 def to_torch(model: Model):
     """A torch.nn.Sequential equal to a chain ``model``, weights copied, in its dtype.
 
-    Module indices follow the layers' (so the state dicts share keys), except that a
-    global_avg_pool becomes two modules, AdaptiveAvgPool(1) and Flatten().
+    Module indices follow the layers' (so the state dicts share keys, running statistics
+    included), except that a global_avg_pool becomes two modules, AdaptiveAvgPool(1)
+    and Flatten(). The torch modules are in training mode if any layer is.
     """
     torch = _torch()
     _check_chain(model)
@@ -249,9 +287,9 @@ def to_torch(model: Model):
             raise ValueError(f"to_torch: no torch.nn module for corenet layer {layer.name!r}; "
                              f"converted: {', '.join(sorted(TO_TORCH))}")
         converted = TO_TORCH[layer.name](torch.nn, layer, node.inputs[0].shape)
-        for parameter in layer.parameters():
-            target = getattr(converted[0], parameter.name)
-            target.data = torch.from_numpy(parameter.value.copy()).reshape(target.shape)
+        for array in layer.parameters() + layer.state_buffers():
+            target = getattr(converted[0], array.name)
+            target.data = torch.from_numpy(array.value.copy()).reshape(target.shape)
         modules += converted
     result = torch.nn.Sequential(*modules)
     result.to(torch.float64 if model.dtype == np.float64 else torch.float32)

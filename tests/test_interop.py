@@ -61,21 +61,149 @@ def test_float64_modules_become_float64_models_and_back():
     assert_same_outputs(model, back, (1, 5, 5, 5), np.float64)
 
 
-CHAIN_ROWS = [row for row in LAYERS if len(row[2]) == 1]
+NO_TORCH_MODULE = {"maxout"}  # torch.nn has no Maxout
+CHAIN_ROWS = [row for row in LAYERS if len(row[2]) == 1 and row[0] not in NO_TORCH_MODULE]
+# How fresh weights were drawn: a torch module holds its weights, not how it drew them,
+# so a layer comes back from torch with the default init.
+INIT_OPTIONS = ("init", "bias_init")
+
+
+def randomize(model, seed=2):
+    """Parameters and state buffers away from their defaults; float buffers (running
+    statistics) positive, counts 3."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for parameter in layer.parameters():
+            parameter.value[...] = rng.uniform(-1, 1, parameter.value.shape)
+        for buffer in layer.state_buffers():
+            buffer.value[...] = rng.uniform(0.5, 1.5, buffer.value.shape) \
+                if buffer.value.dtype.kind == "f" else 3
+    return model
 
 
 @pytest.mark.parametrize("row", CHAIN_ROWS, ids=layer_id)
 def test_every_single_input_layer_goes_to_torch_and_back(row):
     name, config, (shape,) = row
-    model = cn.Sequential(L.create(name, **config), input_shape=shape)
-    for parameter in model.parameters():  # away from the default initial values
-        parameter.value[...] = np.random.default_rng(2).uniform(-1, 1, parameter.value.shape)
+    model = randomize(cn.Sequential(L.create(name, **config), input_shape=shape))
     module = to_torch(model)
+    assert list(module.state_dict()) == list(model.state_dict())
+    for key, value in module.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), model.state_dict()[key])
     assert_same_outputs(model, module, shape)
     again = from_torch(module, input_shape=shape)
-    assert [layer.get_config() for layer in again.layers] == \
-        [layer.get_config() for layer in model.layers]
+    assert [{key: value for key, value in layer.get_config().items()
+             if key not in INIT_OPTIONS} for layer in again.layers] == \
+        [{key: value for key, value in layer.get_config().items()
+          if key not in INIT_OPTIONS} for layer in model.layers]
+    for key, value in again.state_dict().items():
+        np.testing.assert_array_equal(value, model.state_dict()[key])
     assert_same_outputs(again, module, shape)
+
+
+def test_maxout_has_no_torch_module():
+    with pytest.raises(ValueError, match="no torch.nn module for corenet layer 'maxout'"):
+        to_torch(cn.Sequential(L.Maxout(3, 2, pieces=2)))
+
+
+BATCH_NORMS = [
+    (nn.BatchNorm1d, (5,), {}),
+    (nn.BatchNorm1d, (5, 7), {"momentum": None, "eps": 1e-3}),
+    (nn.BatchNorm1d, (5,), {"affine": False, "momentum": 0.3}),
+    (nn.BatchNorm2d, (5, 3, 4), {}),
+    (nn.BatchNorm2d, (5, 3, 4), {"momentum": None, "affine": False}),
+    (nn.BatchNorm2d, (5, 3, 4), {"track_running_stats": False}),
+]
+
+
+def leading_layers(nn_or_layers, shape) -> list:
+    """A layer with parameters before the batch norm, where corenet has one for the shape."""
+    if len(shape) == 1:
+        return [nn_or_layers.Linear(4, 5)]
+    return [nn_or_layers.Conv2d(5, 5, 1)] if len(shape) == 3 else []
+
+
+@pytest.mark.parametrize("cls, shape, options", BATCH_NORMS,
+                         ids=[f"{c.__name__}{s}{o}" for c, s, o in BATCH_NORMS])
+@pytest.mark.parametrize("direction", ["from_torch", "to_torch"])
+def test_batch_norm_trains_as_pytorch_does(cls, shape, options, direction):
+    """Training steps (batch statistics, running statistics moved, gradients) then
+    evaluation give PyTorch's results within float32 rounding, either way converted."""
+    input_shape = (4,) if len(shape) == 1 else shape
+    if direction == "from_torch":
+        torch.manual_seed(0)
+        module = nn.Sequential(*leading_layers(nn, shape), cls(5, **options), nn.Tanh())
+        for parameter in module.parameters():
+            parameter.data.uniform_(-1, 1)
+        model = from_torch(module, input_shape=input_shape)
+    else:
+        layer = getattr(L, cls.__name__)(5, **options)
+        model = randomize(cn.Sequential(*leading_layers(L, shape), layer, L.Tanh(),
+                                        input_shape=input_shape))
+        module = to_torch(model)
+    assert model.layers[0].training and module.training
+    rng = np.random.default_rng(3)
+    for step in range(3):
+        x = rng.standard_normal((6,) + input_shape).astype(np.float32)
+        grad = rng.standard_normal((6,) + shape).astype(np.float32)
+        model.zero_grad()
+        module.zero_grad()
+        out = module(torch.from_numpy(x).requires_grad_())
+        out.backward(torch.from_numpy(grad))
+        np.testing.assert_allclose(model.forward(x), out.detach().numpy(), rtol=1e-5, atol=1e-5)
+        model.backward(grad)
+        for key, tensor in module.state_dict().items():  # running statistics, counts
+            np.testing.assert_allclose(model.state_dict()[key], tensor.numpy(), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"step {step}: {key}")
+        grads = {f"{index}.{p.name}": p.grad for index, layer in enumerate(model.layers)
+                 for p in layer.parameters()}
+        assert sorted(grads) == sorted(name for name, _ in module.named_parameters())
+        for key, parameter in module.named_parameters():
+            np.testing.assert_allclose(grads[key], parameter.grad.numpy(), rtol=1e-4,
+                                       atol=1e-5, err_msg=f"step {step}: {key}.grad")
+    assert_same_outputs(model, module, input_shape)
+
+
+def test_layer_norm_and_dropout_from_torch():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.25), nn.LayerNorm(6, eps=1e-4),
+                           nn.ReLU(), nn.LayerNorm(6, elementwise_affine=False),
+                           nn.LayerNorm(6, bias=False)).double()
+    for parameter in module.parameters():
+        parameter.data.uniform_(-1, 1)
+    model = from_torch(module)
+    assert model.dtype == np.float64
+    assert [layer.get_config() for layer in model.layers[1:3]] == [
+        {"p": 0.25}, {"normalized_shape": [6], "eps": 1e-4, "elementwise_affine": True,
+                      "bias": True, "dtype": "float64"}]
+    assert [layer.get_config()["bias"] for layer in model.layers[4:]] == [True, False]
+    assert all(layer.training for layer in model.layers)  # the module's mode
+    assert_same_outputs(model, module, (4,), np.float64)
+    back = to_torch(model.eval())
+    assert not back.training
+    assert_same_outputs(model, back, (4,), np.float64)
+
+
+def test_pytorch_batch_norm_state_dicts_load_strictly_both_ways():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(12, 4), nn.BatchNorm1d(4, affine=False))
+    module.train()
+    for _ in range(2):  # running statistics and counts away from their defaults
+        module(torch.randn(8, 2, 4, 4))
+    model = cn.Sequential(L.Conv2d(2, 3, 3), L.BatchNorm2d(3), L.ReLU(), L.Flatten(),
+                          L.Linear(12, 4), L.BatchNorm1d(4, affine=False),
+                          input_shape=(2, 4, 4))
+    assert model.load_state_dict(module.state_dict()) == ([], [])
+    assert list(model.state_dict()) == list(module.state_dict())
+    assert int(model.layers[1].num_batches_tracked.value) == 2
+    assert model.layers[1].num_batches_tracked.value.dtype == np.int64
+    assert_same_outputs(model, module, (2, 4, 4))
+    fresh = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 4), nn.BatchNorm1d(4, affine=False))
+    result = fresh.load_state_dict({key: torch.from_numpy(value)
+                                    for key, value in model.state_dict().items()}, strict=True)
+    assert (result.missing_keys, result.unexpected_keys) == ([], [])
+    assert_same_outputs(model, fresh, (2, 4, 4))
 
 
 def test_a_layer_corenet_lacks_is_named_with_its_path():

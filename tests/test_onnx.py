@@ -30,29 +30,50 @@ def random_inputs(model, batch, seed=0, dtype=np.float32):
 
 
 def randomize(model, seed=1):
-    """Parameters away from their initial values (PReLU's 0.25 everywhere, say)."""
+    """Parameters and state buffers away from their initial values (PReLU's 0.25
+    everywhere, batch norm's running statistics of 0 and 1, say); float buffers stay
+    positive (they may be variances)."""
     rng = np.random.default_rng(seed)
     for parameter in model.parameters():
         parameter.value[...] = rng.uniform(-1, 1, parameter.value.shape)
+    for layer in model.layers:
+        for buffer in layer.state_buffers():
+            buffer.value[...] = rng.uniform(0.5, 1.5, buffer.value.shape) \
+                if buffer.value.dtype.kind == "f" else 3
     return model
 
 
-def check_export(model, path, batches=(1, 5)):
-    """Export, onnx.checker, onnxruntime within 1e-5 for several batch sizes (the batch
-    axis is dynamic), and the import back: the same layers, outputs bitwise equal."""
-    corenet.onnx.export(model, str(path))
+def state_arrays(model):
+    return [array.value for layer in model.layers
+            for array in layer.parameters() + layer.state_buffers()]
+
+
+def check_export(model, path, batches=(1, 5), opset=corenet.onnx.DEFAULT_OPSET):
+    """Export, onnx.checker, onnxruntime within 1e-5 of model.predict (evaluation mode,
+    whatever the model's mode) for several batch sizes (the batch axis is dynamic), and
+    the import back: the same layers, configs, parameters and buffers, in evaluation
+    mode, outputs bitwise equal."""
+    corenet.onnx.export(model, str(path), opset=opset)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
-    assert proto.opset_import[0].version >= 17
+    assert proto.opset_import[0].version == opset
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     back = corenet.onnx.load(str(path))
     assert [(layer.name, layer.get_config()) for layer in back.layers] == \
         [(layer.name, layer.get_config()) for layer in model.layers]
+    for ours, theirs in zip(state_arrays(model), state_arrays(back), strict=True):
+        np.testing.assert_array_equal(theirs, ours)
+        assert theirs.dtype == ours.dtype
+    assert not any(layer.training for layer in back.layers)
+    was_training = [layer.training for layer in model.layers]
+    model.eval()
     for batch in batches:
         xs = random_inputs(model, batch, seed=batch, dtype=model.dtype)
-        expected = model.predict(*xs) if len(xs) == 1 else model.forward(*xs)
+        expected = model.forward(*xs)
         np.testing.assert_allclose(run_onnxruntime(path, *xs), expected, rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(back.forward(*xs), model.forward(*xs))
+        np.testing.assert_array_equal(back.forward(*xs), expected)
+    for layer, mode in zip(model.layers, was_training):
+        layer.train(mode)
     return proto
 
 
@@ -119,6 +140,108 @@ def test_float64_models_export_as_double(tmp_path):
     assert corenet.onnx.load(str(tmp_path / "double.onnx")).dtype == np.float64
 
 
+def training_layers_model(dtype="float32"):
+    cn.random.seed(0)
+    return randomize(cn.Sequential(
+        L.Linear(6, 8, dtype=dtype), L.BatchNorm1d(8, dtype=dtype), L.ReLU(), L.Dropout(0.5),
+        L.Maxout(8, 3, pieces=2, dtype=dtype), L.LayerNorm(3, dtype=dtype)))
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_a_model_in_training_mode_exports_its_evaluation(opset, tmp_path):
+    model = training_layers_model()
+    before = model.state_dict()
+    proto = check_export(model, tmp_path / "train.onnx", opset=opset)
+    assert all(layer.training for layer in model.layers)  # the export left the modes
+    for key, value in model.state_dict().items():  # and the running statistics alone
+        np.testing.assert_array_equal(value, before[key])
+    x = random_inputs(model, 16)[0]
+    assert not np.allclose(model.forward(x), run_onnxruntime(tmp_path / "train.onnx", x))
+    assert [node.op_type for node in proto.graph.node] == [
+        "Gemm", "BatchNormalization", "Relu", "Dropout", "Gemm", "Reshape", "ReduceMax",
+        "LayerNormalization"]
+    reduce_max = proto.graph.node[6]
+    # The axes of ReduceMax: an attribute in opset 17, an input from 18.
+    assert ([a.name for a in reduce_max.attribute], len(reduce_max.input)) == \
+        ((["axes", "keepdims"], 1) if opset == 17 else (["keepdims"], 2))
+
+
+def test_float64_training_layers_export_as_double(tmp_path):
+    model = training_layers_model("float64")
+    check_export(model, tmp_path / "double.onnx")
+    assert corenet.onnx.load(str(tmp_path / "double.onnx")).dtype == np.float64
+
+
+@pytest.mark.parametrize("name, shape", [("batch_norm1d", (3,)), ("batch_norm1d", (3, 5)),
+                                         ("batch_norm2d", (3, 2, 2))])
+def test_batch_norm_without_running_statistics_normalises_by_the_batch(name, shape, tmp_path):
+    model = randomize(cn.Sequential(L.create(name, num_features=3, track_running_stats=False),
+                                    input_shape=shape))
+    proto = check_export(model, tmp_path / "batch.onnx", batches=(4,))
+    assert [node.op_type for node in proto.graph.node] == [
+        "Unsqueeze", "Transpose", "InstanceNormalization", "Transpose", "Squeeze"]
+    x = random_inputs(model, 4)[0]
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean, variance = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    weight, bias = (p.value.reshape((1, 3) + (1,) * (x.ndim - 2)) for p in model.parameters())
+    np.testing.assert_allclose(run_onnxruntime(tmp_path / "batch.onnx", x),
+                               (x - mean) / np.sqrt(variance + 1e-5) * weight + bias,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_the_metadata_fills_in_only_what_onnx_does_not_say(tmp_path):
+    model = randomize(cn.Sequential(
+        L.Linear(4, 5, init="xavier_uniform"), L.BatchNorm1d(5, momentum=None, affine=False),
+        L.LayerNorm(5, eps=1.234567891e-5, elementwise_affine=False)))
+    path = str(tmp_path / "m.onnx")
+    corenet.onnx.export(model, path)
+    proto = onnx.load(path)
+    entries = {entry.key: entry.value for entry in proto.metadata_props}
+    assert sorted(entries) == ["corenet:0.linear/Gemm",
+                               "corenet:1.batch_norm1d/BatchNormalization",
+                               "corenet:2.layer_norm/LayerNormalization"]
+    # Without it, a file computes the same; the training options are the defaults, and
+    # ones and zeros are parameters.
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    bare = corenet.onnx.load(str(tmp_path / "bare.onnx"))
+    assert [layer.get_config() for layer in bare.layers] == [
+        dict(model.layers[0].get_config(), init="pytorch_uniform"),
+        dict(model.layers[1].get_config(), momentum=0.1, affine=True),
+        dict(model.layers[2].get_config(), eps=1.2345679e-5, elementwise_affine=True,
+             bias=False)]
+    assert bare.layers[1].num_batches_tracked.value == 0
+    x = random_inputs(model, 3)[0]
+    np.testing.assert_allclose(bare.forward(x), model.predict(x), rtol=1e-6, atol=1e-6)
+    # Metadata that contradicts the operators loses: here the scale is not all ones.
+    tampered = onnx.load(path)
+    next(t for t in tampered.graph.initializer if t.name == "1.weight").CopyFrom(
+        numpy_helper.from_array(np.full(5, 2, np.float32), "1.weight"))
+    onnx.save(tampered, str(tmp_path / "tampered.onnx"))
+    layer = corenet.onnx.load(str(tmp_path / "tampered.onnx")).layers[1]
+    assert layer.affine and layer.momentum is None
+    np.testing.assert_array_equal(layer.weight.value, 2)
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ("{not json", "its corenet metadata is not JSON"),
+    ('{"layer": "batch_norm1d", "config": [], "counts": {}}', "has no config and counts"),
+    ('{"layer": "batch_norm1d", "config": {"momentum": 7}, "counts": {}}',
+     r"momentum must be a number in \[0, 1\], got 7"),
+    ('{"layer": "batch_norm1d", "config": {}, "counts": {"num_batches_tracked": -1}}',
+     "num_batches_tracked must be a count, got -1"),
+])
+def test_bad_metadata_is_refused_by_name(tmp_path, metadata, message):
+    path = str(tmp_path / "m.onnx")
+    corenet.onnx.export(cn.Sequential(L.BatchNorm1d(3), input_shape=(3,)), path)
+    proto = onnx.load(path)
+    proto.metadata_props[0].value = metadata
+    onnx.save(proto, path)
+    with pytest.raises(cn.ModelFileError, match=r"node 0 \('0.batch_norm1d/BatchNormalization"
+                                                r"', BatchNormalization\): .*" + message):
+        corenet.onnx.load(path)
+
+
 def test_initializers_are_named_as_the_state_dict(tmp_path):
     model = cn.Sequential(L.Linear(4, 3), L.PReLU(), L.Linear(3, 2))
     corenet.onnx.export(model, str(tmp_path / "m.onnx"))
@@ -133,7 +256,8 @@ def make_file(path, nodes, initializers=(), input_shape=("N", 4), opset=17):
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"] + [None] * (
             len(input_shape) - 1))],
-        [numpy_helper.from_array(np.asarray(value, np.float32), name)
+        [numpy_helper.from_array(np.asarray(value) if np.asarray(value).dtype.kind in "ib"
+                                 else np.asarray(value, np.float32), name)
          for name, value in initializers])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     proto.ir_version = 8
@@ -141,18 +265,84 @@ def make_file(path, nodes, initializers=(), input_shape=("N", 4), opset=17):
     return str(path)
 
 
-def test_matmul_and_add_import_as_one_linear(tmp_path):
+@pytest.mark.parametrize("add_inputs, after, extra, layers", [
+    (["b", "h"], [helper.make_node("Relu", ["z"], ["y"])], [], ["linear", "relu"]),
+    (["h", "b"], [helper.make_node("Reshape", ["z", "shape"], ["pieces"]),
+                  helper.make_node("ReduceMax", ["pieces"], ["y"], axes=[-1], keepdims=0)],
+     [("shape", np.array([-1, 2, 3]))], ["maxout"]),
+])
+def test_matmul_and_add_import_as_one_linear_or_maxout(tmp_path, add_inputs, after, extra,
+                                                       layers):
     rng = np.random.default_rng(0)
-    weight, bias = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    weight, bias = rng.standard_normal((4, 6)), rng.standard_normal(6)
     path = make_file(tmp_path / "mm.onnx",
                      [helper.make_node("MatMul", ["x", "W"], ["h"]),
-                      helper.make_node("Add", ["b", "h"], ["z"]),
-                      helper.make_node("Relu", ["z"], ["y"])],
-                     [("W", weight), ("b", bias)])
+                      helper.make_node("Add", add_inputs, ["z"])] + after,
+                     [("W", weight), ("b", bias)] + extra)
     model = corenet.onnx.load(path)
-    assert [layer.name for layer in model.layers] == ["linear", "relu"]
+    assert [layer.name for layer in model.layers] == layers
+    # maxout's weight (out, pieces, in) is the Linear's of out·pieces rows
+    np.testing.assert_array_equal(model.layers[0].weight.value.reshape(6, 4),
+                                  weight.T.astype(np.float32))
     x = rng.standard_normal((6, 4)).astype(np.float32)
     np.testing.assert_allclose(model.forward(x), run_onnxruntime(path, x), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_layer_norm_and_dropout_from_elsewhere(tmp_path):
+    rng = np.random.default_rng(0)
+    scale, bias, mean = (rng.standard_normal(3) for _ in range(3))
+    variance = rng.uniform(0.5, 2, 3)
+    path = make_file(tmp_path / "norms.onnx",
+                     [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["h"],
+                                       epsilon=1e-3, momentum=0.99),
+                      helper.make_node("Dropout", ["h", "", "off"], ["d"]),
+                      helper.make_node("LayerNormalization", ["d", "ls"], ["y"], axis=1)],
+                     [("s", scale), ("b", bias), ("m", mean), ("v", variance),
+                      ("off", np.array(False)), ("ls", rng.standard_normal((3, 4, 5)))],
+                     input_shape=("N", 3, 4, 5))
+    model = corenet.onnx.load(path)
+    assert [layer.get_config() for layer in model.layers] == [
+        {"num_features": 3, "eps": 1e-3, "momentum": 0.01, "affine": True,
+         "track_running_stats": True, "dtype": "float32"},
+        {"p": 0.5},  # ONNX's default ratio
+        {"normalized_shape": [3, 4, 5], "eps": 1e-5, "elementwise_affine": True, "bias": False,
+         "dtype": "float32"}]
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.forward(x), run_onnxruntime(path, x), rtol=1e-5, atol=1e-5)
+
+
+BATCH_NORM = [("s", np.ones(4)), ("b", np.zeros(4)), ("m", np.zeros(4)), ("v", np.ones(4))]
+
+
+@pytest.mark.parametrize("nodes, initializers, message", [
+    ([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                       training_mode=1)], BATCH_NORM, "training_mode=1 normalises by the batch"),
+    ([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])],
+     BATCH_NORM[:1] + [("b", np.zeros(3))] + BATCH_NORM[2:],
+     r"its bias has shape \(3,\), expected \(4,\): one per channel"),
+    ([helper.make_node("LayerNormalization", ["x", "s"], ["y"], axis=0)], [("s", np.ones(4))],
+     "normalisation from axis 0 of a 2-D input"),
+    ([helper.make_node("LayerNormalization", ["x", "s"], ["y", "mean"]),
+      helper.make_node("Add", ["y", "mean"], ["z"])], [("s", np.ones(4))],
+     r"its output\(s\) \['mean'\] are used"),
+    ([helper.make_node("Dropout", ["x", "r", "on"], ["y"])],
+     [("r", np.array(0.5)), ("on", np.array(True))], "training_mode input is not a constant"),
+    ([helper.make_node("Dropout", ["x", "r"], ["y"])], [("r", np.ones(2))],
+     "must be a float initializer holding one value"),
+    ([helper.make_node("Dropout", ["x", "r"], ["y"])], [("r", np.ones(1))],
+     r"dropout: p must be a number in \[0, 1\), got 1.0"),
+    ([helper.make_node("Gemm", ["x", "W"], ["z"], transB=1),
+      helper.make_node("Reshape", ["z", "shape"], ["p"]),
+      helper.make_node("ReduceMax", ["p"], ["y"], axes=[2], keepdims=1)],
+     [("W", np.ones((4, 4))), ("shape", np.array([0, 2, 2]))],
+     r"node 1 \('unnamed', Reshape\): unsupported operator ai.onnx.Reshape"),
+    ([helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], [("axes", np.array([0]))],
+     "Unsqueeze is imported as the start of"),
+])
+def test_what_the_new_operators_cannot_take_is_named(tmp_path, nodes, initializers, message):
+    path = make_file(tmp_path / "bad.onnx", nodes, initializers)
+    with pytest.raises(cn.ModelFileError, match=message):
+        corenet.onnx.load(path)
 
 
 @pytest.mark.parametrize("nodes, initializers, message", [

@@ -39,19 +39,33 @@ def test_load_state_dict_copies_in_place_and_casts_floats():
     np.testing.assert_array_equal(target.forward(x), source.forward(x))
 
 
-def test_strict_load_lists_every_problem_and_writes_nothing():
-    model = mlp()
+def batch_norm_model():
+    return cn.Sequential(L.Linear(4, 3), L.BatchNorm1d(3), L.ReLU(),
+                         L.BatchNorm1d(3, affine=False, track_running_stats=False))
+
+
+@pytest.mark.parametrize("build, deleted, unexpected, wrong_shape, model_shape", [
+    (mlp, ["0.bias"], "5.weight", ("2.weight", (6, 3)), (3, 6)),  # transposed
+    # the batch norm at 3 tracks no running statistics
+    (batch_norm_model, ["1.running_var", "1.num_batches_tracked"], "3.running_mean",
+     ("1.running_mean", (4,)), (3,)),
+])
+def test_strict_load_lists_every_problem_and_writes_nothing(build, deleted, unexpected,
+                                                            wrong_shape, model_shape):
+    model = build()
     before = model.state_dict()
     state = model.state_dict()
-    del state["0.bias"]
-    state["5.weight"] = np.zeros(3, np.float32)
-    state["2.weight"] = np.ones((6, 3), np.float32)  # transposed
+    for key in deleted:
+        del state[key]
+    state[unexpected] = np.zeros(3, np.float32)
+    state[wrong_shape[0]] = np.ones(wrong_shape[1], np.float32)
     with pytest.raises(cn.StateDictError) as caught:
         model.load_state_dict(state)
     message = str(caught.value)
-    assert "missing keys ['0.bias']" in message
-    assert "unexpected keys ['5.weight']" in message
-    assert "'2.weight' has shape (6, 3), the model's is (3, 6)" in message
+    assert f"missing keys {deleted}" in message
+    assert f"unexpected keys [{unexpected!r}]" in message
+    assert f"{wrong_shape[0]!r} has shape {wrong_shape[1]}, the model's is {model_shape}" \
+        in message
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[key])
 
@@ -78,3 +92,60 @@ def test_load_state_dict_refuses_integer_arrays_and_non_dicts():
         model.load_state_dict(state)
     with pytest.raises(TypeError, match="expected a dict of arrays, got list"):
         model.load_state_dict([1, 2])
+
+
+def test_running_statistics_follow_the_parameters_with_pytorch_names():
+    model = batch_norm_model()
+    state = model.state_dict()
+    # PyTorch's order: a module's parameters, then its buffers; without
+    # track_running_stats a batch norm keeps none.
+    assert list(state) == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                           "1.running_var", "1.num_batches_tracked"]
+    assert state["1.num_batches_tracked"].shape == () and \
+        state["1.num_batches_tracked"].dtype == np.int64
+    model.forward(np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32))
+    assert int(model.layers[1].num_batches_tracked.value) == 1
+    assert int(state["1.num_batches_tracked"]) == 0  # a copy
+    assert not np.array_equal(model.state_dict()["1.running_mean"], state["1.running_mean"])
+
+
+def test_buffers_load_in_place_and_counts_take_any_integer():
+    source, target = batch_norm_model(), batch_norm_model()
+    for _ in range(3):
+        source.forward(np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32))
+    running_var = target.layers[1].running_var.value
+    state = source.state_dict()
+    state["1.num_batches_tracked"] = np.array(3, np.int32)
+    assert target.load_state_dict(state) == ([], [])
+    assert target.layers[1].running_var.value is running_var
+    assert target.layers[1].num_batches_tracked.value.dtype == np.int64
+    for key, value in target.state_dict().items():
+        np.testing.assert_array_equal(value, source.state_dict()[key])
+    x = np.random.default_rng(2).standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(target.predict(x), source.predict(x))
+
+
+def test_non_strict_load_leaves_missing_buffers_alone():
+    model = batch_norm_model()
+    state = model.state_dict()
+    del state["1.running_var"], state["1.num_batches_tracked"]
+    state["1.running_mean"] = np.ones(3, np.float32)
+    assert model.load_state_dict(state, strict=False) == \
+        (["1.running_var", "1.num_batches_tracked"], [])
+    np.testing.assert_array_equal(model.layers[1].running_mean.value, 1)
+    np.testing.assert_array_equal(model.layers[1].running_var.value, 1)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("1.num_batches_tracked", np.array(2.0), "'1.num_batches_tracked' must be an integer "
+                                             "array \\(a count\\), got dtype float64"),
+    ("1.num_batches_tracked", np.array(True), "must be an integer array"),
+    ("1.running_mean", np.zeros(3, np.int64), "'1.running_mean' must be a float array, "
+                                              "got dtype int64"),
+])
+def test_buffer_dtypes_are_checked(key, value, message):
+    model = batch_norm_model()
+    state = model.state_dict()
+    state[key] = value
+    with pytest.raises(cn.DTypeError, match=message):
+        model.load_state_dict(state)

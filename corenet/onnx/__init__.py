@@ -4,8 +4,12 @@
 >>> model = cn.Sequential(L.Linear(4, 3), L.ReLU())
 >>> path = os.path.join(tempfile.mkdtemp(), "model.onnx")
 >>> corenet.onnx.export(model, path)
->>> corenet.onnx.load(path).layers
-[Linear(in_features=4, out_features=3, bias=True, dtype='float32'), ReLU()]
+>>> [layer.name for layer in corenet.onnx.load(path).layers]
+['linear', 'relu']
+
+The export computes what ``model.predict`` does (evaluation mode: dropout is the
+identity, batch norm uses its running statistics); ``load`` returns the model in
+evaluation mode.
 
 The ``onnx`` package is optional (``pip install "corenet[onnx]"`` brings it and
 onnxruntime); corenet imports without it, and these functions say what to install.

@@ -3,9 +3,18 @@
 Tensors are named after the corenet graph: the model's input "input" (or its Input
 name), initializers "<node index>.<parameter>" as in ``Model.state_dict()``, the
 output "output". The batch axis is dynamic ("batch"); every other axis is fixed.
+
+An ONNX graph is for inference: the export computes what ``model.predict`` does,
+the evaluation mode (dropout the identity, batch norm by its running statistics),
+whatever mode the model is in. What ONNX has no place for, a layer's training
+options (batch norm's momentum, an init=) and its integer counts
+(num_batches_tracked), is kept in the model's metadata under "corenet:<name of the
+layer's first node>" as JSON, for ``load`` to give back the same layer; the file
+computes the same without it.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -26,10 +35,12 @@ def require_onnx():
 
 
 class OnnxGraph:
-    """The graph an export builds: exporters call ``node`` and ``parameter``."""
+    """The graph an export builds: exporters call ``node``, ``parameter``, ``constant``
+    and ``axes``."""
 
-    def __init__(self, onnx, dtype: np.dtype):
+    def __init__(self, onnx, dtype: np.dtype, opset: int = DEFAULT_OPSET):
         self.onnx = onnx
+        self.opset = opset
         self.dtype = np.dtype(dtype)
         self.elem_type = onnx.helper.np_dtype_to_tensor_dtype(self.dtype)
         self.nodes, self.initializers, self.shapes = [], [], {}
@@ -56,14 +67,27 @@ class OnnxGraph:
         return output
 
     def parameter(self, layer, name: str, shape: tuple | None = None) -> str:
-        """The layer's parameter ``name`` as an initializer (reshaped to ``shape``); an
-        array attribute of that name serves too (running statistics, say)."""
-        values = {p.name: p.value for p in layer.parameters()}
-        value = values[name] if name in values else np.asarray(getattr(layer, name))
-        array = np.ascontiguousarray(value if shape is None else value.reshape(shape))
+        """The layer's parameter or state buffer ``name`` as an initializer (reshaped to
+        ``shape``)."""
+        value = {array.name: array.value
+                 for array in layer.parameters() + layer.state_buffers()}[name]
+        return self.constant(name, value if shape is None else value.reshape(shape))
+
+    def constant(self, name: str, value) -> str:
+        """An initializer named "<node index>.<name>" holding ``value`` (a numpy array)."""
         key = self._unique(f"{self._index}.{name}")
-        self.initializers.append(self.onnx.numpy_helper.from_array(array, key))
+        # np.asarray, not ascontiguousarray: that makes a 0-d ratio 1-d.
+        self.initializers.append(self.onnx.numpy_helper.from_array(
+            np.asarray(value, order="C"), key))
         return key
+
+    def axes(self, op_type: str, inputs: list, axes: list, opset_moved: int, **attributes):
+        """A node that takes its axes as an attribute before opset ``opset_moved`` and as
+        an int64 input from then on (ReduceMax since 18, say)."""
+        if self.opset < opset_moved:
+            return self.node(op_type, inputs, axes=axes, **attributes)
+        return self.node(op_type, inputs + [self.constant("axes", np.array(axes, np.int64))],
+                         **attributes)
 
     def shape(self, name: str) -> tuple:
         """The per-sample shape (no batch axis) of a tensor of the graph."""
@@ -116,8 +140,67 @@ def _prelu(graph, layer, inputs):
     return graph.node("PRelu", [inputs[0], graph.parameter(layer, "weight", shape)])
 
 
+def _maxout(graph, layer, inputs):
+    """Gemm to the out·pieces affine maps, Reshape to (batch, out, pieces) (0 keeps the
+    batch: allowzero=0), ReduceMax over the pieces."""
+    rows = layer.out_features * layer.pieces
+    operands = [inputs[0], graph.parameter(layer, "weight", (rows, layer.in_features))]
+    if layer.bias is not None:
+        operands.append(graph.parameter(layer, "bias", (rows,)))
+    shape = graph.constant("shape", np.array([0, layer.out_features, layer.pieces], np.int64))
+    pieces = graph.node("Reshape", [graph.node("Gemm", operands, transB=1), shape])
+    return graph.axes("ReduceMax", [pieces], [2], opset_moved=18, keepdims=0)
+
+
+def _batch_norm(graph, layer, inputs):
+    if layer.affine:
+        affine = [graph.parameter(layer, "weight"), graph.parameter(layer, "bias")]
+    else:  # the operators take a scale and a bias: 1 and 0
+        affine = [graph.constant("weight", np.ones(layer.num_features, graph.dtype)),
+                  graph.constant("bias", np.zeros(layer.num_features, graph.dtype))]
+    if layer.track_running_stats:
+        running = [graph.parameter(layer, "running_mean"), graph.parameter(layer, "running_var")]
+        momentum = {} if layer.momentum is None else {"momentum": 1 - layer.momentum}
+        return graph.node("BatchNormalization", inputs + affine + running,
+                          epsilon=layer.eps, training_mode=0, **momentum)
+    # Without running statistics the batch's serve in evaluation too. ONNX's
+    # BatchNormalization takes them only with training_mode=1, which onnxruntime's
+    # inference build ignores (it still reads the running statistics given); but the
+    # batch seen as one sample (1, C, N, ...) has them as its instance statistics.
+    batch_first = graph.constant("axes", np.array([0], np.int64))
+    perm = [0, 2, 1] + list(range(3, len(graph.shape(inputs[0])) + 2))
+    channels_first = graph.node("Transpose", [graph.node("Unsqueeze", [inputs[0], batch_first])],
+                                perm=perm)
+    normalized = graph.node("InstanceNormalization", [channels_first] + affine,
+                            epsilon=layer.eps)
+    return graph.node("Squeeze", [graph.node("Transpose", [normalized], perm=perm),
+                                  batch_first])
+
+
+def _layer_norm(graph, layer, inputs):
+    shape = layer.normalized_shape
+    if layer.weight is None:
+        operands = [graph.constant("weight", np.ones(shape, graph.dtype))]
+    else:
+        operands = [graph.parameter(layer, "weight")]
+        if layer.bias is not None:
+            operands.append(graph.parameter(layer, "bias"))
+    return graph.node("LayerNormalization", inputs + operands, axis=-len(shape),
+                      epsilon=layer.eps)
+
+
+def _dropout(graph, layer, inputs):
+    # Evaluation mode (no training_mode input): the identity; the ratio keeps p.
+    return graph.node("Dropout", [inputs[0], graph.constant("ratio",
+                                                            np.array(layer.p, graph.dtype))])
+
+
 EXPORTERS = {
     "linear": _linear,
+    "maxout": _maxout,
+    "batch_norm1d": _batch_norm, "batch_norm2d": _batch_norm,
+    "layer_norm": _layer_norm,
+    "dropout": _dropout,
     "conv2d": _conv, "conv3d": _conv,
     "max_pool2d": _pool, "max_pool3d": _pool, "avg_pool2d": _pool, "avg_pool3d": _pool,
     "global_avg_pool": lambda graph, layer, inputs: graph.node(
@@ -165,8 +248,9 @@ def to_onnx(model, opset: int = DEFAULT_OPSET):
     if not isinstance(opset, int) or not DEFAULT_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be an integer from {DEFAULT_OPSET} to "
                          f"{onnx.defs.onnx_opset_version()} (this onnx's newest), got {opset!r}")
-    graph = OnnxGraph(onnx, model.dtype)
+    graph = OnnxGraph(onnx, model.dtype, opset)
     table = exporters()
+    metadata = {}
     names = {}  # id(symbolic tensor) -> ONNX name
     inputs = []
     for index, tensor in enumerate(model.inputs):
@@ -182,7 +266,11 @@ def to_onnx(model, opset: int = DEFAULT_OPSET):
                              f"{', '.join(sorted(table))}. A plugin provides the conversion "
                              f"of its layers through the corenet_onnx_exporters hook")
         graph.begin(index, node.layer)
+        first = len(graph.nodes)
         output = exporter(graph, node.layer, [names[id(tensor)] for tensor in node.inputs])
+        entry = _layer_metadata(node.layer)
+        if entry and len(graph.nodes) > first:
+            metadata[f"corenet:{graph.nodes[first].name}"] = entry
         names[id(node.output)] = output
         graph.shapes[output] = node.output.shape
     outputs = _name_outputs(graph, [names[id(tensor)] for tensor in model.outputs],
@@ -192,9 +280,21 @@ def to_onnx(model, opset: int = DEFAULT_OPSET):
                                [graph.value_info(name, graph.shapes[name]) for name in outputs],
                                graph.initializers),
         opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="corenet")
+    onnx.helper.set_model_props(proto, metadata)
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import))
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def _layer_metadata(layer) -> str | None:
+    """The layer's name, config and integer buffers (counts no ONNX operator reads) as
+    JSON; None for a layer with neither (an activation)."""
+    config = layer.get_config()
+    counts = {buffer.name: int(buffer.value) for buffer in layer.state_buffers()
+              if buffer.value.dtype.kind in "iu" and buffer.value.ndim == 0}
+    if not config and not counts:
+        return None
+    return json.dumps({"layer": layer.name, "config": config, "counts": counts})
 
 
 def _name_outputs(graph: OnnxGraph, outputs: list, input_names: set) -> list:
@@ -218,7 +318,8 @@ def _name_outputs(graph: OnnxGraph, outputs: list, input_names: set) -> list:
 
 def export(model, path: str, opset: int = DEFAULT_OPSET) -> None:
     """Write ``model`` as an ONNX file (opset ``opset``, 17 or newer) with a dynamic batch
-    axis; written to a temporary file and renamed, as corenet.save does."""
+    axis, computing what ``model.predict`` computes (evaluation mode); written to a
+    temporary file and renamed, as corenet.save does."""
     proto = to_onnx(model, opset)
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=".corenet-export-", suffix=".tmp", dir=folder)

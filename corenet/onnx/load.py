@@ -4,8 +4,15 @@ An ONNX file is untrusted input: ``load`` reads it without external data (a file
 that points at other files is refused), runs onnx.checker, and checks every
 operator, attribute, initializer and shape before it builds a layer. Anything it
 cannot take is a ``ModelFileError`` naming the file, the node and the reason.
+
+What a file computes comes from its operators alone. The metadata corenet's export
+adds (see corenet.onnx.export) only fills in what ONNX does not say: a layer's
+training options and counts, and whether ones and zeros were a layer's own
+parameters or its lack of them.
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -23,9 +30,10 @@ class Unsupported(ValueError):
 class OnnxReader:
     """The state of one import: tensors made so far, initializers, who reads what."""
 
-    def __init__(self, onnx, graph, dtype: np.dtype):
+    def __init__(self, onnx, graph, dtype: np.dtype, metadata: dict):
         self.onnx = onnx
         self.dtype = dtype
+        self.metadata = metadata
         self.initializers = {tensor.name: tensor for tensor in graph.initializer}
         self.tensors = {}  # ONNX name -> SymbolicTensor
         self.consumers = {}
@@ -65,16 +73,49 @@ class OnnxReader:
                               f"(a constant where corenet takes a tensor?)")
         return self.tensors[name]
 
-    def sole_consumer(self, node, op_type: str):
+    def integers(self, name: str, what: str) -> list:
+        """An int64 initializer (axes, a shape) as a list."""
+        tensor = self.initializers.get(name)
+        array = None if tensor is None else self.onnx.numpy_helper.to_array(tensor)
+        if array is None or array.dtype != np.int64 or array.ndim > 1:
+            raise Unsupported(f"its {what} {name!r} must be an int64 initializer of at most "
+                              f"one axis")
+        return [int(value) for value in array.reshape(-1)]
+
+    def next_node(self, node, op_type: str):
         """The node that alone reads ``node``'s output, when it is an ``op_type`` and the
-        output is not also a model output; it is then folded into this node's layer."""
+        output is not also a model output; None otherwise."""
         output = node.output[0]
         readers = self.consumers.get(output, [])
         if len(readers) == 1 and readers[0].op_type == op_type \
                 and output not in self.graph_outputs:
-            self.absorbed.add(id(readers[0]))
             return readers[0]
         return None
+
+    def sole_consumer(self, node, op_type: str):
+        """next_node, folded into this node's layer (the import loop then skips it)."""
+        following = self.next_node(node, op_type)
+        if following is not None:
+            self.absorbed.add(id(following))
+        return following
+
+    def hints(self, node, layer_name: str) -> tuple:
+        """(config, counts) that corenet's export kept for the layer whose first node is
+        ``node``, when that layer was a ``layer_name``; ({}, {}) otherwise."""
+        text = self.metadata.get(f"corenet:{node.name}") if node.name else None
+        if text is None:
+            return {}, {}
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            raise Unsupported(f"its corenet metadata is not JSON: {text[:80]!r}") from None
+        if not isinstance(entry, dict) or entry.get("layer") != layer_name:
+            return {}, {}
+        config, counts = entry.get("config", {}), entry.get("counts", {})
+        if not isinstance(config, dict) or not isinstance(counts, dict):
+            raise Unsupported(f"its corenet metadata has no config and counts dicts: "
+                              f"{text[:80]!r}")
+        return config, counts
 
 
 REQUIRED = object()  # an attribute default that marks the attribute as required
@@ -90,18 +131,58 @@ def _set(parameter, array) -> None:
     np.copyto(parameter.value, array.reshape(parameter.value.shape))
 
 
-def _linear(reader, node, weight, bias):
-    """A Linear from W (out, in) and an optional bias (out,)."""
+INIT_OPTIONS = ("init", "bias_init")  # how fresh weights are drawn: no ONNX counterpart
+
+
+def _options(config: dict, keys: tuple) -> dict:
+    return {key: config[key] for key in keys if key in config}
+
+
+def _affine_map(reader, node, last, weight, bias):
+    """A Linear from W (out, in) and an optional bias (out,), whose last node is ``last``;
+    a Maxout when a Reshape to (batch, out, pieces) and a ReduceMax over the pieces
+    alone follow it. Returns (layer, input names, output name)."""
     if weight.ndim != 2:
         raise Unsupported(f"its weight must be a matrix, got shape {weight.shape}")
     if bias is not None and bias.size != weight.shape[0]:
         raise Unsupported(f"its bias has shape {bias.shape}, expected ({weight.shape[0]},)")
-    layer = _layers().Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                             dtype=reader.dtype)
+    rows, in_features = weight.shape
+    maxout = _maxout_pattern(reader, last)
+    if maxout is not None and rows == maxout[0] * maxout[1]:
+        out_features, pieces, reshape, reduce = maxout
+        reader.absorbed.update((id(reshape), id(reduce)))
+        layer = _layers().Maxout(in_features, out_features, pieces, bias=bias is not None,
+                                 dtype=reader.dtype,
+                                 **_options(reader.hints(node, "maxout")[0], INIT_OPTIONS))
+        output = reduce.output[0]
+    else:
+        layer = _layers().Linear(in_features, rows, bias=bias is not None, dtype=reader.dtype,
+                                 **_options(reader.hints(node, "linear")[0], INIT_OPTIONS))
+        output = last.output[0]
     _set(layer.weight, weight)
     if bias is not None:
         _set(layer.bias, bias)
-    return layer
+    return layer, node.input[:1], output
+
+
+def _maxout_pattern(reader, last):
+    """(out, pieces, the Reshape, the ReduceMax) when Reshape to [0 or -1, out, pieces]
+    then ReduceMax over axis 2 without keepdims alone follow ``last``; None otherwise."""
+    reshape = reader.next_node(last, "Reshape")
+    reduce = reader.next_node(reshape, "ReduceMax") if reshape is not None else None
+    if reduce is None or reshape.input[1] not in reader.initializers:
+        return None
+    shape = reader.integers(reshape.input[1], "shape")
+    zero_is_zero = reader.attributes(reshape, {"allowzero": 0})["allowzero"]
+    reduction = reader.attributes(reduce, {"axes": None, "keepdims": 1,
+                                           "noop_with_empty_axes": 0})
+    axes = reduction["axes"] if len(reduce.input) < 2 or not reduce.input[1] \
+        else reader.integers(reduce.input[1], "axes")  # an attribute before opset 18
+    if len(shape) != 3 or shape[0] not in (0, -1) or (shape[0] == 0 and zero_is_zero) \
+            or min(shape[1:]) < 1 or list(axes or []) not in ([2], [-1]) \
+            or reduction["keepdims"]:
+        return None
+    return shape[1], shape[2], reshape, reduce
 
 
 def _gemm(reader, node):
@@ -111,7 +192,7 @@ def _gemm(reader, node):
     weight = reader.constant(node.input[1], "B")
     weight = weight if attributes["transB"] else weight.T
     bias = reader.constant(node.input[2], "C") if len(node.input) > 2 and node.input[2] else None
-    return _linear(reader, node, weight, bias), node.input[:1], node.output[0]
+    return _affine_map(reader, node, node, weight, bias)
 
 
 def _matmul(reader, node):
@@ -125,8 +206,7 @@ def _matmul(reader, node):
             reader.absorbed.discard(id(add))  # an Add of two tensors: a layer of its own
             add = None
     bias = reader.constant(other, "bias") if add is not None else None
-    return (_linear(reader, node, weight, bias), node.input[:1],
-            (add or node).output[0])
+    return _affine_map(reader, node, add or node, weight, bias)
 
 
 def _simple(cls_name: str, **attributes):
@@ -226,7 +306,8 @@ def _conv(reader, node):
     group = attributes["group"]
     cls = _layers().Conv2d if n_axes == 2 else _layers().Conv3d
     layer = cls(weight.shape[1] * group, weight.shape[0], dilation=dilation, groups=group,
-                bias=bias is not None, dtype=reader.dtype, **window)
+                bias=bias is not None, dtype=reader.dtype, **window,
+                **_options(reader.hints(node, cls.name)[0], INIT_OPTIONS))
     if bias is not None and bias.shape != (weight.shape[0],):
         raise Unsupported(f"its bias has shape {bias.shape}, expected ({weight.shape[0]},)")
     _set(layer.weight, weight)
@@ -272,6 +353,158 @@ def _flatten(reader, node):
     return _layers().Flatten(), list(node.input), node.output[0]
 
 
+def _float_option(config: dict, key: str, stored: float) -> float:
+    """A float ONNX keeps as float32 (epsilon): the exported layer's own value when it
+    rounds to the stored one, else the shortest decimal of the float32."""
+    exact = config.get(key)
+    if isinstance(exact, float) and np.float32(exact) == np.float32(stored):
+        return exact
+    return _decimal(stored)
+
+
+def _has_affine(config: dict, key: str, scale, bias) -> bool:
+    """False when the export said the layer had no affine parameters (config[key] is
+    False) and the scale and bias are the ones and zeros written in their place."""
+    return not (config.get(key) is False and np.all(scale == 1)
+                and (bias is None or np.all(bias == 0)))
+
+
+def _one_output(reader, node, what: str) -> None:
+    """Refuse a node whose optional outputs after the first are used."""
+    used = [name for name in node.output[1:] if name and (
+        name in reader.consumers or name in reader.graph_outputs)]
+    if used:
+        raise Unsupported(f"its output(s) {used} are used: corenet's layer returns {what} only")
+
+
+def _batch_norm_layer(reader, node, epsilon: float, momentum, scale, bias, running=None):
+    """BatchNorm1d or 2d, by the input's rank, with the running statistics
+    {"running_mean": ..., "running_var": ...} or, when None, the batch's."""
+    shape = reader.tensor(node.input[0]).shape
+    if len(shape) not in (1, 2, 3):
+        raise Unsupported(f"batch normalisation of a {len(shape) + 1}-D input: corenet has "
+                          f"BatchNorm1d ((N, C) or (N, C, L)) and BatchNorm2d (N, C, H, W)")
+    cls = _layers().BatchNorm1d if len(shape) < 3 else _layers().BatchNorm2d
+    channels = shape[0]
+    for what, array in {"scale": scale, "bias": bias, **(running or {})}.items():
+        if array.shape != (channels,):
+            raise Unsupported(f"its {what} has shape {array.shape}, expected ({channels},): "
+                              f"one per channel of the input, per-sample shape {shape}")
+    config, counts = reader.hints(node, cls.name)
+    affine = _has_affine(config, "affine", scale, bias)
+    layer = cls(channels, _float_option(config, "eps", epsilon), config.get("momentum", momentum),
+                affine, running is not None, dtype=reader.dtype)
+    if affine:
+        _set(layer.weight, scale)
+        _set(layer.bias, bias)
+    if running is not None:
+        count = counts.get("num_batches_tracked", 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise Unsupported(f"its corenet metadata's num_batches_tracked must be a count, "
+                              f"got {count!r}")
+        _set(layer.running_mean, running["running_mean"])
+        _set(layer.running_var, running["running_var"])
+        layer.num_batches_tracked.value[...] = count
+    return layer
+
+
+def _batch_normalization(reader, node):
+    """BatchNormalization in inference (training_mode=0): by its running statistics."""
+    attributes = reader.attributes(node, {"epsilon": 1e-5, "momentum": 0.9,
+                                          "training_mode": 0})
+    if attributes["training_mode"]:
+        raise Unsupported("training_mode=1 normalises by the batch and outputs new running "
+                          "statistics; corenet imports the inference form, training_mode=0")
+    _one_output(reader, node, "the normalised tensor")
+    names = ("scale", "bias", "running_mean", "running_var")
+    arrays = {what: reader.constant(name, what) for what, name in zip(names, node.input[1:])}
+    # ONNX's running average keeps momentum of the old value, PyTorch's of the new.
+    momentum = _decimal(1 - _decimal(attributes["momentum"]))
+    layer = _batch_norm_layer(reader, node, attributes["epsilon"], momentum, arrays.pop("scale"),
+                              arrays.pop("bias"), arrays)
+    return layer, node.input[:1], node.output[0]
+
+
+def _batch_statistics_norm(reader, node):
+    """Unsqueeze(axes [0]), Transpose, InstanceNormalization, Transpose, Squeeze(axes [0]),
+    both transposes swapping axes 1 and 2: corenet's export of a batch norm without
+    running statistics (the batch, as one sample of channels (1, C, N, ...), has its
+    statistics as instance statistics)."""
+    reader.attributes(node, {})
+    chain = [node]
+    for op_type in ("Transpose", "InstanceNormalization", "Transpose", "Squeeze"):
+        following = reader.next_node(chain[-1], op_type)
+        if following is None:
+            raise Unsupported("Unsqueeze is imported as the start of Unsqueeze(axes [0]), "
+                              "Transpose, InstanceNormalization, Transpose, Squeeze(axes [0]): "
+                              "batch normalisation by the batch's statistics")
+        chain.append(following)
+    _, transpose, norm, transpose_back, squeeze = chain
+    perm = [0, 2, 1] + list(range(3, len(reader.tensor(node.input[0]).shape) + 2))
+    perms = [reader.attributes(t, {"perm": None})["perm"] for t in (transpose, transpose_back)]
+    axes = [reader.integers(n.input[1], "axes") if len(n.input) > 1 else None
+            for n in (node, squeeze)]
+    if perms != [perm, perm] or axes != [[0], [0]]:
+        raise Unsupported(f"Unsqueeze/Squeeze axes {axes} and Transpose perms {perms}: the "
+                          f"pattern needs axes [0] and perm {perm}")
+    epsilon = reader.attributes(norm, {"epsilon": 1e-5})["epsilon"]
+    scale = reader.constant(norm.input[1], "scale")
+    bias = reader.constant(norm.input[2], "bias")
+    layer = _batch_norm_layer(reader, node, epsilon, 0.1, scale, bias)
+    reader.absorbed.update(id(n) for n in chain[1:])
+    return layer, node.input[:1], squeeze.output[0]
+
+
+def _layer_normalization(reader, node):
+    attributes = reader.attributes(node, {"axis": -1, "epsilon": 1e-5, "stash_type": 1})
+    _one_output(reader, node, "the normalised tensor (no Mean, InvStdDev)")
+    shape = reader.tensor(node.input[0]).shape
+    ndim, axis = len(shape) + 1, attributes["axis"]
+    if not -ndim <= axis < ndim or axis % ndim == 0:
+        raise Unsupported(f"normalisation from axis {axis} of a {ndim}-D input: corenet "
+                          f"normalises axes after the batch")
+    normalized = shape[axis % ndim - 1:]
+    scale = reader.constant(node.input[1], "scale")
+    bias = reader.constant(node.input[2], "bias") if len(node.input) > 2 and node.input[2] \
+        else None
+    for what, array in (("scale", scale), ("bias", bias)):
+        if array is not None and array.shape != normalized:
+            raise Unsupported(f"its {what} has shape {array.shape}, expected {normalized}, "
+                              f"the normalised axes")
+    config = reader.hints(node, "layer_norm")[0]
+    affine = _has_affine(config, "elementwise_affine", scale, bias)
+    # Without affine parameters the bias flag does nothing: the export's, when it said.
+    with_bias = bias is not None if affine else config.get("bias", True)
+    layer = _layers().LayerNorm(normalized, _float_option(config, "eps", attributes["epsilon"]),
+                                affine, with_bias, dtype=reader.dtype)
+    if affine:
+        _set(layer.weight, scale)
+        if bias is not None:
+            _set(layer.bias, bias)
+    return layer, node.input[:1], node.output[0]
+
+
+def _dropout(reader, node):
+    """Dropout in inference: the identity, its ratio kept as the layer's p."""
+    reader.attributes(node, {"seed": 0})  # the seed of masks inference never draws
+    _one_output(reader, node, "the tensor (no mask)")
+    if len(node.input) > 2 and node.input[2]:
+        mode = reader.initializers.get(node.input[2])
+        if mode is None or reader.onnx.numpy_helper.to_array(mode).any():
+            raise Unsupported("its training_mode input is not a constant false: corenet "
+                              "imports the inference form, where dropout is the identity")
+    p = 0.5  # ONNX's default ratio
+    if len(node.input) > 1 and node.input[1]:
+        tensor = reader.initializers.get(node.input[1])
+        ratio = None if tensor is None else reader.onnx.numpy_helper.to_array(tensor)
+        if ratio is None or ratio.dtype.kind != "f" or ratio.size != 1:
+            raise Unsupported(f"its ratio {node.input[1]!r} must be a float initializer "
+                              f"holding one value")
+        value = ratio.reshape(-1)[0]
+        p = _decimal(value) if ratio.dtype == np.float32 else float(value)
+    return _layers().Dropout(p), node.input[:1], node.output[0]
+
+
 def _add(reader, node):
     reader.attributes(node, {})
     if len(node.input) == 1:  # a Sum of one tensor
@@ -294,6 +527,8 @@ IMPORTERS = {
     "Elu": _simple("ELU", alpha=("alpha", 1.0)),
     "PRelu": _prelu, "Softmax": _softmax,
     "Add": _add, "Sum": _add, "Concat": _concat, "Identity": _identity,
+    "BatchNormalization": _batch_normalization, "Unsqueeze": _batch_statistics_norm,
+    "LayerNormalization": _layer_normalization, "Dropout": _dropout,
 }
 
 
@@ -351,12 +586,14 @@ def _inputs(onnx, path: str, graph, initializer_names: set) -> tuple:
 
 def load(path: str) -> Model:
     """A corenet Model from an ONNX file of the operators in IMPORTERS; the model
-    exported by ``corenet.onnx.export`` comes back layer for layer, exactly."""
+    exported by ``corenet.onnx.export`` comes back layer for layer, exactly. It comes
+    in evaluation mode, computing what the file computes (``model.train()`` to train)."""
     onnx = require_onnx()
     proto = _read(onnx, path)
     graph = proto.graph
     inputs, dtype = _inputs(onnx, path, graph, {tensor.name for tensor in graph.initializer})
-    reader = OnnxReader(onnx, graph, dtype)
+    reader = OnnxReader(onnx, graph, dtype,
+                        {entry.key: entry.value for entry in proto.metadata_props})
     for name, shape in inputs:
         reader.tensors[name] = Input(shape, name=name)
     for index, node in enumerate(graph.node):
@@ -377,7 +614,8 @@ def load(path: str) -> Model:
     if missing:
         _fail(path, f"outputs {missing} are not computed by the operators corenet imports")
     try:
-        return Model([reader.tensors[name] for name, _ in inputs],
-                     [reader.tensors[value.name] for value in graph.output])
+        model = Model([reader.tensors[name] for name, _ in inputs],
+                      [reader.tensors[value.name] for value in graph.output])
     except (ValueError, TypeError) as error:
         _fail(path, f"the graph is not a valid model: {error}")
+    return model.eval()
