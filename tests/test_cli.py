@@ -173,7 +173,7 @@ def start_corenet(*args, **popen):
                             cwd=tempfile.gettempdir(), **popen)
 
 
-def test_ctrl_c_stops_training_with_one_line_status_130_and_no_file(tmp_path):
+def test_ctrl_c_stops_training_with_one_line_status_130_and_a_whole_checkpoint(tmp_path):
     path = tmp_path / "model.npz"
     process = start_corenet("train", "--epochs", "100000", "--save", str(path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -185,7 +185,10 @@ def test_ctrl_c_stops_training_with_one_line_status_130_and_no_file(tmp_path):
         process.kill()
     assert process.returncode == 130
     assert stderr == "corenet train: interrupted\n"
-    assert os.listdir(tmp_path) == []  # no model, no temporary file
+    assert os.listdir(tmp_path) == ["model.npz"]  # no temporary file
+    from corenet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(path))[1]["state"]["epoch"] >= 1  # the last epoch, whole
 
 
 @pytest.mark.parametrize("args", [("train", "--epochs", "3"), ("predict", "MODEL", "digits"),
