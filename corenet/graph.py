@@ -288,7 +288,7 @@ class Model:
 
     def astype(self, dtype) -> "Model":
         """Convert every parameter (and so the model's inputs) to float32 or float64."""
-        dtype = as_float_dtype(dtype)
+        dtype = as_float_dtype(dtype, "Model.astype")
         for layer in self.layers:
             layer.astype(dtype)
         self.dtype = dtype

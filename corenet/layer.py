@@ -7,6 +7,8 @@ input; ``None`` where the executor said no input gradient is needed).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import ClassVar
 
 import numpy as np
@@ -16,14 +18,18 @@ from corenet.errors import DTypeError, ShapeError
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_dtype(dtype) -> np.dtype:
-    """np.dtype for 'float32' / 'float64' / np.float32 ..., or a DTypeError."""
+def as_float_dtype(dtype, owner: str | None = None) -> np.dtype:
+    """np.dtype for 'float32' / 'float64' / np.float32 ..., or a DTypeError (naming the
+    layer ``owner``). None and values such as np.float32(0.5) are errors too, though
+    numpy reads them as float64 and float32."""
     try:
-        resolved = np.dtype(dtype)
-    except TypeError:
+        resolved = None if dtype is None or isinstance(dtype, np.generic) else np.dtype(dtype)
+    except (TypeError, ValueError):
         resolved = None
-    if resolved not in FLOAT_DTYPES:
-        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    # `None in FLOAT_DTYPES` is True: numpy compares None equal to float64.
+    if resolved is None or resolved not in FLOAT_DTYPES:
+        prefix = f"{owner}: " if owner else ""
+        raise DTypeError(f"{prefix}dtype must be float32 or float64, got {dtype!r}")
     return resolved
 
 
@@ -86,6 +92,11 @@ class Layer:
         self._node = None
         self._buffers = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _naming_argument_errors(cls.__dict__["__init__"])
+
     # -- the protocol ------------------------------------------------------------
 
     def forward(self, *xs: np.ndarray) -> np.ndarray:
@@ -121,7 +132,7 @@ class Layer:
             parameter.grad.fill(0)
 
     def astype(self, dtype) -> "Layer":
-        dtype = as_float_dtype(dtype)
+        dtype = as_float_dtype(dtype, self.name)
         for parameter in self.parameters():
             parameter.astype(dtype)
         if hasattr(self, "dtype"):
@@ -150,6 +161,29 @@ class Layer:
     def __repr__(self) -> str:
         config = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"{type(self).__name__}({config})"
+
+
+def _naming_argument_errors(init):
+    """``init``, its argument errors (an unknown keyword, a missing argument) naming the
+    layer and what it takes: a Cython __init__ says only "__init__() got an unexpected
+    keyword argument 'colour'"."""
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        try:
+            return init(self, *args, **kwargs)
+        except TypeError as error:
+            try:
+                signature = inspect.signature(init)
+            except (TypeError, ValueError):  # nothing to say more: the error as it was
+                raise error from None
+            try:
+                signature.bind(self, *args, **kwargs)
+            except TypeError as binding:
+                takes = signature.replace(parameters=list(signature.parameters.values())[1:])
+                raise TypeError(f"{type(self).name or type(self).__name__}: {binding}; it "
+                                f"takes {takes}") from None
+            raise  # the arguments bind: an error of the layer's own
+    return checked_init
 
 
 def check_input(layer: Layer, x, ndim: int | None = None, features: int | None = None,

@@ -7,8 +7,9 @@ import re
 import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-MODULES = ["corenet.graph", "corenet.layer", "corenet.layers", "corenet.losses", "corenet.optim",
-           "corenet.data", "corenet.train", "corenet.testing"]
+MODULES = ["corenet.arguments", "corenet.graph", "corenet.layer", "corenet.layers",
+           "corenet.losses", "corenet.optim", "corenet.data", "corenet.train",
+           "corenet.testing"]
 
 
 @pytest.mark.skipif(not README.exists(), reason="needs the source checkout")

@@ -261,7 +261,8 @@ CONFIG_CASES = {
     "float in_features": (node0(in_features=4.0), "in_features must be a positive integer"),
     "unknown config key": (node0(colour="red"), r"node 0 \('linear'\): config .* TypeError"),
     "bogus layer dtype": (node0(dtype="float16"),
-                          r"node 0 \('linear'\): config .* DTypeError: dtype must be float32"),
+                          r"node 0 \('linear'\): config .* DTypeError: linear: dtype must be "
+                          r"float32"),
     "layer dtype against the file's": (node0(dtype="float64"),
                                        r"parameter 'weight' is float32 in the file, the "
                                        r"config makes float64"),

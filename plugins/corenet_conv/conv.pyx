@@ -33,12 +33,13 @@ from corenet.kernels.threads cimport threads_for
 from corenet_conv.vol2col cimport Geometry, col2vol, vol2col
 
 from corenet import random
+from corenet.arguments import as_bool, as_int
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
 from corenet.kernels.threads import get_num_threads
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
-from corenet_conv.geometry import Window, as_3d_shape, as_int, spatial_input
+from corenet_conv.geometry import Window, as_3d_shape, spatial_input
 
 cnp.import_array()
 
@@ -325,7 +326,7 @@ class ConvNd(Layer):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.groups = int(groups)
         self.window = Window(self.name, self.n_axes, kernel_size, stride, padding, dilation)
-        self.dtype = as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype, self.name)
         fan_in = self.in_channels // self.groups * math.prod(self.window.kernel)
         bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default initialisation
         rng = random.generator()
@@ -353,9 +354,8 @@ class ConvNd(Layer):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{cls.name}: groups={groups} must divide in_channels="
                              f"{in_channels} and out_channels={out_channels}")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise ValueError(f"{cls.name}: bias must be True or False, got {bias!r}")
-        as_float_dtype(dtype)
+        as_bool(cls.name, "bias", bias)
+        as_float_dtype(dtype, cls.name)
         window = Window(cls.name, cls.n_axes, kernel_size, stride, padding, dilation)
         shapes = {"weight": (out_channels, in_channels // groups) + window.kernel}
         if bias:

@@ -17,6 +17,7 @@ from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm
 from corenet.kernels.threads cimport threads_for
 
 from corenet import random
+from corenet.arguments import as_bool
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
@@ -167,10 +168,10 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, bias=True,
                  dtype="float32"):
         super().__init__()
-        _check_sizes(in_features, out_features)
+        self.parameter_shapes(in_features, out_features, bias, dtype)  # checks every argument
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self.dtype = as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype, self.name)
         bound = 1.0 / math.sqrt(self.in_features)
         rng = random.generator()
         self.weight = Parameter("weight", rng.uniform(
@@ -187,9 +188,11 @@ class Linear(Layer):
 
     @classmethod
     def parameter_shapes(cls, in_features, out_features, bias=True, dtype="float32"):
+        """{name: shape} of the parameters, every argument checked, nothing allocated."""
         _check_sizes(in_features, out_features)
+        as_float_dtype(dtype, cls.name)
         shapes = {"weight": (int(out_features), int(in_features))}
-        if bias:
+        if as_bool(cls.name, "bias", bias):
             shapes["bias"] = (int(out_features),)
         return shapes
 
