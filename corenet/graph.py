@@ -11,7 +11,7 @@ import numpy as np
 
 from corenet.errors import DTypeError, ShapeError
 from corenet.kernels.elementwise import accumulate
-from corenet.layer import FLOAT_DTYPES, Layer, as_float_dtype
+from corenet.layer import FLOAT_DTYPES, Layer, as_array, as_float_dtype
 
 
 class SymbolicTensor:
@@ -198,8 +198,7 @@ class Model:
         expected = self.inputs[index].shape
         label = f"Model input {index}" + (f" {self.inputs[index].name!r}"
                                           if self.inputs[index].name else "")
-        if type(x) is not np.ndarray:
-            x = np.asarray(x)
+        x = as_array(label, "the input", x)
         if x.dtype.kind not in "f":
             raise DTypeError(f"{label}: expected a float array, got dtype {x.dtype}")
         if x.ndim != len(expected) + 1 or x.shape[1:] != expected:

@@ -193,8 +193,7 @@ def check_input(layer: Layer, x, ndim: int | None = None, features: int | None =
     ``ndim``: exact number of dimensions (batch included); ``features``: the
     size of the last axis; ``dtype``: the dtype the layer's parameters have.
     """
-    if type(x) is not np.ndarray:
-        x = np.asarray(x)
+    x = as_array(layer.name, "the input", x)
     if dtype is None:
         if x.dtype not in FLOAT_DTYPES:
             raise DTypeError(f"{layer.name}: expected a float32 or float64 input, "
@@ -220,8 +219,7 @@ def check_input(layer: Layer, x, ndim: int | None = None, features: int | None =
 
 def check_grad(layer: Layer, grad, shape: tuple, dtype) -> np.ndarray:
     """The gradient given to backward: the shape and dtype of the forward output."""
-    if type(grad) is not np.ndarray:
-        grad = np.asarray(grad)
+    grad = as_array(f"{layer.name}.backward", "the gradient", grad)
     if grad.shape != shape:
         raise ShapeError(f"{layer.name}.backward: expected a gradient of shape {shape} "
                          f"(the forward output), got {grad.shape}")
@@ -230,6 +228,18 @@ def check_grad(layer: Layer, grad, shape: tuple, dtype) -> np.ndarray:
     if not grad.flags.c_contiguous:
         grad = np.ascontiguousarray(grad)
     return grad
+
+
+def as_array(owner: str, what: str, x) -> np.ndarray:
+    """x as an ndarray, or a DTypeError naming ``owner`` for what numpy cannot read as
+    one (a ragged list)."""
+    if type(x) is np.ndarray:
+        return x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as error:
+        raise DTypeError(f"{owner}: {what} cannot be read as an array of numbers: "
+                         f"{error}") from None
 
 
 def require_forward(layer: Layer, cached) -> None:

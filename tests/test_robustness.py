@@ -7,6 +7,7 @@ import pytest
 import corenet as cn
 import corenet.layers as L
 from corenet.errors import DTypeError
+from corenet.losses import MSE, SoftmaxCrossEntropy
 
 
 # -- constructor arguments -------------------------------------------------------------------
@@ -72,3 +73,28 @@ def test_a_type_error_inside_a_constructor_is_left_as_it_is():
 
     with pytest.raises(TypeError, match="^size must be a prime$"):
         Strict(2)
+
+
+# -- what numpy cannot read as an array ----------------------------------------------------------
+
+RAGGED = [[1.0, 2.0], [3.0]]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: L.ReLU().forward(RAGGED), "relu: the input cannot be read as an array of numbers"),
+    (lambda: MSE().forward(RAGGED, RAGGED), "mse: the predictions cannot be read as an array"),
+    (lambda: MSE().forward(np.ones((2, 2)), RAGGED), "mse: the targets cannot be read"),
+    (lambda: SoftmaxCrossEntropy().forward(np.ones((2, 2)), [[0], []]),
+     "softmax_cross_entropy: the labels cannot be read"),
+    (lambda: cn.Sequential(L.Linear(2, 2)).forward(RAGGED), "Model input 0: the input cannot"),
+])
+def test_a_ragged_list_is_a_dtype_error_naming_the_layer(call, message):
+    with pytest.raises(DTypeError, match=message):
+        call()
+
+
+def test_a_ragged_gradient_is_refused_by_backward():
+    layer = L.Sigmoid()
+    layer.forward(np.ones((2, 2), np.float32))
+    with pytest.raises(DTypeError, match="sigmoid.backward: the gradient cannot be read"):
+        layer.backward(RAGGED)
