@@ -12,6 +12,7 @@ import numpy as np
 from corenet.errors import DTypeError, ShapeError
 from corenet.kernels.elementwise import accumulate
 from corenet.layer import FLOAT_DTYPES, Layer, as_array, as_float_dtype
+from corenet.memory import check_allocation
 
 
 class SymbolicTensor:
@@ -208,6 +209,7 @@ class Model:
             raise ShapeError(f"{label}: got an empty batch, shape {x.shape}")
         if x.dtype != self.dtype or not x.flags.c_contiguous:
             # Like Keras, floats of another width are cast to the model's dtype.
+            check_allocation(label, "a C-contiguous copy of the input", x.shape, self.dtype)
             x = np.ascontiguousarray(x, dtype=self.dtype)
         return x
 

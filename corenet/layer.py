@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from typing import ClassVar
 
 import numpy as np
 
 from corenet.errors import DTypeError, ShapeError
+from corenet.memory import check_allocation
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -37,7 +39,7 @@ def aligned_empty(shape: tuple, dtype, alignment: int = 64) -> np.ndarray:
     """np.empty on a 64-byte boundary: a SIMD load of 64 bytes then never spans
     two cache lines (numpy itself aligns to 16)."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize  # np.prod would wrap around past 2⁶³
     raw = np.empty(size + alignment, np.uint8)
     offset = -raw.ctypes.data % alignment
     return raw[offset:offset + size].view(dtype).reshape(shape)
@@ -143,11 +145,16 @@ class Layer:
     def buffer(self, key: str, shape: tuple, dtype) -> np.ndarray:
         """An uninitialised array for an output or gradient: reused inside a Model."""
         if not self.reuse_buffers:
-            return aligned_empty(shape, dtype)
+            return self._allocate(key, shape, dtype)
         array = self._buffers.get(key)
         if array is None or array.shape != shape or array.dtype != dtype:
-            array = self._buffers[key] = aligned_empty(shape, dtype)
+            array = self._buffers[key] = self._allocate(key, shape, dtype)
         return array
+
+    def _allocate(self, key: str, shape: tuple, dtype) -> np.ndarray:
+        what = {"out": "the output", "x_grad": "the input gradient"}.get(key, f"its {key} buffer")
+        check_allocation(self.name, what, shape, dtype)
+        return aligned_empty(shape, dtype)
 
     def __call__(self, *args):
         from corenet.graph import SymbolicTensor, add_node
@@ -212,9 +219,7 @@ def check_input(layer: Layer, x, ndim: int | None = None, features: int | None =
                          f"got shape {x.shape}")
     if x.ndim and x.shape[0] == 0:
         raise ShapeError(f"{layer.name}: got an empty batch, shape {x.shape}")
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
-    return x
+    return contiguous(layer.name, "the input", x)
 
 
 def check_grad(layer: Layer, grad, shape: tuple, dtype) -> np.ndarray:
@@ -225,9 +230,7 @@ def check_grad(layer: Layer, grad, shape: tuple, dtype) -> np.ndarray:
                          f"(the forward output), got {grad.shape}")
     if grad.dtype != dtype:
         raise DTypeError(f"{layer.name}.backward: expected a {dtype} gradient, got {grad.dtype}")
-    if not grad.flags.c_contiguous:
-        grad = np.ascontiguousarray(grad)
-    return grad
+    return contiguous(f"{layer.name}.backward", "the gradient", grad)
 
 
 def as_array(owner: str, what: str, x) -> np.ndarray:
@@ -240,6 +243,15 @@ def as_array(owner: str, what: str, x) -> np.ndarray:
     except (ValueError, TypeError) as error:
         raise DTypeError(f"{owner}: {what} cannot be read as an array of numbers: "
                          f"{error}") from None
+
+
+def contiguous(owner: str, what: str, x: np.ndarray) -> np.ndarray:
+    """x, or a C-contiguous copy of it once it is known to fit in memory: a zero-stride
+    view (np.broadcast_to) may claim terabytes."""
+    if x.flags.c_contiguous:
+        return x
+    check_allocation(owner, f"a C-contiguous copy of {what}", x.shape, x.dtype)
+    return np.ascontiguousarray(x)
 
 
 def require_forward(layer: Layer, cached) -> None:
@@ -262,8 +274,7 @@ def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,
     if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:
         raise ShapeError(f"{label} must be a {dtype} array of shape {shape}, got "
                          f"{_describe(value)}")
-    if not value.flags.c_contiguous:
-        value = np.ascontiguousarray(value)
+    value = contiguous(label, "its value", value)
     if not with_grad:
         return value, None
     grad = parameter.grad

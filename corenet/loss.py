@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from corenet.errors import DTypeError, ShapeError
-from corenet.layer import FLOAT_DTYPES, as_array
+from corenet.layer import FLOAT_DTYPES, as_array, contiguous
 
 
 class Loss:
@@ -47,4 +47,4 @@ class Loss:
         if pred.ndim == 0 or pred.shape[0] == 0:
             raise ShapeError(f"{self.name}: expected a non-empty batch of predictions, "
                              f"got shape {pred.shape}")
-        return np.ascontiguousarray(pred)
+        return contiguous(self.name, "the predictions", pred)

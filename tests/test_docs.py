@@ -8,7 +8,7 @@ import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 MODULES = ["corenet.arguments", "corenet.graph", "corenet.layer", "corenet.layers",
-           "corenet.losses", "corenet.optim", "corenet.data", "corenet.train",
+           "corenet.losses", "corenet.memory", "corenet.optim", "corenet.data", "corenet.train",
            "corenet.testing"]
 
 

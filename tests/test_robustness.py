@@ -6,8 +6,9 @@ import pytest
 
 import corenet as cn
 import corenet.layers as L
-from corenet.errors import DTypeError
+from corenet.errors import DTypeError, ShapeError
 from corenet.losses import MSE, SoftmaxCrossEntropy
+from test_model_files import peak_memory_of
 
 
 # -- constructor arguments -------------------------------------------------------------------
@@ -73,6 +74,39 @@ def test_a_type_error_inside_a_constructor_is_left_as_it_is():
 
     with pytest.raises(TypeError, match="^size must be a prime$"):
         Strict(2)
+
+
+# -- arrays that claim more memory than the machine has -----------------------------------
+
+def refused_small(call, error, message):
+    """call() raises error matching message, having allocated less than 1 MiB."""
+    def expect():
+        with pytest.raises(error, match=message):
+            call()
+    assert peak_memory_of(expect) < 1 << 20
+
+
+TERABYTES = np.broadcast_to(np.float32(1), (2 ** 40, 8))  # 32 TiB claimed, 4 bytes held
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: L.ReLU().forward(TERABYTES[:, ::2]),
+     r"relu: a C-contiguous copy of the input of shape \(1099511627776, 4\) float32 would "
+     r"take 16.0 TiB, more than this machine's memory"),
+    (lambda: L.Linear(8, 2).forward(TERABYTES), r"linear: a C-contiguous copy of the input"),
+    (lambda: L.Conv2d(1, 1, 1, padding=10 ** 6).forward(np.ones((1, 1, 1, 1), np.float32)),
+     r"conv2d: the output of shape \(1, 1, 2000001, 2000001\) float32"),
+    (lambda: L.Linear(2 ** 20, 2 ** 20), r"linear: parameter 'weight' of shape "
+                                         r"\(1048576, 1048576\) float64 would take 8.0 TiB"),
+    (lambda: L.PReLU(2 ** 42), r"prelu: parameter 'weight'"),
+    (lambda: L.Conv3d(1, 2 ** 20, 2 ** 10), r"conv3d: parameter 'weight'"),
+    (lambda: MSE().forward(TERABYTES, TERABYTES), r"mse: a C-contiguous copy of the predictions"),
+    (lambda: cn.Sequential(L.Linear(8, 2)).forward(TERABYTES),
+     r"Model input 0: a C-contiguous copy of the input"),
+])
+def test_a_huge_array_is_refused_before_it_is_allocated(call, message):
+    # Before: numpy's "MemoryError: Unable to allocate 32.0 TiB".
+    refused_small(call, ShapeError, message)
 
 
 # -- what numpy cannot read as an array ----------------------------------------------------------

@@ -14,6 +14,7 @@ from corenet.kernels.threads cimport threads_for
 
 from corenet.arguments import as_float
 from corenet.errors import ShapeError
+from corenet.memory import check_parameters
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
 
@@ -306,7 +307,7 @@ class PReLU(Layer):
 
     def __init__(self, num_parameters=1, init=0.25, dtype="float32"):
         super().__init__()
-        self.parameter_shapes(num_parameters, init, dtype)  # checks every argument
+        check_parameters(self.name, self.parameter_shapes(num_parameters, init, dtype))
         self.num_parameters = num_parameters
         self.init = as_float(self.name, "init", init)
         self.dtype = as_float_dtype(dtype, self.name)

@@ -36,6 +36,7 @@ from corenet import random
 from corenet.arguments import as_bool, as_int
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
+from corenet.memory import check_parameters
 from corenet.kernels.threads import get_num_threads
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
@@ -321,8 +322,9 @@ class ConvNd(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, dtype="float32"):
         super().__init__()
-        shapes = self.parameter_shapes(in_channels, out_channels, kernel_size, stride,
-                                       padding, dilation, groups, bias, dtype)
+        shapes = check_parameters(self.name, self.parameter_shapes(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            dtype))
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.groups = int(groups)
         self.window = Window(self.name, self.n_axes, kernel_size, stride, padding, dilation)

@@ -20,6 +20,7 @@ from corenet import random
 from corenet.arguments import as_bool
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
+from corenet.memory import check_parameters
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
 
@@ -168,7 +169,7 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, bias=True,
                  dtype="float32"):
         super().__init__()
-        self.parameter_shapes(in_features, out_features, bias, dtype)  # checks every argument
+        check_parameters(self.name, self.parameter_shapes(in_features, out_features, bias, dtype))
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.dtype = as_float_dtype(dtype, self.name)
