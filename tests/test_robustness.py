@@ -132,3 +132,24 @@ def test_a_ragged_gradient_is_refused_by_backward():
     layer.forward(np.ones((2, 2), np.float32))
     with pytest.raises(DTypeError, match="sigmoid.backward: the gradient cannot be read"):
         layer.backward(RAGGED)
+
+
+def test_flatten_backward_checks_the_gradient_against_the_forward_dtype():
+    layer = L.Flatten()
+    layer.forward(np.ones((2, 3, 4), np.float32))
+    # Before: a list had no .dtype (AttributeError); an int gradient went through.
+    with pytest.raises(DTypeError, match="flatten.backward: expected a float32 gradient"):
+        layer.backward(np.ones((2, 12)).tolist())
+    with pytest.raises(DTypeError, match="flatten.backward: expected a float32 gradient, "
+                                         "got int64"):
+        layer.backward(np.ones((2, 12), np.int64))
+
+
+def test_layers_take_samples_of_size_zero():
+    empty = np.ones((3, 0), np.float32)
+    # Softmax divided by zero columns (ZeroDivisionError); flatten asked numpy for -1.
+    assert L.Softmax().forward(empty).shape == (3, 0)
+    layer = L.Softmax()
+    layer.forward(empty)
+    assert layer.backward(empty).shape == (3, 0)
+    assert L.Flatten().forward(np.ones((3, 0, 2), np.float32)).shape == (3, 0)
