@@ -8,6 +8,8 @@ import corenet as cn
 import corenet.layers as L
 from corenet.errors import DTypeError, ShapeError
 from corenet.losses import MSE, SoftmaxCrossEntropy
+
+import fuzz_harness
 from test_model_files import peak_memory_of
 
 
@@ -109,6 +111,18 @@ def test_a_huge_array_is_refused_before_it_is_allocated(call, message):
     refused_small(call, ShapeError, message)
 
 
+def test_predict_on_a_huge_broadcast_input_is_refused_at_once():
+    # Before: predict walked 2⁴⁰ batches of one sample and never returned. In a worker,
+    # so that a regression shows as a hang instead of stalling the session.
+    case = {"group": "model", "scenario": "predict", "layer": "relu", "config": {},
+            "dtype": "float32", "seed": 0, "then": None, "batch_size": 1,
+            "inputs": [{"shape": [3, 7], "dtype": "float32", "layout": "C", "seed": 0}],
+            "mutation": {"kind": "huge", "axis": 0, "size": 2 ** 40}}
+    [result] = fuzz_harness.run_cases([case], timeout=60)
+    assert result["outcome"] == "clean_error", result
+    assert "Model.predict: the output of shape (1099511627776, 7) float32" in result["detail"]
+
+
 # -- what numpy cannot read as an array ----------------------------------------------------------
 
 RAGGED = [[1.0, 2.0], [3.0]]
@@ -121,6 +135,7 @@ RAGGED = [[1.0, 2.0], [3.0]]
     (lambda: SoftmaxCrossEntropy().forward(np.ones((2, 2)), [[0], []]),
      "softmax_cross_entropy: the labels cannot be read"),
     (lambda: cn.Sequential(L.Linear(2, 2)).forward(RAGGED), "Model input 0: the input cannot"),
+    (lambda: cn.Sequential(L.Linear(2, 2)).predict(RAGGED), "Model.predict: the input cannot"),
 ])
 def test_a_ragged_list_is_a_dtype_error_naming_the_layer(call, message):
     with pytest.raises(DTypeError, match=message):
@@ -153,3 +168,40 @@ def test_layers_take_samples_of_size_zero():
     layer.forward(empty)
     assert layer.backward(empty).shape == (3, 0)
     assert L.Flatten().forward(np.ones((3, 0, 2), np.float32)).shape == (3, 0)
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [None, 3.0, (True,), "abc", (2, None)])
+def test_input_shapes_that_are_not_positive_ints_are_refused(shape):
+    with pytest.raises(ShapeError, match="Input: shape must be a non-empty tuple of positive "
+                                         "ints"):
+        cn.Input(shape)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, "3", None, True])
+def test_predict_refuses_a_batch_size_that_is_not_a_positive_int(batch_size):
+    model = cn.Sequential(L.Linear(2, 2))
+    with pytest.raises(ValueError, match="Model.predict: batch_size must be"):
+        model.predict(np.ones((3, 2), np.float32), batch_size)
+
+
+def test_predict_refuses_an_empty_batch():
+    with pytest.raises(ShapeError, match=r"Model.predict: expected a non-empty batch, got "
+                                         r"shape \(0, 2\)"):
+        cn.Sequential(L.Linear(2, 2)).predict(np.ones((0, 2), np.float32))
+
+
+def test_an_input_listed_twice_is_refused():
+    # Before: the model was built, and forward failed with an IndexError.
+    x = cn.Input((3,))
+    with pytest.raises(ValueError, match="Model: an Input is listed twice"):
+        cn.Model([x, x], L.ReLU()(x))
+
+
+def test_a_none_gradient_is_refused_by_model_backward():
+    # Before: backward(None) returned at once and left every gradient as it was.
+    model = cn.Sequential(L.Linear(2, 2))
+    model.forward(np.ones((3, 2), np.float32))
+    with pytest.raises(TypeError, match="Model.backward: gradient 0 is None"):
+        model.backward(None)
