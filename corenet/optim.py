@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from corenet.arguments import as_float
 from corenet.kernels.optim import sgd_step
+from corenet.layer import Parameter
 
 
 class Optimizer:
     def __init__(self, params):
-        self.params = list(params)
+        name = type(self).__name__
+        try:
+            self.params = list(params)
+        except TypeError:
+            raise TypeError(f"{name}: params must be an iterable of corenet.Parameter, got "
+                            f"{type(params).__name__}") from None
+        for parameter in self.params:
+            if not isinstance(parameter, Parameter):
+                raise TypeError(f"{name}: params must hold corenet.Parameter objects, got "
+                                f"{type(parameter).__name__}")
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
         for parameter in self.params:
@@ -60,12 +71,9 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params)
-        for label, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"SGD: {label} must be a finite number >= 0, got {value!r}")
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.lr = as_float("SGD", "lr", lr, minimum=0)
+        self.momentum = as_float("SGD", "momentum", momentum, minimum=0)
+        self.weight_decay = as_float("SGD", "weight_decay", weight_decay, minimum=0)
         self._velocity = [np.zeros_like(p.value) if momentum else None for p in self.params]
 
     def step(self) -> None:

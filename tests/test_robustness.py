@@ -8,6 +8,7 @@ import corenet as cn
 import corenet.layers as L
 from corenet.errors import DTypeError, ShapeError
 from corenet.losses import MSE, SoftmaxCrossEntropy
+from corenet.optim import SGD
 
 import fuzz_harness
 from test_model_files import peak_memory_of
@@ -170,7 +171,7 @@ def test_layers_take_samples_of_size_zero():
     assert L.Flatten().forward(np.ones((3, 0, 2), np.float32)).shape == (3, 0)
 
 
-# -- models ----------------------------------------------------------------------------------------
+# -- models and optimizers ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [None, 3.0, (True,), "abc", (2, None)])
 def test_input_shapes_that_are_not_positive_ints_are_refused(shape):
@@ -205,3 +206,21 @@ def test_a_none_gradient_is_refused_by_model_backward():
     model.forward(np.ones((3, 2), np.float32))
     with pytest.raises(TypeError, match="Model.backward: gradient 0 is None"):
         model.backward(None)
+
+
+@pytest.mark.parametrize("params, message", [
+    (3, "SGD: params must be an iterable of corenet.Parameter, got int"),
+    ([None], "SGD: params must hold corenet.Parameter objects, got NoneType"),
+    ([np.ones(3)], "SGD: params must hold corenet.Parameter objects, got ndarray"),
+])
+def test_sgd_refuses_what_is_not_a_list_of_parameters(params, message):
+    with pytest.raises(TypeError, match=message):
+        SGD(params, lr=0.1)
+
+
+@pytest.mark.parametrize("settings", [{"lr": "0.1"}, {"lr": [1, 2]}, {"lr": True},
+                                      {"momentum": {}}, {"weight_decay": float("inf")}])
+def test_sgd_refuses_settings_that_are_not_finite_numbers(settings):
+    parameters = [cn.Parameter("w", np.ones(3, np.float32))]
+    with pytest.raises(ValueError, match=r"SGD: \w+ must be a finite number >= 0"):
+        SGD(parameters, **{"lr": 0.1, **settings})
