@@ -43,7 +43,7 @@ def outcome(kind: str, detail: str = "") -> dict:
 
 
 def names_any(message: str, names) -> bool:
-    return any(re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", message) for name in names if name)
+    return any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", message) for name in names if name)
 
 
 def judge_error(raised: Raised, names, allow_runtime: bool = False) -> dict:

@@ -24,6 +24,7 @@ import time
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_worker.py")
 # Generous: a case takes milliseconds, but the machine may be shared and busy.
 CASE_TIMEOUT = float(os.environ.get("CORENET_FUZZ_TIMEOUT", "60"))
+STARTUP_TIMEOUT = 300  # a worker's imports, before its first case
 OUTCOMES = ("correct", "ran", "clean_error", "unclear_error", "wrong_result", "crash", "hang",
             "harness_error")
 BAD_OUTCOMES = ("unclear_error", "wrong_result", "crash", "hang", "harness_error")
@@ -62,6 +63,7 @@ def _run_batch(path, start, stop, outcomes, timeout, folder) -> int:
     """Runs cases start.. in one worker; returns where the next worker starts."""
     with _Worker(path, start, stop, folder) as worker:
         index = start
+        worker.wait_ready()
         while index < stop:
             line = worker.read_line(timeout)
             if line is None or line == "":  # no answer in time, or the worker died
@@ -78,6 +80,7 @@ def _run_batch(path, start, stop, outcomes, timeout, folder) -> int:
 def _alone(path, index, timeout, folder, hung, how) -> dict:
     """Case ``index`` again in a fresh worker: the crash or hang as it shows alone."""
     with _Worker(path, index, index + 1, folder) as worker:
+        worker.wait_ready()
         line = worker.read_line(timeout)
         worker.stop()
         if line is None:
@@ -108,6 +111,13 @@ class _Worker:
         self.selector.close()
         self.process.stdout.close()
         self.stderr.close()
+
+    def wait_ready(self) -> None:
+        """Until the worker has imported what it needs; it must not fail there."""
+        line = self.read_line(STARTUP_TIMEOUT)
+        if not line or not json.loads(line).get("ready"):
+            self.stop()
+            raise RuntimeError(f"a fuzz worker did not start: {line!r}; {self.death()}")
 
     def read_line(self, timeout: float):
         """The next line; "" at the end of output (the worker exited); None on timeout."""

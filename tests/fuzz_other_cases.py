@@ -156,6 +156,8 @@ def model_case(case: dict) -> dict:
         return outcome("ran", "")
     if scenario in ("build", "sequential"):
         return model_build_case(case)
+    if scenario == "sequence":
+        return model_sequence_case(case)
     model, layer = build_model(case)
     xs = baseline_inputs(layer, case)
     if scenario == "backward_first":
@@ -209,6 +211,26 @@ def model_case(case: dict) -> dict:
     if len(xs) == len(model.inputs) and model_reference(case, layer, plain, result[0][0]):
         checked.append("numpy reference")
     return outcome("correct" if checked else "ran", ", ".join(checked))
+
+
+def model_sequence_case(case: dict) -> dict:
+    """Steps through one model with batches of other sizes and other thread counts: each
+    step gives bitwise what a fresh model gives on one thread (buffers are reused from step
+    to step, a convolution keeps its columns from forward to backward)."""
+    model, layer = build_model(case)
+    threads = cn.get_num_threads()
+    try:
+        for step, (batch, n_threads) in enumerate(case["steps"]):
+            xs = [make(dict(spec, shape=[batch] + spec["shape"][1:], seed=spec["seed"] + step,
+                            dtype=model.dtype.name)) for spec in case["inputs"]]
+            cn.set_num_threads(n_threads)
+            got = run_model(model, xs, case["seed"] + step)
+            cn.set_num_threads(1)
+            same(f"step {step} (batch {batch}, {n_threads} threads)", got,
+                 run_model(build_model(case)[0], xs, case["seed"] + step))
+    finally:
+        cn.set_num_threads(threads)
+    return outcome("correct", "each step as a fresh model's")
 
 
 def model_build_case(case: dict) -> dict:

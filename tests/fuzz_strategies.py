@@ -113,7 +113,7 @@ ARRAY_MUTATIONS = st.one_of(
     st.fixed_dictionaries({"kind": st.just("ndim"), "change": st.sampled_from([-3, -2, -1, 1, 2]),
                            "size": st.sampled_from([1, 2, 3])}),
     st.fixed_dictionaries({"kind": st.just("resize"), "axis": st.integers(-4, 4),
-                           "size": st.sampled_from([0, 1, 2, 4, 7])}),
+                           "size": st.sampled_from([0, 1, 2, 4, 7, 300])}),
     st.fixed_dictionaries({"kind": st.just("huge"), "axis": st.integers(-4, 4),
                            "size": st.sampled_from(HUGE_SIZES)}),
     st.fixed_dictionaries({"kind": st.just("raw"), "value": st.sampled_from(RAW_VALUES)}),
@@ -192,7 +192,7 @@ def config_case(draw, rows: list):
     return dict(case, group="layer_config", change=change, expect=expect)
 
 
-# -- the groups ------------------------------------------------------------------------------------
+# -- the groups ----------------------------------------------------------------------------------
 
 def layer_input_cases(rows: list):
     return st.builds(lambda case, target, mutation: dict(case, group="layer_input",
@@ -265,7 +265,7 @@ def model_case(draw, rows: list):
     case = draw(rows_strategy(rows))
     scenario = draw(st.sampled_from(["forward"] * 4 + ["backward"] * 2 + [
         "backward_first", "predict", "predict", "input", "build", "build", "sequential",
-        "sequential", "astype"]))
+        "sequential", "astype", "sequence", "sequence"]))
     if scenario in ("predict", "input", "sequential"):
         case = draw(rows_strategy(rows, single_input=True))
     case = dict(case, group="model", scenario=scenario, then=draw(
@@ -289,6 +289,9 @@ def model_case(draw, rows: list):
                     input_shape=encode(draw(st.sampled_from([None] + SHAPE_VALUES))))
     elif scenario == "astype":
         case.update(value=draw(st.sampled_from(DTYPE_VALUES)))
+    elif scenario == "sequence":  # (batch, threads) per step
+        case.update(steps=draw(st.lists(st.tuples(st.sampled_from([1, 2, 3, 64, 300]),
+                                                  st.integers(1, 3)), min_size=2, max_size=4)))
     return case
 
 

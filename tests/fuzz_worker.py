@@ -3,7 +3,8 @@
     python tests/fuzz_worker.py CASES.jsonl START STOP   cases START..STOP-1 of the file
     python tests/fuzz_worker.py --case '{"group": ...}'  one case, to reproduce a report
 
-Every line it prints is ``{"index": i, "outcome": ..., "detail": ...}``, flushed, so
+Once imported it prints ``{"ready": true}``; then a line per case,
+``{"index": i, "outcome": ..., "detail": ...}``, flushed, so
 that the harness (fuzz_harness.py) knows which case was running when the process
 died or stopped answering. Outcomes (crash and hang are the harness's):
 
@@ -76,6 +77,13 @@ def main(argv: list) -> None:
     path, start, stop = argv[1], int(argv[2]), int(argv[3])
     with open(path) as stream:
         cases = [json.loads(line) for line in stream]
+    import fuzz_layer_cases  # noqa: F401 - imported before "ready"
+    import fuzz_other_cases  # noqa: F401
+    from corenet.registry import registry
+
+    registry.load()
+    sys.stdout.write('{"ready": true}\n')  # the time a case may take starts now
+    sys.stdout.flush()
     for index in range(start, stop):
         record = run_case(cases[index])
         record["index"] = index

@@ -57,7 +57,7 @@ def test_a_third_party_plugin_layer_is_fuzzed_too(register_plugin, monkeypatch):
 def test_the_harness_reports_crashes_hangs_and_unclear_errors():
     actions = ["ok", "segfault", "ok", "unclear", "clean", "sleep", "ok"]
     cases = [{"group": "selftest", "action": action} for action in actions]
-    outcomes = fuzz_harness.run_cases(cases, timeout=5)
+    outcomes = fuzz_harness.run_cases(cases, timeout=2)
     assert [result["outcome"] for result in outcomes] == [
         "correct", "crash", "correct", "unclear_error", "clean_error", "hang", "correct"]
     assert "killed by SIGSEGV" in outcomes[1]["detail"]
