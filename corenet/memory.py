@@ -1,5 +1,6 @@
 """A bound on what one array may take: corenet refuses, with an error naming the layer,
-an array larger than this machine's memory before numpy tries to allocate it.
+an array larger than this machine's memory (or than the address space the process may
+use, `ulimit -v`) before numpy tries to allocate it.
 
 Such sizes come from a zero-stride view that claims terabytes (np.broadcast_to), a
 padding or a size of 10⁹ in a config, a model file's config: numpy would raise a bare
@@ -30,13 +31,27 @@ def physical_memory() -> int:
         return 1 << 48
 
 
+def memory_limit() -> int:
+    """Bytes one array may take at most: the RAM, or the process's address-space limit
+    when it is lower (read at each call: a process may lower it at any time)."""
+    limit = physical_memory()
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, ValueError, OSError):  # no such limit on this system
+        return limit
+    return limit if soft == resource.RLIM_INFINITY or soft < 0 else min(limit, soft)
+
+
 def check_allocation(owner: str, what: str, shape, dtype) -> None:
     """A ShapeError naming ``owner`` if an array of ``shape`` and ``dtype`` cannot fit."""
     size = math.prod(shape) * np.dtype(dtype).itemsize
-    if size > physical_memory():
+    limit = memory_limit()
+    if size > limit:
         raise ShapeError(f"{owner}: {what} of shape {tuple(shape)} {np.dtype(dtype)} would "
-                         f"take {readable(size)}, more than this machine's memory "
-                         f"({readable(physical_memory())})")
+                         f"take {readable(size)}, more than the memory this process may use "
+                         f"({readable(limit)})")
 
 
 def readable(size: int) -> str:

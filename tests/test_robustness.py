@@ -1,6 +1,9 @@
 """What the fuzz suite (test_fuzz.py) found, one test per fix: arguments taken silently or
 refused with a message that names nothing, arrays claiming terabytes that reached numpy's
 allocator, a predict on such an array that never returned, lists numpy cannot read."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -95,7 +98,7 @@ TERABYTES = np.broadcast_to(np.float32(1), (2 ** 40, 8))  # 32 TiB claimed, 4 by
 @pytest.mark.parametrize("call, message", [
     (lambda: L.ReLU().forward(TERABYTES[:, ::2]),
      r"relu: a C-contiguous copy of the input of shape \(1099511627776, 4\) float32 would "
-     r"take 16.0 TiB, more than this machine's memory"),
+     r"take 16.0 TiB, more than the memory this process may use"),
     (lambda: L.Linear(8, 2).forward(TERABYTES), r"linear: a C-contiguous copy of the input"),
     (lambda: L.Conv2d(1, 1, 1, padding=10 ** 6).forward(np.ones((1, 1, 1, 1), np.float32)),
      r"conv2d: the output of shape \(1, 1, 2000001, 2000001\) float32"),
@@ -110,6 +113,17 @@ TERABYTES = np.broadcast_to(np.float32(1), (2 ** 40, 8))  # 32 TiB claimed, 4 by
 def test_a_huge_array_is_refused_before_it_is_allocated(call, message):
     # Before: numpy's "MemoryError: Unable to allocate 32.0 TiB".
     refused_small(call, ShapeError, message)
+
+
+def test_the_bound_is_the_address_space_limit_when_it_is_lower():
+    # A 4 GiB prelu weight (drawn in float64: 8 GiB) under `ulimit -v` 6 GiB: numpy's
+    # MemoryError before (the fuzz workers run under such a limit).
+    code = ("import resource, corenet.layers as L; resource.setrlimit(resource.RLIMIT_AS, "
+            "(6 << 30, resource.getrlimit(resource.RLIMIT_AS)[1])); L.PReLU(2 ** 30)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert ("ShapeError: prelu: parameter 'weight' of shape (1073741824,) float64 would take "
+            "8.0 GiB, more than the memory this process may use") in result.stderr
 
 
 def test_predict_on_a_huge_broadcast_input_is_refused_at_once():
