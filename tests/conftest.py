@@ -44,3 +44,9 @@ def pytest_terminal_summary(terminalreporter):
     if harness is not None and harness.TALLY:
         terminalreporter.write_sep("-", "fuzz outcomes (tests/test_fuzz.py)")
         terminalreporter.write_line(harness.table())
+        strategies = sys.modules["fuzz_strategies"]
+        for kind, names in (("layers", strategies.skipped_layers()),
+                            ("losses", strategies.skipped_losses())):
+            if names:
+                terminalreporter.write_line(f"{kind} with no valid baseline, not fuzzed: "
+                                            f"{', '.join(names)}")

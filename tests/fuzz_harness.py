@@ -25,8 +25,8 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_worker.p
 # Generous: a case takes milliseconds, but the machine may be shared and busy.
 CASE_TIMEOUT = float(os.environ.get("CORENET_FUZZ_TIMEOUT", "60"))
 STARTUP_TIMEOUT = 300  # a worker's imports, before its first case
-OUTCOMES = ("correct", "ran", "clean_error", "unclear_error", "wrong_result", "crash", "hang",
-            "harness_error")
+OUTCOMES = ("correct", "unchecked", "clean_error", "unclear_error", "wrong_result", "crash",
+            "hang", "harness_error")
 BAD_OUTCOMES = ("unclear_error", "wrong_result", "crash", "hang", "harness_error")
 
 # group -> Counter of outcomes, filled by every run_cases of this process.

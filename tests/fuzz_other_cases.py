@@ -74,7 +74,7 @@ def loss_case(case: dict) -> dict:
     result = run_loss(loss_class, arrays["pred"], arrays["target"])
     pred, target = canonical(arrays["pred"]), canonical(arrays["target"])
     if pred is None or target is None:
-        return outcome("ran", "no plain copy of a huge array to compare with")
+        return outcome("unchecked", "no plain copy of a huge array to compare with")
     checked = []
     if not all(is_plain(a) for a in arrays.values()):
         same("loss and gradient", result, run_plain("layout", run_loss, loss_class, pred, target))
@@ -87,7 +87,7 @@ def loss_case(case: dict) -> dict:
         close("loss", result[0], value, pred.dtype)
         close("gradient", result[1], grad, pred.dtype)
         checked.append("numpy reference")
-    return outcome("correct" if checked else "ran", ", ".join(checked))
+    return outcome("correct" if checked else "unchecked", ", ".join(checked))
 
 
 def _builtin(kind: str, name: str) -> bool:
@@ -153,7 +153,7 @@ def model_case(case: dict) -> dict:
         model = call("Model", cn.Model, tensor, call("layer call", layer, tensor))
         if math.prod(tensor.shape) <= 1 << 16:
             run_model(model, [np.zeros((2,) + tensor.shape, model.dtype)], case["seed"])
-        return outcome("ran", "")
+        return outcome("unchecked", "")
     if scenario in ("build", "sequential"):
         return model_build_case(case)
     if scenario == "sequence":
@@ -162,13 +162,13 @@ def model_case(case: dict) -> dict:
     xs = baseline_inputs(layer, case)
     if scenario == "backward_first":
         call("Model.backward", model.backward, *[np.ones((2, 2), np.float32)])
-        return outcome("ran", "")
+        return outcome("unchecked", "")
     if scenario == "astype":
         call("Model.astype", model.astype, decode(case["value"]))
         xs = [x.astype(model.dtype) for x in xs]
         out = run_model(model, xs, case["seed"])[0][0]
         checked = model_reference(case, layer, xs, out)
-        return outcome("correct" if checked else "ran", "numpy reference" if checked else "")
+        return outcome("correct" if checked else "unchecked", "numpy reference" if checked else "")
     if scenario == "forward":
         xs = list(xs)
         target = case["target"] % len(xs)
@@ -184,9 +184,9 @@ def model_case(case: dict) -> dict:
         result = run_model(model, xs, case["seed"], [grad])
         plain_grad = canonical(grad)
         if plain_grad is None:
-            return outcome("ran", "no plain copy of a huge gradient to compare with")
+            return outcome("unchecked", "no plain copy of a huge gradient to compare with")
         if is_plain(grad):
-            return outcome("ran", "")
+            return outcome("unchecked", "")
         same("model backward", result, run_plain("gradient layout", run_model, model, xs,
                                                  case["seed"], [plain_grad]))
         return outcome("correct", "same as a plain array")
@@ -195,14 +195,14 @@ def model_case(case: dict) -> dict:
         out = call("Model.predict", model.predict, x, decode(case["batch_size"]))
         plain = as_model_input(model, x)
         if plain is None:
-            return outcome("ran", "no plain copy of a huge input to compare with")
+            return outcome("unchecked", "no plain copy of a huge input to compare with")
         same("predict", out, run_plain("predict input", call, "Model.forward", model.forward,
                                        plain))
         return outcome("correct", "same as forward")
     else:
         raise ValueError(f"unknown model scenario {scenario!r}")
     if any(x is None for x in plain):
-        return outcome("ran", "no plain copy of a huge input to compare with")
+        return outcome("unchecked", "no plain copy of a huge input to compare with")
     checked = []
     if not all(is_plain(x) and x.dtype == model.dtype for x in xs):
         same("model forward and backward", result,
@@ -210,7 +210,7 @@ def model_case(case: dict) -> dict:
         checked.append("same as a plain array")
     if len(xs) == len(model.inputs) and model_reference(case, layer, plain, result[0][0]):
         checked.append("numpy reference")
-    return outcome("correct" if checked else "ran", ", ".join(checked))
+    return outcome("correct" if checked else "unchecked", ", ".join(checked))
 
 
 def model_sequence_case(case: dict) -> dict:
@@ -254,7 +254,7 @@ def model_build_case(case: dict) -> dict:
     if all(math.prod(shape) <= 1 << 16 for shape in shapes):
         xs = [np.zeros((2,) + shape, model.dtype) for shape in shapes]
         call("Model.forward", model.forward, *xs)
-    return outcome("ran", "")
+    return outcome("unchecked", "")
 
 
 # -- optimizers --------------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def optimizer_case(case: dict) -> dict:
         return outcome("correct", "same as plain arrays")
     reference = OPTIMIZER_REFERENCES.get(case["optimizer"])
     if reference is None or case["params_kind"] not in ("ok", "generator"):
-        return outcome("ran", "")
+        return outcome("unchecked", "")
     kwargs = {"momentum": 0.0, "weight_decay": 0.0, **decode(case["kwargs"])}
     with np.errstate(all="ignore"):
         expected = reference([make(spec) for spec in case["params"]], grads,
@@ -355,11 +355,11 @@ def model_file_case(case: dict) -> dict:
         except Exception as error:  # noqa: BLE001 - judged: it must name the file
             return judge_error(Raised(error, "load"), [path])
     if [tensor.shape for tensor in loaded.inputs] != [tensor.shape for tensor in model.inputs]:
-        return outcome("ran", "loaded a model of other input shapes")
+        return outcome("unchecked", "loaded a model of other input shapes")
     out = call("loaded Model.forward", loaded.forward, *xs)
     if np.shape(out) == np.shape(expected) and np.array_equal(out, expected, equal_nan=True):
         return outcome("correct", "loads the model that was saved")
-    return outcome("ran", "loaded a model that computes something else")
+    return outcome("unchecked", "loaded a model that computes something else")
 
 
 def damage(path: str, mutation: dict) -> None:

@@ -9,7 +9,7 @@ that the harness (fuzz_harness.py) knows which case was running when the process
 died or stopped answering. Outcomes (crash and hang are the harness's):
 
   correct        checked: the same call on a plain C-contiguous array, a numpy reference
-  ran            no error and nothing to check the values against
+  unchecked      no error, and nothing to check the values against
   clean_error    ValueError / TypeError (corenet's ShapeError, DTypeError, ModelFileError)
                  or PluginError, whose message names the layer, loss, optimizer, model or file
   unclear_error  any other exception (IndexError, KeyError, MemoryError, ZeroDivisionError,

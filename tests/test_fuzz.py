@@ -32,9 +32,10 @@ def test_fuzz(group):
 
 
 def test_every_builtin_layer_and_loss_has_a_baseline():
+    # Other plugins' layers without one are skipped, and named at the end of the session.
     assert {row[0] for row in fuzz_strategies.layer_rows()} >= builtin_names()
-    assert set(fuzz_strategies.LOSS_BASELINES) >= builtin_names("losses")
-    assert fuzz_strategies.skipped_layers() == []
+    assert not set(fuzz_strategies.skipped_layers()) & builtin_names()
+    assert not set(fuzz_strategies.skipped_losses()) & builtin_names("losses")
     layers = {case["layer"] for case in fuzz_strategies.group_cases("layer_input")}
     assert layers == {row[0] for row in fuzz_strategies.layer_rows()}
 
