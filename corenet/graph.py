@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from corenet.arguments import as_int
 from corenet.errors import DTypeError, ShapeError
 from corenet.kernels.elementwise import accumulate
-from corenet.layer import FLOAT_DTYPES, Layer, as_float_dtype
+from corenet.layer import FLOAT_DTYPES, Layer, as_array, as_float_dtype
+from corenet.memory import check_allocation
 
 
 class SymbolicTensor:
@@ -36,11 +38,13 @@ def Input(shape, name: str | None = None) -> SymbolicTensor:
     >>> cn.Input(shape=(64,))
     SymbolicTensor(shape=(64,), from=input)
     """
-    if isinstance(shape, int):
+    if isinstance(shape, (int, np.integer)):
         shape = (shape,)
-    shape = tuple(shape)
-    if not shape or any(not isinstance(size, (int, np.integer)) or size < 1 for size in shape):
-        raise ShapeError(f"Input: shape must be a non-empty tuple of positive ints, got {shape}")
+    if not isinstance(shape, (tuple, list)) or not shape or any(
+            isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1
+            for size in shape):
+        raise ShapeError(f"Input: shape must be a non-empty tuple of positive ints, got "
+                         f"{shape!r}")
     return SymbolicTensor(tuple(int(size) for size in shape), None, name)
 
 
@@ -144,11 +148,18 @@ class Model:
         # Called as hook(layer) right after each layer's backward, in backward order:
         # corenet.distributed starts a bucket's allreduce there (while earlier layers compute).
         self.backward_hooks: list = []
+        # The dtype of the first parameter, else of the first layer that has one (a
+        # layer_norm without affine parameters still computes in its dtype), else float32.
         parameters = self.parameters()
-        self.dtype = parameters[0].value.dtype if parameters else np.dtype(np.float32)
+        dtypes = [np.dtype(layer.dtype) for layer in self.layers
+                  if getattr(layer, "dtype", None) is not None]
+        self.dtype = parameters[0].value.dtype if parameters else \
+            dtypes[0] if dtypes else np.dtype(np.float32)
 
     def _build_plan(self) -> None:
         slots = {id(tensor): index for index, tensor in enumerate(self.inputs)}
+        if len(slots) != len(self.inputs):  # forward takes one array per input
+            raise ValueError("Model: an Input is listed twice among the model's inputs")
         for node in self.nodes:
             for tensor in node.inputs:
                 if tensor.node is None and id(tensor) not in slots:
@@ -221,8 +232,7 @@ class Model:
         expected = self.inputs[index].shape
         label = f"Model input {index}" + (f" {self.inputs[index].name!r}"
                                           if self.inputs[index].name else "")
-        if type(x) is not np.ndarray:
-            x = np.asarray(x)
+        x = as_array(label, "the input", x)
         if x.dtype.kind not in "f":
             raise DTypeError(f"{label}: expected a float array, got dtype {x.dtype}")
         if x.ndim != len(expected) + 1 or x.shape[1:] != expected:
@@ -232,6 +242,7 @@ class Model:
             raise ShapeError(f"{label}: got an empty batch, shape {x.shape}")
         if x.dtype != self.dtype or not x.flags.c_contiguous:
             # Like Keras, floats of another width are cast to the model's dtype.
+            check_allocation(label, "a C-contiguous copy of the input", x.shape, self.dtype)
             x = np.ascontiguousarray(x, dtype=self.dtype)
         return x
 
@@ -303,6 +314,10 @@ class Model:
         if len(grads) != len(self.outputs):
             raise TypeError(f"Model.backward: expected {len(self.outputs)} gradient(s), "
                             f"got {len(grads)}")
+        for index, grad in enumerate(grads):
+            if grad is None:  # it would skip the whole backward pass, silently
+                raise TypeError(f"Model.backward: gradient {index} is None; give one array "
+                                f"per output (zeros for an output the loss does not use)")
         values = [None] * self._n_slots
         owned = set()  # slots whose array the executor allocated to sum fan-out
         for slot, grad in zip(self._output_slots, grads):
@@ -383,6 +398,13 @@ class Model:
 
     def predict(self, x, batch_size: int = 1024) -> np.ndarray:
         """Forward in evaluation mode, in batches."""
+        batch_size = as_int("Model.predict", "batch_size", batch_size, 1, integral_floats=False)
+        x = as_array("Model.predict", "the input", x)
+        if x.ndim == 0 or len(x) == 0:
+            raise ShapeError(f"Model.predict: expected a non-empty batch, got shape {x.shape}")
+        for output in self.outputs:  # a zero-stride view of 10¹² samples: refused, not run
+            check_allocation("Model.predict", "the output", (len(x),) + output.shape,
+                             self.dtype)
         was_training = [layer.training for layer in self.layers]
         self.eval()
         try:

@@ -7,24 +7,29 @@ input; ``None`` where the executor said no input gradient is needed).
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 from typing import ClassVar
 
 import numpy as np
 
 from corenet.errors import DTypeError, ShapeError
+from corenet.memory import check_allocation
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def as_float_dtype(dtype, owner: str = "") -> np.dtype:
-    """np.dtype for 'float32' / 'float64' / np.float32 ..., or a DTypeError that names
-    ``owner`` (the layer) when given."""
+    """np.dtype for 'float32' / 'float64' / np.float32 ..., or a DTypeError (naming the
+    layer ``owner`` when given). None and values such as np.float32(0.5) are errors too,
+    though numpy reads them as float64 and float32."""
     try:
-        resolved = np.dtype(dtype)
-    except TypeError:  # an unknown name such as 'float33'
+        resolved = None if dtype is None or isinstance(dtype, np.generic) else np.dtype(dtype)
+    except (TypeError, ValueError):  # an unknown name such as 'float33'
         resolved = None
-    # `is None` first: np.dtype(None) is float64, so None would compare equal to it.
-    if dtype is None or resolved is None or resolved not in FLOAT_DTYPES:
+    # `None in FLOAT_DTYPES` is True: numpy compares None equal to float64.
+    if resolved is None or resolved not in FLOAT_DTYPES:
         prefix = f"{owner}: " if owner else ""
         raise DTypeError(f"{prefix}dtype must be float32 or float64, got {dtype!r}")
     return resolved
@@ -34,7 +39,7 @@ def aligned_empty(shape: tuple, dtype, alignment: int = 64) -> np.ndarray:
     """np.empty on a 64-byte boundary: a SIMD load of 64 bytes then never spans
     two cache lines (numpy itself aligns to 16)."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize  # np.prod would wrap around past 2⁶³
     raw = np.empty(size + alignment, np.uint8)
     offset = -raw.ctypes.data % alignment
     return raw[offset:offset + size].view(dtype).reshape(shape)
@@ -108,6 +113,11 @@ class Layer:
         self._node = None
         self._buffers = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _naming_argument_errors(cls.__dict__["__init__"])
+
     # -- the protocol ------------------------------------------------------------
 
     def forward(self, *xs: np.ndarray) -> np.ndarray:
@@ -174,11 +184,16 @@ class Layer:
     def buffer(self, key: str, shape: tuple, dtype) -> np.ndarray:
         """An uninitialised array for an output or gradient: reused inside a Model."""
         if not self.reuse_buffers:
-            return aligned_empty(shape, dtype)
+            return self._allocate(key, shape, dtype)
         array = self._buffers.get(key)
         if array is None or array.shape != shape or array.dtype != dtype:
-            array = self._buffers[key] = aligned_empty(shape, dtype)
+            array = self._buffers[key] = self._allocate(key, shape, dtype)
         return array
+
+    def _allocate(self, key: str, shape: tuple, dtype) -> np.ndarray:
+        what = {"out": "the output", "x_grad": "the input gradient"}.get(key, f"its {key} buffer")
+        check_allocation(self.name, what, shape, dtype)
+        return aligned_empty(shape, dtype)
 
     def __call__(self, *args):
         from corenet.graph import SymbolicTensor, add_node
@@ -194,6 +209,29 @@ class Layer:
         return f"{type(self).__name__}({config})"
 
 
+def _naming_argument_errors(init):
+    """``init``, its argument errors (an unknown keyword, a missing argument) naming the
+    layer and what it takes: a Cython __init__ says only "__init__() got an unexpected
+    keyword argument 'colour'"."""
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        try:
+            return init(self, *args, **kwargs)
+        except TypeError as error:
+            try:
+                signature = inspect.signature(init)
+            except (TypeError, ValueError):  # nothing to say more: the error as it was
+                raise error from None
+            try:
+                signature.bind(self, *args, **kwargs)
+            except TypeError as binding:
+                takes = signature.replace(parameters=list(signature.parameters.values())[1:])
+                raise TypeError(f"{type(self).name or type(self).__name__}: {binding}; it "
+                                f"takes {takes}") from None
+            raise  # the arguments bind: an error of the layer's own
+    return checked_init
+
+
 def check_input(layer: Layer, x, ndim: int | None = None, features: int | None = None,
                 dtype=None, min_ndim: int = 1) -> np.ndarray:
     """x as a C-contiguous float array, or a ShapeError/DTypeError naming the layer.
@@ -201,8 +239,7 @@ def check_input(layer: Layer, x, ndim: int | None = None, features: int | None =
     ``ndim``: exact number of dimensions (batch included); ``features``: the
     size of the last axis; ``dtype``: the dtype the layer's parameters have.
     """
-    if type(x) is not np.ndarray:
-        x = np.asarray(x)
+    x = as_array(layer.name, "the input", x)
     if dtype is None:
         if x.dtype not in FLOAT_DTYPES:
             raise DTypeError(f"{layer.name}: expected a float32 or float64 input, "
@@ -221,23 +258,39 @@ def check_input(layer: Layer, x, ndim: int | None = None, features: int | None =
                          f"got shape {x.shape}")
     if x.ndim and x.shape[0] == 0:
         raise ShapeError(f"{layer.name}: got an empty batch, shape {x.shape}")
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
-    return x
+    return contiguous(layer.name, "the input", x)
 
 
 def check_grad(layer: Layer, grad, shape: tuple, dtype) -> np.ndarray:
     """The gradient given to backward: the shape and dtype of the forward output."""
-    if type(grad) is not np.ndarray:
-        grad = np.asarray(grad)
+    grad = as_array(f"{layer.name}.backward", "the gradient", grad)
     if grad.shape != shape:
         raise ShapeError(f"{layer.name}.backward: expected a gradient of shape {shape} "
                          f"(the forward output), got {grad.shape}")
     if grad.dtype != dtype:
         raise DTypeError(f"{layer.name}.backward: expected a {dtype} gradient, got {grad.dtype}")
-    if not grad.flags.c_contiguous:
-        grad = np.ascontiguousarray(grad)
-    return grad
+    return contiguous(f"{layer.name}.backward", "the gradient", grad)
+
+
+def as_array(owner: str, what: str, x) -> np.ndarray:
+    """x as an ndarray, or a DTypeError naming ``owner`` for what numpy cannot read as
+    one (a ragged list)."""
+    if type(x) is np.ndarray:
+        return x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as error:
+        raise DTypeError(f"{owner}: {what} cannot be read as an array of numbers: "
+                         f"{error}") from None
+
+
+def contiguous(owner: str, what: str, x: np.ndarray) -> np.ndarray:
+    """x, or a C-contiguous copy of it once it is known to fit in memory: a zero-stride
+    view (np.broadcast_to) may claim terabytes."""
+    if x.flags.c_contiguous:
+        return x
+    check_allocation(owner, f"a C-contiguous copy of {what}", x.shape, x.dtype)
+    return np.ascontiguousarray(x)
 
 
 def require_forward(layer: Layer, cached) -> None:
@@ -260,8 +313,7 @@ def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,
     if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:
         raise ShapeError(f"{label} must be a {dtype} array of shape {shape}, got "
                          f"{_describe(value)}")
-    if not value.flags.c_contiguous:
-        value = np.ascontiguousarray(value)
+    value = contiguous(label, "its value", value)
     if not with_grad:
         return value, None
     grad = parameter.grad

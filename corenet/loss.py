@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from corenet.errors import DTypeError, ShapeError
-from corenet.layer import FLOAT_DTYPES
+from corenet.layer import FLOAT_DTYPES, as_array, contiguous
 
 
 class Loss:
@@ -37,8 +37,7 @@ class Loss:
         return f"{type(self).__name__}()"
 
     def check_pred(self, pred, ndim: int | None = None) -> np.ndarray:
-        if type(pred) is not np.ndarray:
-            pred = np.asarray(pred)
+        pred = as_array(self.name, "the predictions", pred)
         if pred.dtype not in FLOAT_DTYPES:
             raise DTypeError(f"{self.name}: expected float32 or float64 predictions, "
                              f"got dtype {pred.dtype}")
@@ -48,4 +47,4 @@ class Loss:
         if pred.ndim == 0 or pred.shape[0] == 0:
             raise ShapeError(f"{self.name}: expected a non-empty batch of predictions, "
                              f"got shape {pred.shape}")
-        return np.ascontiguousarray(pred)
+        return contiguous(self.name, "the predictions", pred)

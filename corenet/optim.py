@@ -45,7 +45,11 @@ class Optimizer:
         if isinstance(params, (Parameter, dict)):
             raise TypeError(f"{self._name}: params must be a list of Parameters or of "
                             f"parameter groups (dicts), got one {type(params).__name__}")
-        params = list(params)
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"{self._name}: params must be an iterable of corenet.Parameter, "
+                            f"got {type(params).__name__}") from None
         if not params:
             raise ValueError(f"{self._name}: got no parameters to optimize")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
@@ -87,8 +91,8 @@ class Optimizer:
         params = list(params)
         for parameter in params:
             if not isinstance(parameter, Parameter):
-                raise TypeError(f"{self._name}: expected corenet Parameters, got "
-                                f"{type(parameter).__name__}")
+                raise TypeError(f"{self._name}: params must hold corenet.Parameter objects, "
+                                f"got {type(parameter).__name__}")
         return params
 
     def check_group(self, group: dict) -> None:

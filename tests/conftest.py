@@ -34,3 +34,19 @@ def register_plugin():
         for name in names:
             if name in registry.plugins:
                 registry.unregister(name)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz suite's table of outcomes, when it ran (tests/test_fuzz.py)."""
+    import sys
+
+    harness = sys.modules.get("fuzz_harness")
+    if harness is not None and harness.TALLY:
+        terminalreporter.write_sep("-", "fuzz outcomes (tests/test_fuzz.py)")
+        terminalreporter.write_line(harness.table())
+        strategies = sys.modules["fuzz_strategies"]
+        for kind, names in (("layers", strategies.skipped_layers()),
+                            ("losses", strategies.skipped_losses())):
+            if names:
+                terminalreporter.write_line(f"{kind} with no valid baseline, not fuzzed: "
+                                            f"{', '.join(names)}")

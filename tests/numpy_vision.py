@@ -13,6 +13,8 @@ def _pads(padding, kernel, dilation, n_axes):
     if padding == "same":
         totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
         return [(t // 2, t - t // 2) for t in totals]
+    if padding == "valid":
+        return [(0, 0)] * n_axes
     return [(p, p) for p in _tuple(padding, n_axes)]
 
 

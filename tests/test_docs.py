@@ -7,9 +7,10 @@ import re
 import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-MODULES = ["corenet.graph", "corenet.layer", "corenet.layers", "corenet.losses", "corenet.optim",
-           "corenet.data", "corenet.train", "corenet.testing", "corenet.gradients",
-           "corenet.init", "corenet.random", "corenet.schedules"]
+MODULES = ["corenet.arguments", "corenet.graph", "corenet.layer", "corenet.layers",
+           "corenet.losses", "corenet.memory", "corenet.optim", "corenet.data", "corenet.train",
+           "corenet.testing", "corenet.gradients", "corenet.init", "corenet.random",
+           "corenet.schedules"]
 
 
 @pytest.mark.skipif(not README.exists(), reason="needs the source checkout")

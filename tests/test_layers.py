@@ -6,12 +6,8 @@ import corenet
 import corenet.layers as L
 from corenet.errors import DTypeError, ShapeError
 from corenet.testing import away_from_kinks
-import numpy_vision
+from numpy_references import REFERENCES
 from layer_table import builtin_names
-
-
-def numpy_sigmoid(x):
-    return 1 / (1 + np.exp(-x))
 
 
 FORWARD_SEED = 7  # corenet.random's seed for every forward below: dropout's mask
@@ -55,41 +51,35 @@ def numpy_layer_norm(layer, x):
 
 
 # name -> (config, input shapes, numpy reference of (layer, *xs))
-NUMPY_REFERENCES = {
-    "linear": ({"in_features": 5, "out_features": 4}, [(5,)],
-               lambda layer, x: x @ layer.weight.value.T + layer.bias.value),
-    "sigmoid": ({}, [(7,)], lambda layer, x: numpy_sigmoid(x)),
-    "tanh": ({}, [(7,)], lambda layer, x: np.tanh(x)),
-    "relu": ({}, [(7,)], lambda layer, x: np.maximum(x, 0)),
-    "leaky_relu": ({"negative_slope": 0.2}, [(7,)],
-                   lambda layer, x: np.where(x > 0, x, 0.2 * x)),
-    "prelu": ({"num_parameters": 3}, [(3, 2)],
-              lambda layer, x: np.where(x > 0, x, layer.weight.value[None, :, None] * x)),
-    "elu": ({"alpha": 0.5}, [(7,)], lambda layer, x: np.where(x > 0, x, 0.5 * np.expm1(x))),
-    "softmax": ({}, [(6,)],
-                lambda layer, x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)),
-    "add": ({}, [(5,), (5,)], lambda layer, a, b: a + b),
-    "concat": ({}, [(3,), (4,)], lambda layer, a, b: np.concatenate([a, b], axis=1)),
-    "conv2d": ({"in_channels": 4, "out_channels": 6, "kernel_size": (3, 2), "stride": (1, 2),
-                "padding": 1, "dilation": (2, 1), "groups": 2}, [(4, 7, 6)], numpy_vision.conv),
-    "conv3d": ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": "same"},
-               [(2, 4, 5, 3)], numpy_vision.conv),
-    "max_pool2d": ({"kernel_size": 3, "stride": 2, "padding": 1}, [(3, 7, 6)],
-                   lambda layer, x: numpy_vision.pool(layer, x, "max")),
-    "max_pool3d": ({"kernel_size": 2}, [(2, 4, 5, 4)],
-                   lambda layer, x: numpy_vision.pool(layer, x, "max")),
-    "avg_pool2d": ({"kernel_size": 2, "stride": 1, "padding": 1}, [(3, 5, 4)],
-                   lambda layer, x: numpy_vision.pool(layer, x, "avg")),
-    "avg_pool3d": ({"kernel_size": (2, 3, 2), "stride": 2}, [(2, 4, 6, 5)],
-                   lambda layer, x: numpy_vision.pool(layer, x, "avg")),
-    "global_avg_pool": ({}, [(3, 4, 5)], lambda layer, x: x.mean(axis=(2, 3))),
-    "flatten": ({}, [(2, 3, 4)], lambda layer, x: x.reshape(len(x), -1)),
+NUMPY_REFERENCES = {name: (config, shapes, REFERENCES[name]) for name, config, shapes in [
+    ("linear", {"in_features": 5, "out_features": 4}, [(5,)]),
+    ("sigmoid", {}, [(7,)]),
+    ("tanh", {}, [(7,)]),
+    ("relu", {}, [(7,)]),
+    ("leaky_relu", {"negative_slope": 0.2}, [(7,)]),
+    ("prelu", {"num_parameters": 3}, [(3, 2)]),
+    ("elu", {"alpha": 0.5}, [(7,)]),
+    ("softmax", {}, [(6,)]),
+    ("add", {}, [(5,), (5,)]),
+    ("concat", {}, [(3,), (4,)]),
+    ("conv2d", {"in_channels": 4, "out_channels": 6, "kernel_size": (3, 2), "stride": (1, 2),
+                "padding": 1, "dilation": (2, 1), "groups": 2}, [(4, 7, 6)]),
+    ("conv3d", {"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": "same"},
+     [(2, 4, 5, 3)]),
+    ("max_pool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, [(3, 7, 6)]),
+    ("max_pool3d", {"kernel_size": 2}, [(2, 4, 5, 4)]),
+    ("avg_pool2d", {"kernel_size": 2, "stride": 1, "padding": 1}, [(3, 5, 4)]),
+    ("avg_pool3d", {"kernel_size": (2, 3, 2), "stride": 2}, [(2, 4, 6, 5)]),
+    ("global_avg_pool", {}, [(3, 4, 5)]),
+    ("flatten", {}, [(2, 3, 4)]),
+]}
+NUMPY_REFERENCES.update({
     "maxout": ({"in_features": 5, "out_features": 3, "pieces": 4}, [(5,)], numpy_maxout),
     "dropout": ({"p": 0.4}, [(3, 50)], numpy_dropout),
     "batch_norm1d": ({"num_features": 3}, [(3, 4)], numpy_batch_norm),
     "batch_norm2d": ({"num_features": 2, "eps": 1e-3}, [(2, 3, 4)], numpy_batch_norm),
     "layer_norm": ({"normalized_shape": (3, 4)}, [(2, 3, 4)], numpy_layer_norm),
-}
+})
 
 
 def build(name, config, dtype, training, rng):

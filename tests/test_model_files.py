@@ -266,7 +266,8 @@ CONFIG_CASES = {
     "float in_features": (node0(in_features=4.0), "in_features must be a positive integer"),
     "unknown config key": (node0(colour="red"), r"node 0 \('linear'\): config .* TypeError"),
     "bogus layer dtype": (node0(dtype="float16"),
-                          r"node 0 \('linear'\): config .* DTypeError: linear: dtype must be float32"),
+                          r"node 0 \('linear'\): config .* DTypeError: linear: dtype must be "
+                          r"float32"),
     "unknown init": (node0(init="he"), r"node 0 \('linear'\): config .* is rejected: "
                                        r"ValueError: linear: init must be one of"),
     "layer dtype against the file's": (node0(dtype="float64"),

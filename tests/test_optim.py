@@ -225,7 +225,7 @@ def test_no_parameters_is_an_error(rng):
     with pytest.raises(TypeError, match="params must be a list of Parameters .* got one "
                                         "Parameter"):
         Adam(make_parameters(rng, np.float32)[0])
-    with pytest.raises(TypeError, match="Adam: expected corenet Parameters, got ndarray"):
+    with pytest.raises(TypeError, match="Adam: params must hold corenet.Parameter objects, got ndarray"):
         Adam([np.zeros(3)])
 
 

@@ -17,7 +17,9 @@ from libc.math cimport exp, expm1, tanh
 
 from corenet.kernels.threads cimport threads_for
 
+from corenet.arguments import as_float
 from corenet.errors import ShapeError
+from corenet.memory import check_parameters
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
 
@@ -221,7 +223,7 @@ class LeakyReLU(Activation):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = as_float(self.name, "negative_slope", negative_slope)
 
     def _parameter(self):
         return self.negative_slope
@@ -237,7 +239,7 @@ class ELU(Activation):
 
     def __init__(self, alpha=1.0):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = as_float(self.name, "alpha", alpha)
 
     def _parameter(self):
         return self.alpha
@@ -310,16 +312,19 @@ class PReLU(Layer):
 
     def __init__(self, num_parameters=1, init=0.25, dtype="float32"):
         super().__init__()
-        _check_num_parameters(num_parameters)
+        check_parameters(self.name, self.parameter_shapes(num_parameters, init, dtype))
         self.num_parameters = num_parameters
-        self.init = float(init)
+        self.init = as_float(self.name, "init", init)
         self.dtype = as_float_dtype(dtype, self.name)
-        self.weight = Parameter("weight", np.full(num_parameters, init, self.dtype))
+        self.weight = Parameter("weight", np.full(num_parameters, self.init, self.dtype))
         self._x = None
 
     @classmethod
     def parameter_shapes(cls, num_parameters=1, init=0.25, dtype="float32"):
+        """{name: shape} of the parameters, every argument checked, nothing allocated."""
         _check_num_parameters(num_parameters)
+        as_float(cls.name, "init", init)
+        as_float_dtype(dtype, cls.name)
         return {"weight": (num_parameters,)}
 
     def _view(self, x):

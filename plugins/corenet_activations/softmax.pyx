@@ -87,7 +87,7 @@ class Softmax(Layer):
         y = self.buffer("out", x.shape, x.dtype)
         cdef cnp.ndarray x_arr = x, y_arr = y
         cdef Py_ssize_t columns = x.shape[x.ndim - 1]
-        cdef Py_ssize_t rows = x.size // columns
+        cdef Py_ssize_t rows = x.size // columns if columns else 0  # (N, 0): nothing to do
         if x.dtype == np.float32:
             with nogil:
                 softmax_rows(<const float*>cnp.PyArray_DATA(x_arr), <float*>cnp.PyArray_DATA(y_arr),
@@ -106,7 +106,7 @@ class Softmax(Layer):
         x_grad = self.buffer("x_grad", y.shape, y.dtype)
         cdef cnp.ndarray y_arr = y, g_arr = grad, xg_arr = x_grad
         cdef Py_ssize_t columns = y.shape[y.ndim - 1]
-        cdef Py_ssize_t rows = y.size // columns
+        cdef Py_ssize_t rows = y.size // columns if columns else 0
         if y.dtype == np.float32:
             with nogil:
                 softmax_rows_backward(<const float*>cnp.PyArray_DATA(y_arr),

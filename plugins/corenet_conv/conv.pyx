@@ -33,12 +33,14 @@ from corenet.kernels.threads cimport threads_for
 from corenet_conv.vol2col cimport Geometry, col2vol, vol2col
 
 from corenet import init as initializers
+from corenet.arguments import as_bool, as_int
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
+from corenet.memory import check_parameters
 from corenet.kernels.threads import get_num_threads
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
-from corenet_conv.geometry import Window, as_3d_shape, as_int, spatial_input
+from corenet_conv.geometry import Window, as_3d_shape, spatial_input
 
 cnp.import_array()
 
@@ -327,8 +329,9 @@ class ConvNd(Layer):
                  dilation=1, groups=1, bias=True, dtype="float32", init="pytorch_uniform",
                  bias_init="pytorch_uniform"):
         super().__init__()
-        shapes = self.parameter_shapes(in_channels, out_channels, kernel_size, stride,
-                                       padding, dilation, groups, bias, dtype, init, bias_init)
+        shapes = check_parameters(self.name, self.parameter_shapes(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            dtype, init, bias_init))
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.groups = int(groups)
         self.window = Window(self.name, self.n_axes, kernel_size, stride, padding, dilation)
@@ -366,8 +369,7 @@ class ConvNd(Layer):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{cls.name}: groups={groups} must divide in_channels="
                              f"{in_channels} and out_channels={out_channels}")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise ValueError(f"{cls.name}: bias must be True or False, got {bias!r}")
+        as_bool(cls.name, "bias", bias)
         as_float_dtype(dtype, cls.name)
         window = Window(cls.name, cls.n_axes, kernel_size, stride, padding, dilation)
         shapes = {"weight": (out_channels, in_channels // groups) + window.kernel}

@@ -28,11 +28,12 @@ class Flatten(Layer):
 
     def forward(self, x):
         x = check_input(self, x, min_ndim=2)
-        self._x_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        self._x_shape, self._dtype = x.shape, x.dtype
+        # Not reshape(N, -1): numpy cannot infer -1 for a (N, 0, ...) input.
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, grad):
         require_forward(self, self._x_shape)
         shape = self._x_shape
-        grad = check_grad(self, grad, (shape[0], math.prod(shape[1:])), grad.dtype)
+        grad = check_grad(self, grad, (shape[0], math.prod(shape[1:])), self._dtype)
         return grad.reshape(shape) if self.needs_input_grad else None

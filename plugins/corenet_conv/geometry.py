@@ -6,22 +6,12 @@ both. Arguments are checked and normalised here, once, in the constructor.
 """
 from __future__ import annotations
 
-import math
-import numbers
-
+from corenet.arguments import as_int
 from corenet.errors import ShapeError
 
-
-def as_int(layer_name: str, label: str, value, minimum: int) -> int:
-    """An integer argument: bools, non-integral floats and NaN are errors."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{layer_name}: {label} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{layer_name}: {label} must be at least {minimum}, got {value!r}")
-    return int(value)
+# Kernel, stride, padding and dilation beyond this are refused: the kernels compute
+# window offsets in C integers, where 2⁶² + 2⁶² would overflow.
+MAX_WINDOW = 2 ** 31 - 1
 
 
 def as_tuple(layer_name: str, label: str, value, n_axes: int, minimum: int) -> tuple:
@@ -30,8 +20,8 @@ def as_tuple(layer_name: str, label: str, value, n_axes: int, minimum: int) -> t
         if len(value) != n_axes:
             raise ValueError(f"{layer_name}: {label} must be an int or {n_axes} ints, "
                              f"got {value!r}")
-        return tuple(as_int(layer_name, label, item, minimum) for item in value)
-    return (as_int(layer_name, label, value, minimum),) * n_axes
+        return tuple(as_int(layer_name, label, item, minimum, MAX_WINDOW) for item in value)
+    return (as_int(layer_name, label, value, minimum, MAX_WINDOW),) * n_axes
 
 
 class Window:

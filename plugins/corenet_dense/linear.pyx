@@ -15,8 +15,10 @@ from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm
 from corenet.kernels.threads cimport threads_for
 
 from corenet import init as initializers
+from corenet.arguments import as_bool
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
+from corenet.memory import check_parameters
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
 
@@ -168,7 +170,7 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, bias=True, dtype="float32",
                  init="pytorch_uniform", bias_init="pytorch_uniform"):
         super().__init__()
-        _check_sizes(in_features, out_features)
+        check_parameters(self.name, self.parameter_shapes(in_features, out_features, bias, dtype))
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.dtype = as_float_dtype(dtype, self.name)
@@ -190,11 +192,13 @@ class Linear(Layer):
     @classmethod
     def parameter_shapes(cls, in_features, out_features, bias=True, dtype="float32",
                          init="pytorch_uniform", bias_init="pytorch_uniform"):
+        """{name: shape} of the parameters, every argument checked, nothing allocated."""
         _check_sizes(in_features, out_features)
+        as_float_dtype(dtype, cls.name)
         initializers.get(init, cls.name)
         initializers.get_bias(bias_init, cls.name)
         shapes = {"weight": (int(out_features), int(in_features))}
-        if bias:
+        if as_bool(cls.name, "bias", bias):
             shapes["bias"] = (int(out_features),)
         return shapes
 

@@ -19,6 +19,7 @@ from corenet_dense.linear cimport linear_backward, linear_forward
 
 from corenet import init as initializers
 from corenet.errors import ShapeError
+from corenet.memory import check_parameters
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
 
@@ -94,7 +95,8 @@ class Maxout(Layer):
     def __init__(self, in_features, out_features, pieces, bias=True, dtype="float32",
                  init="pytorch_uniform", bias_init="pytorch_uniform"):
         super().__init__()
-        self.parameter_shapes(in_features, out_features, pieces, bias, dtype, init, bias_init)
+        check_parameters(self.name, self.parameter_shapes(in_features, out_features, pieces,
+                                                          bias, dtype, init, bias_init))
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.pieces = int(pieces)
         self.dtype = as_float_dtype(dtype, self.name)

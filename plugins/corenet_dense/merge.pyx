@@ -5,6 +5,7 @@ cimport numpy as cnp
 
 from corenet.kernels.elementwise cimport add_into
 
+from corenet.arguments import as_int
 from corenet.errors import DTypeError, ShapeError
 from corenet.layer import Layer, check_grad, check_input, require_forward
 
@@ -75,9 +76,9 @@ class Concat(Layer):
 
     def __init__(self, axis=-1):
         super().__init__()
-        if axis == 0:
+        self.axis = as_int(self.name, "axis", axis, -2 ** 31, 2 ** 31, integral_floats=False)
+        if self.axis == 0:
             raise ValueError("concat: axis 0 is the batch axis; pick a feature axis")
-        self.axis = int(axis)
         self._sizes = None
 
     def forward(self, *xs):

@@ -25,6 +25,7 @@ from libc.math cimport sqrt
 from corenet.kernels.threads cimport threads_for
 
 from corenet.errors import ShapeError
+from corenet.memory import check_parameters
 from corenet.layer import (Buffer, Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
 
@@ -292,7 +293,10 @@ class BatchNorm(Layer):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype="float32"):
         super().__init__()
-        self.parameter_shapes(num_features, eps, momentum, affine, track_running_stats, dtype)
+        check_parameters(self.name, {
+            **self.parameter_shapes(num_features, eps, momentum, affine, track_running_stats,
+                                    dtype),
+            **self.state_shapes(num_features, eps, momentum, affine, track_running_stats, dtype)})
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = None if momentum is None else float(momentum)
@@ -482,7 +486,8 @@ class LayerNorm(Layer):
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
                  dtype="float32"):
         super().__init__()
-        shapes = self.parameter_shapes(normalized_shape, eps, elementwise_affine, bias, dtype)
+        shapes = check_parameters(self.name, self.parameter_shapes(
+            normalized_shape, eps, elementwise_affine, bias, dtype))
         self.normalized_shape = _normalized_shape(normalized_shape)
         self.eps = float(eps)
         self.elementwise_affine, self.use_bias = bool(elementwise_affine), bool(bias)

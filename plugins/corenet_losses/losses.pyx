@@ -13,6 +13,7 @@ from libc.math cimport exp, log1p
 from corenet.kernels.threads cimport threads_for
 
 from corenet.errors import DTypeError, ShapeError
+from corenet.layer import as_array
 from corenet.loss import Loss
 
 cnp.import_array()
@@ -94,7 +95,7 @@ class MSE(Loss):
 
     def forward(self, pred, target):
         pred = self.check_pred(pred)
-        target = np.asarray(target)
+        target = as_array(self.name, "the targets", target)
         if target.dtype.kind not in "fiu":
             raise DTypeError(f"{self.name}: expected numeric targets, got dtype {target.dtype}")
         if target.shape != pred.shape:
@@ -130,7 +131,7 @@ class SoftmaxCrossEntropy(Loss):
 
     def forward(self, pred, target):
         pred = self.check_pred(pred, ndim=2)
-        labels = np.asarray(target)
+        labels = as_array(self.name, "the labels", target)
         if labels.dtype.kind not in "iu":
             raise DTypeError(f"{self.name}: expected integer class labels, "
                              f"got dtype {labels.dtype}")

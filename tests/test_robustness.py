@@ -1,0 +1,240 @@
+"""What the fuzz suite (test_fuzz.py) found, one test per fix: arguments taken silently or
+refused with a message that names nothing, arrays claiming terabytes that reached numpy's
+allocator, a predict on such an array that never returned, lists numpy cannot read."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import corenet as cn
+import corenet.layers as L
+from corenet.errors import DTypeError, ShapeError
+from corenet.losses import MSE, SoftmaxCrossEntropy
+from corenet.optim import SGD
+
+import fuzz_harness
+from test_model_files import peak_memory_of
+
+
+# -- constructor arguments -------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [None, False, 3, np.float32(0.5), "abc", [1]])
+def test_a_dtype_that_is_not_float32_or_float64_is_refused(dtype):
+    # numpy reads None as float64, and `None in (float32, float64)` was True.
+    for build in (lambda: L.Linear(2, 3, dtype=dtype), lambda: L.PReLU(dtype=dtype),
+                  lambda: L.Conv2d(1, 1, 1, dtype=dtype)):
+        with pytest.raises(DTypeError, match=r"^(linear|prelu|conv2d): dtype must be float32 "
+                                             r"or float64, got"):
+            build()
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: L.LeakyReLU("0.1"), "leaky_relu: negative_slope must be a finite number, got '0.1'"),
+    (lambda: L.LeakyReLU(True), "leaky_relu: negative_slope must be a finite number, got True"),
+    (lambda: L.ELU(float("nan")), "elu: alpha must be a finite number, got nan"),
+    (lambda: L.ELU(float("-inf")), "elu: alpha must be a finite number, got -inf"),
+    (lambda: L.PReLU(init=True), "prelu: init must be a finite number, got True"),
+    (lambda: L.PReLU(init=[1]), r"prelu: init must be a finite number, got \[1\]"),
+    (lambda: L.Linear(2, 3, bias="False"), "linear: bias must be True or False, got 'False'"),
+    (lambda: L.Linear(2, 3, bias=2.0), "linear: bias must be True or False, got 2.0"),
+    (lambda: L.Concat(axis=0.5), "concat: axis must be an integer, got 0.5"),
+    (lambda: L.Concat(axis=None), "concat: axis must be an integer, got None"),
+    (lambda: L.Concat(axis="1"), "concat: axis must be an integer, got '1'"),
+    (lambda: L.Conv2d(1, 1, 1, stride=2 ** 63), "conv2d: stride must be at most 2147483647"),
+    (lambda: L.MaxPool2d(2 ** 40), "max_pool2d: kernel_size must be at most 2147483647"),
+])
+def test_numbers_of_the_wrong_kind_are_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_the_values_that_were_taken_still_are():
+    assert L.LeakyReLU(np.float32(0.5)).negative_slope == 0.5
+    assert L.ELU(2).alpha == 2.0
+    assert L.Linear(2, 3, bias=np.bool_(False)).bias is None
+    assert L.Concat(axis=np.int64(1)).axis == 1
+    assert L.Conv2d(1, 1, 3.0).window.kernel == (3, 3)  # an integral float, as before
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: L.Tanh(colour=1), r"tanh: got an unexpected keyword argument "
+                               r"'colour'; it takes \(\)"),
+    (lambda: L.Conv2d(3), r"conv2d: missing a required argument: 'out_channels'; it takes "
+                          r"\(in_channels, out_channels, kernel_size, stride=1"),
+    (lambda: L.Flatten(1), r"flatten: too many positional arguments"),
+])
+def test_argument_errors_name_the_layer(build, message):
+    # A Cython __init__ said only "__init__() got an unexpected keyword argument".
+    with pytest.raises(TypeError, match=message):
+        build()
+
+
+def test_a_type_error_inside_a_constructor_is_left_as_it_is():
+    class Strict(cn.Layer):
+        name = "fuzz_strict"
+
+        def __init__(self, size=1):
+            super().__init__()
+            raise TypeError("size must be a prime")
+
+    with pytest.raises(TypeError, match="^size must be a prime$"):
+        Strict(2)
+
+
+# -- arrays that claim more memory than the machine has -----------------------------------
+
+def refused_small(call, error, message):
+    """call() raises error matching message, having allocated less than 1 MiB."""
+    def expect():
+        with pytest.raises(error, match=message):
+            call()
+    assert peak_memory_of(expect) < 1 << 20
+
+
+TERABYTES = np.broadcast_to(np.float32(1), (2 ** 40, 8))  # 32 TiB claimed, 4 bytes held
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: L.ReLU().forward(TERABYTES[:, ::2]),
+     r"relu: a C-contiguous copy of the input of shape \(1099511627776, 4\) float32 would "
+     r"take 16.0 TiB, more than the memory this process may use"),
+    (lambda: L.Linear(8, 2).forward(TERABYTES), r"linear: a C-contiguous copy of the input"),
+    (lambda: L.Conv2d(1, 1, 1, padding=10 ** 6).forward(np.ones((1, 1, 1, 1), np.float32)),
+     r"conv2d: the output of shape \(1, 1, 2000001, 2000001\) float32"),
+    (lambda: L.Linear(2 ** 20, 2 ** 20), r"linear: parameter 'weight' of shape "
+                                         r"\(1048576, 1048576\) float64 would take 8.0 TiB"),
+    (lambda: L.PReLU(2 ** 42), r"prelu: parameter 'weight'"),
+    (lambda: L.Conv3d(1, 2 ** 20, 2 ** 10), r"conv3d: parameter 'weight'"),
+    (lambda: MSE().forward(TERABYTES, TERABYTES), r"mse: a C-contiguous copy of the predictions"),
+    (lambda: cn.Sequential(L.Linear(8, 2)).forward(TERABYTES),
+     r"Model input 0: a C-contiguous copy of the input"),
+])
+def test_a_huge_array_is_refused_before_it_is_allocated(call, message):
+    # Before: numpy's "MemoryError: Unable to allocate 32.0 TiB".
+    refused_small(call, ShapeError, message)
+
+
+def test_the_bound_is_the_address_space_limit_when_it_is_lower():
+    # A 4 GiB prelu weight (drawn in float64: 8 GiB) under `ulimit -v` 6 GiB: numpy's
+    # MemoryError before (the fuzz workers run under such a limit).
+    code = ("import resource, corenet.layers as L; resource.setrlimit(resource.RLIMIT_AS, "
+            "(6 << 30, resource.getrlimit(resource.RLIMIT_AS)[1])); L.PReLU(2 ** 30)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert ("ShapeError: prelu: parameter 'weight' of shape (1073741824,) float64 would take "
+            "8.0 GiB, more than the memory this process may use") in result.stderr
+
+
+def test_predict_on_a_huge_broadcast_input_is_refused_at_once():
+    # Before: predict walked 2⁴⁰ batches of one sample and never returned. In a worker,
+    # so that a regression shows as a hang instead of stalling the session.
+    case = {"group": "model", "scenario": "predict", "layer": "relu", "config": {},
+            "dtype": "float32", "seed": 0, "then": None, "batch_size": 1,
+            "inputs": [{"shape": [3, 7], "dtype": "float32", "layout": "C", "seed": 0}],
+            "mutation": {"kind": "huge", "axis": 0, "size": 2 ** 40}}
+    [result] = fuzz_harness.run_cases([case], timeout=60)
+    assert result["outcome"] == "clean_error", result
+    assert "Model.predict: the output of shape (1099511627776, 7) float32" in result["detail"]
+
+
+# -- what numpy cannot read as an array ----------------------------------------------------------
+
+RAGGED = [[1.0, 2.0], [3.0]]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: L.ReLU().forward(RAGGED), "relu: the input cannot be read as an array of numbers"),
+    (lambda: MSE().forward(RAGGED, RAGGED), "mse: the predictions cannot be read as an array"),
+    (lambda: MSE().forward(np.ones((2, 2)), RAGGED), "mse: the targets cannot be read"),
+    (lambda: SoftmaxCrossEntropy().forward(np.ones((2, 2)), [[0], []]),
+     "softmax_cross_entropy: the labels cannot be read"),
+    (lambda: cn.Sequential(L.Linear(2, 2)).forward(RAGGED), "Model input 0: the input cannot"),
+    (lambda: cn.Sequential(L.Linear(2, 2)).predict(RAGGED), "Model.predict: the input cannot"),
+])
+def test_a_ragged_list_is_a_dtype_error_naming_the_layer(call, message):
+    with pytest.raises(DTypeError, match=message):
+        call()
+
+
+def test_a_ragged_gradient_is_refused_by_backward():
+    layer = L.Sigmoid()
+    layer.forward(np.ones((2, 2), np.float32))
+    with pytest.raises(DTypeError, match="sigmoid.backward: the gradient cannot be read"):
+        layer.backward(RAGGED)
+
+
+def test_flatten_backward_checks_the_gradient_against_the_forward_dtype():
+    layer = L.Flatten()
+    layer.forward(np.ones((2, 3, 4), np.float32))
+    # Before: a list had no .dtype (AttributeError); an int gradient went through.
+    with pytest.raises(DTypeError, match="flatten.backward: expected a float32 gradient"):
+        layer.backward(np.ones((2, 12)).tolist())
+    with pytest.raises(DTypeError, match="flatten.backward: expected a float32 gradient, "
+                                         "got int64"):
+        layer.backward(np.ones((2, 12), np.int64))
+
+
+def test_layers_take_samples_of_size_zero():
+    empty = np.ones((3, 0), np.float32)
+    # Softmax divided by zero columns (ZeroDivisionError); flatten asked numpy for -1.
+    assert L.Softmax().forward(empty).shape == (3, 0)
+    layer = L.Softmax()
+    layer.forward(empty)
+    assert layer.backward(empty).shape == (3, 0)
+    assert L.Flatten().forward(np.ones((3, 0, 2), np.float32)).shape == (3, 0)
+
+
+# -- models and optimizers ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [None, 3.0, (True,), "abc", (2, None)])
+def test_input_shapes_that_are_not_positive_ints_are_refused(shape):
+    with pytest.raises(ShapeError, match="Input: shape must be a non-empty tuple of positive "
+                                         "ints"):
+        cn.Input(shape)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, "3", None, True])
+def test_predict_refuses_a_batch_size_that_is_not_a_positive_int(batch_size):
+    model = cn.Sequential(L.Linear(2, 2))
+    with pytest.raises(ValueError, match="Model.predict: batch_size must be"):
+        model.predict(np.ones((3, 2), np.float32), batch_size)
+
+
+def test_predict_refuses_an_empty_batch():
+    with pytest.raises(ShapeError, match=r"Model.predict: expected a non-empty batch, got "
+                                         r"shape \(0, 2\)"):
+        cn.Sequential(L.Linear(2, 2)).predict(np.ones((0, 2), np.float32))
+
+
+def test_an_input_listed_twice_is_refused():
+    # Before: the model was built, and forward failed with an IndexError.
+    x = cn.Input((3,))
+    with pytest.raises(ValueError, match="Model: an Input is listed twice"):
+        cn.Model([x, x], L.ReLU()(x))
+
+
+def test_a_none_gradient_is_refused_by_model_backward():
+    # Before: backward(None) returned at once and left every gradient as it was.
+    model = cn.Sequential(L.Linear(2, 2))
+    model.forward(np.ones((3, 2), np.float32))
+    with pytest.raises(TypeError, match="Model.backward: gradient 0 is None"):
+        model.backward(None)
+
+
+@pytest.mark.parametrize("params, message", [
+    (3, "SGD: params must be an iterable of corenet.Parameter, got int"),
+    ([None], "SGD: params must hold corenet.Parameter objects, got NoneType"),
+    ([np.ones(3)], "SGD: params must hold corenet.Parameter objects, got ndarray"),
+])
+def test_sgd_refuses_what_is_not_a_list_of_parameters(params, message):
+    with pytest.raises(TypeError, match=message):
+        SGD(params, lr=0.1)
+
+
+@pytest.mark.parametrize("settings", [{"lr": "0.1"}, {"lr": [1, 2]}, {"lr": True},
+                                      {"momentum": {}}, {"weight_decay": float("inf")}])
+def test_sgd_refuses_settings_that_are_not_finite_numbers(settings):
+    parameters = [cn.Parameter("w", np.ones(3, np.float32))]
+    with pytest.raises(ValueError, match=r"SGD: \w+ must be a finite number >= 0"):
+        SGD(parameters, **{"lr": 0.1, **settings})
