@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -40,6 +41,9 @@ except ImportError as error:  # pragma: no cover - exercised where mpi4py is mis
 
 from corenet.gradients import DEFAULT_BUCKET_BYTES, FlatGradients, add_in_order, \
     micro_batch_gradient, micro_batches
+
+
+ABORT_GRACE_SECONDS = 0.5
 
 
 def init():
@@ -58,10 +62,15 @@ def init():
 
 
 def report(comm, error: BaseException, trace=None, prefix: str = "corenet") -> None:
-    """``prefix: rank R: Error: message`` on stderr, after the traceback."""
-    traceback.print_exception(type(error), error, trace or error.__traceback__)
-    print(f"{prefix}: rank {comm.Get_rank()} of {comm.Get_size()}: "
-          f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    """``prefix: rank R: Error: message`` on stderr, after the traceback: one write, then
+    a moment for mpiexec to forward it, since the Abort that follows may cut off output
+    still on its way (a test saw the traceback arrive without its last line)."""
+    text = "".join(traceback.format_exception(type(error), error,
+                                              trace or error.__traceback__))
+    sys.stderr.write(f"{text}{prefix}: rank {comm.Get_rank()} of {comm.Get_size()}: "
+                     f"{type(error).__name__}: {error}\n")
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE_SECONDS)
 
 
 @contextlib.contextmanager
