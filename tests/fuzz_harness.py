@@ -12,6 +12,7 @@ answer within CASE_TIMEOUT seconds is a hang: the worker is killed.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import selectors
@@ -41,6 +42,18 @@ def worker_environment() -> dict:
     environment.update(PYTHONFAULTHANDLER="1", PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1",
                        CORENET_NUM_THREADS=environment.get("CORENET_FUZZ_THREADS", "2"))
     return environment
+
+
+@functools.cache
+def generated_cases(scale: float) -> dict:
+    """{group: cases} as fuzz_strategies draws them in a fresh process: the same on every
+    run (in a test session, other tests' imports changed hypothesis's draws)."""
+    strategies = os.path.join(os.path.dirname(WORKER), "fuzz_strategies.py")
+    result = subprocess.run([sys.executable, strategies, str(scale)], capture_output=True,
+                            text=True, env=worker_environment())
+    if result.returncode:
+        raise RuntimeError(f"drawing the fuzz cases failed:\n{result.stderr}")
+    return json.loads(result.stdout)
 
 
 def run_cases(cases: list, group: str | None = None, timeout: float = CASE_TIMEOUT) -> list:
@@ -177,7 +190,7 @@ def failures(cases: list, outcomes: list) -> list:
 if __name__ == "__main__":
     import fuzz_strategies
 
-    for name, cases in fuzz_strategies.all_groups().items():
+    for name, cases in generated_cases(fuzz_strategies.SCALE).items():
         found = failures(cases, run_cases(cases, name))
         print(f"{name}: {len(found)} bad outcomes", *found[:20], sep="\n  ")
     print(table())

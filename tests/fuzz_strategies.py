@@ -1,7 +1,10 @@
 """Hypothesis strategies for the fuzz cases, and the seeded draw that turns them into lists.
 
 Cases are JSON objects (see fuzz_worker.py), so that a worker process can run them and
-a report can be reproduced from one line. Valid baselines come from the layer table
+a report can be reproduced from one line. The draw is derandomized, but hypothesis's
+choices still depend on the state of the process after a hundred examples or so: the
+test session draws them in a fresh process (fuzz_harness.generated_cases), where they
+are the same on every run. Valid baselines come from the layer table
 (tests/layer_table.py) for corenet's layers; a layer another plugin registers gets one
 derived from its constructor defaults, or is skipped (``skipped_layers``).
 """
@@ -416,3 +419,13 @@ def group_cases(name: str, scale: float = SCALE) -> list:
 
 def all_groups(scale: float = SCALE) -> dict:
     return {name: group_cases(name, scale) for name in GROUPS}
+
+
+if __name__ == "__main__":  # fuzz_harness.generated_cases: every group's cases as JSON
+    import json
+    import sys
+
+    from fuzz_worker import register_plugins
+
+    register_plugins()
+    json.dump(all_groups(float(sys.argv[1])), sys.stdout)

@@ -24,7 +24,7 @@ from layer_table import builtin_names
 
 @pytest.mark.parametrize("group", list(fuzz_strategies.GROUPS))
 def test_fuzz(group):
-    cases = fuzz_strategies.group_cases(group)
+    cases = fuzz_harness.generated_cases(fuzz_strategies.SCALE)[group]
     outcomes = fuzz_harness.run_cases(cases, group)
     bad = fuzz_harness.failures(cases, outcomes)
     assert not bad, f"{len(bad)} of {len(cases)} {group} cases went wrong:\n" + "\n".join(
@@ -36,7 +36,8 @@ def test_every_builtin_layer_and_loss_has_a_baseline():
     assert {row[0] for row in fuzz_strategies.layer_rows()} >= builtin_names()
     assert not set(fuzz_strategies.skipped_layers()) & builtin_names()
     assert not set(fuzz_strategies.skipped_losses()) & builtin_names("losses")
-    layers = {case["layer"] for case in fuzz_strategies.group_cases("layer_input")}
+    cases = fuzz_harness.generated_cases(fuzz_strategies.SCALE)["layer_input"]
+    layers = {case["layer"] for case in cases}
     assert layers == {row[0] for row in fuzz_strategies.layer_rows()}
 
 
