@@ -25,6 +25,7 @@ from libc.math cimport sqrt
 from corenet.kernels.threads cimport threads_for
 
 from corenet.errors import ShapeError
+from corenet.arguments import as_bool
 from corenet.memory import check_parameters
 from corenet.layer import (Buffer, Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
@@ -253,10 +254,7 @@ def _number(layer: str, label: str, value, minimum: float, maximum: float = math
     return float(value)
 
 
-def _flag(layer: str, label: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{layer}: {label} must be True or False, got {value!r}")
-    return bool(value)
+_flag = as_bool  # True or False, naming the layer otherwise
 
 
 def _positive_int(layer: str, label: str, value) -> int:
