@@ -169,3 +169,46 @@ def test_resume_refuses_settings_that_are_not_options(tmp_path):
     assert result.returncode != 0
     assert "not valid corenet train options" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class Tampered:
+    """An optimizer whose saved state is altered before it is written."""
+
+    def __init__(self, optimizer, change):
+        self.inner, self.change = optimizer, change  # not .optimizer: that is a wrapper's
+
+    def state_dict(self):
+        state = self.inner.state_dict()
+        self.change(state)
+        return state
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["state"][0].update(exp_avg=np.ones(99, np.float32)), "optimizer state"),
+    (lambda s: s["state"][0].update(step="many"), "optimizer state"),
+    (lambda s: s["param_groups"][0].update(params=[0]), "optimizer state"),
+    (lambda s: s.pop("param_groups"), "optimizer state"),
+])
+def test_a_tampered_optimizer_state_is_a_model_file_error(tmp_path, change, message):
+    model = model_with_dropout()
+    optimizer = cn.optim.Adam(model.parameters())
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    optimizer.step()
+    path = str(tmp_path / "c.npz")
+    checkpoint.save_checkpoint(path, model, Tampered(optimizer, change), {"epoch": 1})
+    _, saved = checkpoint.load_checkpoint(path)
+    with pytest.raises(ModelFileError, match=message):
+        checkpoint.restore(path, cn.optim.Adam(model.parameters()), saved)
+
+
+@pytest.mark.parametrize("state", [{"bit_generator": "MT19937"}, {"nonsense": 1}, [1, 2]])
+def test_a_tampered_random_state_is_a_model_file_error(tmp_path, state, monkeypatch):
+    model = model_with_dropout()
+    optimizer = cn.optim.SGD(model.parameters())
+    path = str(tmp_path / "c.npz")
+    checkpoint.save_checkpoint(path, model, optimizer, {"epoch": 1})
+    _, saved = checkpoint.load_checkpoint(path)
+    saved["random"] = state
+    with pytest.raises(ModelFileError, match="random state"):
+        checkpoint.restore(path, optimizer, saved)
