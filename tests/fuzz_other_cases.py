@@ -196,8 +196,12 @@ def model_case(case: dict) -> dict:
         plain = as_model_input(model, x)
         if plain is None:
             return outcome("unchecked", "no plain copy of a huge input to compare with")
-        same("predict", out, run_plain("predict input", call, "Model.forward", model.forward,
-                                       plain))
+        model.eval()  # predict runs in evaluation mode (dropout is the identity there)
+        try:
+            same("predict", out, run_plain("predict input", call, "Model.forward",
+                                           model.forward, plain))
+        finally:
+            model.train()
         return outcome("correct", "same as forward")
     else:
         raise ValueError(f"unknown model scenario {scenario!r}")

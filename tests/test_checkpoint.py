@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -21,8 +22,13 @@ RUN = ["train", "--epochs", "5", "--hidden", "64", "--optimizer", "adam", "--lr"
        "--augment", "3", "--threads", "1"]
 
 
+# Outside the checkout: `-m` puts the current folder first on sys.path, and CI tests an
+# installed corenet beside an unbuilt checkout.
+OUTSIDE = tempfile.gettempdir()
+
+
 def corenet_cli(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "corenet.cli", *args],
+    return subprocess.Popen([sys.executable, "-m", "corenet.cli", *args], cwd=OUTSIDE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -69,7 +75,7 @@ def test_a_checkpoint_is_a_model_file(uninterrupted):
     model = cn.load(str(uninterrupted))
     assert model.training_info["split_seed"] == 0
     result = subprocess.run([sys.executable, "-m", "corenet.cli", "eval", str(uninterrupted),
-                             "--json"], capture_output=True, text=True, timeout=300)
+                             "--json"], capture_output=True, text=True, timeout=300, cwd=OUTSIDE)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] > 0.9
 
@@ -165,7 +171,7 @@ def test_resume_refuses_settings_that_are_not_options(tmp_path):
     checkpoint.save_checkpoint(path, model, cn.optim.SGD(model.parameters()),
                                {"epoch": 1, "argv": ["--no-such-option"], "history": [1.0]})
     result = subprocess.run([sys.executable, "-m", "corenet.cli", "train", "--resume", path],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, cwd=OUTSIDE)
     assert result.returncode != 0
     assert "not valid corenet train options" in result.stderr
     assert "Traceback" not in result.stderr

@@ -233,7 +233,7 @@ def spin_probe(env):
     """Median CPU time (ms) of a process sleeping 50 ms after a parallel kernel, and
     its GOMP_SPINCOUNT after importing corenet."""
     result = subprocess.run([sys.executable, "-c", SPIN_PROBE], capture_output=True, text=True,
-                            env=env, timeout=120, check=True)
+                            env=env, timeout=120, check=True, cwd=tempfile.gettempdir())
     milliseconds, variable = result.stdout.split()
     return float(milliseconds), variable
 
