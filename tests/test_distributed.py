@@ -1,7 +1,7 @@
 """corenet.distributed over MPI. Two ways to run this file, and CI runs both:
 
-    python -m pytest tests/test_distributed.py               launches mpiexec jobs of 2-4 ranks
-    mpiexec -n 2 python -m pytest tests/test_distributed.py  the tests that run inside the job
+    pytest tests/test_distributed.py                         launches mpiexec jobs of 2-4 ranks
+    mpiexec -n 2 pytest tests/test_distributed.py            the tests that run inside the job
 
 Every test skips, saying why, when mpi4py is not installed.
 """
@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MPIEXEC = shutil.which("mpiexec")
 
 in_job = pytest.mark.skipif(WORLD.Get_size() < 2,
-                            reason="runs inside an MPI job: mpiexec -n 2 python -m pytest "
+                            reason="runs inside an MPI job: mpiexec -n 2 pytest "
                                    "tests/test_distributed.py")
 launches_jobs = pytest.mark.skipif(WORLD.Get_size() > 1 or MPIEXEC is None,
                                    reason="launches its own mpiexec: run in one process, "

@@ -21,6 +21,12 @@ def _load_openmp_with_short_spin():
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_ROUNDS)
     try:
         from corenet.kernels import gemm
+    except ImportError as error:
+        raise ImportError(
+            f"corenet's compiled kernels are missing from {os.path.dirname(__file__)} "
+            f"({error}): this is a source folder that was not built. Install corenet "
+            f"(pip install .) and run from another folder, or build it in place "
+            f"(python setup.py build_ext --inplace)") from error
     finally:
         if ours:
             del os.environ["GOMP_SPINCOUNT"]
