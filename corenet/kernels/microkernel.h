@@ -233,7 +233,8 @@ CN_DEFINE_PACK_B_ROWS(cn_pack_b_rows_float, float, CN_NR_FLOAT)
 CN_DEFINE_PACK_B_ROWS(cn_pack_b_rows_double, double, CN_NR_DOUBLE)
 
 /* A (m x k) with contiguous rows, element (i, p) at a[i * lda + p], into
- * MR-row slivers, two slivers (16 rows) at a time. */
+ * MR-row slivers through register transposes: with AVX-512 two slivers (16
+ * rows) at a time, with AVX2 one sliver of 6 rows in 8 x 8 blocks. */
 static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
                                  ptrdiff_t lda, ptrdiff_t mc, ptrdiff_t kc)
 {
@@ -256,6 +257,20 @@ static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
                 first[p0 * CN_MR + i] = a[(i0 + i) * lda + p0];
                 second[p0 * CN_MR + i] = a[(i0 + CN_MR + i) * lda + p0];
             }
+    }
+#else  /* AVX2's 6-row slivers: 8 x 8 blocks, the two rows past the sliver zero */
+    for (; i0 + CN_MR <= mc; i0 += CN_MR) {
+        float *sliver = dst + i0 * kc;
+        ptrdiff_t p0 = 0;
+        for (; p0 + 8 <= kc; p0 += 8) {
+            cn_kf8 r[8] = {{0}};
+            for (int i = 0; i < CN_MR; ++i) r[i] = *(const cn_kf8_u *)(a + (i0 + i) * lda + p0);
+            cn_transpose8(r);
+            for (int p = 0; p < 8; ++p)
+                memcpy(sliver + (p0 + p) * CN_MR, &r[p], CN_MR * sizeof(float));
+        }
+        for (; p0 < kc; ++p0)
+            for (int i = 0; i < CN_MR; ++i) sliver[p0 * CN_MR + i] = a[(i0 + i) * lda + p0];
     }
 #endif
     for (; i0 < mc; i0 += CN_MR) {
