@@ -22,7 +22,13 @@ CONV_CASES = [  # (n_axes, config, input shape)
      (2, 5, 6, 7)),  # depthwise, channel multiplier 2
     (2, dict(in_channels=2, out_channels=3, kernel_size=4, padding="same", dilation=2),
      (2, 2, 9, 8)),  # "same" with an odd total padding
+    (2, dict(in_channels=2, out_channels=3, kernel_size=3, padding="same", dilation=4),
+     (2, 2, 3, 5)),  # offsets that read only padding
     (2, dict(in_channels=1, out_channels=6, kernel_size=5, padding=2), (5, 1, 28, 28)),
+    (2, dict(in_channels=8, out_channels=4, kernel_size=3, padding=(2, 1), dilation=(2, 1)),
+     (2, 8, 48, 40)),  # a sample's columns in position tiles
+    (3, dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2),
+     (2, 4, 10, 12, 14)),
     (2, dict(in_channels=4, out_channels=8, kernel_size=1), (3, 4, 5, 5)),
     (2, dict(in_channels=3, out_channels=2, kernel_size=(1, 5), stride=2), (1, 3, 5, 13)),
     (3, dict(in_channels=2, out_channels=3, kernel_size=3, padding=1), (2, 2, 5, 6, 7)),
@@ -30,6 +36,8 @@ CONV_CASES = [  # (n_axes, config, input shape)
              dilation=(1, 2, 1), groups=2, bias=False), (2, 4, 6, 7, 5)),
     (3, dict(in_channels=2, out_channels=2, kernel_size=3, padding="same", groups=2),
      (1, 2, 4, 4, 4)),
+    (3, dict(in_channels=3, out_channels=2, kernel_size=(2, 3, 3), padding=(0, 1, 1)),
+     (2, 3, 4, 5, 6)),  # height and width kept, depth not
 ]
 
 
@@ -83,11 +91,12 @@ def test_every_way_of_walking_the_batch_gives_the_same_result(n_axes, rng, monke
     from corenet_conv import conv as conv_module
 
     config = dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)
-    shape = (7, 3) + (5,) * n_axes
+    shape = (7, 3) + (9,) * n_axes
     x = rng.standard_normal(shape)
     results = []
     # One chunk; chunks of one sample taken by the threads (partial weight gradients);
-    # one sample at a time with the threads inside the products.
+    # one sample at a time with the threads inside the products. The last two walk
+    # each sample's positions in tiles of 64 ("same" padding, 81 or 729 positions).
     for chunk_bytes, workspace in ((1 << 30, 1 << 30), (1, 1 << 30), (1 << 30, 1)):
         monkeypatch.setattr(conv_module, "CHUNK_BYTES", chunk_bytes)
         monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", workspace)

@@ -30,7 +30,8 @@ from corenet.kernels.fused cimport activation_derivative_times
 from corenet.kernels.gemm cimport EPILOGUE_NONE, EPILOGUE_RELU, gemm_ex
 from corenet.kernels._openmp cimport omp_get_thread_num
 from corenet.kernels.threads cimport threads_for
-from corenet_conv.vol2col cimport Geometry, col2vol, vol2col
+from corenet_conv.vol2col cimport (Geometry, col2vol, col2vol_tile, shifted_copies, vol2col,
+                                   vol2col_tile)
 
 from corenet import init as initializers
 from corenet.arguments import as_bool, as_int
@@ -188,6 +189,68 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     return status
 
 
+cdef int forward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                       const floating* x, const floating* weight, const floating* bias,
+                       floating* out, floating* col, Py_ssize_t tile, int epilogue,
+                       floating param, int n_threads) noexcept nogil:
+    """One sample, its output positions a tile at a time: the tile's columns (C·k,
+    tile) stay in L2, and the products write straight into out (out_channels, P)."""
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t m = out_channels // groups, group, p0, n
+    cdef int status = 0
+    p0 = 0
+    while p0 < positions:  # range() with a run-time step would be Python iteration
+        n = min(tile, positions - p0)
+        status |= vol2col_tile(g, x, col, p0, n, n_threads)
+        for group in range(groups):
+            status |= gemm_ex(False, False, m, n, k, weight + group * m * k, k,
+                              col + group * k * n, n, out + group * m * positions + p0,
+                              positions, False, NULL if bias == NULL else bias + group * m,
+                              True, epilogue, param, n_threads)
+        p0 += tile
+    return status
+
+
+cdef int backward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                        const floating* x, const floating* weight, const floating* grad,
+                        const floating* out, floating* weight_grad, floating* bias_grad,
+                        floating* x_grad, floating* col, floating* col_grad,
+                        floating* grad_t, Py_ssize_t tile, int epilogue, floating param,
+                        int n_threads) noexcept nogil:
+    """backward_chunk for one sample, a tile of positions at a time (forward_tiled):
+    dW sums the tiles' products in tile order, dx takes each tile's col2vol."""
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t m = out_channels // groups, group, p0, n
+    cdef int status = 0
+    move_chunk_axis_back(grad, out, grad_t, 1, out_channels, positions, epilogue, param,
+                         n_threads)
+    if bias_grad != NULL:
+        add_row_sums(bias_grad, grad_t, out_channels, positions, n_threads)
+    if x_grad != NULL:
+        memset(x_grad, 0, g.channels * g.depth * g.height * g.width * sizeof(floating))
+    p0 = 0
+    while p0 < positions:
+        n = min(tile, positions - p0)
+        status |= vol2col_tile(g, x, col, p0, n, n_threads)
+        for group in range(groups):
+            # dW_g (m x k) += g'_g[:, tile] (m x n) · col_gᵀ (n x k)
+            status |= gemm_ex(False, True, m, k, n, grad_t + group * m * positions + p0,
+                              positions, col + group * k * n, n, weight_grad + group * m * k,
+                              k, True, NULL, False, EPILOGUE_NONE, 0, n_threads)
+            if x_grad != NULL:
+                # dcol_g (k x n) = W_gᵀ (k x m) · g'_g[:, tile] (m x n)
+                status |= gemm_ex(True, False, k, n, m, weight + group * m * k, k,
+                                  grad_t + group * m * positions + p0, positions,
+                                  col_grad + group * k * n, n, False, NULL, False,
+                                  EPILOGUE_NONE, 0, n_threads)
+        if x_grad != NULL:
+            status |= col2vol_tile(g, col_grad, x_grad, p0, n, n_threads)
+        p0 += tile
+    return status
+
+
 cdef struct Batch:
     # How one call walks the batch: chunks of `chunk` samples; in parallel (one thread
     # per chunk, single-threaded kernels inside) or one after another (threads inside
@@ -198,6 +261,7 @@ cdef struct Batch:
     Py_ssize_t scratch_per_thread   # elements: columns, their gradient, output or grad_t
     Py_ssize_t k_rows               # rows of the columns: C · kernel volume
     Py_ssize_t n_parts              # backward's partial-sum buffers (parallel only)
+    Py_ssize_t tile                 # positions per tile of a one-sample chunk, or 0
 
 
 cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
@@ -210,6 +274,20 @@ cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
     cdef Py_ssize_t col_size = b.k_rows * b.chunk * positions
     cdef int failures = 0
     cdef floating* col
+    if b.tile and not b.parallel:
+        for c in range(n_chunks):
+            failures += -forward_tiled(g, groups, out_channels, x + c * b.in_step, weight,
+                                       bias, out + c * b.out_step, scratch, b.tile,
+                                       epilogue, param, b.n_threads)
+        return -1 if failures else 0
+    if b.tile:
+        for c in prange(n_chunks, num_threads=min(<Py_ssize_t>b.n_threads, n_chunks),
+                        schedule='dynamic'):
+            failures += -forward_tiled(g, groups, out_channels, x + c * b.in_step, weight,
+                                       bias, out + c * b.out_step,
+                                       scratch + omp_get_thread_num() * b.scratch_per_thread,
+                                       b.tile, epilogue, param, 1)
+        return -1 if failures else 0
     if not b.parallel:
         for c in range(n_chunks):
             start = c * b.chunk
@@ -263,6 +341,16 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
     cdef int failures = 0
     cdef floating* col
     cdef floating* part_weight
+    cdef Py_ssize_t tile_size = b.k_rows * b.tile
+    if b.tile and not b.parallel:
+        for c in range(n_chunks):
+            failures += -backward_tiled(
+                g, groups, out_channels, x + c * b.in_step, weight, grad + c * b.out_step,
+                out + c * b.out_step, weight_grad, bias_grad,
+                NULL if x_grad == NULL else x_grad + c * b.in_step, scratch,
+                scratch + tile_size, scratch + 2 * tile_size, b.tile, epilogue, param,
+                b.n_threads)
+        return -1 if failures else 0
     if not b.parallel:
         for c in range(n_chunks):
             start = c * b.chunk
@@ -282,6 +370,14 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
         for c in range(part * n_chunks // b.n_parts, (part + 1) * n_chunks // b.n_parts):
             start = c * b.chunk
             n = min(b.chunk, b.size - start)
+            if b.tile:
+                failures += -backward_tiled(
+                    g, groups, out_channels, x + start * b.in_step, weight,
+                    grad + start * b.out_step, out + start * b.out_step, part_weight,
+                    NULL if bias_grad == NULL else part_weight + weight_size,
+                    NULL if x_grad == NULL else x_grad + start * b.in_step, col,
+                    col + tile_size, col + 2 * tile_size, b.tile, epilogue, param, 1)
+                continue
             failures += -backward_chunk(
                 g, groups, out_channels, x + start * b.in_step, weight,
                 grad + start * b.out_step, out + start * b.out_step, part_weight,
@@ -408,7 +504,12 @@ class ConvNd(Layer):
         # C integers divide toward zero (cdivision): no -(-a // b) ceiling on them.
         n_chunks = (b.size + b.chunk - 1) // b.chunk
         b.n_threads = min(get_num_threads(), n_chunks) if b.parallel else get_num_threads()
-        b.scratch_per_thread = (2 * b.k_rows + self.out_channels) * b.chunk * positions
+        cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
+        b.tile = self._tile(b.k_rows, positions) if b.chunk == 1 and shifted_copies(&g) else 0
+        if b.tile:
+            b.scratch_per_thread = 2 * b.k_rows * b.tile + self.out_channels * positions
+        else:
+            b.scratch_per_thread = (2 * b.k_rows + self.out_channels) * b.chunk * positions
         b.n_parts = min(n_chunks, MAX_PARTS) if b.parallel else 0
         sets = b.n_threads if b.parallel else 1
         scratch = self.buffer("scratch", (sets * b.scratch_per_thread,), self.dtype)
@@ -416,10 +517,20 @@ class ConvNd(Layer):
         # forward to backward: the same values as recomputed, without the work.
         kept = None
         columns = n_chunks * b.k_rows * b.chunk * positions
-        if b.parallel and self.reuse_buffers \
+        if b.parallel and self.reuse_buffers and not b.tile \
                 and columns * self.dtype.itemsize <= WORKSPACE_BYTES:
             kept = self.buffer("columns", (columns,), self.dtype)
-        return b, scratch, kept, make_geometry(x3, out3, self.window.as_3d())
+        return b, scratch, kept, g
+
+    def _tile(self, k_rows, positions):
+        """Output positions per tile of one sample's columns, or 0 when a sample's
+        columns fit in CHUNK_BYTES whole: whole vectors of the GEMM's tile, at least
+        64, from shapes only (dW sums the tiles in order)."""
+        per_position = k_rows * self.dtype.itemsize
+        if per_position * positions <= CHUNK_BYTES:
+            return 0
+        tile = max(64, CHUNK_BYTES // per_position // 16 * 16)
+        return tile if tile < positions else 0
 
     # -- forward and backward ------------------------------------------------------
 

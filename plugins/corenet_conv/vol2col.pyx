@@ -9,7 +9,7 @@ bitwise the same for any thread count.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from corenet.kernels.threads cimport threads_for
 
@@ -94,6 +94,55 @@ cdef void vol2col_row(const Geometry* g, const Ranges* r, const floating* plane,
     memset(dst + d_hi * plane_size, 0, (g.out_depth - d_hi) * plane_size * sizeof(floating))
 
 
+cdef bint shifted_copies(const Geometry* g) noexcept nogil:
+    """True when every kernel offset reads the input shifted by one constant: stride
+    1 and outputs the size of the input in height and width ("same" padding). A row
+    of the columns is then one copy of a stretch of the input, with the padding
+    columns zeroed after, instead of a short copy per output row."""
+    return (g.stride_d == 1 and g.stride_h == 1 and g.stride_w == 1
+            and g.out_height == g.height and g.out_width == g.width)
+
+
+cdef void zero_padding_columns(floating* rows, Py_ssize_t h_lo, Py_ssize_t h_hi,
+                               Py_ssize_t w_lo, Py_ssize_t w_hi,
+                               Py_ssize_t width) noexcept nogil:
+    """Zero columns [0, w_lo) and [w_hi, width) of rows [h_lo, h_hi)."""
+    cdef Py_ssize_t oh, ow
+    if w_lo == 0 and w_hi == width:
+        return
+    for oh in range(h_lo, h_hi):
+        for ow in range(w_lo):
+            rows[oh * width + ow] = 0
+        for ow in range(w_hi, width):
+            rows[oh * width + ow] = 0
+
+
+cdef void vol2col_row_shifted(const Geometry* g, const Ranges* r, const floating* plane,
+                              floating* dst, Py_ssize_t i, Py_ssize_t j,
+                              Py_ssize_t l) noexcept nogil:
+    """vol2col_row when shifted_copies(g): for each output plane, one copy from the
+    first valid position to the last (every source between them lies in the
+    input), then the padding columns it spanned set to zero."""
+    cdef Py_ssize_t width = g.width, area = g.height * g.width, od, first, last
+    cdef Py_ssize_t d_lo = r.lo[i], d_hi = r.hi[i]
+    cdef Py_ssize_t h_lo = r.lo[r.d + j], h_hi = r.hi[r.d + j]
+    cdef Py_ssize_t w_lo = r.lo[r.h + l], w_hi = r.hi[r.h + l]
+    cdef Py_ssize_t shift = r.offset[i] * area + r.offset[r.d + j] * width + r.offset[r.h + l]
+    cdef floating* out
+    if h_lo == h_hi or w_lo == w_hi:  # this offset reads only padding
+        d_hi = d_lo
+    memset(dst, 0, d_lo * area * sizeof(floating))
+    for od in range(d_lo, d_hi):
+        out = dst + od * area
+        first = h_lo * width + w_lo
+        last = (h_hi - 1) * width + w_hi
+        memset(out, 0, first * sizeof(floating))
+        memcpy(out + first, plane + od * area + first + shift, (last - first) * sizeof(floating))
+        zero_padding_columns(out, h_lo, h_hi, w_lo, w_hi, width)
+        memset(out + last, 0, (area - last) * sizeof(floating))
+    memset(dst + d_hi * area, 0, (g.out_depth - d_hi) * area * sizeof(floating))
+
+
 cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t ld_col,
                   Py_ssize_t n_samples, int max_threads) noexcept nogil:
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
@@ -105,6 +154,7 @@ cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t
     if make_ranges(g, &r):
         return -1
     cdef int n_threads = min(threads_for(rows * n_samples * positions, GRAIN), max_threads)
+    cdef bint shifted = shifted_copies(g)
     for row in prange(rows, num_threads=n_threads, schedule='static'):
         c = row // kernel_size
         offset = row % kernel_size
@@ -112,8 +162,12 @@ cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t
         j = (offset // g.kernel_w) % g.kernel_h
         l = offset % g.kernel_w
         for sample in range(n_samples):
-            vol2col_row(g, &r, x + (sample * g.channels + c) * volume,
-                        col + row * ld_col + sample * positions, i, j, l)
+            if shifted:
+                vol2col_row_shifted(g, &r, x + (sample * g.channels + c) * volume,
+                                    col + row * ld_col + sample * positions, i, j, l)
+            else:
+                vol2col_row(g, &r, x + (sample * g.channels + c) * volume,
+                            col + row * ld_col + sample * positions, i, j, l)
     free(r.lo)
     return 0
 
@@ -147,7 +201,39 @@ cdef void col2vol_plane(const Geometry* g, const Ranges* r, const floating* col,
                                 dst[ow * g.stride_w] += src_row[ow]
 
 
-cdef int col2vol(const Geometry* g, const floating* col, Py_ssize_t ld_col, floating* dx,
+cdef void col2vol_plane_shifted(const Geometry* g, const Ranges* r, floating* col,
+                                Py_ssize_t ld_col, floating* plane,
+                                Py_ssize_t c) noexcept nogil:
+    """col2vol_plane when shifted_copies(g): for each kernel offset and output plane,
+    the padding entries of the columns are zeroed, then one long sum from the first
+    valid position to the last. Adding a zero leaves every sum as it was (the plane
+    starts at +0 and a sum never becomes -0), so each element sees the same
+    additions in the same order as in col2vol_plane."""
+    cdef Py_ssize_t width = g.width, area = g.height * g.width
+    cdef Py_ssize_t i, j, l, od, first, last, index, shift
+    cdef Py_ssize_t h_lo, h_hi, w_lo, w_hi
+    cdef floating* src
+    memset(plane, 0, g.depth * area * sizeof(floating))
+    for i in range(g.kernel_d):
+        for j in range(g.kernel_h):
+            h_lo = r.lo[r.d + j]
+            h_hi = r.hi[r.d + j]
+            for l in range(g.kernel_w):
+                w_lo = r.lo[r.h + l]
+                w_hi = r.hi[r.h + l]
+                if h_lo == h_hi or w_lo == w_hi:
+                    continue
+                src = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * ld_col
+                shift = r.offset[i] * area + r.offset[r.d + j] * width + r.offset[r.h + l]
+                first = h_lo * width + w_lo
+                last = (h_hi - 1) * width + w_hi
+                for od in range(r.lo[i], r.hi[i]):
+                    zero_padding_columns(src + od * area, h_lo, h_hi, w_lo, w_hi, width)
+                    for index in range(od * area + first, od * area + last):
+                        plane[index + shift] += src[index]
+
+
+cdef int col2vol(const Geometry* g, floating* col, Py_ssize_t ld_col, floating* dx,
                   Py_ssize_t n_samples, int max_threads) noexcept nogil:
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t volume = g.depth * g.height * g.width
@@ -158,9 +244,127 @@ cdef int col2vol(const Geometry* g, const floating* col, Py_ssize_t ld_col, floa
         return -1
     cdef int n_threads = min(threads_for(n_samples * g.channels * kernel_size * positions,
                                          GRAIN), max_threads)
+    cdef bint shifted = shifted_copies(g)
     for task in prange(n_samples * g.channels, num_threads=n_threads, schedule='static'):
         sample = task // g.channels
         c = task % g.channels
-        col2vol_plane(g, &r, col + sample * positions, ld_col, dx + task * volume, c)
+        if shifted:
+            col2vol_plane_shifted(g, &r, col + sample * positions, ld_col,
+                                  dx + task * volume, c)
+        else:
+            col2vol_plane(g, &r, col + sample * positions, ld_col, dx + task * volume, c)
+    free(r.lo)
+    return 0
+
+
+# Position tiles: the columns of one sample for output positions [p0, p0 + n) only,
+# so that a large sample's columns need not exist whole. For shifted_copies
+# geometries alone, where an output position p of kernel offset (i, j, l) reads
+# input p + shift(i, j, l) or padding.
+
+cdef inline void tile_span(const Ranges* r, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l,
+                           Py_ssize_t area, Py_ssize_t width, Py_ssize_t od,
+                           Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t* a,
+                           Py_ssize_t* b) noexcept nogil:
+    """[a, b): the positions of output plane od within [p0, p1) from the first valid
+    position to the last (empty when the offset reads only padding)."""
+    cdef Py_ssize_t h_lo = r.lo[r.d + j], h_hi = r.hi[r.d + j]
+    cdef Py_ssize_t w_lo = r.lo[r.h + l], w_hi = r.hi[r.h + l]
+    a[0] = max(p0, od * area + h_lo * width + w_lo)
+    b[0] = min(p1, od * area + (h_hi - 1) * width + w_hi)
+    if h_lo == h_hi or w_lo == w_hi or b[0] < a[0]:
+        b[0] = a[0]
+
+
+cdef void zero_padding_in_span(floating* rows, Py_ssize_t origin, Py_ssize_t a,
+                               Py_ssize_t b, Py_ssize_t w_lo, Py_ssize_t w_hi,
+                               Py_ssize_t width) noexcept nogil:
+    """Zero the entries at positions [a, b) whose column lies outside [w_lo, w_hi);
+    rows[q - origin] is position q."""
+    cdef Py_ssize_t row_start, start, stop, q
+    if w_lo == 0 and w_hi == width:
+        return
+    row_start = a - a % width
+    while row_start < b:
+        start = max(a, row_start)
+        stop = min(b, row_start + w_lo)
+        for q in range(start, stop):
+            rows[q - origin] = 0
+        start = max(a, row_start + w_hi)
+        stop = min(b, row_start + width)
+        for q in range(start, stop):
+            rows[q - origin] = 0
+        row_start += width
+
+
+cdef void vol2col_tile_row(const Geometry* g, const Ranges* r, const floating* plane,
+                           floating* dst, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l,
+                           Py_ssize_t p0, Py_ssize_t n, Py_ssize_t od_first,
+                           Py_ssize_t od_last) noexcept nogil:
+    """Row (i, j, l) of one channel's columns for positions [p0, p0 + n), which
+    lie in output planes [od_first, od_last]."""
+    cdef Py_ssize_t area = g.height * g.width, od, a, b
+    cdef Py_ssize_t shift = r.offset[i] * area + r.offset[r.d + j] * g.width + r.offset[r.h + l]
+    memset(dst, 0, n * sizeof(floating))
+    for od in range(max(r.lo[i], od_first), min(r.hi[i], od_last + 1)):
+        tile_span(r, i, j, l, area, g.width, od, p0, p0 + n, &a, &b)
+        if a < b:
+            memcpy(dst + a - p0, plane + a + shift, (b - a) * sizeof(floating))
+            zero_padding_in_span(dst, p0, a, b, r.lo[r.h + l], r.hi[r.h + l], g.width)
+
+
+cdef int vol2col_tile(const Geometry* g, const floating* x, floating* col, Py_ssize_t p0,
+                      Py_ssize_t n, int max_threads) noexcept nogil:
+    """col (C·kd·kh·kw, n): the columns of one sample x for positions [p0, p0 + n)."""
+    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t area = g.height * g.width, volume = g.depth * area
+    cdef Py_ssize_t od_first = p0 // area, od_last = (p0 + n - 1) // area
+    cdef Py_ssize_t c, i, j, l
+    cdef floating* dst
+    cdef Ranges r
+    if make_ranges(g, &r):
+        return -1
+    cdef int n_threads = min(threads_for(g.channels * kernel_size * n, GRAIN), max_threads)
+    for c in prange(g.channels, num_threads=n_threads, schedule='static'):
+        for i in range(g.kernel_d):
+            for j in range(g.kernel_h):
+                for l in range(g.kernel_w):
+                    dst = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * n
+                    vol2col_tile_row(g, &r, x + c * volume, dst, i, j, l, p0, n, od_first,
+                                     od_last)
+    free(r.lo)
+    return 0
+
+
+cdef int col2vol_tile(const Geometry* g, floating* col, floating* dx, Py_ssize_t p0,
+                      Py_ssize_t n, int max_threads) noexcept nogil:
+    """dx (C, D, H, W) += the adjoint of vol2col_tile: col (C·kd·kh·kw, n) for
+    positions [p0, p0 + n) added into the input positions they came from, per
+    input position in the order of the kernel offsets. The padding entries of col
+    are zeroed first (adding a zero changes no sum: see col2vol_plane_shifted)."""
+    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t area = g.height * g.width, volume = g.depth * area
+    cdef Py_ssize_t od_first = p0 // area, od_last = (p0 + n - 1) // area
+    cdef Py_ssize_t c, i, j, l, od, a, b, q, shift
+    cdef floating* src
+    cdef floating* plane
+    cdef Ranges r
+    if make_ranges(g, &r):
+        return -1
+    cdef int n_threads = min(threads_for(g.channels * kernel_size * n, GRAIN), max_threads)
+    for c in prange(g.channels, num_threads=n_threads, schedule='static'):
+        plane = dx + c * volume
+        for i in range(g.kernel_d):
+            for j in range(g.kernel_h):
+                for l in range(g.kernel_w):
+                    src = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * n
+                    shift = r.offset[i] * area + r.offset[r.d + j] * g.width + r.offset[r.h + l]
+                    for od in range(max(r.lo[i], od_first), min(r.hi[i], od_last + 1)):
+                        tile_span(&r, i, j, l, area, g.width, od, p0, p0 + n, &a, &b)
+                        if a < b:
+                            zero_padding_in_span(src, p0, a, b, r.lo[r.h + l],
+                                                 r.hi[r.h + l], g.width)
+                            for q in range(a, b):
+                                plane[q + shift] += src[q - p0]
     free(r.lo)
     return 0
