@@ -142,3 +142,28 @@ def test_cache_blocks_follow_the_caches_and_never_change_results(rng):
         gemm.use_cache_blocks(before["mc"], before["nc"])
     with pytest.raises(ValueError, match="MC must be"):
         gemm.use_cache_blocks(0, 1024)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", [None, "relu", "tanh"])
+@pytest.mark.parametrize("bias_per_row", [False, True])
+def test_short_last_sliver_is_bitwise_the_full_kernels(dtype, activation, bias_per_row, rng):
+    # m % MR rows go through the narrower kernels (several panels at a time); the
+    # same rows inside a taller product go through the full kernel. (Products of
+    # fewer than MR rows take the thin paths instead.)
+    from corenet.kernels import gemm
+
+    mr, nr = gemm.tile_shape(dtype)
+    k, n = 300, 5 * nr + 3  # full panels, odd and even counts of them, and a partial one
+    a = rng.standard_normal((2 * mr, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    old = rng.standard_normal((2 * mr, n)).astype(dtype)
+    bias = rng.standard_normal(2 * mr if bias_per_row else n).astype(dtype)
+    full = old.copy()
+    matmul(a, b, out=full, bias=bias, activation=activation, accumulate=True,
+           bias_per_row=bias_per_row)
+    for m in range(mr + 1, 2 * mr):
+        part = old[:m].copy()
+        matmul(a[:m], b, out=part, bias=bias[:m] if bias_per_row else bias,
+               activation=activation, accumulate=True, bias_per_row=bias_per_row)
+        np.testing.assert_array_equal(part, full[:m], err_msg=f"m={m}")

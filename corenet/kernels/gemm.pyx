@@ -60,6 +60,14 @@ cdef extern from "microkernel.h" nogil:
                                ptrdiff_t ldc, int accumulate, const double* bias,
                                int bias_per_row, int epilogue, double param, ptrdiff_t mr,
                                ptrdiff_t nr)
+    int CN_PANELS_FOR_ROWS(int rows)
+    void cn_kernel_rows_float(int rows, int panels, ptrdiff_t kc, const float* a,
+                              const float* b, float* c, ptrdiff_t ldc, int accumulate,
+                              const float* bias, int bias_per_row, int epilogue, float param)
+    void cn_kernel_rows_double(int rows, int panels, ptrdiff_t kc, const double* a,
+                               const double* b, double* c, ptrdiff_t ldc, int accumulate,
+                               const double* bias, int bias_per_row, int epilogue,
+                               double param)
     void cn_dot_float(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
                       const float* a, ptrdiff_t lda, const float* bt, ptrdiff_t ldb,
                       float* c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,
@@ -164,6 +172,33 @@ cdef inline void run_kernel(Py_ssize_t kc, const floating* a, const floating* b,
                                   param, mr, nr)
 
 
+cdef void short_sliver(Py_ssize_t kc, const floating* a, const floating* b, floating* c,
+                       Py_ssize_t ldc, Py_ssize_t full_panels, Py_ssize_t nr_full,
+                       int rows, bint accumulate, const floating* bias, bint bias_per_row,
+                       int epilogue, floating param) noexcept nogil:
+    """The last sliver of a block, rows < MR, over its full_panels full panels:
+    several panels at a time (microkernel.h's rows kernels), not a full sliver's
+    FMAs on rows of zeros. bias: the sliver's first row's (per row) or the
+    first panel's first column's."""
+    cdef Py_ssize_t q = 0, step
+    cdef int wide = CN_PANELS_FOR_ROWS(rows)
+    while q < full_panels:
+        step = wide if q + wide <= full_panels else 1
+        if floating is float:
+            cn_kernel_rows_float(rows, step, kc, a, b + q * nr_full * kc, c + q * nr_full, ldc,
+                                 accumulate,
+                                 NULL if bias == NULL else (bias if bias_per_row
+                                                            else bias + q * nr_full),
+                                 bias_per_row, epilogue, param)
+        else:
+            cn_kernel_rows_double(rows, step, kc, a, b + q * nr_full * kc, c + q * nr_full,
+                                  ldc, accumulate,
+                                  NULL if bias == NULL else (bias if bias_per_row
+                                                             else bias + q * nr_full),
+                                  bias_per_row, epilogue, param)
+        q += step
+
+
 cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k,
                     const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
                     const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs,
@@ -207,6 +242,8 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
                 while jr < nc:
                     ir = 0
                     while ir < mc:
+                        if mc - ir < CN_MR and nc - jr >= nr_full:
+                            break  # a short last sliver over full panels: below
                         tile_bias = NULL
                         if last and bias != NULL:
                             tile_bias = bias + (ic + ir if bias_per_row else jc + jr)
@@ -218,6 +255,13 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
                                    nr_full)
                         ir += CN_MR
                     jr += nr_full
+                if mc % CN_MR:
+                    short_sliver(kc, a_packed + (mc - mc % CN_MR) * kc, b_packed,
+                                 c + (ic + mc - mc % CN_MR) * ldc + jc, ldc, nc // nr_full,
+                                 nr_full, mc % CN_MR, accumulate or pc > 0,
+                                 NULL if not last or bias == NULL else
+                                 bias + (ic + mc - mc % CN_MR if bias_per_row else jc),
+                                 bias_per_row, epilogue if last else EPILOGUE_NONE, param)
                 ic += MC
             pc += kc
         jc += nc

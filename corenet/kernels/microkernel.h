@@ -378,6 +378,117 @@ static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, 
 CN_DEFINE_KERNEL(cn_kernel_float, float, cn_kf, cn_vf_u, cn_kfi, CN_NR_FLOAT)
 CN_DEFINE_KERNEL(cn_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
 
+/* The last sliver of a block with R < MR rows: the full kernel would spend MR
+ * rows of FMAs on it. This one computes R rows of P neighbouring panels at once
+ * (panel q's B at b + q * kc * NR, its C at c + q * NR), 2·R·P accumulators,
+ * enough independent sums to keep both FMA pipes busy. Every element takes the
+ * same operations in the same order as in the full kernel (the sum over k, then
+ * C's old value, the bias, the activation, on the same lanes), so the results
+ * are bitwise those of the full kernel. */
+#define CN_DEFINE_ROWS_KERNEL(NAME, T, VT, VU, VI, NR, R, P, ACTIVATE_TILE)     \
+static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
+                 T *restrict c, ptrdiff_t ldc, int accumulate,                \
+                 const T *restrict bias, int bias_per_row, int epilogue,      \
+                 T param)                                                     \
+{                                                                             \
+    const int VL = NR / 2;                                                    \
+    const VT zero = {0};                                                      \
+    VT acc[R][2 * P];                                                         \
+    _Pragma("GCC unroll 8")                                                   \
+    for (int i = 0; i < R; ++i)                                               \
+        _Pragma("GCC unroll 8")                                               \
+        for (int v = 0; v < 2 * P; ++v) acc[i][v] = zero;                     \
+    _Pragma("GCC unroll 2")                                                   \
+    for (ptrdiff_t p = 0; p < kc; ++p) {                                      \
+        VT bv[2 * P];                                                         \
+        _Pragma("GCC unroll 8")                                               \
+        for (int q = 0; q < P; ++q) {                                         \
+            bv[2 * q] = *(const VT *)(b + q * kc * NR);                       \
+            bv[2 * q + 1] = *(const VT *)(b + q * kc * NR + VL);              \
+        }                                                                     \
+        _Pragma("GCC unroll 8")                                               \
+        for (int i = 0; i < R; ++i) {                                         \
+            T ai = a[i];                                                      \
+            _Pragma("GCC unroll 8")                                           \
+            for (int v = 0; v < 2 * P; ++v) acc[i][v] += ai * bv[v];          \
+        }                                                                     \
+        a += CN_MR;                                                           \
+        b += NR;                                                              \
+    }                                                                         \
+    _Pragma("GCC unroll 8")                                                   \
+    for (int i = 0; i < R; ++i)                                               \
+        _Pragma("GCC unroll 8")                                               \
+        for (int v = 0; v < 2 * P; ++v) {                                     \
+            VT value = acc[i][v];                                             \
+            VU *out = (VU *)(c + i * ldc + v * VL);                           \
+            if (accumulate) value += *out;                                    \
+            if (bias && bias_per_row) value += bias[i];                       \
+            else if (bias) value += *(const VU *)(bias + v * VL);             \
+            if (epilogue == CN_EPILOGUE_RELU)                                 \
+                value = (VT)((VI)value & ~(VI)(value < zero));                \
+            *out = value;                                                     \
+        }                                                                     \
+    if (epilogue > CN_EPILOGUE_RELU)                                          \
+        for (int q = 0; q < P; ++q)                                           \
+            ACTIVATE_TILE(c + q * NR, ldc, R, epilogue, param);               \
+}
+
+/* The activations other than ReLU over R rows of one tile, as over a full tile. */
+static inline void cn_activate_rows_float(float *c, ptrdiff_t ldc, int rows, int kind,
+                                          float param)
+{
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < CN_NR_FLOAT; j += CN_LANES) {
+            cn_vf_unaligned *part = (cn_vf_unaligned *)(c + i * ldc + j);
+            *part = cn_activate_vector(*part, kind, param);
+        }
+}
+
+static inline void cn_activate_rows_double(double *c, ptrdiff_t ldc, int rows, int kind,
+                                           double param)
+{
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < CN_NR_DOUBLE; ++j)
+            c[i * ldc + j] = cn_activate_double(c[i * ldc + j], kind, param);
+}
+
+/* R rows by P panels, for R = 1 .. MR - 1: P = 4, 2, 2, then 1. */
+#define CN_PANELS_FOR_ROWS(R) ((R) == 1 ? 4 : (R) <= 3 ? 2 : 1)
+
+#define CN_DEFINE_ROWS_KERNELS(T, VT, VU, VI, NR)                                          \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_1x4, T, VT, VU, VI, NR, 1, 4, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_1x1, T, VT, VU, VI, NR, 1, 1, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_2x2, T, VT, VU, VI, NR, 2, 2, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_2x1, T, VT, VU, VI, NR, 2, 1, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_3x2, T, VT, VU, VI, NR, 3, 2, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_3x1, T, VT, VU, VI, NR, 3, 1, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_4x1, T, VT, VU, VI, NR, 4, 1, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_5x1, T, VT, VU, VI, NR, 5, 1, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_6x1, T, VT, VU, VI, NR, 6, 1, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_7x1, T, VT, VU, VI, NR, 7, 1, cn_activate_rows_##T) \
+                                                                                            \
+/* rows (1 .. MR - 1) of `panels` full panels (CN_PANELS_FOR_ROWS(rows), or 1).  */        \
+static void cn_kernel_rows_##T(int rows, int panels, ptrdiff_t kc, const T *a, const T *b, \
+                               T *c, ptrdiff_t ldc, int accumulate, const T *bias,         \
+                               int bias_per_row, int epilogue, T param)                    \
+{                                                                                          \
+    switch (rows * 8 + (panels > 1)) {                                                    \
+    case 8 + 1: cn_rows_##T##_1x4(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    case 8: cn_rows_##T##_1x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    case 16 + 1: cn_rows_##T##_2x2(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    case 16: cn_rows_##T##_2x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    case 24 + 1: cn_rows_##T##_3x2(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    case 24: cn_rows_##T##_3x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    case 32: cn_rows_##T##_4x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    case 40: cn_rows_##T##_5x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    case 48: cn_rows_##T##_6x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    default: cn_rows_##T##_7x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
+    }                                                                                      \
+}
+
+CN_DEFINE_ROWS_KERNELS(float, cn_kf, cn_vf_u, cn_kfi, CN_NR_FLOAT)
+CN_DEFINE_ROWS_KERNELS(double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
+
 /* The finishing steps every path applies to one element of C, in one order. */
 #define CN_FINISH(T, value, old, accumulate, bias, j, epilogue, param)        \
     do {                                                                      \
