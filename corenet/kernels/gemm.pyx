@@ -32,6 +32,7 @@ cdef extern from "microkernel.h" nogil:
         CN_AXPY_VECTORS
         CN_VEC_BYTES
     void* cn_thread_buffer(size_t n_bytes)
+    void* cn_shared_buffer(size_t n_bytes)
     # The k block: the B sliver (KC x NR) and the A sliver (KC x MR) share L1.
     enum:
         CN_KC_FLOAT
@@ -97,6 +98,7 @@ cdef enum:
     # what waking a second thread costs.
     GRAIN = 64 * 64 * 128
     THIN_DOT_MIN_K = 128
+    SHARED_PANEL_MIN_WORK = 256 * 256 * 256
 
 
 cdef inline Py_ssize_t round_up(Py_ssize_t x, Py_ssize_t step) noexcept nogil:
@@ -199,6 +201,59 @@ cdef void short_sliver(Py_ssize_t kc, const floating* a, const floating* b, floa
         q += step
 
 
+cdef inline Py_ssize_t k_block(Py_ssize_t k, Py_ssize_t kc_max) noexcept nogil:
+    """KC for this k (kc_max: the dtype's): equal k blocks (784 = 2 x 392, not 384 + 384 + 16), since a
+    thin last block would cost a pass over C for little work. It depends on k
+    only, as it must: the k blocks are the one blocking that orders sums."""
+    cdef Py_ssize_t blocks = (k + kc_max - 1) // kc_max
+    return (k + blocks - 1) // blocks
+
+
+cdef void multiply_panel(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t jc, Py_ssize_t nc,
+                         Py_ssize_t pc, Py_ssize_t kc, bint last,
+                         const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
+                         const floating* b_packed, floating* a_packed,
+                         floating* c, Py_ssize_t ldc, bint accumulate,
+                         const floating* bias, bint bias_per_row, int epilogue,
+                         floating param) noexcept nogil:
+    """C[m0:m1, jc:jc+nc] += A[m0:m1, pc:pc+kc] · (packed panel of B), A packed
+    MC rows at a time into a_packed; the epilogue when this is the last k block."""
+    cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
+    cdef Py_ssize_t ic, mc, jr, ir
+    cdef const floating* tile_bias
+    accumulate = accumulate or pc > 0
+    if not last:
+        epilogue = EPILOGUE_NONE
+    # Plain while loops: Cython turns range() with a run-time step into Python iteration.
+    ic = m0
+    while ic < m1:
+        mc = min(MC, m1 - ic)
+        pack_a(a_packed, a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc)
+        jr = 0
+        while jr < nc:
+            ir = 0
+            while ir < mc:
+                if mc - ir < CN_MR and nc - jr >= nr_full:
+                    break  # a short last sliver over full panels: below
+                tile_bias = NULL
+                if last and bias != NULL:
+                    tile_bias = bias + (ic + ir if bias_per_row else jc + jr)
+                run_kernel(kc, a_packed + ir * kc, b_packed + jr * kc,
+                           c + (ic + ir) * ldc + jc + jr, ldc, accumulate, tile_bias,
+                           bias_per_row, epilogue, param, min(<Py_ssize_t>CN_MR, mc - ir),
+                           min(nr_full, nc - jr), nr_full)
+                ir += CN_MR
+            jr += nr_full
+        if mc % CN_MR:
+            short_sliver(kc, a_packed + (mc - mc % CN_MR) * kc, b_packed,
+                         c + (ic + mc - mc % CN_MR) * ldc + jc, ldc, nc // nr_full,
+                         nr_full, mc % CN_MR, accumulate,
+                         NULL if not last or bias == NULL else
+                         bias + (ic + mc - mc % CN_MR if bias_per_row else jc),
+                         bias_per_row, epilogue, param)
+        ic += MC
+
+
 cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k,
                     const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
                     const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs,
@@ -206,63 +261,80 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
                     const floating* bias, bint bias_per_row, int epilogue,
                     floating param) noexcept nogil:
     """C[m0:m1, n0:n1] on the calling thread, with its own packing buffers."""
-    cdef Py_ssize_t nr_full, kc_max, jc, nc, pc, kc, ic, mc, jr, ir
-    cdef bint last
-    if floating is float:
-        nr_full = CN_NR_FLOAT
-        kc_max = CN_KC_FLOAT
-    else:
-        nr_full = CN_NR_DOUBLE
-        kc_max = CN_KC_DOUBLE
-    # Equal k blocks (784 = 2 x 392, not 384 + 384 + 16): a thin last block would
-    # cost a pass over C for little work. It depends on k only, as it must.
-    kc_max = (k + (k + kc_max - 1) // kc_max - 1) // ((k + kc_max - 1) // kc_max)
-    cdef Py_ssize_t panel_size = min(kc_max, k) * round_up(min(NC, n1 - n0), nr_full)
-    cdef Py_ssize_t block_size = min(kc_max, k) * round_up(min(MC, m1 - m0), CN_MR)
+    cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
+    cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE), jc, nc, pc, kc
+    cdef Py_ssize_t panel_size = kc_max * round_up(min(NC, n1 - n0), nr_full)
+    cdef Py_ssize_t block_size = kc_max * round_up(min(MC, m1 - m0), CN_MR)
     cdef floating* b_packed = <floating*>cn_thread_buffer(
         (panel_size + block_size) * sizeof(floating))
     if b_packed == NULL:
         return -1
     cdef floating* a_packed = b_packed + panel_size
-    cdef const floating* tile_bias
-    # Plain while loops: Cython turns range() with a run-time step into Python iteration.
     jc = n0
     while jc < n1:
         nc = min(NC, n1 - jc)
         pc = 0
         while pc < k:
             kc = min(kc_max, k - pc)
-            last = pc + kc == k
             pack_b(b_packed, b + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, nr_full)
-            ic = m0
-            while ic < m1:
-                mc = min(MC, m1 - ic)
-                pack_a(a_packed, a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc)
-                jr = 0
-                while jr < nc:
-                    ir = 0
-                    while ir < mc:
-                        if mc - ir < CN_MR and nc - jr >= nr_full:
-                            break  # a short last sliver over full panels: below
-                        tile_bias = NULL
-                        if last and bias != NULL:
-                            tile_bias = bias + (ic + ir if bias_per_row else jc + jr)
-                        run_kernel(kc, a_packed + ir * kc, b_packed + jr * kc,
-                                   c + (ic + ir) * ldc + jc + jr, ldc,
-                                   accumulate or pc > 0, tile_bias, bias_per_row,
-                                   epilogue if last else EPILOGUE_NONE, param,
-                                   min(<Py_ssize_t>CN_MR, mc - ir), min(nr_full, nc - jr),
-                                   nr_full)
-                        ir += CN_MR
-                    jr += nr_full
-                if mc % CN_MR:
-                    short_sliver(kc, a_packed + (mc - mc % CN_MR) * kc, b_packed,
-                                 c + (ic + mc - mc % CN_MR) * ldc + jc, ldc, nc // nr_full,
-                                 nr_full, mc % CN_MR, accumulate or pc > 0,
-                                 NULL if not last or bias == NULL else
-                                 bias + (ic + mc - mc % CN_MR if bias_per_row else jc),
-                                 bias_per_row, epilogue if last else EPILOGUE_NONE, param)
-                ic += MC
+            multiply_panel(m0, m1, jc, nc, pc, kc, pc + kc == k, a, a_rs, a_cs, b_packed,
+                           a_packed, c, ldc, accumulate, bias, bias_per_row, epilogue, param)
+            pc += kc
+        jc += nc
+    return 0
+
+
+cdef int gemm_shared_panel(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                           const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
+                           const floating* b, Py_ssize_t b_rs, Py_ssize_t b_cs,
+                           floating* c, Py_ssize_t ldc, bint accumulate,
+                           const floating* bias, bint bias_per_row, int epilogue,
+                           floating param, int n_threads) noexcept nogil:
+    """C split by rows over the threads, as BLIS does it: for each k block the
+    threads pack one panel of B together, then take row blocks of C from a queue
+    (a thread that the OS delays takes fewer), each packing its own A. B is
+    packed once instead of once per thread."""
+    cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
+    cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE), jc, nc, pc, kc, part, task
+    cdef Py_ssize_t m_tiles = (m + CN_MR - 1) // CN_MR
+    # Four row blocks per thread: small enough to even out a delayed thread, large
+    # enough that each packs A for a good share of the panel's work.
+    cdef Py_ssize_t n_tasks = min(m_tiles, 4 * <Py_ssize_t>n_threads)
+    cdef Py_ssize_t rows_per_task = (m_tiles + n_tasks - 1) // n_tasks * CN_MR
+    cdef Py_ssize_t n_panels, m0
+    cdef Py_ssize_t panel_size = kc_max * round_up(min(NC, n), nr_full)
+    cdef Py_ssize_t block_size = kc_max * round_up(min(MC, rows_per_task), CN_MR)
+    cdef floating* b_packed = <floating*>cn_shared_buffer(panel_size * sizeof(floating))
+    cdef floating* a_packed
+    cdef int failures = 0
+    if b_packed == NULL:
+        return -1
+    n_tasks = (m + rows_per_task - 1) // rows_per_task
+    jc = 0
+    while jc < n:
+        nc = min(NC, n - jc)
+        n_panels = (nc + nr_full - 1) // nr_full
+        pc = 0
+        while pc < k:
+            kc = min(kc_max, k - pc)
+            # Each thread packs a run of whole panels.
+            for part in prange(n_threads, num_threads=n_threads, schedule='static'):
+                pack_b(b_packed + part * n_panels // n_threads * nr_full * kc,
+                       b + pc * b_rs + (jc + part * n_panels // n_threads * nr_full) * b_cs,
+                       b_rs, b_cs, kc,
+                       min(nc, (part + 1) * n_panels // n_threads * nr_full)
+                       - part * n_panels // n_threads * nr_full, nr_full)
+            for task in prange(n_tasks, num_threads=n_threads, schedule='dynamic'):
+                a_packed = <floating*>cn_thread_buffer(block_size * sizeof(floating))
+                if a_packed == NULL:
+                    failures += 1
+                    continue
+                m0 = task * rows_per_task
+                multiply_panel(m0, min(m, m0 + rows_per_task), jc, nc, pc, kc, pc + kc == k,
+                               a, a_rs, a_cs, b_packed, a_packed, c, ldc, accumulate, bias,
+                               bias_per_row, epilogue, param)
+            if failures:
+                return -1
             pc += kc
         jc += nc
     return 0
@@ -407,6 +479,11 @@ cdef int gemm_ex(bint trans_a, bint trans_b,
     else:
         tasks_m = min(<Py_ssize_t>n_threads, m_tiles)
     cdef Py_ssize_t n_tasks = tasks_m * tasks_n
+    # Large row splits share B's panel (below that, the extra parallel region per k
+    # block costs more than packing B twice saves).
+    if tasks_m > 1 and m * n * k >= SHARED_PANEL_MIN_WORK:
+        return gemm_shared_panel(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc, accumulate,
+                                 bias, bias_per_row, epilogue, epilogue_param, n_threads)
     if n_tasks == 1:
         return gemm_block(0, m, 0, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc,
                           accumulate, bias, bias_per_row, epilogue, epilogue_param)

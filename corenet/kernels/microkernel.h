@@ -56,41 +56,54 @@ typedef long long cn_vdi __attribute__((vector_size(CN_VEC_BYTES)));
 typedef float cn_vf_u __attribute__((vector_size(CN_VEC_BYTES), aligned(4)));
 typedef double cn_vd_u __attribute__((vector_size(CN_VEC_BYTES), aligned(8)));
 
-/* One growing buffer per OS thread for the packed blocks. OpenMP workers live
- * across parallel regions, so a steady-state GEMM allocates nothing. A thread
- * that exits (a short-lived Python thread that ran a GEMM) frees its buffer:
- * the buffer is also the value of a pthread key whose destructor frees it. */
-static __thread void *cn_tls_buffer = NULL;
-static __thread size_t cn_tls_bytes = 0;
+/* Growing buffers per OS thread for the packed blocks: slot 0 for a thread's
+ * own blocks, slot 1 for a panel of B that the calling thread packs with the
+ * others' help and they all read. OpenMP workers live across parallel regions,
+ * so a steady-state GEMM allocates nothing. A thread that exits (a short-lived
+ * Python thread that ran a GEMM) frees its buffers: a pthread key whose
+ * destructor frees them is set once the thread has one. */
+#define CN_BUFFER_SLOTS 2
+static __thread void *cn_tls_buffers[CN_BUFFER_SLOTS];
+static __thread size_t cn_tls_bytes[CN_BUFFER_SLOTS];
 static pthread_key_t cn_tls_key;
 static pthread_once_t cn_tls_key_once = PTHREAD_ONCE_INIT;
 static int cn_tls_key_ok = 0;
 
-static void cn_free_thread_buffer(void *buffer)
+static void cn_free_thread_buffers(void *unused)
 {
-    free(buffer);
-    cn_tls_buffer = NULL; /* __thread variables are still valid in key destructors */
-    cn_tls_bytes = 0;
+    (void)unused;
+    for (int slot = 0; slot < CN_BUFFER_SLOTS; ++slot) {
+        free(cn_tls_buffers[slot]); /* __thread variables are still valid here */
+        cn_tls_buffers[slot] = NULL;
+        cn_tls_bytes[slot] = 0;
+    }
 }
 
 static void cn_make_tls_key(void)
 {
-    cn_tls_key_ok = pthread_key_create(&cn_tls_key, cn_free_thread_buffer) == 0;
+    cn_tls_key_ok = pthread_key_create(&cn_tls_key, cn_free_thread_buffers) == 0;
 }
 
-static void *cn_thread_buffer(size_t bytes)
+static void *cn_thread_buffer_in(int slot, size_t bytes)
 {
-    if (bytes > cn_tls_bytes) {
+    if (bytes > cn_tls_bytes[slot]) {
         pthread_once(&cn_tls_key_once, cn_make_tls_key);
-        free(cn_tls_buffer);
+        free(cn_tls_buffers[slot]);
         bytes = (bytes + 4095) & ~(size_t)4095;
-        cn_tls_buffer = aligned_alloc(CN_BUFFER_ALIGNMENT, bytes);
-        cn_tls_bytes = cn_tls_buffer ? bytes : 0;
-        if (cn_tls_key_ok) /* without a key the buffer lives as long as the process */
-            pthread_setspecific(cn_tls_key, cn_tls_buffer);
+        cn_tls_buffers[slot] = aligned_alloc(CN_BUFFER_ALIGNMENT, bytes);
+        cn_tls_bytes[slot] = cn_tls_buffers[slot] ? bytes : 0;
+        /* Any non-NULL value runs the destructor; without a key the buffers live
+         * as long as the process. */
+        if (cn_tls_key_ok)
+            pthread_setspecific(cn_tls_key, cn_tls_buffers);
     }
-    return cn_tls_buffer;
+    return cn_tls_buffers[slot];
 }
+
+static void *cn_thread_buffer(size_t bytes) { return cn_thread_buffer_in(0, bytes); }
+
+/* The shared panel of B: slot 1 of the thread that calls the GEMM. */
+static void *cn_shared_buffer(size_t bytes) { return cn_thread_buffer_in(1, bytes); }
 
 /* The activations other than ReLU, over a full MR x NR tile of C. */
 static inline void cn_activate_tile_float(float *c, ptrdiff_t ldc, int kind, float param)
