@@ -450,9 +450,13 @@ cdef int gemm_ex(bint trans_a, bint trans_b,
     # Thin products, where packed tiles would be mostly padding (matrix-vector shapes,
     # a Linear with few outputs): the path depends on the shape only, never on threads.
     # The dot path ends each element with a sum across a vector's lanes, which only
-    # a long k amortizes. A bias per row is added after them, in a pass of its own.
+    # a long k amortizes. With B given transposed and at most one sliver of rows
+    # (a convolution's weight gradient, dW = dY · colᵀ, with few output channels)
+    # it reads both operands where they lie, where packing B would move as much
+    # data as the product has FMAs. A bias per row is added after them, in a pass
+    # of its own.
     cdef bint dot_path = (not trans_a and k >= THIN_DOT_MIN_K
-                          and (n < nr_full or (m < CN_MR and trans_b)))
+                          and (n < nr_full or (m <= CN_MR and trans_b)))
     cdef bint axpy_path = not dot_path and m < CN_MR and not trans_b
     if bias_per_row and (k == 0 or dot_path or axpy_path):
         status = gemm_ex(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate, NULL,
