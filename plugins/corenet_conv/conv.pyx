@@ -52,6 +52,10 @@ cnp.import_array()
 # the weight-gradient sums, which must not depend on the machine's load or threads.
 CHUNK_BYTES = 256 << 10
 WORKSPACE_BYTES = 16 << 20
+# Bytes of columns of one position tile, when a sample's columns exceed CHUNK_BYTES
+# (see ConvNd._tile): larger than L2, measured faster (fewer passes over dW and
+# fewer, larger products per sample), and still far from a large sample's columns.
+TILE_BYTES = 1 << 20
 # Partial weight gradients in the parallel backward: runs of consecutive chunks.
 MAX_PARTS = 16
 
@@ -524,12 +528,13 @@ class ConvNd(Layer):
 
     def _tile(self, k_rows, positions):
         """Output positions per tile of one sample's columns, or 0 when a sample's
-        columns fit in CHUNK_BYTES whole: whole vectors of the GEMM's tile, at least
-        64, from shapes only (dW sums the tiles in order)."""
+        columns fit in CHUNK_BYTES whole or in one tile: about TILE_BYTES of
+        columns, in whole vectors of the GEMM's tile, at least 64, from shapes only
+        (dW sums the tiles in order)."""
         per_position = k_rows * self.dtype.itemsize
         if per_position * positions <= CHUNK_BYTES:
             return 0
-        tile = max(64, CHUNK_BYTES // per_position // 16 * 16)
+        tile = max(64, TILE_BYTES // per_position // 16 * 16)
         return tile if tile < positions else 0
 
     # -- forward and backward ------------------------------------------------------

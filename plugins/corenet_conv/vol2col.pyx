@@ -303,14 +303,16 @@ cdef void vol2col_tile_row(const Geometry* g, const Ranges* r, const floating* p
                            Py_ssize_t od_last) noexcept nogil:
     """Row (i, j, l) of one channel's columns for positions [p0, p0 + n), which
     lie in output planes [od_first, od_last]."""
-    cdef Py_ssize_t area = g.height * g.width, od, a, b
+    cdef Py_ssize_t area = g.height * g.width, od, a, b, filled = p0
     cdef Py_ssize_t shift = r.offset[i] * area + r.offset[r.d + j] * g.width + r.offset[r.h + l]
-    memset(dst, 0, n * sizeof(floating))
     for od in range(max(r.lo[i], od_first), min(r.hi[i], od_last + 1)):
         tile_span(r, i, j, l, area, g.width, od, p0, p0 + n, &a, &b)
         if a < b:
+            memset(dst + filled - p0, 0, (a - filled) * sizeof(floating))
             memcpy(dst + a - p0, plane + a + shift, (b - a) * sizeof(floating))
             zero_padding_in_span(dst, p0, a, b, r.lo[r.h + l], r.hi[r.h + l], g.width)
+            filled = b
+    memset(dst + filled - p0, 0, (p0 + n - filled) * sizeof(floating))
 
 
 cdef int vol2col_tile(const Geometry* g, const floating* x, floating* col, Py_ssize_t p0,
