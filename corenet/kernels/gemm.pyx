@@ -16,7 +16,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from corenet.kernels.threads cimport num_threads, threads_for
 
@@ -124,6 +124,9 @@ cdef void pack_a(floating* dst, const floating* a, Py_ssize_t rs, Py_ssize_t cs,
             for i in range(mr):
                 for p in range(kc):
                     sliver[p * CN_MR + i] = a[(i0 + i) * rs + p]
+        elif rs == 1 and mr == CN_MR:  # A given transposed: MR contiguous values per p
+            for p in range(kc):
+                memcpy(sliver + p * CN_MR, a + i0 + p * cs, CN_MR * sizeof(floating))
         else:
             for p in range(kc):
                 for i in range(mr):
