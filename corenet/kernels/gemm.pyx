@@ -99,6 +99,7 @@ cdef enum:
     GRAIN = 64 * 64 * 128
     THIN_DOT_MIN_K = 128
     SHARED_PANEL_MIN_WORK = 256 * 256 * 256
+    PACK_PANELS = 8  # panels of B one thread packs at a time in the shared-panel split
 
 
 cdef inline Py_ssize_t round_up(Py_ssize_t x, Py_ssize_t step) noexcept nogil:
@@ -324,13 +325,14 @@ cdef int gemm_shared_panel(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         pc = 0
         while pc < k:
             kc = min(kc_max, k - pc)
-            # Each thread packs a run of whole panels.
-            for part in prange(n_threads, num_threads=n_threads, schedule='static'):
-                pack_b(b_packed + part * n_panels // n_threads * nr_full * kc,
-                       b + pc * b_rs + (jc + part * n_panels // n_threads * nr_full) * b_cs,
+            # The threads take runs of PACK_PANELS whole panels from a queue.
+            for part in prange((n_panels + PACK_PANELS - 1) // PACK_PANELS,
+                               num_threads=n_threads, schedule='dynamic'):
+                pack_b(b_packed + part * PACK_PANELS * nr_full * kc,
+                       b + pc * b_rs + (jc + part * PACK_PANELS * nr_full) * b_cs,
                        b_rs, b_cs, kc,
-                       min(nc, (part + 1) * n_panels // n_threads * nr_full)
-                       - part * n_panels // n_threads * nr_full, nr_full)
+                       min(nc - part * PACK_PANELS * nr_full, PACK_PANELS * nr_full),
+                       nr_full)
             for task in prange(n_tasks, num_threads=n_threads, schedule='dynamic'):
                 a_packed = <floating*>cn_thread_buffer(block_size * sizeof(floating))
                 if a_packed == NULL:
