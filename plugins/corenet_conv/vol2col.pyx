@@ -60,11 +60,67 @@ cdef int make_ranges(const Geometry* g, Ranges* r) noexcept nogil:
     return 0
 
 
+cdef extern from *:
+    """
+    /* The rows of a window, each on its own: out[r][w] = in[r][w * step] for w in
+     * [lo, hi), zero elsewhere in [0, width); and the adjoint, in[r][w * step] +=
+     * out[r][w] for w in [lo, hi). Small functions of their own, so that the
+     * short rows of a small image run in registers, not through the spilled
+     * state of a parallel region. `in` is where column 0 of row 0 would be read;
+     * only the valid columns are touched. */
+    #define CN_WINDOW_ROWS(T)                                                       \
+    static void cn_copy_window_##T(T *restrict out, ptrdiff_t out_stride,          \
+                                   const T *restrict in, ptrdiff_t in_stride,      \
+                                   ptrdiff_t step, ptrdiff_t rows, ptrdiff_t lo,   \
+                                   ptrdiff_t hi, ptrdiff_t width)                  \
+    {                                                                              \
+        for (ptrdiff_t row = 0; row < rows; ++row) {                               \
+            T *o = out + row * out_stride;                                         \
+            const T *i = in + row * in_stride;                                     \
+            for (ptrdiff_t w = 0; w < lo; ++w) o[w] = 0;                           \
+            if (step == 1)                                                         \
+                for (ptrdiff_t w = lo; w < hi; ++w) o[w] = i[w];                   \
+            else                                                                   \
+                for (ptrdiff_t w = lo; w < hi; ++w) o[w] = i[w * step];            \
+            for (ptrdiff_t w = hi; w < width; ++w) o[w] = 0;                       \
+        }                                                                          \
+    }                                                                              \
+    static void cn_add_window_##T(T *restrict in, ptrdiff_t in_stride,             \
+                                  const T *restrict out, ptrdiff_t out_stride,     \
+                                  ptrdiff_t step, ptrdiff_t rows, ptrdiff_t lo,    \
+                                  ptrdiff_t hi)                                    \
+    {                                                                              \
+        for (ptrdiff_t row = 0; row < rows; ++row) {                               \
+            T *i = in + row * in_stride;                                           \
+            const T *o = out + row * out_stride;                                   \
+            if (step == 1)                                                         \
+                for (ptrdiff_t w = lo; w < hi; ++w) i[w] += o[w];                  \
+            else                                                                   \
+                for (ptrdiff_t w = lo; w < hi; ++w) i[w * step] += o[w];           \
+        }                                                                          \
+    }
+    CN_WINDOW_ROWS(float)
+    CN_WINDOW_ROWS(double)
+    """
+    void cn_copy_window_float(float* out, ptrdiff_t out_stride, const float* src,
+                              ptrdiff_t in_stride, ptrdiff_t step, ptrdiff_t rows,
+                              ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t width) noexcept nogil
+    void cn_copy_window_double(double* out, ptrdiff_t out_stride, const double* src,
+                               ptrdiff_t in_stride, ptrdiff_t step, ptrdiff_t rows,
+                               ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t width) noexcept nogil
+    void cn_add_window_float(float* dst, ptrdiff_t in_stride, const float* out,
+                             ptrdiff_t out_stride, ptrdiff_t step, ptrdiff_t rows,
+                             ptrdiff_t lo, ptrdiff_t hi) noexcept nogil
+    void cn_add_window_double(double* dst, ptrdiff_t in_stride, const double* out,
+                              ptrdiff_t out_stride, ptrdiff_t step, ptrdiff_t rows,
+                              ptrdiff_t lo, ptrdiff_t hi) noexcept nogil
+
+
 cdef void vol2col_row(const Geometry* g, const Ranges* r, const floating* plane,
                       floating* dst, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l) noexcept nogil:
     """One row of the columns for one sample: kernel offset (i, j, l) over every
     output position, zero where the input position falls in the padding."""
-    cdef Py_ssize_t od, oh, ow, in_d, in_h
+    cdef Py_ssize_t od, in_d
     cdef Py_ssize_t plane_size = g.out_height * g.out_width
     cdef Py_ssize_t d_lo = r.lo[i], d_hi = r.hi[i], offset_d = r.offset[i]
     cdef Py_ssize_t h_lo = r.lo[r.d + j], h_hi = r.hi[r.d + j], offset_h = r.offset[r.d + j]
@@ -76,19 +132,16 @@ cdef void vol2col_row(const Geometry* g, const Ranges* r, const floating* plane,
         in_d = od * g.stride_d + offset_d
         out = dst + od * plane_size
         memset(out, 0, h_lo * g.out_width * sizeof(floating))
-        for oh in range(h_lo, h_hi):
-            in_h = oh * g.stride_h + offset_h
-            src = plane + (in_d * g.height + in_h) * g.width + offset_w
-            for ow in range(w_lo):
-                out[oh * g.out_width + ow] = 0
-            if g.stride_w == 1:
-                for ow in range(w_lo, w_hi):
-                    out[oh * g.out_width + ow] = src[ow]
+        if h_lo < h_hi:
+            src = plane + (in_d * g.height + h_lo * g.stride_h + offset_h) * g.width + offset_w
+            if floating is float:
+                cn_copy_window_float(out + h_lo * g.out_width, g.out_width, src,
+                                     g.stride_h * g.width, g.stride_w, h_hi - h_lo, w_lo,
+                                     w_hi, g.out_width)
             else:
-                for ow in range(w_lo, w_hi):
-                    out[oh * g.out_width + ow] = src[ow * g.stride_w]
-            for ow in range(w_hi, g.out_width):
-                out[oh * g.out_width + ow] = 0
+                cn_copy_window_double(out + h_lo * g.out_width, g.out_width, src,
+                                      g.stride_h * g.width, g.stride_w, h_hi - h_lo, w_lo,
+                                      w_hi, g.out_width)
         memset(out + h_hi * g.out_width, 0,
                (g.out_height - h_hi) * g.out_width * sizeof(floating))
     memset(dst + d_hi * plane_size, 0, (g.out_depth - d_hi) * plane_size * sizeof(floating))
@@ -176,7 +229,7 @@ cdef void col2vol_plane(const Geometry* g, const Ranges* r, const floating* col,
                         Py_ssize_t ld_col, floating* plane, Py_ssize_t c) noexcept nogil:
     """One (sample, channel) plane of dx: zero, then every kernel offset's row of
     the columns added into the input positions it was read from, in row order."""
-    cdef Py_ssize_t i, j, l, od, oh, ow, in_d, in_h, w_lo, w_hi
+    cdef Py_ssize_t i, j, l, od, in_d, w_lo, w_hi, h_lo, h_hi
     cdef const floating* src
     cdef const floating* src_row
     cdef floating* dst
@@ -187,18 +240,21 @@ cdef void col2vol_plane(const Geometry* g, const Ranges* r, const floating* col,
                 w_lo = r.lo[r.h + l]
                 w_hi = r.hi[r.h + l]
                 src = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * ld_col
+                h_lo = r.lo[r.d + j]
+                h_hi = r.hi[r.d + j]
+                if h_lo == h_hi:
+                    continue
                 for od in range(r.lo[i], r.hi[i]):
                     in_d = od * g.stride_d + r.offset[i]
-                    for oh in range(r.lo[r.d + j], r.hi[r.d + j]):
-                        in_h = oh * g.stride_h + r.offset[r.d + j]
-                        dst = plane + (in_d * g.height + in_h) * g.width + r.offset[r.h + l]
-                        src_row = src + (od * g.out_height + oh) * g.out_width
-                        if g.stride_w == 1:
-                            for ow in range(w_lo, w_hi):
-                                dst[ow] += src_row[ow]
-                        else:
-                            for ow in range(w_lo, w_hi):
-                                dst[ow * g.stride_w] += src_row[ow]
+                    dst = plane + ((in_d * g.height + h_lo * g.stride_h + r.offset[r.d + j])
+                                   * g.width + r.offset[r.h + l])
+                    src_row = src + (od * g.out_height + h_lo) * g.out_width
+                    if floating is float:
+                        cn_add_window_float(dst, g.stride_h * g.width, src_row, g.out_width,
+                                            g.stride_w, h_hi - h_lo, w_lo, w_hi)
+                    else:
+                        cn_add_window_double(dst, g.stride_h * g.width, src_row, g.out_width,
+                                             g.stride_w, h_hi - h_lo, w_lo, w_hi)
 
 
 cdef void col2vol_plane_shifted(const Geometry* g, const Ranges* r, floating* col,
