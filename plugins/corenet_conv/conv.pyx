@@ -193,26 +193,21 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     return status
 
 
-cdef int forward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
-                       const floating* x, const floating* weight, const floating* bias,
-                       floating* out, floating* col, Py_ssize_t tile, int epilogue,
-                       floating param, int n_threads) noexcept nogil:
-    """One sample, its output positions a tile at a time: the tile's columns (C·k,
-    tile) stay in L2, and the products write straight into out (out_channels, P)."""
+cdef int forward_tile(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                      const floating* x, const floating* weight, const floating* bias,
+                      floating* out, floating* col, Py_ssize_t p0, Py_ssize_t n,
+                      int epilogue, floating param, int n_threads) noexcept nogil:
+    """Output positions [p0, p0 + n) of one sample: the tile's columns (C·k, n), then
+    the products, written straight into out (out_channels, P)."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t m = out_channels // groups, group, p0, n
-    cdef int status = 0
-    p0 = 0
-    while p0 < positions:  # range() with a run-time step would be Python iteration
-        n = min(tile, positions - p0)
-        status |= vol2col_tile(g, x, col, p0, n, n_threads)
-        for group in range(groups):
-            status |= gemm_ex(False, False, m, n, k, weight + group * m * k, k,
-                              col + group * k * n, n, out + group * m * positions + p0,
-                              positions, False, NULL if bias == NULL else bias + group * m,
-                              True, epilogue, param, n_threads)
-        p0 += tile
+    cdef Py_ssize_t m = out_channels // groups, group
+    cdef int status = vol2col_tile(g, x, col, p0, n, n_threads)
+    for group in range(groups):
+        status |= gemm_ex(False, False, m, n, k, weight + group * m * k, k,
+                          col + group * k * n, n, out + group * m * positions + p0,
+                          positions, False, NULL if bias == NULL else bias + group * m,
+                          True, epilogue, param, n_threads)
     return status
 
 
@@ -278,19 +273,27 @@ cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
     cdef Py_ssize_t col_size = b.k_rows * b.chunk * positions
     cdef int failures = 0
     cdef floating* col
+    # Position tiles: every (sample, tile) writes its own outputs, so in parallel the
+    # threads take tiles, not whole samples, from the queue (a finer balance).
+    cdef Py_ssize_t tiles = (positions + b.tile - 1) // b.tile if b.tile else 0, unit
     if b.tile and not b.parallel:
-        for c in range(n_chunks):
-            failures += -forward_tiled(g, groups, out_channels, x + c * b.in_step, weight,
-                                       bias, out + c * b.out_step, scratch, b.tile,
-                                       epilogue, param, b.n_threads)
+        for unit in range(n_chunks * tiles):
+            failures += -forward_tile(g, groups, out_channels, x + unit // tiles * b.in_step,
+                                      weight, bias, out + unit // tiles * b.out_step, scratch,
+                                      unit % tiles * b.tile,
+                                      min(b.tile, positions - unit % tiles * b.tile),
+                                      epilogue, param, b.n_threads)
         return -1 if failures else 0
     if b.tile:
-        for c in prange(n_chunks, num_threads=min(<Py_ssize_t>b.n_threads, n_chunks),
-                        schedule='dynamic'):
-            failures += -forward_tiled(g, groups, out_channels, x + c * b.in_step, weight,
-                                       bias, out + c * b.out_step,
-                                       scratch + omp_get_thread_num() * b.scratch_per_thread,
-                                       b.tile, epilogue, param, 1)
+        for unit in prange(n_chunks * tiles,
+                           num_threads=min(<Py_ssize_t>b.n_threads, n_chunks * tiles),
+                           schedule='dynamic'):
+            failures += -forward_tile(g, groups, out_channels, x + unit // tiles * b.in_step,
+                                      weight, bias, out + unit // tiles * b.out_step,
+                                      scratch + omp_get_thread_num() * b.scratch_per_thread,
+                                      unit % tiles * b.tile,
+                                      min(b.tile, positions - unit % tiles * b.tile),
+                                      epilogue, param, 1)
         return -1 if failures else 0
     if not b.parallel:
         for c in range(n_chunks):
@@ -512,6 +515,9 @@ class ConvNd(Layer):
         b.tile = self._tile(b.k_rows, positions) if b.chunk == 1 and shifted_copies(&g) else 0
         if b.tile:
             b.scratch_per_thread = 2 * b.k_rows * b.tile + self.out_channels * positions
+            if b.parallel:  # forward's threads take tiles: as many as there are tiles
+                b.n_threads = min(get_num_threads(),
+                                  n_chunks * ((positions + b.tile - 1) // b.tile))
         else:
             b.scratch_per_thread = (2 * b.k_rows + self.out_channels) * b.chunk * positions
         b.n_parts = min(n_chunks, MAX_PARTS) if b.parallel else 0
