@@ -217,14 +217,17 @@ cdef int backward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
                         floating* x_grad, floating* col, floating* col_grad,
                         floating* grad_t, Py_ssize_t tile, int epilogue, floating param,
                         int n_threads) noexcept nogil:
-    """backward_chunk for one sample, a tile of positions at a time (forward_tiled):
+    """backward_chunk for one sample, a tile of positions at a time (forward_tile):
     dW sums the tiles' products in tile order, dx takes each tile's col2vol."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t m = out_channels // groups, group, p0, n
     cdef int status = 0
-    move_chunk_axis_back(grad, out, grad_t, 1, out_channels, positions, epilogue, param,
-                         n_threads)
+    if epilogue == EPILOGUE_NONE:
+        grad_t = <floating*>grad  # one sample is already (out_channels, P): read only
+    else:
+        move_chunk_axis_back(grad, out, grad_t, 1, out_channels, positions, epilogue, param,
+                             n_threads)
     if bias_grad != NULL:
         add_row_sums(bias_grad, grad_t, out_channels, positions, n_threads)
     if x_grad != NULL:
