@@ -63,10 +63,23 @@ def torch_conv(n_axes, config, layer, dtype):
     return module
 
 
+@pytest.fixture(params=["chunks", "tiles"])
+def walk(request, monkeypatch):
+    """How a convolution walks the batch: as the shapes decide ("chunks"), or with
+    every sample's output positions in tiles of 64 where the geometry allows
+    (stride 1, height and width kept): the path large images take."""
+    if request.param == "tiles":
+        from corenet_conv import conv as conv_module
+
+        monkeypatch.setattr(conv_module, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(conv_module, "TILE_BYTES", 1)
+    return request.param
+
+
 @needs_torch
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
-def test_convolution_matches_pytorch(case, dtype, rng):
+def test_convolution_matches_pytorch(case, dtype, rng, walk):
     n_axes, config, shape = case
     layer = (L.Conv2d if n_axes == 2 else L.Conv3d)(**config, dtype=dtype)
     module = torch_conv(n_axes, config, layer, dtype)
@@ -95,11 +108,16 @@ def test_every_way_of_walking_the_batch_gives_the_same_result(n_axes, rng, monke
     x = rng.standard_normal(shape)
     results = []
     # One chunk; chunks of one sample taken by the threads (partial weight gradients);
-    # one sample at a time with the threads inside the products. The last two walk
-    # each sample's positions in tiles of 64 ("same" padding, 81 or 729 positions).
-    for chunk_bytes, workspace in ((1 << 30, 1 << 30), (1, 1 << 30), (1 << 30, 1)):
+    # one sample at a time with the threads inside the products; then the last two
+    # with each sample's positions in tiles of 64 ("same" padding, 81 or 729
+    # positions): (sample, tile) units taken by the threads, dx as the adjoint
+    # convolution; one sample at a time, tile by tile.
+    for chunk_bytes, workspace, tile_bytes in ((1 << 30, 1 << 30, 1 << 30),
+                                               (1, 1 << 30, 1 << 30), (1 << 30, 1, 1 << 30),
+                                               (1, 1 << 30, 1), (1 << 30, 1, 1)):
         monkeypatch.setattr(conv_module, "CHUNK_BYTES", chunk_bytes)
         monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", workspace)
+        monkeypatch.setattr(conv_module, "TILE_BYTES", tile_bytes)
         corenet.random.seed(0)
         layer = (L.Conv2d if n_axes == 2 else L.Conv3d)(**config, dtype="float64")
         out = layer.forward(x).copy()
@@ -108,6 +126,32 @@ def test_every_way_of_walking_the_batch_gives_the_same_result(n_axes, rng, monke
     for other in results[1:]:
         for one, many in zip(results[0], other):
             np.testing.assert_allclose(one, many, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [(3, 2), (2, 3)], ids=["narrowing", "widening"])
+@pytest.mark.parametrize("n_axes", [2, 3])
+def test_tiled_backward_dx_matches_finite_differences(n_axes, channels, walk, rng):
+    # In parallel with position tiles, dx is a convolution of dL/dy with the kernel
+    # flipped when in_channels >= out_channels, else Wᵀ·dY and col2vol, sample by
+    # sample (backward_units): both against finite differences of the forward.
+    c_in, c_out = channels
+    layer = (L.Conv2d if n_axes == 2 else L.Conv3d)(c_in, c_out, 3, padding="same",
+                                                    dilation=2, dtype="float64")
+    layer.reuse_buffers = True  # keeps its buffers, as inside a model: seen below
+    x = rng.standard_normal((3, c_in) + (9,) * n_axes)
+    weights = rng.standard_normal((3, c_out) + (9,) * n_axes)
+    layer.forward(x)
+    x_grad = layer.backward(weights).copy()
+    assert ("weight_t" in layer._buffers) == (walk == "tiles" and c_in >= c_out)
+    step = 1e-6
+    for index in [(0, 0) + (0,) * n_axes, (1, 1) + (4,) * n_axes, (2, 0) + (8,) * n_axes,
+                  (2, c_in - 1) + (1, 7, 3)[:n_axes]]:
+        shifted = x.copy()
+        shifted[index] += step
+        up = np.sum(layer.forward(shifted) * weights)
+        shifted[index] -= 2 * step
+        down = np.sum(layer.forward(shifted) * weights)
+        assert abs((up - down) / (2 * step) - x_grad[index]) < 1e-6, index
 
 
 def test_workspace_stays_bounded_on_large_images():
@@ -131,13 +175,13 @@ def test_workspace_stays_bounded_on_large_images():
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu", "elu"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fused_activation_is_bitwise_the_unfused_pair(activation, dtype, rng):
+def test_fused_activation_is_bitwise_the_unfused_pair(activation, dtype, rng, walk):
     conv = L.Conv2d(3, 5, 3, padding=1, dtype=dtype)
     act = L.create(activation)
-    model = cn.Sequential(conv, act, input_shape=(3, 6, 6), requires_input_grad=True)
+    model = cn.Sequential(conv, act, input_shape=(3, 10, 9), requires_input_grad=True)
     assert model._plan[0][3] is act  # the executor fused the pair
-    x = rng.standard_normal((4, 3, 6, 6)).astype(dtype)
-    grad = rng.standard_normal((4, 5, 6, 6)).astype(dtype)
+    x = rng.standard_normal((4, 3, 10, 9)).astype(dtype)
+    grad = rng.standard_normal((4, 5, 10, 9)).astype(dtype)
     fused_out = model.forward(x)
     fused_x_grad = model.backward(grad)
     fused_grads = [p.grad.copy() for p in conv.parameters()]
@@ -164,7 +208,7 @@ def small_cnn(n_axes=2):
 
 
 @pytest.mark.parametrize("n_axes", [2, 3])
-def test_small_cnn_is_bitwise_the_same_on_any_thread_count(n_axes, rng, threads):
+def test_small_cnn_is_bitwise_the_same_on_any_thread_count(n_axes, rng, threads, walk):
     model = small_cnn(n_axes)
     x = rng.standard_normal((64,) + model.inputs[0].shape).astype(np.float32)
     results = []

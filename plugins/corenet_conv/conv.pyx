@@ -16,6 +16,14 @@ sample at a time with the threads inside the products. For each chunk:
 When threads take the chunks, each run of consecutive chunks sums its own
 partial dW and db, and the runs are added in order. A batch that fits in one
 chunk keeps its columns from forward to backward.
+
+A sample whose columns exceed CHUNK_BYTES, in a convolution of stride 1 that
+keeps height and width, goes through in tiles of output positions (ConvNd._tile).
+Forward: the threads take (sample, tile) units. Backward in parallel
+(backward_units): the units again, for dW and db in runs; then dx as the
+adjoint convolution, dY·f' with the kernel flipped (ConvNd._adjoint), one tile
+of dx per unit. One sample at a time (WORKSPACE_BYTES), tile by tile with the
+threads inside the products: backward_tiled.
 """
 import math
 
@@ -121,8 +129,9 @@ cdef void move_chunk_axis_back(const floating* grad, const floating* out, floati
 
 
 cdef void add_row_sums(floating* sums, const floating* x, Py_ssize_t rows,
-                       Py_ssize_t columns, int max_threads) noexcept nogil:
-    """sums[r] += Σ_j x[r, j], eight partial sums per row in a fixed order."""
+                       Py_ssize_t columns, Py_ssize_t ld, int max_threads) noexcept nogil:
+    """sums[r] += Σ_j x[r, j] (row r at x + r·ld), eight partial sums per row in a
+    fixed order."""
     cdef Py_ssize_t r, j, lane
     cdef floating partial[8]
     cdef floating total
@@ -132,12 +141,12 @@ cdef void add_row_sums(floating* sums, const floating* x, Py_ssize_t rows,
             partial[lane] = 0
         for j in range(0, columns - columns % 8, 8):
             for lane in range(8):
-                partial[lane] = partial[lane] + x[r * columns + j + lane]
+                partial[lane] = partial[lane] + x[r * ld + j + lane]
         total = 0
         for lane in range(8):
             total = total + partial[lane]
         for j in range(columns - columns % 8, columns):
-            total = total + x[r * columns + j]
+            total = total + x[r * ld + j]
         sums[r] = sums[r] + total
 
 
@@ -175,7 +184,7 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     move_chunk_axis_back(grad, out, grad_t, n_samples, out_channels, positions, epilogue,
                          param, n_threads)
     if bias_grad != NULL:
-        add_row_sums(bias_grad, grad_t, out_channels, span, n_threads)
+        add_row_sums(bias_grad, grad_t, out_channels, span, span, n_threads)
     if not have_columns:
         status |= vol2col(g, x, col, span, n_samples, n_threads)
     for group in range(groups):
@@ -217,8 +226,9 @@ cdef int backward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
                         floating* x_grad, floating* col, floating* col_grad,
                         floating* grad_t, Py_ssize_t tile, int epilogue, floating param,
                         int n_threads) noexcept nogil:
-    """backward_chunk for one sample, a tile of positions at a time (forward_tile):
-    dW sums the tiles' products in tile order, dx takes each tile's col2vol."""
+    """backward_chunk for one sample, a tile of positions at a time (forward_tile),
+    when samples go one at a time with the threads inside the products: dW sums
+    the tiles' products in tile order, dx takes each tile's col2vol."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t m = out_channels // groups, group, p0, n
@@ -229,7 +239,7 @@ cdef int backward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
         move_chunk_axis_back(grad, out, grad_t, 1, out_channels, positions, epilogue, param,
                              n_threads)
     if bias_grad != NULL:
-        add_row_sums(bias_grad, grad_t, out_channels, positions, n_threads)
+        add_row_sums(bias_grad, grad_t, out_channels, positions, positions, n_threads)
     if x_grad != NULL:
         memset(x_grad, 0, g.channels * g.depth * g.height * g.width * sizeof(floating))
     p0 = 0
@@ -253,6 +263,112 @@ cdef int backward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     return status
 
 
+cdef int backward_units(const Geometry* g, const Geometry* gt, const Batch* b,
+                        Py_ssize_t groups, Py_ssize_t out_channels, const floating* x,
+                        const floating* weight, const floating* weight_t,
+                        const floating* grad_t,
+                        floating* weight_grad, floating* bias_grad, floating* x_grad,
+                        floating* scratch, floating* partials) noexcept nogil:
+    """Backward of a tiled convolution in parallel, in two passes over (sample, tile)
+    units that the threads take from queues.
+
+    dW, db: runs of consecutive units (position tiles of dL/dy) sum into their own
+    partial gradients, added in order after.
+    dx, with at least as many input channels as output channels (b.tile_dx > 0):
+    the convolution's adjoint is itself a convolution, of g' = dL/dy·f' with the
+    kernel flipped and in and out channels swapped (weight_t), stride 1 and the
+    complementary padding (gt). Each unit computes one tile of dx's positions
+    through vol2col and a product, so no two units write the same element.
+    With fewer input channels that product would be a thin one (C_in rows) over
+    columns C_out·k deep, slower than Wᵀ·g' and col2vol; then the threads take
+    whole samples, since the tiles of one sample add into the same dx."""
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t x_positions = g.depth * g.height * g.width
+    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t k = g.channels // groups * kernel_size, m = out_channels // groups
+    cdef Py_ssize_t k_t = m * kernel_size, m_t = g.channels // groups
+    cdef Py_ssize_t tiles = (positions + b.tile - 1) // b.tile
+    cdef Py_ssize_t units = b.size * tiles
+    cdef Py_ssize_t tiles_dx = (x_positions + b.tile_dx - 1) // b.tile_dx if b.tile_dx else 0
+    cdef Py_ssize_t weight_size = out_channels * k
+    cdef Py_ssize_t part_size = weight_size + out_channels
+    cdef Py_ssize_t part, unit, sample, p0, n, group
+    cdef int failures = 0
+    cdef floating* col
+    cdef floating* part_weight
+    cdef const floating* g_sample
+    memset(partials, 0, b.n_parts * part_size * sizeof(floating))
+    for part in prange(b.n_parts, num_threads=min(<Py_ssize_t>b.n_threads, b.n_parts),
+                       schedule='dynamic'):
+        col = scratch + omp_get_thread_num() * b.scratch_per_thread
+        part_weight = partials + part * part_size
+        for unit in range(part * units // b.n_parts, (part + 1) * units // b.n_parts):
+            sample = unit // tiles
+            p0 = unit % tiles * b.tile
+            n = min(b.tile, positions - p0)
+            g_sample = grad_t + sample * b.out_step
+            failures += -vol2col_tile(g, x + sample * b.in_step, col, p0, n, 1)
+            for group in range(groups):
+                # dW_g (m x k) += g'_g[:, tile] (m x n) · col_gᵀ (n x k)
+                failures += -gemm_ex(False, True, m, k, n,
+                                     g_sample + group * m * positions + p0, positions,
+                                     col + group * k * n, n, part_weight + group * m * k, k,
+                                     True, NULL, False, EPILOGUE_NONE, 0, 1)
+            if bias_grad != NULL:
+                add_row_sums(part_weight + weight_size, g_sample + p0, out_channels, n,
+                             positions, 1)
+    add_parts(weight_grad, partials, b.n_parts, weight_size, part_size, b.n_threads)
+    if bias_grad != NULL:
+        add_parts(bias_grad, partials + weight_size, b.n_parts, out_channels, part_size, 1)
+    if x_grad == NULL:
+        return -1 if failures else 0
+    if b.tile_dx == 0:  # dx through col2vol, the threads taking whole samples
+        for sample in prange(b.size, num_threads=min(<Py_ssize_t>b.n_threads, b.size),
+                             schedule='dynamic'):
+            col = scratch + omp_get_thread_num() * b.scratch_per_thread
+            g_sample = grad_t + sample * b.out_step
+            memset(x_grad + sample * b.in_step, 0, b.in_step * sizeof(floating))
+            for unit in range(tiles):
+                p0 = unit * b.tile
+                n = min(b.tile, positions - p0)
+                for group in range(groups):
+                    # dcol_g (k x n) = W_gᵀ (k x m) · g'_g[:, tile] (m x n)
+                    failures += -gemm_ex(True, False, k, n, m, weight + group * m * k, k,
+                                         g_sample + group * m * positions + p0, positions,
+                                         col + group * k * n, n, False, NULL, False,
+                                         EPILOGUE_NONE, 0, 1)
+                failures += -col2vol_tile(g, col, x_grad + sample * b.in_step, p0, n, 1)
+        return -1 if failures else 0
+    for unit in prange(b.size * tiles_dx,
+                       num_threads=min(<Py_ssize_t>b.n_threads, b.size * tiles_dx),
+                       schedule='dynamic'):
+        col = scratch + omp_get_thread_num() * b.scratch_per_thread
+        sample = unit // tiles_dx
+        p0 = unit % tiles_dx * b.tile_dx
+        n = min(b.tile_dx, x_positions - p0)
+        failures += -vol2col_tile(gt, grad_t + sample * b.out_step, col, p0, n, 1)
+        for group in range(groups):
+            # dx_g[:, tile] (m_t x n) = W'_g (m_t x k_t) · col'_g (k_t x n)
+            failures += -gemm_ex(False, False, m_t, n, k_t, weight_t + group * m_t * k_t, k_t,
+                                 col + group * k_t * n, n,
+                                 x_grad + sample * b.in_step + group * m_t * x_positions + p0,
+                                 x_positions, False, NULL, False, EPILOGUE_NONE, 0, 1)
+    return -1 if failures else 0
+
+
+cdef void apply_activation_derivative(const floating* grad, const floating* out,
+                                      floating* grad_t, Py_ssize_t n_samples,
+                                      Py_ssize_t channels, Py_ssize_t positions, int kind,
+                                      floating param, int max_threads) noexcept nogil:
+    """grad_t = grad · f'(out), sample by sample in the same layout."""
+    cdef Py_ssize_t sample
+    cdef Py_ssize_t step = channels * positions
+    for sample in prange(n_samples, num_threads=min(threads_for(n_samples * step, GRAIN),
+                                                    max_threads), schedule='static'):
+        move_chunk_axis_back(grad + sample * step, out + sample * step,
+                             grad_t + sample * step, 1, channels, positions, kind, param, 1)
+
+
 cdef struct Batch:
     # How one call walks the batch: chunks of `chunk` samples; in parallel (one thread
     # per chunk, single-threaded kernels inside) or one after another (threads inside
@@ -264,6 +380,7 @@ cdef struct Batch:
     Py_ssize_t k_rows               # rows of the columns: C · kernel volume
     Py_ssize_t n_parts              # backward's partial-sum buffers (parallel only)
     Py_ssize_t tile                 # positions per tile of a one-sample chunk, or 0
+    Py_ssize_t tile_dx              # positions of dx per tile in backward_units
 
 
 cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
@@ -337,11 +454,13 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                         const floating* grad, const floating* out, floating* weight_grad,
                         floating* bias_grad, floating* x_grad, floating* scratch,
                         floating* partials, floating* kept, bint have_columns, int epilogue,
-                        floating param) noexcept nogil:
+                        floating param, const Geometry* gt, const floating* weight_t,
+                        floating* grad_t) noexcept nogil:
     """Sequential: each chunk adds into the gradients. Parallel: the chunks are split
     in n_parts runs of consecutive chunks, each run summed into its own partial
     gradients, the partials then added in order; the split depends on the shapes
-    only, so the sums do too."""
+    only, so the sums do too. Parallel with position tiles: backward_units, with
+    gt, weight_t and grad_t (dL/dy · f', when an activation is fused) for it."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t n_chunks = (b.size + b.chunk - 1) // b.chunk, c, start, n, part
     cdef Py_ssize_t col_size = b.k_rows * b.chunk * positions
@@ -352,6 +471,14 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
     cdef floating* col
     cdef floating* part_weight
     cdef Py_ssize_t tile_size = b.k_rows * b.tile
+    if b.tile and b.parallel:
+        if epilogue == EPILOGUE_NONE:
+            grad_t = <floating*>grad  # read only
+        else:
+            apply_activation_derivative(grad, out, grad_t, b.size, out_channels, positions,
+                                        epilogue, param, b.n_threads)
+        return backward_units(g, gt, b, groups, out_channels, x, weight, weight_t, grad_t,
+                              weight_grad, bias_grad, x_grad, scratch, partials)
     if b.tile and not b.parallel:
         for c in range(n_chunks):
             failures += -backward_tiled(
@@ -380,14 +507,6 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
         for c in range(part * n_chunks // b.n_parts, (part + 1) * n_chunks // b.n_parts):
             start = c * b.chunk
             n = min(b.chunk, b.size - start)
-            if b.tile:
-                failures += -backward_tiled(
-                    g, groups, out_channels, x + start * b.in_step, weight,
-                    grad + start * b.out_step, out + start * b.out_step, part_weight,
-                    NULL if bias_grad == NULL else part_weight + weight_size,
-                    NULL if x_grad == NULL else x_grad + start * b.in_step, col,
-                    col + tile_size, col + 2 * tile_size, b.tile, epilogue, param, 1)
-                continue
             failures += -backward_chunk(
                 g, groups, out_channels, x + start * b.in_step, weight,
                 grad + start * b.out_step, out + start * b.out_step, part_weight,
@@ -516,14 +635,22 @@ class ConvNd(Layer):
         b.n_threads = min(get_num_threads(), n_chunks) if b.parallel else get_num_threads()
         cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
         b.tile = self._tile(b.k_rows, positions) if b.chunk == 1 and shifted_copies(&g) else 0
-        if b.tile:
+        b.tile_dx = 0
+        b.n_parts = min(n_chunks, MAX_PARTS) if b.parallel else 0
+        if b.tile and b.parallel:
+            # The threads take (sample, tile) units: backward_units.
+            x_positions = math.prod(x3[2:])
+            rows_dx = self.out_channels * math.prod(self.window.kernel)
+            if self.in_channels >= self.out_channels:  # dx as the adjoint convolution
+                b.tile_dx = min(x_positions, self._tile_of(rows_dx))
+            units = n_chunks * ((positions + b.tile - 1) // b.tile)
+            b.n_threads = min(get_num_threads(), units)
+            b.n_parts = min(units, MAX_PARTS)
+            b.scratch_per_thread = max(b.k_rows * b.tile, rows_dx * b.tile_dx)
+        elif b.tile:
             b.scratch_per_thread = 2 * b.k_rows * b.tile + self.out_channels * positions
-            if b.parallel:  # forward's threads take tiles: as many as there are tiles
-                b.n_threads = min(get_num_threads(),
-                                  n_chunks * ((positions + b.tile - 1) // b.tile))
         else:
             b.scratch_per_thread = (2 * b.k_rows + self.out_channels) * b.chunk * positions
-        b.n_parts = min(n_chunks, MAX_PARTS) if b.parallel else 0
         sets = b.n_threads if b.parallel else 1
         scratch = self.buffer("scratch", (sets * b.scratch_per_thread,), self.dtype)
         # Inside a model, the columns of a batch within WORKSPACE_BYTES are kept from
@@ -540,11 +667,14 @@ class ConvNd(Layer):
         columns fit in CHUNK_BYTES whole or in one tile: about TILE_BYTES of
         columns, in whole vectors of the GEMM's tile, at least 64, from shapes only
         (dW sums the tiles in order)."""
-        per_position = k_rows * self.dtype.itemsize
-        if per_position * positions <= CHUNK_BYTES:
+        if k_rows * self.dtype.itemsize * positions <= CHUNK_BYTES:
             return 0
-        tile = max(64, TILE_BYTES // per_position // 16 * 16)
+        tile = self._tile_of(k_rows)
         return tile if tile < positions else 0
+
+    def _tile_of(self, rows):
+        """Positions per tile of columns with this many rows: about TILE_BYTES."""
+        return max(64, TILE_BYTES // (rows * self.dtype.itemsize) // 16 * 16)
 
     # -- forward and backward ------------------------------------------------------
 
@@ -608,6 +738,15 @@ class ConvNd(Layer):
         cdef bint have_columns = self._columns_kept
         if not have_columns:
             kept = None  # not filled by the forward: recompute
+        cdef Geometry gt
+        weight_t = grad_t = None
+        if b.tile and b.parallel:
+            if b.tile_dx:
+                weight_t, gt = self._adjoint(weight, x.shape, out.shape)
+            if code != EPILOGUE_NONE:
+                grad_t = self.buffer("grad_t", out.shape, self.dtype)
+        cdef void* pwt = data(weight_t)
+        cdef void* pgt = data(grad_t)
         cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
         cdef void* px = data(x)
         cdef void* pgrad = data(grad)
@@ -627,16 +766,35 @@ class ConvNd(Layer):
                     &g, &b, groups, out_channels, <const float*>px, <const float*>pw,
                     <const float*>pgrad, <const float*>pout, <float*>pwg, <float*>pbg,
                     <float*>pxg, <float*>pscratch, <float*>pparts, <float*>pkept,
-                    have_columns, epilogue, <float>p)
+                    have_columns, epilogue, <float>p, &gt, <const float*>pwt, <float*>pgt)
             else:
                 status = backward_batch(
                     &g, &b, groups, out_channels, <const double*>px, <const double*>pw,
                     <const double*>pgrad, <const double*>pout, <double*>pwg, <double*>pbg,
                     <double*>pxg, <double*>pscratch, <double*>pparts, <double*>pkept,
-                    have_columns, epilogue, p)
+                    have_columns, epilogue, p, &gt, <const double*>pwt, <double*>pgt)
         if status:
             raise MemoryError(f"{self.name}: could not allocate scratch memory")
         return x_grad
+
+    def _adjoint(self, weight, x_shape, out_shape):
+        """The convolution whose output is dx (backward_units): its weight, the kernel
+        flipped and in and out channels swapped within each group, as a (C_in,
+        C_out/groups · kernel volume) matrix; and its geometry, from dL/dy to dx
+        with stride 1 and the complementary padding."""
+        groups, kernel = self.groups, self.window.kernel
+        grouped = weight.reshape((groups, self.out_channels // groups,
+                                  self.in_channels // groups) + tuple(kernel))
+        spatial = tuple(range(3, 3 + len(kernel)))
+        flipped = np.flip(grouped, axis=spatial).swapaxes(1, 2)
+        weight_t = self.buffer("weight_t", (self.in_channels, weight.size // self.in_channels),
+                               self.dtype)
+        np.copyto(weight_t, flipped.reshape(weight_t.shape))
+        kernel3, _, pad3, dilation3 = self.window.as_3d()
+        pad_t = tuple((k - 1) * d - p for k, d, p in zip(kernel3, dilation3, pad3))
+        geometry = make_geometry(as_3d_shape(out_shape), as_3d_shape(x_shape),
+                                 (kernel3, (1, 1, 1), pad_t, dilation3))
+        return weight_t, geometry
 
     def can_fuse(self, following):
         """Whether this layer can run ``following`` (its only consumer) in its own
