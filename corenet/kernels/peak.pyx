@@ -42,13 +42,14 @@ cdef extern from *:
 
 def fma_peak_gflops(threads: int | None = None, seconds: float = 0.05) -> float:
     """float32 GFLOPS of the FMA loop on ``threads`` threads (corenet's count by default),
-    the best of a few runs of about ``seconds`` each."""
+    the best of ten runs of about ``seconds`` each (on a shared machine a run can lose
+    a core to another process; the best is the CPU's rate)."""
     cdef int n = num_threads() if threads is None else threads
     cdef long iterations = 1 << 16
     cdef int task
     cdef float sink = 0
     best = 0.0
-    for _ in range(5):
+    for _ in range(10):
         start = time.perf_counter()
         with nogil:
             for task in prange(n, num_threads=n, schedule='static'):
