@@ -206,9 +206,10 @@ cdef void short_sliver(Py_ssize_t kc, const floating* a, const floating* b, floa
 
 
 cdef inline Py_ssize_t k_block(Py_ssize_t k, Py_ssize_t kc_max) noexcept nogil:
-    """KC for this k (kc_max: the dtype's): equal k blocks (784 = 2 x 392, not 384 + 384 + 16), since a
-    thin last block would cost a pass over C for little work. It depends on k
-    only, as it must: the k blocks are the one blocking that orders sums."""
+    """KC for this k (kc_max: the dtype's): equal k blocks (784 = 2 x 392, not
+    384 + 384 + 16), since a thin last block would cost a pass over C for little
+    work. It depends on k only, as it must: the k blocks are the one blocking
+    that orders sums."""
     cdef Py_ssize_t blocks = (k + kc_max - 1) // kc_max
     return (k + blocks - 1) // blocks
 
@@ -266,7 +267,8 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
                     floating param) noexcept nogil:
     """C[m0:m1, n0:n1] on the calling thread, with its own packing buffers."""
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
-    cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE), jc, nc, pc, kc
+    cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE)
+    cdef Py_ssize_t jc, nc, pc, kc
     cdef Py_ssize_t panel_size = kc_max * round_up(min(NC, n1 - n0), nr_full)
     cdef Py_ssize_t block_size = kc_max * round_up(min(MC, m1 - m0), CN_MR)
     cdef floating* b_packed = <floating*>cn_thread_buffer(
@@ -299,7 +301,8 @@ cdef int gemm_shared_panel(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     (a thread that the OS delays takes fewer), each packing its own A. B is
     packed once instead of once per thread."""
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
-    cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE), jc, nc, pc, kc, part, task
+    cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE)
+    cdef Py_ssize_t jc, nc, pc, kc, part, task
     cdef Py_ssize_t m_tiles = (m + CN_MR - 1) // CN_MR
     # Up to sixteen row blocks per thread, of at least four slivers: a thread that
     # finishes early or starts late evens out within one small block (measured: 4

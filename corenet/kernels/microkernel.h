@@ -258,7 +258,8 @@ static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
         ptrdiff_t p0 = 0;
         for (; p0 + 16 <= kc; p0 += 16) {
             cn_vf r[16];
-            for (int i = 0; i < 16; ++i) r[i] = *(const cn_vf_unaligned *)(a + (i0 + i) * lda + p0);
+            for (int i = 0; i < 16; ++i)
+                r[i] = *(const cn_vf_unaligned *)(a + (i0 + i) * lda + p0);
             cn_transpose16(r);
             for (int p = 0; p < 16; ++p) {
                 memcpy(first + (p0 + p) * CN_MR, &r[p], CN_MR * sizeof(float));
@@ -467,6 +468,7 @@ static inline void cn_activate_rows_double(double *c, ptrdiff_t ldc, int rows, i
 
 /* R rows by P panels, for R = 1 .. MR - 1: P = 4, 2, 2, then 1. */
 #define CN_PANELS_FOR_ROWS(R) ((R) == 1 ? 4 : (R) <= 3 ? 2 : 1)
+#define CN_ROWS_ARGUMENTS kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param
 
 #define CN_DEFINE_ROWS_KERNELS(T, VT, VU, VI, NR)                                          \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_1x4, T, VT, VU, VI, NR, 1, 4, cn_activate_rows_##T) \
@@ -480,23 +482,23 @@ static inline void cn_activate_rows_double(double *c, ptrdiff_t ldc, int rows, i
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_6x1, T, VT, VU, VI, NR, 6, 1, cn_activate_rows_##T) \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_7x1, T, VT, VU, VI, NR, 7, 1, cn_activate_rows_##T) \
                                                                                             \
-/* rows (1 .. MR - 1) of `panels` full panels (CN_PANELS_FOR_ROWS(rows), or 1).  */        \
-static void cn_kernel_rows_##T(int rows, int panels, ptrdiff_t kc, const T *a, const T *b, \
-                               T *c, ptrdiff_t ldc, int accumulate, const T *bias,         \
-                               int bias_per_row, int epilogue, T param)                    \
-{                                                                                          \
-    switch (rows * 8 + (panels > 1)) {                                                    \
-    case 8 + 1: cn_rows_##T##_1x4(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    case 8: cn_rows_##T##_1x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    case 16 + 1: cn_rows_##T##_2x2(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    case 16: cn_rows_##T##_2x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    case 24 + 1: cn_rows_##T##_3x2(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    case 24: cn_rows_##T##_3x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    case 32: cn_rows_##T##_4x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    case 40: cn_rows_##T##_5x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    case 48: cn_rows_##T##_6x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    default: cn_rows_##T##_7x1(kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param); break; \
-    }                                                                                      \
+/* rows (1 .. MR - 1) of `panels` full panels (CN_PANELS_FOR_ROWS(rows), or 1). */ \
+static void cn_kernel_rows_##T(int rows, int panels, ptrdiff_t kc, const T *a, const T *b,  \
+                               T *c, ptrdiff_t ldc, int accumulate, const T *bias,          \
+                               int bias_per_row, int epilogue, T param)                     \
+{                                                                                           \
+    switch (rows * 8 + (panels > 1)) {                                                      \
+    case 8 + 1: cn_rows_##T##_1x4(CN_ROWS_ARGUMENTS); break;                                \
+    case 8: cn_rows_##T##_1x1(CN_ROWS_ARGUMENTS); break;                                    \
+    case 16 + 1: cn_rows_##T##_2x2(CN_ROWS_ARGUMENTS); break;                               \
+    case 16: cn_rows_##T##_2x1(CN_ROWS_ARGUMENTS); break;                                   \
+    case 24 + 1: cn_rows_##T##_3x2(CN_ROWS_ARGUMENTS); break;                               \
+    case 24: cn_rows_##T##_3x1(CN_ROWS_ARGUMENTS); break;                                   \
+    case 32: cn_rows_##T##_4x1(CN_ROWS_ARGUMENTS); break;                                   \
+    case 40: cn_rows_##T##_5x1(CN_ROWS_ARGUMENTS); break;                                   \
+    case 48: cn_rows_##T##_6x1(CN_ROWS_ARGUMENTS); break;                                   \
+    default: cn_rows_##T##_7x1(CN_ROWS_ARGUMENTS); break;                                   \
+    }                                                                                       \
 }
 
 CN_DEFINE_ROWS_KERNELS(float, cn_kf, cn_vf_u, cn_kfi, CN_NR_FLOAT)

@@ -2,8 +2,8 @@
 
 Each thread runs twelve independent chains of vector FMAs (enough to hide the
 FMA latency on two pipes), each chain started from its own value, hidden from
-the compiler so that it can neither merge chains nor fold one. The rate is that of the vectors the kernels are
-compiled for (corenet.show_config() names them).
+the compiler so that it can neither merge chains nor fold one. The rate is that
+of the vectors the kernels are compiled for (corenet.show_config() names them).
 """
 import time
 
