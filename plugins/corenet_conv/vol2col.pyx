@@ -156,167 +156,10 @@ cdef bint shifted_copies(const Geometry* g) noexcept nogil:
             and g.out_height == g.height and g.out_width == g.width)
 
 
-cdef void zero_padding_columns(floating* rows, Py_ssize_t h_lo, Py_ssize_t h_hi,
-                               Py_ssize_t w_lo, Py_ssize_t w_hi,
-                               Py_ssize_t width) noexcept nogil:
-    """Zero columns [0, w_lo) and [w_hi, width) of rows [h_lo, h_hi)."""
-    cdef Py_ssize_t oh, ow
-    if w_lo == 0 and w_hi == width:
-        return
-    for oh in range(h_lo, h_hi):
-        for ow in range(w_lo):
-            rows[oh * width + ow] = 0
-        for ow in range(w_hi, width):
-            rows[oh * width + ow] = 0
-
-
-cdef void vol2col_row_shifted(const Geometry* g, const Ranges* r, const floating* plane,
-                              floating* dst, Py_ssize_t i, Py_ssize_t j,
-                              Py_ssize_t l) noexcept nogil:
-    """vol2col_row when shifted_copies(g): for each output plane, one copy from the
-    first valid position to the last (every source between them lies in the
-    input), then the padding columns it spanned set to zero."""
-    cdef Py_ssize_t width = g.width, area = g.height * g.width, od, first, last
-    cdef Py_ssize_t d_lo = r.lo[i], d_hi = r.hi[i]
-    cdef Py_ssize_t h_lo = r.lo[r.d + j], h_hi = r.hi[r.d + j]
-    cdef Py_ssize_t w_lo = r.lo[r.h + l], w_hi = r.hi[r.h + l]
-    cdef Py_ssize_t shift = r.offset[i] * area + r.offset[r.d + j] * width + r.offset[r.h + l]
-    cdef floating* out
-    if h_lo == h_hi or w_lo == w_hi:  # this offset reads only padding
-        d_hi = d_lo
-    memset(dst, 0, d_lo * area * sizeof(floating))
-    for od in range(d_lo, d_hi):
-        out = dst + od * area
-        first = h_lo * width + w_lo
-        last = (h_hi - 1) * width + w_hi
-        memset(out, 0, first * sizeof(floating))
-        memcpy(out + first, plane + od * area + first + shift, (last - first) * sizeof(floating))
-        zero_padding_columns(out, h_lo, h_hi, w_lo, w_hi, width)
-        memset(out + last, 0, (area - last) * sizeof(floating))
-    memset(dst + d_hi * area, 0, (g.out_depth - d_hi) * area * sizeof(floating))
-
-
-cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t ld_col,
-                  Py_ssize_t n_samples, int max_threads) noexcept nogil:
-    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t rows = g.channels * kernel_size
-    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
-    cdef Py_ssize_t volume = g.depth * g.height * g.width
-    cdef Py_ssize_t row, sample, c, offset, i, j, l
-    cdef Ranges r
-    if make_ranges(g, &r):
-        return -1
-    cdef int n_threads = min(threads_for(rows * n_samples * positions, GRAIN), max_threads)
-    cdef bint shifted = shifted_copies(g)
-    for row in prange(rows, num_threads=n_threads, schedule='static'):
-        c = row // kernel_size
-        offset = row % kernel_size
-        i = offset // (g.kernel_h * g.kernel_w)
-        j = (offset // g.kernel_w) % g.kernel_h
-        l = offset % g.kernel_w
-        for sample in range(n_samples):
-            if shifted:
-                vol2col_row_shifted(g, &r, x + (sample * g.channels + c) * volume,
-                                    col + row * ld_col + sample * positions, i, j, l)
-            else:
-                vol2col_row(g, &r, x + (sample * g.channels + c) * volume,
-                            col + row * ld_col + sample * positions, i, j, l)
-    free(r.lo)
-    return 0
-
-
-cdef void col2vol_plane(const Geometry* g, const Ranges* r, const floating* col,
-                        Py_ssize_t ld_col, floating* plane, Py_ssize_t c) noexcept nogil:
-    """One (sample, channel) plane of dx: zero, then every kernel offset's row of
-    the columns added into the input positions it was read from, in row order."""
-    cdef Py_ssize_t i, j, l, od, in_d, w_lo, w_hi, h_lo, h_hi
-    cdef const floating* src
-    cdef const floating* src_row
-    cdef floating* dst
-    memset(plane, 0, g.depth * g.height * g.width * sizeof(floating))
-    for i in range(g.kernel_d):
-        for j in range(g.kernel_h):
-            for l in range(g.kernel_w):
-                w_lo = r.lo[r.h + l]
-                w_hi = r.hi[r.h + l]
-                src = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * ld_col
-                h_lo = r.lo[r.d + j]
-                h_hi = r.hi[r.d + j]
-                if h_lo == h_hi:
-                    continue
-                for od in range(r.lo[i], r.hi[i]):
-                    in_d = od * g.stride_d + r.offset[i]
-                    dst = plane + ((in_d * g.height + h_lo * g.stride_h + r.offset[r.d + j])
-                                   * g.width + r.offset[r.h + l])
-                    src_row = src + (od * g.out_height + h_lo) * g.out_width
-                    if floating is float:
-                        cn_add_window_float(dst, g.stride_h * g.width, src_row, g.out_width,
-                                            g.stride_w, h_hi - h_lo, w_lo, w_hi)
-                    else:
-                        cn_add_window_double(dst, g.stride_h * g.width, src_row, g.out_width,
-                                             g.stride_w, h_hi - h_lo, w_lo, w_hi)
-
-
-cdef void col2vol_plane_shifted(const Geometry* g, const Ranges* r, floating* col,
-                                Py_ssize_t ld_col, floating* plane,
-                                Py_ssize_t c) noexcept nogil:
-    """col2vol_plane when shifted_copies(g): for each kernel offset and output plane,
-    the padding entries of the columns are zeroed, then one long sum from the first
-    valid position to the last. Adding a zero leaves every sum as it was (the plane
-    starts at +0 and a sum never becomes -0), so each element sees the same
-    additions in the same order as in col2vol_plane."""
-    cdef Py_ssize_t width = g.width, area = g.height * g.width
-    cdef Py_ssize_t i, j, l, od, first, last, index, shift
-    cdef Py_ssize_t h_lo, h_hi, w_lo, w_hi
-    cdef floating* src
-    memset(plane, 0, g.depth * area * sizeof(floating))
-    for i in range(g.kernel_d):
-        for j in range(g.kernel_h):
-            h_lo = r.lo[r.d + j]
-            h_hi = r.hi[r.d + j]
-            for l in range(g.kernel_w):
-                w_lo = r.lo[r.h + l]
-                w_hi = r.hi[r.h + l]
-                if h_lo == h_hi or w_lo == w_hi:
-                    continue
-                src = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * ld_col
-                shift = r.offset[i] * area + r.offset[r.d + j] * width + r.offset[r.h + l]
-                first = h_lo * width + w_lo
-                last = (h_hi - 1) * width + w_hi
-                for od in range(r.lo[i], r.hi[i]):
-                    zero_padding_columns(src + od * area, h_lo, h_hi, w_lo, w_hi, width)
-                    for index in range(od * area + first, od * area + last):
-                        plane[index + shift] += src[index]
-
-
-cdef int col2vol(const Geometry* g, floating* col, Py_ssize_t ld_col, floating* dx,
-                  Py_ssize_t n_samples, int max_threads) noexcept nogil:
-    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
-    cdef Py_ssize_t volume = g.depth * g.height * g.width
-    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t task, sample, c
-    cdef Ranges r
-    if make_ranges(g, &r):
-        return -1
-    cdef int n_threads = min(threads_for(n_samples * g.channels * kernel_size * positions,
-                                         GRAIN), max_threads)
-    cdef bint shifted = shifted_copies(g)
-    for task in prange(n_samples * g.channels, num_threads=n_threads, schedule='static'):
-        sample = task // g.channels
-        c = task % g.channels
-        if shifted:
-            col2vol_plane_shifted(g, &r, col + sample * positions, ld_col,
-                                  dx + task * volume, c)
-        else:
-            col2vol_plane(g, &r, col + sample * positions, ld_col, dx + task * volume, c)
-    free(r.lo)
-    return 0
-
-
-# Position tiles: the columns of one sample for output positions [p0, p0 + n) only,
-# so that a large sample's columns need not exist whole. For shifted_copies
-# geometries alone, where an output position p of kernel offset (i, j, l) reads
-# input p + shift(i, j, l) or padding.
+# Rows of the columns for shifted_copies geometries, where output position p of
+# kernel offset (i, j, l) reads input p + shift(i, j, l) or padding: over positions
+# [p0, p0 + n), a position tile, so that a large sample's columns need not exist
+# whole, or every position of a sample.
 
 cdef inline void tile_span(const Ranges* r, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l,
                            Py_ssize_t area, Py_ssize_t width, Py_ssize_t od,
@@ -371,6 +214,126 @@ cdef void vol2col_tile_row(const Geometry* g, const Ranges* r, const floating* p
     memset(dst + filled - p0, 0, (p0 + n - filled) * sizeof(floating))
 
 
+cdef void col2vol_tile_row(const Geometry* g, const Ranges* r, floating* src,
+                           floating* plane, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l,
+                           Py_ssize_t p0, Py_ssize_t n, Py_ssize_t od_first,
+                           Py_ssize_t od_last) noexcept nogil:
+    """The adjoint of vol2col_tile_row: src[q - p0], row (i, j, l) of one channel's
+    columns for positions [p0, p0 + n) in output planes [od_first, od_last], added
+    into the input positions it was read from, its padding entries zeroed first."""
+    cdef Py_ssize_t area = g.height * g.width, od, a, b, q
+    cdef Py_ssize_t shift = r.offset[i] * area + r.offset[r.d + j] * g.width + r.offset[r.h + l]
+    for od in range(max(r.lo[i], od_first), min(r.hi[i], od_last + 1)):
+        tile_span(r, i, j, l, area, g.width, od, p0, p0 + n, &a, &b)
+        if a < b:
+            zero_padding_in_span(src, p0, a, b, r.lo[r.h + l], r.hi[r.h + l], g.width)
+            for q in range(a, b):
+                plane[q + shift] += src[q - p0]
+
+
+cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t ld_col,
+                  Py_ssize_t n_samples, int max_threads) noexcept nogil:
+    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t rows = g.channels * kernel_size
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t volume = g.depth * g.height * g.width
+    cdef Py_ssize_t row, sample, c, offset, i, j, l
+    cdef Ranges r
+    if make_ranges(g, &r):
+        return -1
+    cdef int n_threads = min(threads_for(rows * n_samples * positions, GRAIN), max_threads)
+    cdef bint shifted = shifted_copies(g)
+    for row in prange(rows, num_threads=n_threads, schedule='static'):
+        c = row // kernel_size
+        offset = row % kernel_size
+        i = offset // (g.kernel_h * g.kernel_w)
+        j = (offset // g.kernel_w) % g.kernel_h
+        l = offset % g.kernel_w
+        for sample in range(n_samples):
+            if shifted:
+                vol2col_tile_row(g, &r, x + (sample * g.channels + c) * volume,
+                                 col + row * ld_col + sample * positions, i, j, l, 0,
+                                 positions, 0, g.out_depth - 1)
+            else:
+                vol2col_row(g, &r, x + (sample * g.channels + c) * volume,
+                            col + row * ld_col + sample * positions, i, j, l)
+    free(r.lo)
+    return 0
+
+
+cdef void col2vol_plane(const Geometry* g, const Ranges* r, const floating* col,
+                        Py_ssize_t ld_col, floating* plane, Py_ssize_t c) noexcept nogil:
+    """One (sample, channel) plane of dx: zero, then every kernel offset's row of
+    the columns added into the input positions it was read from, in row order."""
+    cdef Py_ssize_t i, j, l, od, in_d, w_lo, w_hi, h_lo, h_hi
+    cdef const floating* src
+    cdef const floating* src_row
+    cdef floating* dst
+    memset(plane, 0, g.depth * g.height * g.width * sizeof(floating))
+    for i in range(g.kernel_d):
+        for j in range(g.kernel_h):
+            for l in range(g.kernel_w):
+                w_lo = r.lo[r.h + l]
+                w_hi = r.hi[r.h + l]
+                src = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * ld_col
+                h_lo = r.lo[r.d + j]
+                h_hi = r.hi[r.d + j]
+                if h_lo == h_hi:
+                    continue
+                for od in range(r.lo[i], r.hi[i]):
+                    in_d = od * g.stride_d + r.offset[i]
+                    dst = plane + ((in_d * g.height + h_lo * g.stride_h + r.offset[r.d + j])
+                                   * g.width + r.offset[r.h + l])
+                    src_row = src + (od * g.out_height + h_lo) * g.out_width
+                    if floating is float:
+                        cn_add_window_float(dst, g.stride_h * g.width, src_row, g.out_width,
+                                            g.stride_w, h_hi - h_lo, w_lo, w_hi)
+                    else:
+                        cn_add_window_double(dst, g.stride_h * g.width, src_row, g.out_width,
+                                             g.stride_w, h_hi - h_lo, w_lo, w_hi)
+
+
+cdef void col2vol_plane_shifted(const Geometry* g, const Ranges* r, floating* col,
+                                Py_ssize_t ld_col, floating* plane,
+                                Py_ssize_t c) noexcept nogil:
+    """col2vol_plane when shifted_copies(g): for each kernel offset, its row of the
+    columns through col2vol_tile_row over every position. Adding a zero leaves
+    every sum as it was (the plane starts at +0 and a sum never becomes -0), so
+    each element sees the same additions in the same order as in col2vol_plane."""
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width, i, j, l
+    memset(plane, 0, g.depth * g.height * g.width * sizeof(floating))
+    for i in range(g.kernel_d):
+        for j in range(g.kernel_h):
+            for l in range(g.kernel_w):
+                col2vol_tile_row(g, r, col + (((c * g.kernel_d + i) * g.kernel_h + j)
+                                              * g.kernel_w + l) * ld_col,
+                                 plane, i, j, l, 0, positions, 0, g.out_depth - 1)
+
+
+cdef int col2vol(const Geometry* g, floating* col, Py_ssize_t ld_col, floating* dx,
+                  Py_ssize_t n_samples, int max_threads) noexcept nogil:
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t volume = g.depth * g.height * g.width
+    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t task, sample, c
+    cdef Ranges r
+    if make_ranges(g, &r):
+        return -1
+    cdef int n_threads = min(threads_for(n_samples * g.channels * kernel_size * positions,
+                                         GRAIN), max_threads)
+    cdef bint shifted = shifted_copies(g)
+    for task in prange(n_samples * g.channels, num_threads=n_threads, schedule='static'):
+        sample = task // g.channels
+        c = task % g.channels
+        if shifted:
+            col2vol_plane_shifted(g, &r, col + sample * positions, ld_col,
+                                  dx + task * volume, c)
+        else:
+            col2vol_plane(g, &r, col + sample * positions, ld_col, dx + task * volume, c)
+    free(r.lo)
+    return 0
+
+
 cdef int vol2col_tile(const Geometry* g, const floating* x, floating* col, Py_ssize_t p0,
                       Py_ssize_t n, int max_threads) noexcept nogil:
     """col (C·kd·kh·kw, n): the columns of one sample x for positions [p0, p0 + n)."""
@@ -403,8 +366,7 @@ cdef int col2vol_tile(const Geometry* g, floating* col, floating* dx, Py_ssize_t
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t area = g.height * g.width, volume = g.depth * area
     cdef Py_ssize_t od_first = p0 // area, od_last = (p0 + n - 1) // area
-    cdef Py_ssize_t c, i, j, l, od, a, b, q, shift
-    cdef floating* src
+    cdef Py_ssize_t c, i, j, l
     cdef floating* plane
     cdef Ranges r
     if make_ranges(g, &r):
@@ -415,14 +377,8 @@ cdef int col2vol_tile(const Geometry* g, floating* col, floating* dx, Py_ssize_t
         for i in range(g.kernel_d):
             for j in range(g.kernel_h):
                 for l in range(g.kernel_w):
-                    src = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * n
-                    shift = r.offset[i] * area + r.offset[r.d + j] * g.width + r.offset[r.h + l]
-                    for od in range(max(r.lo[i], od_first), min(r.hi[i], od_last + 1)):
-                        tile_span(&r, i, j, l, area, g.width, od, p0, p0 + n, &a, &b)
-                        if a < b:
-                            zero_padding_in_span(src, p0, a, b, r.lo[r.h + l],
-                                                 r.hi[r.h + l], g.width)
-                            for q in range(a, b):
-                                plane[q + shift] += src[q - p0]
+                    col2vol_tile_row(g, &r, col + (((c * g.kernel_d + i) * g.kernel_h + j)
+                                                   * g.kernel_w + l) * n,
+                                     plane, i, j, l, p0, n, od_first, od_last)
     free(r.lo)
     return 0
