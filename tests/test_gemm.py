@@ -167,3 +167,47 @@ def test_short_last_sliver_is_bitwise_the_full_kernels(dtype, activation, bias_p
         matmul(a[:m], b, out=part, bias=bias[:m] if bias_per_row else bias,
                activation=activation, accumulate=True, bias_per_row=bias_per_row)
         np.testing.assert_array_equal(part, full[:m], err_msg=f"m={m}")
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", [(64, 455, 576), (13, 100, 600), (6, 16, 1), (7, 33, 700),
+                                   (300, 17, 1000), (2, 20, 5), (3, 5, 0)])
+def test_matmul_on_prepacked_panels_is_bitwise_the_packed_path(m, n, k, dtype, n_threads,
+                                                                  rng, threads):
+    # A convolution writes its columns as the GEMM's panels (gemm_b_panels). Where
+    # gemm_ex packs B itself (m >= MR, n >= NR) the two agree bitwise, with the
+    # epilogue and accumulate; elsewhere they agree with numpy.
+    from corenet.kernels.gemm import matmul_b_panels, pack_b_panels, tile_shape
+
+    corenet.set_num_threads(n_threads)
+    a, b, expected = operands(rng, m, n, k, dtype, False, False)
+    bias = rng.standard_normal(m).astype(dtype)
+    old = rng.standard_normal((m, n)).astype(dtype)
+    ours, theirs = old.copy(), old.copy()
+    matmul_b_panels(a, pack_b_panels(b), n, out=ours, bias=bias, bias_per_row=True,
+                    activation="tanh", accumulate=True)
+    matmul(a, b, out=theirs, bias=bias, bias_per_row=True, activation="tanh",
+           accumulate=True)
+    mr, nr = tile_shape(dtype)
+    if m >= mr and n >= nr:
+        np.testing.assert_array_equal(ours, theirs)
+    assert_close(ours, np.tanh(old + expected + bias[:, None]), dtype, k)
+    assert_close(matmul_b_panels(a, pack_b_panels(b), n), expected, dtype, k)
+
+
+def test_prepacked_panels_are_checked():
+    from corenet.kernels.gemm import matmul_b_panels, pack_b_panels
+
+    a = np.ones((3, 4), np.float32)
+    panels = pack_b_panels(np.ones((4, 20), np.float32))
+    with pytest.raises(ShapeError, match=r"panels must have shape \(\d+, 4, \d+\), got"):
+        matmul_b_panels(a, panels, 100)
+    with pytest.raises(DTypeError, match="got float32 and float64"):
+        matmul_b_panels(a, panels.astype(np.float64), 20)
+    with pytest.raises(ValueError, match="byte boundary"):
+        shifted = np.empty(panels.size + 1, np.float32)[1:].reshape(panels.shape)
+        shifted[...] = panels
+        matmul_b_panels(a, shifted, 20)
+    with pytest.raises(ShapeError, match=r"bias must have shape \(3,\)"):
+        matmul_b_panels(a, panels, 20, bias=np.ones(4, np.float32), bias_per_row=True)

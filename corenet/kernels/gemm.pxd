@@ -40,3 +40,24 @@ cdef int gemm_ex(bint trans_a, bint trans_b,
                  bint bias_per_row,
                  int epilogue, floating epilogue_param,
                  int max_threads) noexcept nogil
+
+# gemm_ex for a B (k x n) that its producer wrote already packed, as the GEMM
+# reads it: panel q (columns q·NR .. q·NR + NR - 1, NR = tile_shape(dtype)[1])
+# at b_panels + q·k·NR, row p of it at + p·NR; the columns past n in the last
+# panel hold zeros. b_panels starts on a vector's boundary (64 bytes serve every
+# build). A is not transposed.
+cdef int gemm_b_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const floating* a, Py_ssize_t lda,     # IN
+                       const floating* b_panels,              # IN, ceil(n / NR)·k·NR
+                       floating* c, Py_ssize_t ldc,           # IN/OUT
+                       bint accumulate,
+                       const floating* bias,                  # IN, m or n values, or NULL
+                       bint bias_per_row,
+                       int epilogue, floating epilogue_param,
+                       int max_threads) noexcept nogil
+
+# The GEMM's k block for this k (float32, or float64 with double_precision): a
+# producer of packed B that writes one k block of rows at a time, while they are
+# hot in cache, calls gemm_b_panels once per block (accumulate after the first;
+# bias and epilogue with the last) and gets the bits of the single call.
+cdef Py_ssize_t gemm_k_block(Py_ssize_t k, bint double_precision) noexcept nogil

@@ -63,12 +63,13 @@ cdef extern from "microkernel.h" nogil:
                                ptrdiff_t nr)
     int CN_PANELS_FOR_ROWS(int rows)
     void cn_kernel_rows_float(int rows, int panels, ptrdiff_t kc, const float* a,
-                              const float* b, float* c, ptrdiff_t ldc, int accumulate,
-                              const float* bias, int bias_per_row, int epilogue, float param)
+                              const float* b, ptrdiff_t ldp, float* c, ptrdiff_t ldc,
+                              int accumulate, const float* bias, int bias_per_row,
+                              int epilogue, float param)
     void cn_kernel_rows_double(int rows, int panels, ptrdiff_t kc, const double* a,
-                               const double* b, double* c, ptrdiff_t ldc, int accumulate,
-                               const double* bias, int bias_per_row, int epilogue,
-                               double param)
+                               const double* b, ptrdiff_t ldp, double* c, ptrdiff_t ldc,
+                               int accumulate, const double* bias, int bias_per_row,
+                               int epilogue, double param)
     void cn_dot_float(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t k,
                       const float* a, ptrdiff_t lda, const float* bt, ptrdiff_t ldb,
                       float* c, ptrdiff_t rs_c, ptrdiff_t cs_c, int accumulate,
@@ -178,27 +179,27 @@ cdef inline void run_kernel(Py_ssize_t kc, const floating* a, const floating* b,
                                   param, mr, nr)
 
 
-cdef void short_sliver(Py_ssize_t kc, const floating* a, const floating* b, floating* c,
-                       Py_ssize_t ldc, Py_ssize_t full_panels, Py_ssize_t nr_full,
-                       int rows, bint accumulate, const floating* bias, bint bias_per_row,
-                       int epilogue, floating param) noexcept nogil:
-    """The last sliver of a block, rows < MR, over its full_panels full panels:
-    several panels at a time (microkernel.h's rows kernels), not a full sliver's
-    FMAs on rows of zeros. bias: the sliver's first row's (per row) or the
-    first panel's first column's."""
+cdef void short_sliver(Py_ssize_t kc, const floating* a, const floating* b, Py_ssize_t ldp,
+                       floating* c, Py_ssize_t ldc, Py_ssize_t full_panels,
+                       Py_ssize_t nr_full, int rows, bint accumulate, const floating* bias,
+                       bint bias_per_row, int epilogue, floating param) noexcept nogil:
+    """The last sliver of a block, rows < MR, over its full_panels full panels of B
+    (ldp elements apart): several panels at a time (microkernel.h's rows kernels),
+    not a full sliver's FMAs on rows of zeros. bias: the sliver's first row's (per
+    row) or the first panel's first column's."""
     cdef Py_ssize_t q = 0, step
     cdef int wide = CN_PANELS_FOR_ROWS(rows)
     while q < full_panels:
         step = wide if q + wide <= full_panels else 1
         if floating is float:
-            cn_kernel_rows_float(rows, step, kc, a, b + q * nr_full * kc, c + q * nr_full, ldc,
+            cn_kernel_rows_float(rows, step, kc, a, b + q * ldp, ldp, c + q * nr_full, ldc,
                                  accumulate,
                                  NULL if bias == NULL else (bias if bias_per_row
                                                             else bias + q * nr_full),
                                  bias_per_row, epilogue, param)
         else:
-            cn_kernel_rows_double(rows, step, kc, a, b + q * nr_full * kc, c + q * nr_full,
-                                  ldc, accumulate,
+            cn_kernel_rows_double(rows, step, kc, a, b + q * ldp, ldp, c + q * nr_full, ldc,
+                                  accumulate,
                                   NULL if bias == NULL else (bias if bias_per_row
                                                              else bias + q * nr_full),
                                   bias_per_row, epilogue, param)
@@ -214,15 +215,20 @@ cdef inline Py_ssize_t k_block(Py_ssize_t k, Py_ssize_t kc_max) noexcept nogil:
     return (k + blocks - 1) // blocks
 
 
+cdef Py_ssize_t gemm_k_block(Py_ssize_t k, bint double_precision) noexcept nogil:
+    return k_block(k, CN_KC_DOUBLE if double_precision else CN_KC_FLOAT)
+
+
 cdef void multiply_panel(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t jc, Py_ssize_t nc,
                          Py_ssize_t pc, Py_ssize_t kc, bint last,
                          const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
-                         const floating* b_packed, floating* a_packed,
+                         const floating* b_packed, Py_ssize_t ldp, floating* a_packed,
                          floating* c, Py_ssize_t ldc, bint accumulate,
                          const floating* bias, bint bias_per_row, int epilogue,
                          floating param) noexcept nogil:
-    """C[m0:m1, jc:jc+nc] += A[m0:m1, pc:pc+kc] · (packed panel of B), A packed
-    MC rows at a time into a_packed; the epilogue when this is the last k block."""
+    """C[m0:m1, jc:jc+nc] += A[m0:m1, pc:pc+kc] · (packed panel of B: kc x NR
+    slivers ldp elements apart), A packed MC rows at a time into a_packed; the
+    epilogue when this is the last k block."""
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
     cdef Py_ssize_t ic, mc, jr, ir
     cdef const floating* tile_bias
@@ -243,14 +249,14 @@ cdef void multiply_panel(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t jc, Py_ssize_t
                 tile_bias = NULL
                 if last and bias != NULL:
                     tile_bias = bias + (ic + ir if bias_per_row else jc + jr)
-                run_kernel(kc, a_packed + ir * kc, b_packed + jr * kc,
+                run_kernel(kc, a_packed + ir * kc, b_packed + jr // nr_full * ldp,
                            c + (ic + ir) * ldc + jc + jr, ldc, accumulate, tile_bias,
                            bias_per_row, epilogue, param, min(<Py_ssize_t>CN_MR, mc - ir),
                            min(nr_full, nc - jr), nr_full)
                 ir += CN_MR
             jr += nr_full
         if mc % CN_MR:
-            short_sliver(kc, a_packed + (mc - mc % CN_MR) * kc, b_packed,
+            short_sliver(kc, a_packed + (mc - mc % CN_MR) * kc, b_packed, ldp,
                          c + (ic + mc - mc % CN_MR) * ldc + jc, ldc, nc // nr_full,
                          nr_full, mc % CN_MR, accumulate,
                          NULL if not last or bias == NULL else
@@ -284,7 +290,8 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
             kc = min(kc_max, k - pc)
             pack_b(b_packed, b + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, nr_full)
             multiply_panel(m0, m1, jc, nc, pc, kc, pc + kc == k, a, a_rs, a_cs, b_packed,
-                           a_packed, c, ldc, accumulate, bias, bias_per_row, epilogue, param)
+                           kc * nr_full, a_packed, c, ldc, accumulate, bias, bias_per_row,
+                           epilogue, param)
             pc += kc
         jc += nc
     return 0
@@ -343,8 +350,8 @@ cdef int gemm_shared_panel(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                     continue
                 m0 = task * rows_per_task
                 multiply_panel(m0, min(m, m0 + rows_per_task), jc, nc, pc, kc, pc + kc == k,
-                               a, a_rs, a_cs, b_packed, a_packed, c, ldc, accumulate, bias,
-                               bias_per_row, epilogue, param)
+                               a, a_rs, a_cs, b_packed, kc * nr_full, a_packed, c, ldc,
+                               accumulate, bias, bias_per_row, epilogue, param)
             if failures:
                 return -1
             pc += kc
@@ -515,6 +522,55 @@ cdef int gemm_ex(bint trans_a, bint trans_b,
     return -1 if failures else 0
 
 
+cdef int b_panels_block(Py_ssize_t m, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k,
+                        const floating* a, Py_ssize_t lda, const floating* b_panels,
+                        floating* c, Py_ssize_t ldc, bint accumulate, const floating* bias,
+                        bint bias_per_row, int epilogue, floating param) noexcept nogil:
+    """C[:, n0:n1] of gemm_b_panels on the calling thread, n0 on a panel's edge."""
+    cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
+    cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE)
+    cdef Py_ssize_t pc = 0, kc
+    cdef floating* a_packed = <floating*>cn_thread_buffer(
+        kc_max * round_up(min(MC, m), CN_MR) * sizeof(floating))
+    if a_packed == NULL:
+        return -1
+    while pc < k:
+        kc = min(kc_max, k - pc)
+        multiply_panel(0, m, n0, n1 - n0, pc, kc, pc + kc == k, a, lda, 1,
+                       b_panels + n0 * k + pc * nr_full, k * nr_full, a_packed, c, ldc,
+                       accumulate, bias, bias_per_row, epilogue, param)
+        pc += kc
+    return 0
+
+
+cdef int gemm_b_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const floating* a, Py_ssize_t lda, const floating* b_panels,
+                       floating* c, Py_ssize_t ldc, bint accumulate, const floating* bias,
+                       bint bias_per_row, int epilogue, floating epilogue_param,
+                       int max_threads) noexcept nogil:
+    """gemm_ex for a B that its producer wrote packed (a convolution's columns),
+    A not transposed: the threads split the panels, each packing its own A. Every
+    element takes the operations it takes in gemm_ex's packed path (m >= MR, n >= NR),
+    so the two agree bitwise there."""
+    cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
+    cdef Py_ssize_t n_panels = (n + nr_full - 1) // nr_full, task
+    cdef int failures = 0
+    if m == 0 or n == 0:
+        return 0
+    bias_per_row = bias_per_row and bias != NULL
+    if k == 0:
+        empty_product(m, n, c, ldc, accumulate, bias, bias_per_row, epilogue, epilogue_param)
+        return 0
+    cdef int n_threads = min(threads_for(m * n * k, GRAIN), max(max_threads, 1))
+    n_threads = min(<Py_ssize_t>n_threads, n_panels)
+    for task in prange(n_threads, num_threads=n_threads, schedule='static'):
+        failures += -b_panels_block(m, task * n_panels // n_threads * nr_full,
+                                    min(n, (task + 1) * n_panels // n_threads * nr_full), k,
+                                    a, lda, b_panels, c, ldc, accumulate, bias, bias_per_row,
+                                    epilogue, epilogue_param)
+    return -1 if failures else 0
+
+
 cdef void reference_gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                          const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
                          floating* c, Py_ssize_t ldc) noexcept nogil:
@@ -553,20 +609,42 @@ cdef tuple _operands(object a, object b, bint trans_a, bint trans_b, object out,
     if k != k_b:
         raise ShapeError(f"{name}: inner dimensions differ: op(a) is {(m, k)}, "
                          f"op(b) is {(k_b, n)}")
+    return a, b, _checked_out(out, m, n, a_arr, name), m, n, k
+
+
+cdef object _checked_out(object out, Py_ssize_t m, Py_ssize_t n, cnp.ndarray a, str name):
+    """out, or a new (m, n) array of a's dtype when None."""
     if out is None:
-        return a, b, np.empty((m, n), dtype=a.dtype), m, n, k
+        return np.empty((m, n), dtype=a.dtype)
     if not (isinstance(out, np.ndarray) and cnp.PyArray_NDIM(out) == 2
             and cnp.PyArray_DIMS(out)[0] == m and cnp.PyArray_DIMS(out)[1] == n
-            and cnp.PyArray_TYPE(out) == type_num and cnp.PyArray_IS_C_CONTIGUOUS(out)
-            and cnp.PyArray_ISWRITEABLE(out)):
+            and cnp.PyArray_TYPE(out) == cnp.PyArray_TYPE(a)
+            and cnp.PyArray_IS_C_CONTIGUOUS(out) and cnp.PyArray_ISWRITEABLE(out)):
         raise ShapeError(f"{name}: out must be a writeable C-contiguous {a.dtype} array of "
                          f"shape {(m, n)}, got {getattr(out, 'dtype', type(out))} "
                          f"{getattr(out, 'shape', '')}")
-    return a, b, out, m, n, k
+    return out
 
 
 EPILOGUES = {None: EPILOGUE_NONE, "relu": EPILOGUE_RELU, "sigmoid": EPILOGUE_SIGMOID,
              "tanh": EPILOGUE_TANH, "leaky_relu": EPILOGUE_LEAKY_RELU, "elu": EPILOGUE_ELU}
+
+
+def _check_epilogue(accumulate, out, activation, name):
+    if accumulate and out is None:
+        raise ValueError(f"{name}: accumulate=True needs out")
+    if activation not in EPILOGUES:
+        raise ValueError(f"{name}: activation must be one of {list(EPILOGUES)}, "
+                         f"got {activation!r}")
+
+
+def _checked_bias(bias, expected, dtype, name):
+    if bias is None:
+        return None
+    bias = np.ascontiguousarray(bias, dtype=dtype)
+    if bias.shape != (expected,):
+        raise ShapeError(f"{name}: bias must have shape ({expected},), got {bias.shape}")
+    return bias
 
 
 def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activation=None,
@@ -584,17 +662,9 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
     array([[3., 3.],
            [3., 3.]], dtype=float32)
     """
-    if accumulate and out is None:
-        raise ValueError("matmul: accumulate=True needs out")
-    if activation not in EPILOGUES:
-        raise ValueError(f"matmul: activation must be one of {list(EPILOGUES)}, "
-                         f"got {activation!r}")
+    _check_epilogue(accumulate, out, activation, "matmul")
     a, b, out, shape_m, shape_n, shape_k = _operands(a, b, trans_a, trans_b, out, "matmul")
-    if bias is not None:
-        bias = np.ascontiguousarray(bias, dtype=a.dtype)
-        expected = shape_m if bias_per_row else shape_n
-        if bias.shape != (expected,):
-            raise ShapeError(f"matmul: bias must have shape ({expected},), got {bias.shape}")
+    bias = _checked_bias(bias, shape_m if bias_per_row else shape_n, a.dtype, "matmul")
     cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = out
     cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
     cdef bint ta = trans_a, tb = trans_b, add = accumulate, per_row = bias_per_row
@@ -620,6 +690,75 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
                              num_threads())
     if status != 0:
         raise MemoryError("matmul: could not allocate the packing buffers")
+    return out
+
+
+def pack_b_panels(b):
+    """b (k, n) as gemm_b_panels reads it: (ceil(n / NR), k, NR), zeros past n."""
+    from corenet.layer import aligned_empty
+
+    b = np.asarray(b)
+    nr = tile_shape(b.dtype)[1]
+    k, n = b.shape
+    wide = np.zeros((k, (n + nr - 1) // nr * nr), dtype=b.dtype)
+    wide[:, :n] = b
+    panels = aligned_empty((wide.shape[1] // nr, k, nr), b.dtype)
+    panels[...] = wide.reshape(k, wide.shape[1] // nr, nr).transpose(1, 0, 2)
+    return panels
+
+
+def matmul_b_panels(a, panels, n, out=None, *, bias=None, activation=None,
+                    activation_param=0.0, accumulate=False, bias_per_row=False):
+    """a @ b, with b (k, n) given packed and aligned (pack_b_panels), through
+    gemm_b_panels; the keywords as matmul's.
+
+    >>> import numpy as np
+    >>> a = np.ones((2, 3), np.float32)
+    >>> matmul_b_panels(a, pack_b_panels(a.T), 2)
+    array([[3., 3.],
+           [3., 3.]], dtype=float32)
+    """
+    _check_epilogue(accumulate, out, activation, "matmul_b_panels")
+    a, panels = np.ascontiguousarray(a), np.ascontiguousarray(panels)
+    if a.dtype not in (np.float32, np.float64) or panels.dtype != a.dtype:
+        raise DTypeError(f"matmul_b_panels: expected two float32 or two float64 arrays, "
+                         f"got {a.dtype} and {panels.dtype}")
+    if a.ndim != 2:
+        raise ShapeError(f"matmul_b_panels: expected a 2-D a, got shape {a.shape}")
+    shape_m, shape_k = a.shape
+    nr = tile_shape(a.dtype)[1]
+    expected = ((n + nr - 1) // nr, shape_k, nr)
+    if panels.shape != expected:
+        raise ShapeError(f"matmul_b_panels: panels must have shape {expected}, "
+                         f"got {panels.shape}")
+    if panels.size and panels.ctypes.data % CN_VEC_BYTES:
+        raise ValueError(f"matmul_b_panels: panels must start on a {CN_VEC_BYTES}-byte "
+                         f"boundary (the kernel's vector loads), as pack_b_panels's do")
+    out = _checked_out(out, shape_m, n, a, "matmul_b_panels")
+    bias = _checked_bias(bias, shape_m if bias_per_row else n, a.dtype, "matmul_b_panels")
+    cdef cnp.ndarray a_arr = a, b_arr = panels, out_arr = out
+    cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
+    cdef bint add = accumulate, per_row = bias_per_row
+    cdef int epilogue = EPILOGUES[activation]
+    cdef double param = activation_param
+    cdef Py_ssize_t m = shape_m, k = shape_k, columns = n
+    cdef int status
+    if a.dtype == np.float32:
+        with nogil:
+            status = gemm_b_panels(m, columns, k, <const float*>cnp.PyArray_DATA(a_arr), k,
+                                   <const float*>cnp.PyArray_DATA(b_arr),
+                                   <float*>cnp.PyArray_DATA(out_arr), columns, add,
+                                   <const float*>bias_data, per_row, epilogue, <float>param,
+                                   num_threads())
+    else:
+        with nogil:
+            status = gemm_b_panels(m, columns, k, <const double*>cnp.PyArray_DATA(a_arr), k,
+                                   <const double*>cnp.PyArray_DATA(b_arr),
+                                   <double*>cnp.PyArray_DATA(out_arr), columns, add,
+                                   <const double*>bias_data, per_row, epilogue, param,
+                                   num_threads())
+    if status != 0:
+        raise MemoryError("matmul_b_panels: could not allocate the packing buffers")
     return out
 
 

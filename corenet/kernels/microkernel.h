@@ -394,14 +394,14 @@ CN_DEFINE_KERNEL(cn_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
 
 /* The last sliver of a block with R < MR rows: the full kernel would spend MR
  * rows of FMAs on it. This one computes R rows of P neighbouring panels at once
- * (panel q's B at b + q * kc * NR, its C at c + q * NR), 2·R·P accumulators,
+ * (panel q's B at b + q * ldp, its C at c + q * NR), 2·R·P accumulators,
  * enough independent sums to keep both FMA pipes busy. Every element takes the
  * same operations in the same order as in the full kernel (the sum over k, then
  * C's old value, the bias, the activation, on the same lanes), so the results
  * are bitwise those of the full kernel. */
 #define CN_DEFINE_ROWS_KERNEL(NAME, T, VT, VU, VI, NR, R, P, ACTIVATE_TILE)     \
 static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
-                 T *restrict c, ptrdiff_t ldc, int accumulate,                \
+                 ptrdiff_t ldp, T *restrict c, ptrdiff_t ldc, int accumulate, \
                  const T *restrict bias, int bias_per_row, int epilogue,      \
                  T param)                                                     \
 {                                                                             \
@@ -417,8 +417,8 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
         VT bv[2 * P];                                                         \
         _Pragma("GCC unroll 8")                                               \
         for (int q = 0; q < P; ++q) {                                         \
-            bv[2 * q] = *(const VT *)(b + q * kc * NR);                       \
-            bv[2 * q + 1] = *(const VT *)(b + q * kc * NR + VL);              \
+            bv[2 * q] = *(const VT *)(b + q * ldp);                           \
+            bv[2 * q + 1] = *(const VT *)(b + q * ldp + VL);                  \
         }                                                                     \
         _Pragma("GCC unroll 8")                                               \
         for (int i = 0; i < R; ++i) {                                         \
@@ -468,7 +468,7 @@ static inline void cn_activate_rows_double(double *c, ptrdiff_t ldc, int rows, i
 
 /* R rows by P panels, for R = 1 .. MR - 1: P = 4, 2, 2, then 1. */
 #define CN_PANELS_FOR_ROWS(R) ((R) == 1 ? 4 : (R) <= 3 ? 2 : 1)
-#define CN_ROWS_ARGUMENTS kc, a, b, c, ldc, accumulate, bias, bias_per_row, epilogue, param
+#define CN_ROWS_ARGUMENTS kc, a, b, ldp, c, ldc, accumulate, bias, bias_per_row, epilogue, param
 
 #define CN_DEFINE_ROWS_KERNELS(T, VT, VU, VI, NR)                                          \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_1x4, T, VT, VU, VI, NR, 1, 4, cn_activate_rows_##T) \
@@ -482,10 +482,11 @@ static inline void cn_activate_rows_double(double *c, ptrdiff_t ldc, int rows, i
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_6x1, T, VT, VU, VI, NR, 6, 1, cn_activate_rows_##T) \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_7x1, T, VT, VU, VI, NR, 7, 1, cn_activate_rows_##T) \
                                                                                             \
-/* rows (1 .. MR - 1) of `panels` full panels (CN_PANELS_FOR_ROWS(rows), or 1). */ \
+/* rows (1 .. MR - 1) of `panels` full panels, ldp elements apart                 */ \
+/* (CN_PANELS_FOR_ROWS(rows), or 1).                                                */ \
 static void cn_kernel_rows_##T(int rows, int panels, ptrdiff_t kc, const T *a, const T *b,  \
-                               T *c, ptrdiff_t ldc, int accumulate, const T *bias,          \
-                               int bias_per_row, int epilogue, T param)                     \
+                               ptrdiff_t ldp, T *c, ptrdiff_t ldc, int accumulate,          \
+                               const T *bias, int bias_per_row, int epilogue, T param)      \
 {                                                                                           \
     switch (rows * 8 + (panels > 1)) {                                                      \
     case 8 + 1: cn_rows_##T##_1x4(CN_ROWS_ARGUMENTS); break;                                \

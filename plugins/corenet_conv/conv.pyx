@@ -19,7 +19,9 @@ chunk keeps its columns from forward to backward.
 
 A sample whose columns exceed CHUNK_BYTES, in a convolution of stride 1 that
 keeps height and width, goes through in tiles of output positions (ConvNd._tile).
-Forward: the threads take (sample, tile) units. Backward in parallel
+A tile's product (tile_product) writes its columns straight into the GEMM's packed
+panels, a k block at a time, and never as col. Forward: the threads take
+(sample, tile) units. Backward in parallel
 (backward_units): the units again, for dW and db in runs; then dx as the
 adjoint convolution, dY·f' with the kernel flipped (ConvNd._adjoint), one tile
 of dx per unit. One sample at a time (WORKSPACE_BYTES), tile by tile with the
@@ -35,17 +37,20 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
 from corenet.kernels.fused cimport activation_derivative_times
-from corenet.kernels.gemm cimport EPILOGUE_NONE, EPILOGUE_RELU, gemm_ex
+from corenet.kernels.gemm cimport (EPILOGUE_NONE, EPILOGUE_RELU, gemm_b_panels, gemm_ex,
+                                   gemm_k_block)
 from corenet.kernels._openmp cimport omp_get_thread_num
 from corenet.kernels.threads cimport threads_for
-from corenet_conv.vol2col cimport (Geometry, col2vol, col2vol_tile, shifted_copies, vol2col,
-                                   vol2col_tile)
+from corenet_conv.vol2col cimport (Geometry, TileMasks, col2vol, col2vol_tile, free_tile_masks,
+                                   shifted_copies, tile_masks, vol2col, vol2col_tile,
+                                   vol2col_tile_panels)
 
 from corenet import init as initializers
 from corenet.arguments import as_bool, as_int
 from corenet.errors import ShapeError
 from corenet.fusion import fusion_of
 from corenet.memory import check_parameters
+from corenet.kernels.gemm import tile_shape
 from corenet.kernels.threads import get_num_threads
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
@@ -202,21 +207,37 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     return status
 
 
-cdef int forward_tile(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+cdef int tile_product(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
                       const floating* x, const floating* weight, const floating* bias,
-                      floating* out, floating* col, Py_ssize_t p0, Py_ssize_t n,
-                      int epilogue, floating param, int n_threads) noexcept nogil:
-    """Output positions [p0, p0 + n) of one sample: the tile's columns (C·k, n), then
-    the products, written straight into out (out_channels, P)."""
-    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+                      floating* out, Py_ssize_t ld_out, floating* panels, Py_ssize_t p0,
+                      Py_ssize_t n, Py_ssize_t nr, int epilogue, floating param,
+                      int n_threads) noexcept nogil:
+    """out[:, p0:p0 + n] (out_channels rows, ld_out apart) = the convolution of x for
+    output positions [p0, p0 + n): W_g · the tile's columns, group by group. The
+    columns go straight into the GEMM's panels (nr wide), one k block of rows at a
+    time so that the product reads them from L2, and never exist whole."""
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t m = out_channels // groups, group
-    cdef int status = vol2col_tile(g, x, col, p0, n, n_threads)
+    cdef Py_ssize_t m = out_channels // groups, group, pc, kc
+    cdef Py_ssize_t kc_max = gemm_k_block(k, floating is double)
+    cdef bint last
+    cdef int status = 0
+    cdef TileMasks* masks = tile_masks(g, p0, n, floating is double)
+    if masks == NULL:
+        return -1
     for group in range(groups):
-        status |= gemm_ex(False, False, m, n, k, weight + group * m * k, k,
-                          col + group * k * n, n, out + group * m * positions + p0,
-                          positions, False, NULL if bias == NULL else bias + group * m,
-                          True, epilogue, param, n_threads)
+        pc = 0
+        while pc < k:
+            kc = min(kc_max, k - pc)
+            last = pc + kc == k
+            status |= vol2col_tile_panels(g, x, masks, group * k + pc, group * k + pc + kc,
+                                          panels, nr, n_threads)
+            status |= gemm_b_panels(m, n, kc, weight + group * m * k + pc, k, panels,
+                                    out + group * m * ld_out + p0, ld_out, pc > 0,
+                                    NULL if bias == NULL or not last else bias + group * m,
+                                    True, epilogue if last else EPILOGUE_NONE, param,
+                                    n_threads)
+            pc += kc
+    free_tile_masks(masks)
     return status
 
 
@@ -226,7 +247,7 @@ cdef int backward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
                         floating* x_grad, floating* col, floating* col_grad,
                         floating* grad_t, Py_ssize_t tile, int epilogue, floating param,
                         int n_threads) noexcept nogil:
-    """backward_chunk for one sample, a tile of positions at a time (forward_tile),
+    """backward_chunk for one sample, a tile of positions at a time (tile_product),
     when samples go one at a time with the threads inside the products: dW sums
     the tiles' products in tile order, dx takes each tile's col2vol."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
@@ -278,15 +299,14 @@ cdef int backward_units(const Geometry* g, const Geometry* gt, const Batch* b,
     the convolution's adjoint is itself a convolution, of g' = dL/dy·f' with the
     kernel flipped and in and out channels swapped (weight_t), stride 1 and the
     complementary padding (gt). Each unit computes one tile of dx's positions
-    through vol2col and a product, so no two units write the same element.
+    (tile_product), so no two units write the same element.
     With fewer input channels that product would be a thin one (C_in rows) over
     columns C_out·k deep, slower than Wᵀ·g' and col2vol; then the threads take
     whole samples, since the tiles of one sample add into the same dx."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t x_positions = g.depth * g.height * g.width
-    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t k = g.channels // groups * kernel_size, m = out_channels // groups
-    cdef Py_ssize_t k_t = m * kernel_size, m_t = g.channels // groups
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t m = out_channels // groups
     cdef Py_ssize_t tiles = (positions + b.tile - 1) // b.tile
     cdef Py_ssize_t units = b.size * tiles
     cdef Py_ssize_t tiles_dx = (x_positions + b.tile_dx - 1) // b.tile_dx if b.tile_dx else 0
@@ -346,13 +366,10 @@ cdef int backward_units(const Geometry* g, const Geometry* gt, const Batch* b,
         sample = unit // tiles_dx
         p0 = unit % tiles_dx * b.tile_dx
         n = min(b.tile_dx, x_positions - p0)
-        failures += -vol2col_tile(gt, grad_t + sample * b.out_step, col, p0, n, 1)
-        for group in range(groups):
-            # dx_g[:, tile] (m_t x n) = W'_g (m_t x k_t) · col'_g (k_t x n)
-            failures += -gemm_ex(False, False, m_t, n, k_t, weight_t + group * m_t * k_t, k_t,
-                                 col + group * k_t * n, n,
-                                 x_grad + sample * b.in_step + group * m_t * x_positions + p0,
-                                 x_positions, False, NULL, False, EPILOGUE_NONE, 0, 1)
+        # dx[:, tile] = W' · columns of g' (gt: the adjoint's geometry)
+        failures += -tile_product(gt, groups, g.channels, grad_t + sample * b.out_step,
+                                  weight_t, NULL, x_grad + sample * b.in_step, x_positions,
+                                  col, p0, n, b.panel_width, EPILOGUE_NONE, 0, 1)
     return -1 if failures else 0
 
 
@@ -381,6 +398,7 @@ cdef struct Batch:
     Py_ssize_t n_parts              # backward's partial-sum buffers (parallel only)
     Py_ssize_t tile                 # positions per tile of a one-sample chunk, or 0
     Py_ssize_t tile_dx              # positions of dx per tile in backward_units
+    Py_ssize_t panel_width          # the GEMM's NR: tiles' columns go packed in panels
 
 
 cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
@@ -398,22 +416,23 @@ cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
     cdef Py_ssize_t tiles = (positions + b.tile - 1) // b.tile if b.tile else 0, unit
     if b.tile and not b.parallel:
         for unit in range(n_chunks * tiles):
-            failures += -forward_tile(g, groups, out_channels, x + unit // tiles * b.in_step,
-                                      weight, bias, out + unit // tiles * b.out_step, scratch,
-                                      unit % tiles * b.tile,
+            failures += -tile_product(g, groups, out_channels, x + unit // tiles * b.in_step,
+                                      weight, bias, out + unit // tiles * b.out_step,
+                                      positions, scratch, unit % tiles * b.tile,
                                       min(b.tile, positions - unit % tiles * b.tile),
-                                      epilogue, param, b.n_threads)
+                                      b.panel_width, epilogue, param, b.n_threads)
         return -1 if failures else 0
     if b.tile:
         for unit in prange(n_chunks * tiles,
                            num_threads=min(<Py_ssize_t>b.n_threads, n_chunks * tiles),
                            schedule='dynamic'):
-            failures += -forward_tile(g, groups, out_channels, x + unit // tiles * b.in_step,
+            failures += -tile_product(g, groups, out_channels, x + unit // tiles * b.in_step,
                                       weight, bias, out + unit // tiles * b.out_step,
+                                      positions,
                                       scratch + omp_get_thread_num() * b.scratch_per_thread,
                                       unit % tiles * b.tile,
                                       min(b.tile, positions - unit % tiles * b.tile),
-                                      epilogue, param, 1)
+                                      b.panel_width, epilogue, param, 1)
         return -1 if failures else 0
     if not b.parallel:
         for c in range(n_chunks):
@@ -636,6 +655,7 @@ class ConvNd(Layer):
         cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
         b.tile = self._tile(b.k_rows, positions) if b.chunk == 1 and shifted_copies(&g) else 0
         b.tile_dx = 0
+        b.panel_width = tile_shape(self.dtype)[1]
         b.n_parts = min(n_chunks, MAX_PARTS) if b.parallel else 0
         if b.tile and b.parallel:
             # The threads take (sample, tile) units: backward_units.
@@ -646,9 +666,11 @@ class ConvNd(Layer):
             units = n_chunks * ((positions + b.tile - 1) // b.tile)
             b.n_threads = min(get_num_threads(), units)
             b.n_parts = min(units, MAX_PARTS)
-            b.scratch_per_thread = max(b.k_rows * b.tile, rows_dx * b.tile_dx)
-        elif b.tile:
-            b.scratch_per_thread = 2 * b.k_rows * b.tile + self.out_channels * positions
+            b.scratch_per_thread = max(b.k_rows * self._padded(b.tile),
+                                       rows_dx * self._padded(b.tile_dx))
+        elif b.tile:  # the panels (forward) or the columns and their gradient (backward)
+            b.scratch_per_thread = (b.k_rows * (b.tile + self._padded(b.tile))
+                                    + self.out_channels * positions)
         else:
             b.scratch_per_thread = (2 * b.k_rows + self.out_channels) * b.chunk * positions
         sets = b.n_threads if b.parallel else 1
@@ -671,6 +693,11 @@ class ConvNd(Layer):
             return 0
         tile = self._tile_of(k_rows)
         return tile if tile < positions else 0
+
+    def _padded(self, tile):
+        """A tile's width in the GEMM's panels: whole panels, the last one padded."""
+        width = tile_shape(self.dtype)[1]
+        return (tile + width - 1) // width * width
 
     def _tile_of(self, rows):
         """Positions per tile of columns with this many rows: about TILE_BYTES."""

@@ -37,3 +37,20 @@ cdef int col2vol_tile(const Geometry* g,
                       floating* col,                          # IN (padding entries zeroed)
                       floating* dx,                           # IN/OUT (C, D, H, W), added to
                       Py_ssize_t p0, Py_ssize_t n, int max_threads) noexcept nogil
+
+# vol2col_tile as corenet.kernels.gemm's gemm_b_panels reads its B, a block of rows
+# at a time: which positions of a tile read padding, for each kernel offset
+# (tile_masks, once per tile: NULL when out of memory); then rows [row0, row1) of
+# the columns as one block of panels of nr positions (panel q at
+# q·(row1 - row0)·nr), zeros past n.
+cdef struct TileMasks:
+    Py_ssize_t p0, n
+    void* keep          # per offset, n elements of the dtype's width: all ones or zero
+    Py_ssize_t* spans   # per offset: first and one past the last kept, input shift
+cdef TileMasks* tile_masks(const Geometry* g, Py_ssize_t p0, Py_ssize_t n,
+                           bint double_precision) noexcept nogil
+cdef void free_tile_masks(TileMasks* masks) noexcept nogil
+cdef int vol2col_tile_panels(const Geometry* g, const floating* x,  # IN  (C, D, H, W)
+                             const TileMasks* masks, Py_ssize_t row0, Py_ssize_t row1,
+                             floating* panels,   # OUT (ceil(n / nr), row1 - row0, nr)
+                             Py_ssize_t nr, int max_threads) noexcept nogil

@@ -11,10 +11,12 @@ from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
+from corenet.kernels._openmp cimport omp_get_thread_num
 from corenet.kernels.threads cimport threads_for
 
 cdef enum:
     GRAIN = 1 << 15  # elements copied below which one thread runs
+    PANEL_RUN = 4  # panels vol2col_tile_panels fills together
 
 
 cdef inline void valid_outputs(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t offset,
@@ -101,6 +103,55 @@ cdef extern from *:
     }
     CN_WINDOW_ROWS(float)
     CN_WINDOW_ROWS(double)
+
+    #include <stdint.h>
+
+    /* 32 bytes of any floats as bits (the panels' NR is a multiple of 32 bytes). */
+    typedef int32_t cn_bits32 __attribute__((vector_size(32), aligned(4), may_alias));
+
+    /* A row of columns straight into the GEMM's panels, for shifted_copies
+     * geometries: over a tile's n positions the row is the input read at a
+     * constant shift, src[t], kept where keep[t] (all bits set: the position
+     * reads inside the input, not padding) and zero elsewhere; piece q
+     * (positions q·NR .. q·NR + NR - 1) goes to dst + q·stride. src is read
+     * only in [lo, hi), from the first kept position to the last, which lie
+     * inside the input. With NR constant a whole piece is a few vector selects. */
+    #define CN_MASKED_PIECES(T, I, NR)                                              \
+    static void cn_masked_pieces_##T##_##NR(T *restrict dst, ptrdiff_t stride,     \
+                                            const T *restrict src,                 \
+                                            const I *restrict keep, ptrdiff_t first, \
+                                            ptrdiff_t n, ptrdiff_t lo, ptrdiff_t hi) \
+    {                                                                              \
+        dst += first / NR * stride;                                                \
+        for (ptrdiff_t t0 = first; t0 < n; t0 += NR, dst += stride) {              \
+            if (t0 >= lo && t0 + NR <= hi) {  /* the bits, and-ed with the mask */ \
+                for (int v = 0; v < NR * (int)sizeof(T) / 32; ++v)                 \
+                    ((cn_bits32 *)dst)[v] = ((const cn_bits32 *)(src + t0))[v]      \
+                                            & ((const cn_bits32 *)(keep + t0))[v];  \
+            } else {                                                               \
+                for (int u = 0; u < NR; ++u) {                                     \
+                    ptrdiff_t t = t0 + u;                                          \
+                    dst[u] = t >= lo && t < hi && keep[t] ? src[t] : (T)0;         \
+                }                                                                  \
+            }                                                                      \
+        }                                                                          \
+    }
+    #define CN_MASKED_PANELS(T, I)                                                  \
+    CN_MASKED_PIECES(T, I, 8)                                                      \
+    CN_MASKED_PIECES(T, I, 16)                                                     \
+    CN_MASKED_PIECES(T, I, 32)                                                     \
+    static void cn_masked_panels_##T(T *dst, ptrdiff_t stride, const T *src,       \
+                                     const void *keep, ptrdiff_t first, ptrdiff_t n, \
+                                     ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t nr)     \
+    {                                                                              \
+        switch (nr) { /* the GEMM's NR: two vectors of 32 or 64 bytes */           \
+        case 8: cn_masked_pieces_##T##_8(dst, stride, src, keep, first, n, lo, hi); break; \
+        case 16: cn_masked_pieces_##T##_16(dst, stride, src, keep, first, n, lo, hi); break; \
+        default: cn_masked_pieces_##T##_32(dst, stride, src, keep, first, n, lo, hi); \
+        }                                                                          \
+    }
+    CN_MASKED_PANELS(float, int32_t)
+    CN_MASKED_PANELS(double, int64_t)
     """
     void cn_copy_window_float(float* out, ptrdiff_t out_stride, const float* src,
                               ptrdiff_t in_stride, ptrdiff_t step, ptrdiff_t rows,
@@ -114,6 +165,12 @@ cdef extern from *:
     void cn_add_window_double(double* dst, ptrdiff_t in_stride, const double* out,
                               ptrdiff_t out_stride, ptrdiff_t step, ptrdiff_t rows,
                               ptrdiff_t lo, ptrdiff_t hi) noexcept nogil
+    void cn_masked_panels_float(float* dst, ptrdiff_t stride, const float* src,
+                                const void* keep, ptrdiff_t first, ptrdiff_t n,
+                                ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t nr) noexcept nogil
+    void cn_masked_panels_double(double* dst, ptrdiff_t stride, const double* src,
+                                 const void* keep, ptrdiff_t first, ptrdiff_t n,
+                                 ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t nr) noexcept nogil
 
 
 cdef void vol2col_row(const Geometry* g, const Ranges* r, const floating* plane,
@@ -354,6 +411,121 @@ cdef int vol2col_tile(const Geometry* g, const floating* x, floating* col, Py_ss
                     vol2col_tile_row(g, &r, x + c * volume, dst, i, j, l, p0, n, od_first,
                                      od_last)
     free(r.lo)
+    return 0
+
+
+cdef void keep_masks(const Geometry* g, const Ranges* r, Py_ssize_t p0, Py_ssize_t n,
+                     floating* keep, Py_ssize_t* spans) noexcept nogil:
+    """For each kernel offset o (i, j, l) over positions [p0, p0 + n): keep[o·n + t] all
+    bits set where position p0 + t reads inside the input, else zero (elements of
+    floating's width, read as integers); spans[3·o ..] = the first and one past the
+    last kept t, and the offset's shift of the input. Built an output row at a time:
+    a row reads padding whole, or where its columns do (the offset's column pattern)."""
+    cdef Py_ssize_t area = g.height * g.width, width = g.width
+    cdef Py_ssize_t i, j, l, o = 0, t, q, stop, od, oh, ow
+    cdef floating* mask
+    cdef floating* columns = keep + g.kernel_d * g.kernel_h * g.kernel_w * n
+    for i in range(g.kernel_d):
+        for j in range(g.kernel_h):
+            for l in range(g.kernel_w):
+                for ow in range(width):  # this offset's pattern of valid columns
+                    if r.lo[r.h + l] <= ow < r.hi[r.h + l]:
+                        set_all_bits(&columns[ow])
+                    else:
+                        columns[ow] = 0
+                mask = keep + o * n
+                q = p0
+                while q < p0 + n:
+                    od, oh, ow = q // area, q % area // width, q % width
+                    stop = min(p0 + n, q - ow + width)
+                    if r.lo[i] <= od < r.hi[i] and r.lo[r.d + j] <= oh < r.hi[r.d + j]:
+                        memcpy(mask + q - p0, columns + ow, (stop - q) * sizeof(floating))
+                    else:
+                        memset(mask + q - p0, 0, (stop - q) * sizeof(floating))
+                    q = stop
+                t = 0
+                while t < n and not is_kept(mask[t]):
+                    t += 1
+                spans[3 * o] = t
+                t = n
+                while t > spans[3 * o] and not is_kept(mask[t - 1]):
+                    t -= 1
+                spans[3 * o + 1] = t
+                spans[3 * o + 2] = (r.offset[i] * area + r.offset[r.d + j] * width
+                                    + r.offset[r.h + l])
+                o += 1
+
+
+cdef inline void set_all_bits(floating* value) noexcept nogil:
+    memset(value, 0xFF, sizeof(floating))
+
+
+cdef inline bint is_kept(floating value) noexcept nogil:
+    """A mask entry is all ones (a NaN) or all zeros (+0.0)."""
+    return value != 0
+
+
+cdef TileMasks* tile_masks(const Geometry* g, Py_ssize_t p0, Py_ssize_t n,
+                           bint double_precision) noexcept nogil:
+    """The masks of vol2col_tile_panels for positions [p0, p0 + n), or NULL when
+    out of memory; free with free_tile_masks."""
+    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
+    cdef TileMasks* masks = <TileMasks*>malloc(sizeof(TileMasks))
+    cdef Ranges r
+    if masks == NULL:
+        return NULL
+    masks.p0 = p0
+    masks.n = n
+    # The masks, then one row of an offset's column pattern (keep_masks).
+    masks.keep = malloc((kernel_size * n + g.width) * 8)
+    masks.spans = <Py_ssize_t*>malloc(3 * kernel_size * sizeof(Py_ssize_t))
+    if masks.keep == NULL or masks.spans == NULL or make_ranges(g, &r):
+        free_tile_masks(masks)
+        return NULL
+    if double_precision:
+        keep_masks[double](g, &r, p0, n, <double*>masks.keep, masks.spans)
+    else:
+        keep_masks[float](g, &r, p0, n, <float*>masks.keep, masks.spans)
+    free(r.lo)
+    return masks
+
+
+cdef void free_tile_masks(TileMasks* masks) noexcept nogil:
+    if masks != NULL:
+        free(masks.keep)
+        free(masks.spans)
+    free(masks)
+
+
+cdef int vol2col_tile_panels(const Geometry* g, const floating* x, const TileMasks* masks,
+                             Py_ssize_t row0, Py_ssize_t row1, floating* panels,
+                             Py_ssize_t nr, int max_threads) noexcept nogil:
+    """Rows [row0, row1) of vol2col_tile, written as gemm_b_panels reads its B, so
+    that no pass packs the columns again: each piece goes from the input straight
+    into its panel, through the masks of which positions read padding."""
+    cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t volume = g.depth * g.height * g.width, n = masks.n, rows = row1 - row0
+    cdef Py_ssize_t c, o, row, first, last
+    cdef const floating* src
+    cdef const floating* keep
+    cdef int n_threads = min(threads_for(rows * n, GRAIN), max_threads)
+    # A run of a few panels at a time, every row into it: the stores go down each
+    # panel in order, where a row at a time would touch every panel of the tile.
+    for first in prange(0, n, PANEL_RUN * nr, num_threads=n_threads, schedule='static'):
+        last = min(n, first + PANEL_RUN * nr)
+        for row in range(row0, row1):
+            c = row // kernel_size
+            o = row % kernel_size
+            # Where position p0 + t of this offset reads (only t in the span is read).
+            src = x + c * volume + masks.p0 + masks.spans[3 * o + 2]
+            if floating is float:
+                cn_masked_panels_float(panels + (row - row0) * nr, rows * nr, src,
+                                       <const float*>masks.keep + o * n, first, last,
+                                       masks.spans[3 * o], masks.spans[3 * o + 1], nr)
+            else:
+                cn_masked_panels_double(panels + (row - row0) * nr, rows * nr, src,
+                                        <const double*>masks.keep + o * n, first, last,
+                                        masks.spans[3 * o], masks.spans[3 * o + 1], nr)
     return 0
 
 
