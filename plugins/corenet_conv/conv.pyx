@@ -158,14 +158,14 @@ cdef void add_row_sums(floating* sums, const floating* x, Py_ssize_t rows,
 cdef int forward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
                        const floating* x, const floating* weight, const floating* bias,
                        floating* out, floating* col, floating* scratch,
-                       Py_ssize_t n_samples, int epilogue, floating param,
-                       int n_threads) noexcept nogil:
+                       Py_ssize_t n_samples, const TileMasks* masks, int epilogue,
+                       floating param, int n_threads) noexcept nogil:
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t span = n_samples * positions
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t m = out_channels // groups, group
     cdef int status = 0
-    status |= vol2col(g, x, col, span, n_samples, n_threads)
+    status |= vol2col(g, x, col, span, n_samples, masks, n_threads)
     for group in range(groups):
         status |= gemm_ex(False, False, m, span, k, weight + group * m * k, k,
                           col + group * k * span, span, scratch + group * m * span, span,
@@ -179,8 +179,8 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
                         const floating* x, const floating* weight, const floating* grad,
                         const floating* out, floating* weight_grad, floating* bias_grad,
                         floating* x_grad, floating* col, floating* grad_t, floating* col_grad,
-                        Py_ssize_t n_samples, bint have_columns, int epilogue,
-                        floating param, int n_threads) noexcept nogil:
+                        Py_ssize_t n_samples, bint have_columns, const TileMasks* masks,
+                        int epilogue, floating param, int n_threads) noexcept nogil:
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t span = n_samples * positions
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
@@ -191,7 +191,7 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     if bias_grad != NULL:
         add_row_sums(bias_grad, grad_t, out_channels, span, span, n_threads)
     if not have_columns:
-        status |= vol2col(g, x, col, span, n_samples, n_threads)
+        status |= vol2col(g, x, col, span, n_samples, masks, n_threads)
     for group in range(groups):
         # dW_g (m x k) += g'_g (m x span) · col_gᵀ (span x k)
         status |= gemm_ex(False, True, m, k, span, grad_t + group * m * span, span,
@@ -434,23 +434,28 @@ cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                                       min(b.tile, positions - unit % tiles * b.tile),
                                       b.panel_width, epilogue, param, 1)
         return -1 if failures else 0
+    # The padding masks of shifted copies, made once for every chunk.
+    cdef TileMasks* masks = (tile_masks(g, 0, positions, floating is double)
+                             if shifted_copies(g) else NULL)
     if not b.parallel:
         for c in range(n_chunks):
             start = c * b.chunk
             n = min(b.chunk, b.size - start)
             failures += -forward_chunk(g, groups, out_channels, x + start * b.in_step, weight,
                                        bias, out + start * b.out_step, scratch,
-                                       scratch + col_size, n, epilogue, param, b.n_threads)
-        return -1 if failures else 0
-    for c in prange(n_chunks, num_threads=min(<Py_ssize_t>b.n_threads, n_chunks),
-                    schedule='dynamic'):
-        col = scratch + omp_get_thread_num() * b.scratch_per_thread
-        start = c * b.chunk
-        n = min(b.chunk, b.size - start)
-        failures += -forward_chunk(g, groups, out_channels, x + start * b.in_step, weight,
-                                   bias, out + start * b.out_step,
-                                   col if kept == NULL else kept + c * col_size,
-                                   col + col_size, n, epilogue, param, 1)
+                                       scratch + col_size, n, masks, epilogue, param,
+                                       b.n_threads)
+    else:
+        for c in prange(n_chunks, num_threads=min(<Py_ssize_t>b.n_threads, n_chunks),
+                        schedule='dynamic'):
+            col = scratch + omp_get_thread_num() * b.scratch_per_thread
+            start = c * b.chunk
+            n = min(b.chunk, b.size - start)
+            failures += -forward_chunk(g, groups, out_channels, x + start * b.in_step, weight,
+                                       bias, out + start * b.out_step,
+                                       col if kept == NULL else kept + c * col_size,
+                                       col + col_size, n, masks, epilogue, param, 1)
+    free_tile_masks(masks)
     return -1 if failures else 0
 
 
@@ -507,6 +512,9 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                 scratch + tile_size, scratch + 2 * tile_size, b.tile, epilogue, param,
                 b.n_threads)
         return -1 if failures else 0
+    # The padding masks of shifted copies, made once for every chunk.
+    cdef TileMasks* masks = (tile_masks(g, 0, positions, floating is double)
+                             if shifted_copies(g) else NULL)
     if not b.parallel:
         for c in range(n_chunks):
             start = c * b.chunk
@@ -516,7 +524,8 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                 grad + start * b.out_step, out + start * b.out_step, weight_grad, bias_grad,
                 NULL if x_grad == NULL else x_grad + start * b.in_step, scratch,
                 scratch + col_size, scratch + col_size + grad_size, n, have_columns,
-                epilogue, param, b.n_threads)
+                masks, epilogue, param, b.n_threads)
+        free_tile_masks(masks)
         return -1 if failures else 0
     memset(partials, 0, b.n_parts * part_size * sizeof(floating))
     for part in prange(b.n_parts, num_threads=min(<Py_ssize_t>b.n_threads, b.n_parts),
@@ -532,8 +541,9 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                 NULL if bias_grad == NULL else part_weight + weight_size,
                 NULL if x_grad == NULL else x_grad + start * b.in_step,
                 col if kept == NULL else kept + c * col_size,
-                col + col_size, col + col_size + grad_size, n, kept != NULL, epilogue,
+                col + col_size, col + col_size + grad_size, n, kept != NULL, masks, epilogue,
                 param, 1)
+    free_tile_masks(masks)
     add_parts(weight_grad, partials, b.n_parts, weight_size, part_size, b.n_threads)
     if bias_grad != NULL:
         add_parts(bias_grad, partials + weight_size, b.n_parts, out_channels, part_size, 1)

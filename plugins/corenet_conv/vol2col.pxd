@@ -11,13 +11,26 @@ cdef struct Geometry:
     Py_ssize_t pad_d, pad_h, pad_w                           # before; after is implied
     Py_ssize_t dilation_d, dilation_h, dilation_w
 
+# Which positions of a tile read padding, per kernel offset, for the shifted
+# copies below (stride 1, height and width kept).
+cdef struct TileMasks:
+    Py_ssize_t p0, n
+    void* keep          # per offset, n elements of the dtype's width: all ones or zero
+    Py_ssize_t* spans   # per offset: first and one past the last kept, input shift
+cdef TileMasks* tile_masks(const Geometry* g, Py_ssize_t p0, Py_ssize_t n,
+                           bint double_precision) noexcept nogil
+cdef void free_tile_masks(TileMasks* masks) noexcept nogil
+
 # Both return 0, or -1 (writing nothing) when their few bytes of scratch cannot
 # be allocated.
 # Columns of n_samples samples: row (c, i, j, l) of the kernel, column
 # (sample, output position); a row has ld_col values, sample s starts at s * P.
+# masks: for shifted_copies geometries, tile_masks(g, 0, P, ...) made once for
+# many calls, or NULL (vol2col makes them).
 cdef int vol2col(const Geometry* g, const floating* x,      # IN  (n_samples, C, D, H, W)
                   floating* col, Py_ssize_t ld_col,           # OUT (C·kd·kh·kw, ld_col)
-                  Py_ssize_t n_samples, int max_threads) noexcept nogil
+                  Py_ssize_t n_samples, const TileMasks* masks,
+                  int max_threads) noexcept nogil
 
 # The adjoint: dx = Σ of each column entry into the input position it came from.
 # The entries of col for padding positions may be set to zero on the way.
@@ -43,13 +56,6 @@ cdef int col2vol_tile(const Geometry* g,
 # (tile_masks, once per tile: NULL when out of memory); then rows [row0, row1) of
 # the columns as one block of panels of nr positions (panel q at
 # q·(row1 - row0)·nr), zeros past n.
-cdef struct TileMasks:
-    Py_ssize_t p0, n
-    void* keep          # per offset, n elements of the dtype's width: all ones or zero
-    Py_ssize_t* spans   # per offset: first and one past the last kept, input shift
-cdef TileMasks* tile_masks(const Geometry* g, Py_ssize_t p0, Py_ssize_t n,
-                           bint double_precision) noexcept nogil
-cdef void free_tile_masks(TileMasks* masks) noexcept nogil
 cdef int vol2col_tile_panels(const Geometry* g, const floating* x,  # IN  (C, D, H, W)
                              const TileMasks* masks, Py_ssize_t row0, Py_ssize_t row1,
                              floating* panels,   # OUT (ceil(n / nr), row1 - row0, nr)

@@ -149,6 +149,17 @@ cdef extern from *:
         case 16: cn_masked_pieces_##T##_16(dst, stride, src, keep, first, n, lo, hi); break; \
         default: cn_masked_pieces_##T##_32(dst, stride, src, keep, first, n, lo, hi); \
         }                                                                          \
+    }                                                                              \
+    /* The same row as n contiguous values (a row of col): 64-byte pieces, then   \
+     * the last few one at a time. */                                              \
+    static void cn_masked_row_##T(T *dst, const T *src, const void *keep,          \
+                                  ptrdiff_t n, ptrdiff_t lo, ptrdiff_t hi)         \
+    {                                                                              \
+        const ptrdiff_t piece = 64 / sizeof(T);                                    \
+        ptrdiff_t whole = n / piece * piece;                                       \
+        cn_masked_panels_##T(dst, piece, src, keep, 0, whole, lo, hi, piece);      \
+        for (ptrdiff_t t = whole; t < n; ++t)                                      \
+            dst[t] = t >= lo && t < hi && ((const I *)keep)[t] ? src[t] : (T)0;    \
     }
     CN_MASKED_PANELS(float, int32_t)
     CN_MASKED_PANELS(double, int64_t)
@@ -171,6 +182,10 @@ cdef extern from *:
     void cn_masked_panels_double(double* dst, ptrdiff_t stride, const double* src,
                                  const void* keep, ptrdiff_t first, ptrdiff_t n,
                                  ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t nr) noexcept nogil
+    void cn_masked_row_float(float* dst, const float* src, const void* keep, ptrdiff_t n,
+                             ptrdiff_t lo, ptrdiff_t hi) noexcept nogil
+    void cn_masked_row_double(double* dst, const double* src, const void* keep, ptrdiff_t n,
+                              ptrdiff_t lo, ptrdiff_t hi) noexcept nogil
 
 
 cdef void vol2col_row(const Geometry* g, const Ranges* r, const floating* plane,
@@ -253,29 +268,11 @@ cdef void zero_padding_in_span(floating* rows, Py_ssize_t origin, Py_ssize_t a,
         row_start += width
 
 
-cdef void vol2col_tile_row(const Geometry* g, const Ranges* r, const floating* plane,
-                           floating* dst, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l,
-                           Py_ssize_t p0, Py_ssize_t n, Py_ssize_t od_first,
-                           Py_ssize_t od_last) noexcept nogil:
-    """Row (i, j, l) of one channel's columns for positions [p0, p0 + n), which
-    lie in output planes [od_first, od_last]."""
-    cdef Py_ssize_t area = g.height * g.width, od, a, b, filled = p0
-    cdef Py_ssize_t shift = r.offset[i] * area + r.offset[r.d + j] * g.width + r.offset[r.h + l]
-    for od in range(max(r.lo[i], od_first), min(r.hi[i], od_last + 1)):
-        tile_span(r, i, j, l, area, g.width, od, p0, p0 + n, &a, &b)
-        if a < b:
-            memset(dst + filled - p0, 0, (a - filled) * sizeof(floating))
-            memcpy(dst + a - p0, plane + a + shift, (b - a) * sizeof(floating))
-            zero_padding_in_span(dst, p0, a, b, r.lo[r.h + l], r.hi[r.h + l], g.width)
-            filled = b
-    memset(dst + filled - p0, 0, (p0 + n - filled) * sizeof(floating))
-
-
 cdef void col2vol_tile_row(const Geometry* g, const Ranges* r, floating* src,
                            floating* plane, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l,
                            Py_ssize_t p0, Py_ssize_t n, Py_ssize_t od_first,
                            Py_ssize_t od_last) noexcept nogil:
-    """The adjoint of vol2col_tile_row: src[q - p0], row (i, j, l) of one channel's
+    """The adjoint of masked_row: src[q - p0], row (i, j, l) of one channel's
     columns for positions [p0, p0 + n) in output planes [od_first, od_last], added
     into the input positions it was read from, its padding entries zeroed first."""
     cdef Py_ssize_t area = g.height * g.width, od, a, b, q
@@ -289,17 +286,31 @@ cdef void col2vol_tile_row(const Geometry* g, const Ranges* r, floating* src,
 
 
 cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t ld_col,
-                  Py_ssize_t n_samples, int max_threads) noexcept nogil:
+                  Py_ssize_t n_samples, const TileMasks* masks,
+                  int max_threads) noexcept nogil:
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t rows = g.channels * kernel_size
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t volume = g.depth * g.height * g.width
     cdef Py_ssize_t row, sample, c, offset, i, j, l
+    cdef int n_threads = min(threads_for(rows * n_samples * positions, GRAIN), max_threads)
+    cdef TileMasks* own = NULL
     cdef Ranges r
+    if shifted_copies(g):  # every position of a sample is one tile
+        if masks == NULL:
+            own = tile_masks(g, 0, positions, floating is double)
+            if own == NULL:
+                return -1
+            masks = own
+        for row in prange(rows, num_threads=n_threads, schedule='static'):
+            for sample in range(n_samples):
+                masked_row(masks, row % kernel_size,
+                           x + (sample * g.channels + row // kernel_size) * volume,
+                           col + row * ld_col + sample * positions)
+        free_tile_masks(own)
+        return 0
     if make_ranges(g, &r):
         return -1
-    cdef int n_threads = min(threads_for(rows * n_samples * positions, GRAIN), max_threads)
-    cdef bint shifted = shifted_copies(g)
     for row in prange(rows, num_threads=n_threads, schedule='static'):
         c = row // kernel_size
         offset = row % kernel_size
@@ -307,13 +318,8 @@ cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t
         j = (offset // g.kernel_w) % g.kernel_h
         l = offset % g.kernel_w
         for sample in range(n_samples):
-            if shifted:
-                vol2col_tile_row(g, &r, x + (sample * g.channels + c) * volume,
-                                 col + row * ld_col + sample * positions, i, j, l, 0,
-                                 positions, 0, g.out_depth - 1)
-            else:
-                vol2col_row(g, &r, x + (sample * g.channels + c) * volume,
-                            col + row * ld_col + sample * positions, i, j, l)
+            vol2col_row(g, &r, x + (sample * g.channels + c) * volume,
+                        col + row * ld_col + sample * positions, i, j, l)
     free(r.lo)
     return 0
 
@@ -395,22 +401,14 @@ cdef int vol2col_tile(const Geometry* g, const floating* x, floating* col, Py_ss
                       Py_ssize_t n, int max_threads) noexcept nogil:
     """col (C·kd·kh·kw, n): the columns of one sample x for positions [p0, p0 + n)."""
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t area = g.height * g.width, volume = g.depth * area
-    cdef Py_ssize_t od_first = p0 // area, od_last = (p0 + n - 1) // area
-    cdef Py_ssize_t c, i, j, l
-    cdef floating* dst
-    cdef Ranges r
-    if make_ranges(g, &r):
+    cdef Py_ssize_t volume = g.depth * g.height * g.width, row
+    cdef TileMasks* masks = tile_masks(g, p0, n, floating is double)
+    if masks == NULL:
         return -1
     cdef int n_threads = min(threads_for(g.channels * kernel_size * n, GRAIN), max_threads)
-    for c in prange(g.channels, num_threads=n_threads, schedule='static'):
-        for i in range(g.kernel_d):
-            for j in range(g.kernel_h):
-                for l in range(g.kernel_w):
-                    dst = col + (((c * g.kernel_d + i) * g.kernel_h + j) * g.kernel_w + l) * n
-                    vol2col_tile_row(g, &r, x + c * volume, dst, i, j, l, p0, n, od_first,
-                                     od_last)
-    free(r.lo)
+    for row in prange(g.channels * kernel_size, num_threads=n_threads, schedule='static'):
+        masked_row(masks, row % kernel_size, x + row // kernel_size * volume, col + row * n)
+    free_tile_masks(masks)
     return 0
 
 
@@ -422,7 +420,7 @@ cdef void keep_masks(const Geometry* g, const Ranges* r, Py_ssize_t p0, Py_ssize
     last kept t, and the offset's shift of the input. Built an output row at a time:
     a row reads padding whole, or where its columns do (the offset's column pattern)."""
     cdef Py_ssize_t area = g.height * g.width, width = g.width
-    cdef Py_ssize_t i, j, l, o = 0, t, q, stop, od, oh, ow
+    cdef Py_ssize_t i, j, l, o = 0, q, stop, od, oh, ow, first, last, a, b
     cdef floating* mask
     cdef floating* columns = keep + g.kernel_d * g.kernel_h * g.kernel_w * n
     for i in range(g.kernel_d):
@@ -434,23 +432,28 @@ cdef void keep_masks(const Geometry* g, const Ranges* r, Py_ssize_t p0, Py_ssize
                     else:
                         columns[ow] = 0
                 mask = keep + o * n
+                first, last = n, 0  # the kept positions' span, from the rows that have any
                 q = p0
+                od, oh, ow = p0 // area, p0 % area // width, p0 % width
                 while q < p0 + n:
-                    od, oh, ow = q // area, q % area // width, q % width
                     stop = min(p0 + n, q - ow + width)
                     if r.lo[i] <= od < r.hi[i] and r.lo[r.d + j] <= oh < r.hi[r.d + j]:
                         memcpy(mask + q - p0, columns + ow, (stop - q) * sizeof(floating))
+                        a = max(q, q - ow + r.lo[r.h + l]) - p0
+                        b = min(stop, q - ow + r.hi[r.h + l]) - p0
+                        if a < b:
+                            first = min(first, a)
+                            last = b
                     else:
                         memset(mask + q - p0, 0, (stop - q) * sizeof(floating))
                     q = stop
-                t = 0
-                while t < n and not is_kept(mask[t]):
-                    t += 1
-                spans[3 * o] = t
-                t = n
-                while t > spans[3 * o] and not is_kept(mask[t - 1]):
-                    t -= 1
-                spans[3 * o + 1] = t
+                    ow = 0  # the next output row from its first column
+                    oh += 1
+                    if oh == g.height:
+                        oh = 0
+                        od += 1
+                spans[3 * o] = min(first, last)
+                spans[3 * o + 1] = last
                 spans[3 * o + 2] = (r.offset[i] * area + r.offset[r.d + j] * width
                                     + r.offset[r.h + l])
                 o += 1
@@ -458,11 +461,6 @@ cdef void keep_masks(const Geometry* g, const Ranges* r, Py_ssize_t p0, Py_ssize
 
 cdef inline void set_all_bits(floating* value) noexcept nogil:
     memset(value, 0xFF, sizeof(floating))
-
-
-cdef inline bint is_kept(floating value) noexcept nogil:
-    """A mask entry is all ones (a NaN) or all zeros (+0.0)."""
-    return value != 0
 
 
 cdef TileMasks* tile_masks(const Geometry* g, Py_ssize_t p0, Py_ssize_t n,
@@ -495,6 +493,19 @@ cdef void free_tile_masks(TileMasks* masks) noexcept nogil:
         free(masks.keep)
         free(masks.spans)
     free(masks)
+
+
+cdef inline void masked_row(const TileMasks* masks, Py_ssize_t o, const floating* plane,
+                            floating* dst) noexcept nogil:
+    """dst[t] = the row of kernel offset o for position masks.p0 + t, t < masks.n: the
+    input plane read at the offset's shift, zero where that reads padding."""
+    cdef const floating* src = plane + masks.p0 + masks.spans[3 * o + 2]
+    if floating is float:
+        cn_masked_row_float(dst, src, <const float*>masks.keep + o * masks.n, masks.n,
+                            masks.spans[3 * o], masks.spans[3 * o + 1])
+    else:
+        cn_masked_row_double(dst, src, <const double*>masks.keep + o * masks.n, masks.n,
+                             masks.spans[3 * o], masks.spans[3 * o + 1])
 
 
 cdef int vol2col_tile_panels(const Geometry* g, const floating* x, const TileMasks* masks,
