@@ -203,7 +203,7 @@ cdef int backward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
                               grad_t + group * m * span, span, col_grad + group * k * span,
                               span, False, NULL, False, EPILOGUE_NONE, 0, n_threads)
     if x_grad != NULL:
-        status |= col2vol(g, col_grad, span, x_grad, n_samples, n_threads)
+        status |= col2vol(g, col_grad, span, x_grad, n_samples, masks, n_threads)
     return status
 
 

@@ -33,11 +33,11 @@ cdef int vol2col(const Geometry* g, const floating* x,      # IN  (n_samples, C,
                   int max_threads) noexcept nogil
 
 # The adjoint: dx = Σ of each column entry into the input position it came from.
-# The entries of col for padding positions may be set to zero on the way.
-cdef int col2vol(const Geometry* g, floating* col,          # IN (padding entries zeroed)
+cdef int col2vol(const Geometry* g, const floating* col,    # IN
                   Py_ssize_t ld_col,
                   floating* dx,                               # OUT (n_samples, C, D, H, W)
-                  Py_ssize_t n_samples, int max_threads) noexcept nogil
+                  Py_ssize_t n_samples, const TileMasks* masks,  # as vol2col's
+                  int max_threads) noexcept nogil
 
 # Position tiles of one sample, for geometries where shifted_copies holds (stride 1,
 # output height and width those of the input): the columns of output positions
@@ -47,7 +47,7 @@ cdef int vol2col_tile(const Geometry* g, const floating* x,  # IN  (C, D, H, W)
                       floating* col,                          # OUT (C·kd·kh·kw, n)
                       Py_ssize_t p0, Py_ssize_t n, int max_threads) noexcept nogil
 cdef int col2vol_tile(const Geometry* g,
-                      floating* col,                          # IN (padding entries zeroed)
+                      const floating* col,                    # IN
                       floating* dx,                           # IN/OUT (C, D, H, W), added to
                       Py_ssize_t p0, Py_ssize_t n, int max_threads) noexcept nogil
 

@@ -163,6 +163,25 @@ cdef extern from *:
     }
     CN_MASKED_PANELS(float, int32_t)
     CN_MASKED_PANELS(double, int64_t)
+
+    /* The adjoint of a masked row: dst[t] += src[t] where keep[t], + 0 elsewhere,
+     * for t in [lo, hi); 32 bytes at a time, each element one addition. */
+    #define CN_MASKED_ADD(T, I)                                                      \
+    typedef T cn_vec32_##T __attribute__((vector_size(32), aligned(sizeof(T)), may_alias)); \
+    static void cn_masked_add_##T(T *dst, const T *restrict src,                   \
+                                  const void *keep_bits, ptrdiff_t lo, ptrdiff_t hi) \
+    {                                                                              \
+        const I *keep = keep_bits;                                                 \
+        const ptrdiff_t lanes = 32 / sizeof(T);                                    \
+        ptrdiff_t t = lo;                                                          \
+        for (; t + lanes <= hi; t += lanes) {                                      \
+            cn_bits32 bits = *(const cn_bits32 *)(src + t) & *(const cn_bits32 *)(keep + t); \
+            *(cn_vec32_##T *)(dst + t) += (cn_vec32_##T)bits;                      \
+        }                                                                          \
+        for (; t < hi; ++t) dst[t] += keep[t] ? src[t] : (T)0;                     \
+    }
+    CN_MASKED_ADD(float, int32_t)
+    CN_MASKED_ADD(double, int64_t)
     """
     void cn_copy_window_float(float* out, ptrdiff_t out_stride, const float* src,
                               ptrdiff_t in_stride, ptrdiff_t step, ptrdiff_t rows,
@@ -182,6 +201,10 @@ cdef extern from *:
     void cn_masked_panels_double(double* dst, ptrdiff_t stride, const double* src,
                                  const void* keep, ptrdiff_t first, ptrdiff_t n,
                                  ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t nr) noexcept nogil
+    void cn_masked_add_float(float* dst, const float* src, const void* keep, ptrdiff_t lo,
+                             ptrdiff_t hi) noexcept nogil
+    void cn_masked_add_double(double* dst, const double* src, const void* keep, ptrdiff_t lo,
+                              ptrdiff_t hi) noexcept nogil
     void cn_masked_row_float(float* dst, const float* src, const void* keep, ptrdiff_t n,
                              ptrdiff_t lo, ptrdiff_t hi) noexcept nogil
     void cn_masked_row_double(double* dst, const double* src, const void* keep, ptrdiff_t n,
@@ -231,58 +254,9 @@ cdef bint shifted_copies(const Geometry* g) noexcept nogil:
 # Rows of the columns for shifted_copies geometries, where output position p of
 # kernel offset (i, j, l) reads input p + shift(i, j, l) or padding: over positions
 # [p0, p0 + n), a position tile, so that a large sample's columns need not exist
-# whole, or every position of a sample.
-
-cdef inline void tile_span(const Ranges* r, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l,
-                           Py_ssize_t area, Py_ssize_t width, Py_ssize_t od,
-                           Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t* a,
-                           Py_ssize_t* b) noexcept nogil:
-    """[a, b): the positions of output plane od within [p0, p1) from the first valid
-    position to the last (empty when the offset reads only padding)."""
-    cdef Py_ssize_t h_lo = r.lo[r.d + j], h_hi = r.hi[r.d + j]
-    cdef Py_ssize_t w_lo = r.lo[r.h + l], w_hi = r.hi[r.h + l]
-    a[0] = max(p0, od * area + h_lo * width + w_lo)
-    b[0] = min(p1, od * area + (h_hi - 1) * width + w_hi)
-    if h_lo == h_hi or w_lo == w_hi or b[0] < a[0]:
-        b[0] = a[0]
-
-
-cdef void zero_padding_in_span(floating* rows, Py_ssize_t origin, Py_ssize_t a,
-                               Py_ssize_t b, Py_ssize_t w_lo, Py_ssize_t w_hi,
-                               Py_ssize_t width) noexcept nogil:
-    """Zero the entries at positions [a, b) whose column lies outside [w_lo, w_hi);
-    rows[q - origin] is position q."""
-    cdef Py_ssize_t row_start, start, stop, q
-    if w_lo == 0 and w_hi == width:
-        return
-    row_start = a - a % width
-    while row_start < b:
-        start = max(a, row_start)
-        stop = min(b, row_start + w_lo)
-        for q in range(start, stop):
-            rows[q - origin] = 0
-        start = max(a, row_start + w_hi)
-        stop = min(b, row_start + width)
-        for q in range(start, stop):
-            rows[q - origin] = 0
-        row_start += width
-
-
-cdef void col2vol_tile_row(const Geometry* g, const Ranges* r, floating* src,
-                           floating* plane, Py_ssize_t i, Py_ssize_t j, Py_ssize_t l,
-                           Py_ssize_t p0, Py_ssize_t n, Py_ssize_t od_first,
-                           Py_ssize_t od_last) noexcept nogil:
-    """The adjoint of masked_row: src[q - p0], row (i, j, l) of one channel's
-    columns for positions [p0, p0 + n) in output planes [od_first, od_last], added
-    into the input positions it was read from, its padding entries zeroed first."""
-    cdef Py_ssize_t area = g.height * g.width, od, a, b, q
-    cdef Py_ssize_t shift = r.offset[i] * area + r.offset[r.d + j] * g.width + r.offset[r.h + l]
-    for od in range(max(r.lo[i], od_first), min(r.hi[i], od_last + 1)):
-        tile_span(r, i, j, l, area, g.width, od, p0, p0 + n, &a, &b)
-        if a < b:
-            zero_padding_in_span(src, p0, a, b, r.lo[r.h + l], r.hi[r.h + l], g.width)
-            for q in range(a, b):
-                plane[q + shift] += src[q - p0]
+# whole, or every position of a sample. Masks say which positions read padding
+# (tile_masks, once per call or batch); a row is then a masked copy of the input
+# (masked_row), its adjoint a masked add (masked_add), both whole vectors.
 
 
 cdef int vol2col(const Geometry* g, const floating* x, floating* col, Py_ssize_t ld_col,
@@ -356,43 +330,40 @@ cdef void col2vol_plane(const Geometry* g, const Ranges* r, const floating* col,
                                              g.stride_w, h_hi - h_lo, w_lo, w_hi)
 
 
-cdef void col2vol_plane_shifted(const Geometry* g, const Ranges* r, floating* col,
-                                Py_ssize_t ld_col, floating* plane,
-                                Py_ssize_t c) noexcept nogil:
-    """col2vol_plane when shifted_copies(g): for each kernel offset, its row of the
-    columns through col2vol_tile_row over every position. Adding a zero leaves
-    every sum as it was (the plane starts at +0 and a sum never becomes -0), so
-    each element sees the same additions in the same order as in col2vol_plane."""
-    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width, i, j, l
-    memset(plane, 0, g.depth * g.height * g.width * sizeof(floating))
-    for i in range(g.kernel_d):
-        for j in range(g.kernel_h):
-            for l in range(g.kernel_w):
-                col2vol_tile_row(g, r, col + (((c * g.kernel_d + i) * g.kernel_h + j)
-                                              * g.kernel_w + l) * ld_col,
-                                 plane, i, j, l, 0, positions, 0, g.out_depth - 1)
-
-
-cdef int col2vol(const Geometry* g, floating* col, Py_ssize_t ld_col, floating* dx,
-                  Py_ssize_t n_samples, int max_threads) noexcept nogil:
+cdef int col2vol(const Geometry* g, const floating* col, Py_ssize_t ld_col, floating* dx,
+                  Py_ssize_t n_samples, const TileMasks* masks,
+                  int max_threads) noexcept nogil:
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t volume = g.depth * g.height * g.width
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t task, sample, c
-    cdef Ranges r
-    if make_ranges(g, &r):
-        return -1
+    cdef Py_ssize_t task, sample, c, o
     cdef int n_threads = min(threads_for(n_samples * g.channels * kernel_size * positions,
                                          GRAIN), max_threads)
-    cdef bint shifted = shifted_copies(g)
+    cdef TileMasks* own = NULL
+    cdef Ranges r
+    if shifted_copies(g):
+        if masks == NULL:
+            own = tile_masks(g, 0, positions, floating is double)
+            if own == NULL:
+                return -1
+            masks = own
+        # Each (sample, channel) plane: zero, then every offset's row added in order.
+        # Adding +0 for padding leaves every sum as col2vol_plane makes it (the plane
+        # starts at +0, and a sum of floats that starts at +0 never becomes -0).
+        for task in prange(n_samples * g.channels, num_threads=n_threads, schedule='static'):
+            sample = task // g.channels
+            c = task % g.channels
+            memset(dx + task * volume, 0, volume * sizeof(floating))
+            for o in range(kernel_size):
+                masked_add(masks, o, col + (c * kernel_size + o) * ld_col + sample * positions,
+                           dx + task * volume)
+        free_tile_masks(own)
+        return 0
+    if make_ranges(g, &r):
+        return -1
     for task in prange(n_samples * g.channels, num_threads=n_threads, schedule='static'):
-        sample = task // g.channels
-        c = task % g.channels
-        if shifted:
-            col2vol_plane_shifted(g, &r, col + sample * positions, ld_col,
-                                  dx + task * volume, c)
-        else:
-            col2vol_plane(g, &r, col + sample * positions, ld_col, dx + task * volume, c)
+        col2vol_plane(g, &r, col + task // g.channels * positions, ld_col, dx + task * volume,
+                      task % g.channels)
     free(r.lo)
     return 0
 
@@ -508,6 +479,19 @@ cdef inline void masked_row(const TileMasks* masks, Py_ssize_t o, const floating
                              masks.spans[3 * o], masks.spans[3 * o + 1])
 
 
+cdef inline void masked_add(const TileMasks* masks, Py_ssize_t o, const floating* src,
+                            floating* plane) noexcept nogil:
+    """The adjoint of masked_row: src[t], the row of kernel offset o for position
+    masks.p0 + t, added into the input position it was read from (+0 for padding)."""
+    cdef floating* dst = plane + masks.p0 + masks.spans[3 * o + 2]
+    if floating is float:
+        cn_masked_add_float(dst, src, <const float*>masks.keep + o * masks.n,
+                            masks.spans[3 * o], masks.spans[3 * o + 1])
+    else:
+        cn_masked_add_double(dst, src, <const double*>masks.keep + o * masks.n,
+                             masks.spans[3 * o], masks.spans[3 * o + 1])
+
+
 cdef int vol2col_tile_panels(const Geometry* g, const floating* x, const TileMasks* masks,
                              Py_ssize_t row0, Py_ssize_t row1, floating* panels,
                              Py_ssize_t nr, int max_threads) noexcept nogil:
@@ -540,28 +524,19 @@ cdef int vol2col_tile_panels(const Geometry* g, const floating* x, const TileMas
     return 0
 
 
-cdef int col2vol_tile(const Geometry* g, floating* col, floating* dx, Py_ssize_t p0,
+cdef int col2vol_tile(const Geometry* g, const floating* col, floating* dx, Py_ssize_t p0,
                       Py_ssize_t n, int max_threads) noexcept nogil:
     """dx (C, D, H, W) += the adjoint of vol2col_tile: col (C·kd·kh·kw, n) for
     positions [p0, p0 + n) added into the input positions they came from, per
-    input position in the order of the kernel offsets. The padding entries of col
-    are zeroed first (adding a zero changes no sum: see col2vol_plane_shifted)."""
+    input position in the order of the kernel offsets (+0 for padding: see col2vol)."""
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t area = g.height * g.width, volume = g.depth * area
-    cdef Py_ssize_t od_first = p0 // area, od_last = (p0 + n - 1) // area
-    cdef Py_ssize_t c, i, j, l
-    cdef floating* plane
-    cdef Ranges r
-    if make_ranges(g, &r):
+    cdef Py_ssize_t volume = g.depth * g.height * g.width, c, o
+    cdef TileMasks* masks = tile_masks(g, p0, n, floating is double)
+    if masks == NULL:
         return -1
     cdef int n_threads = min(threads_for(g.channels * kernel_size * n, GRAIN), max_threads)
     for c in prange(g.channels, num_threads=n_threads, schedule='static'):
-        plane = dx + c * volume
-        for i in range(g.kernel_d):
-            for j in range(g.kernel_h):
-                for l in range(g.kernel_w):
-                    col2vol_tile_row(g, &r, col + (((c * g.kernel_d + i) * g.kernel_h + j)
-                                                   * g.kernel_w + l) * n,
-                                     plane, i, j, l, p0, n, od_first, od_last)
-    free(r.lo)
+        for o in range(kernel_size):
+            masked_add(masks, o, col + (c * kernel_size + o) * n, dx + c * volume)
+    free_tile_masks(masks)
     return 0
