@@ -38,6 +38,8 @@ CONV_CASES = [  # (n_axes, config, input shape)
      (1, 2, 4, 4, 4)),
     (3, dict(in_channels=3, out_channels=2, kernel_size=(2, 3, 3), padding=(0, 1, 1)),
      (2, 3, 4, 5, 6)),  # height and width kept, depth not
+    (2, dict(in_channels=96, out_channels=96, kernel_size=3, padding=1, groups=2),
+     (2, 96, 9, 8)),  # 432 rows of columns a group: tiles' products in several k blocks
 ]
 
 

@@ -11,7 +11,6 @@ from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from corenet.kernels._openmp cimport omp_get_thread_num
 from corenet.kernels.threads cimport threads_for
 
 cdef enum:
@@ -436,8 +435,9 @@ cdef inline void set_all_bits(floating* value) noexcept nogil:
 
 cdef TileMasks* tile_masks(const Geometry* g, Py_ssize_t p0, Py_ssize_t n,
                            bint double_precision) noexcept nogil:
-    """The masks of vol2col_tile_panels for positions [p0, p0 + n), or NULL when
-    out of memory; free with free_tile_masks."""
+    """The masks of the shifted-copy rows (masked_row, masked_add, masked_pieces) for
+    positions [p0, p0 + n), or NULL when out of memory; free with free_tile_masks.
+    Their size is kernel volume · n elements, a C-th of the tile's columns."""
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
     cdef TileMasks* masks = <TileMasks*>malloc(sizeof(TileMasks))
     cdef Ranges r
@@ -446,7 +446,7 @@ cdef TileMasks* tile_masks(const Geometry* g, Py_ssize_t p0, Py_ssize_t n,
     masks.p0 = p0
     masks.n = n
     # The masks, then one row of an offset's column pattern (keep_masks).
-    masks.keep = malloc((kernel_size * n + g.width) * 8)
+    masks.keep = malloc((kernel_size * n + g.width) * (8 if double_precision else 4))
     masks.spans = <Py_ssize_t*>malloc(3 * kernel_size * sizeof(Py_ssize_t))
     if masks.keep == NULL or masks.spans == NULL or make_ranges(g, &r):
         free_tile_masks(masks)
@@ -492,6 +492,21 @@ cdef inline void masked_add(const TileMasks* masks, Py_ssize_t o, const floating
                              masks.spans[3 * o], masks.spans[3 * o + 1])
 
 
+cdef inline void masked_pieces(const TileMasks* masks, Py_ssize_t o, const floating* plane,
+                               floating* panel_row, Py_ssize_t stride, Py_ssize_t first,
+                               Py_ssize_t last, Py_ssize_t nr) noexcept nogil:
+    """masked_row for positions [first, last) (whole pieces of nr), piece q written
+    to panel_row + q·stride: one row of the GEMM's panels."""
+    cdef const floating* src = plane + masks.p0 + masks.spans[3 * o + 2]
+    if floating is float:
+        cn_masked_panels_float(panel_row, stride, src, <const float*>masks.keep + o * masks.n,
+                               first, last, masks.spans[3 * o], masks.spans[3 * o + 1], nr)
+    else:
+        cn_masked_panels_double(panel_row, stride, src,
+                                <const double*>masks.keep + o * masks.n, first, last,
+                                masks.spans[3 * o], masks.spans[3 * o + 1], nr)
+
+
 cdef int vol2col_tile_panels(const Geometry* g, const floating* x, const TileMasks* masks,
                              Py_ssize_t row0, Py_ssize_t row1, floating* panels,
                              Py_ssize_t nr, int max_threads) noexcept nogil:
@@ -500,27 +515,15 @@ cdef int vol2col_tile_panels(const Geometry* g, const floating* x, const TileMas
     into its panel, through the masks of which positions read padding."""
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t volume = g.depth * g.height * g.width, n = masks.n, rows = row1 - row0
-    cdef Py_ssize_t c, o, row, first, last
-    cdef const floating* src
-    cdef const floating* keep
+    cdef Py_ssize_t row, first
     cdef int n_threads = min(threads_for(rows * n, GRAIN), max_threads)
     # A run of a few panels at a time, every row into it: the stores go down each
     # panel in order, where a row at a time would touch every panel of the tile.
     for first in prange(0, n, PANEL_RUN * nr, num_threads=n_threads, schedule='static'):
-        last = min(n, first + PANEL_RUN * nr)
         for row in range(row0, row1):
-            c = row // kernel_size
-            o = row % kernel_size
-            # Where position p0 + t of this offset reads (only t in the span is read).
-            src = x + c * volume + masks.p0 + masks.spans[3 * o + 2]
-            if floating is float:
-                cn_masked_panels_float(panels + (row - row0) * nr, rows * nr, src,
-                                       <const float*>masks.keep + o * n, first, last,
-                                       masks.spans[3 * o], masks.spans[3 * o + 1], nr)
-            else:
-                cn_masked_panels_double(panels + (row - row0) * nr, rows * nr, src,
-                                        <const double*>masks.keep + o * n, first, last,
-                                        masks.spans[3 * o], masks.spans[3 * o + 1], nr)
+            masked_pieces(masks, row % kernel_size, x + row // kernel_size * volume,
+                          panels + (row - row0) * nr, rows * nr, first,
+                          min(n, first + PANEL_RUN * nr), nr)
     return 0
 
 
