@@ -21,8 +21,8 @@ cdef TileMasks* tile_masks(const Geometry* g, Py_ssize_t p0, Py_ssize_t n,
                            bint double_precision) noexcept nogil
 cdef void free_tile_masks(TileMasks* masks) noexcept nogil
 
-# Both return 0, or -1 (writing nothing) when their few bytes of scratch cannot
-# be allocated.
+# All return 0, or -1 (writing nothing) when their scratch (a few bytes of
+# ranges, or the masks) cannot be allocated.
 # Columns of n_samples samples: row (c, i, j, l) of the kernel, column
 # (sample, output position); a row has ld_col values, sample s starts at s * P.
 # masks: for shifted_copies geometries, tile_masks(g, 0, P, ...) made once for
