@@ -211,3 +211,7 @@ def test_prepacked_panels_are_checked():
         matmul_b_panels(a, shifted, 20)
     with pytest.raises(ShapeError, match=r"bias must have shape \(3,\)"):
         matmul_b_panels(a, panels, 20, bias=np.ones(4, np.float32), bias_per_row=True)
+    with pytest.raises(ShapeError, match="n must be at least 0, got -5"):
+        matmul_b_panels(a, panels[:0], -5)
+    with pytest.raises(TypeError):
+        matmul_b_panels(a, panels, 20.0)

@@ -10,6 +10,7 @@ Threads split the output into disjoint blocks of whole tiles, and every element
 sums its k terms in the same order on any thread, so the result is bitwise
 the same for any thread count.
 """
+import operator
 import os
 
 import numpy as np
@@ -719,6 +720,9 @@ def matmul_b_panels(a, panels, n, out=None, *, bias=None, activation=None,
            [3., 3.]], dtype=float32)
     """
     _check_epilogue(accumulate, out, activation, "matmul_b_panels")
+    n = operator.index(n)
+    if n < 0:
+        raise ShapeError(f"matmul_b_panels: n must be at least 0, got {n}")
     a, panels = np.ascontiguousarray(a), np.ascontiguousarray(panels)
     if a.dtype not in (np.float32, np.float64) or panels.dtype != a.dtype:
         raise DTypeError(f"matmul_b_panels: expected two float32 or two float64 arrays, "
