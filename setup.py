@@ -39,6 +39,9 @@ EXTENSIONS = {
 # Flags for one extension only. The optimizer loops take square roots, which GCC
 # vectorizes only when sqrt need not set errno (no corenet code reads errno).
 EXTRA_FLAGS = {"corenet.kernels.optim": ["-fno-math-errno"]}
+# GCC turns a copy loop into a call to memmove or memset; vol2col's rows are often
+# a few elements long (a 10-wide image row), where the call costs more than the copy.
+EXTRA_FLAGS["corenet_conv.vol2col"] = ["-fno-tree-loop-distribute-patterns"]
 
 
 OPENMP_PROGRAM = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
