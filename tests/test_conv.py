@@ -113,10 +113,13 @@ def test_every_way_of_walking_the_batch_gives_the_same_result(n_axes, rng, monke
     # one sample at a time with the threads inside the products; then the last two
     # with each sample's positions in tiles of 64 ("same" padding, 81 or 729
     # positions): (sample, tile) units taken by the threads, dx as the adjoint
-    # convolution; one sample at a time, tile by tile.
+    # convolution; one sample at a time, tile by tile; and both again in 3-D with
+    # tiles of 400 positions, longer than the GEMM's k block of 256 in float64, so
+    # that dW takes each tile in two strips.
     for chunk_bytes, workspace, tile_bytes in ((1 << 30, 1 << 30, 1 << 30),
                                                (1, 1 << 30, 1 << 30), (1 << 30, 1, 1 << 30),
-                                               (1, 1 << 30, 1), (1 << 30, 1, 1)):
+                                               (1, 1 << 30, 1), (1, 1, 1),
+                                               (1, 1 << 30, 1 << 18), (1, 1, 1 << 18)):
         monkeypatch.setattr(conv_module, "CHUNK_BYTES", chunk_bytes)
         monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", workspace)
         monkeypatch.setattr(conv_module, "TILE_BYTES", tile_bytes)

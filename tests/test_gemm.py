@@ -196,6 +196,35 @@ def test_matmul_on_prepacked_panels_is_bitwise_the_packed_path(m, n, k, dtype, n
     assert_close(matmul_b_panels(a, pack_b_panels(b), n), expected, dtype, k)
 
 
+@pytest.mark.parametrize("trans_b", [False, True], ids=["rows", "transposed"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,n", [(1, 1), (5, 16), (37, 70), (300, 33), (0, 9), (9, 0)])
+def test_packing_panels_matches_numpys_layout(k, n, dtype, trans_b, rng):
+    # pack_panels, the GEMM's own packing that a convolution's dW uses on its
+    # columns: panel q holds columns q·NR .. q·NR + NR - 1 of B, row by row, zeros
+    # past n, from B's rows or from its stored transpose.
+    from corenet.kernels.gemm import pack_b_panels, tile_shape
+
+    nr = tile_shape(dtype)[1]
+    b = rng.standard_normal((k, n)).astype(dtype)
+    wide = np.zeros((k, -(-n // nr) * nr), dtype)
+    wide[:, :n] = b
+    expected = wide.reshape(k, wide.shape[1] // nr, nr).transpose(1, 0, 2)
+    panels = pack_b_panels(np.ascontiguousarray(b.T) if trans_b else b, trans_b=trans_b)
+    assert panels.shape == expected.shape and panels.dtype == dtype
+    np.testing.assert_array_equal(panels, expected)
+
+
+def test_packing_panels_checks_its_input():
+    from corenet.kernels.gemm import pack_b_panels
+
+    with pytest.raises(DTypeError, match="pack_b_panels: expected a float32 or float64 "
+                                         "array, got int64"):
+        pack_b_panels(np.ones((3, 4), np.int64))
+    with pytest.raises(ShapeError, match=r"pack_b_panels: expected a 2-D b, got shape \(3,\)"):
+        pack_b_panels(np.ones(3, np.float32))
+
+
 def test_prepacked_panels_are_checked():
     from corenet.kernels.gemm import matmul_b_panels, pack_b_panels
 

@@ -56,6 +56,13 @@ cdef int gemm_b_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        int epilogue, floating epilogue_param,
                        int max_threads) noexcept nogil
 
+# B (k x n), element (p, j) at b[p·rs + j·cs], packed as gemm_b_panels reads
+# it (b_panels: ceil(n / NR)·k·NR elements, on a vector's boundary): the GEMM's
+# own packing, for a producer of B that packs a block of it at a time.
+cdef void pack_panels(floating* b_panels,                    # OUT
+                      const floating* b, Py_ssize_t rs, Py_ssize_t cs,   # IN
+                      Py_ssize_t k, Py_ssize_t n) noexcept nogil
+
 # The GEMM's k block for this k (float32, or float64 with double_precision): a
 # producer of packed B that writes one k block of rows at a time, while they are
 # hot in cache, calls gemm_b_panels once per block (accumulate after the first;

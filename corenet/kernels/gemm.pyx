@@ -162,6 +162,13 @@ cdef void pack_b(floating* dst, const floating* b, Py_ssize_t rs, Py_ssize_t cs,
                 panel[p * nr_full + j] = b[p * rs + (j0 + j) * cs]
 
 
+cdef void pack_panels(floating* panels, const floating* b, Py_ssize_t rs, Py_ssize_t cs,
+                      Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    """B (k x n), element (p, j) at b[p·rs + j·cs], packed as gemm_b_panels reads it:
+    the GEMM's own packing, for a producer that has B's rows, or its columns, at hand."""
+    pack_b(panels, b, rs, cs, k, n, CN_NR_FLOAT if floating is float else CN_NR_DOUBLE)
+
+
 cdef inline void run_kernel(Py_ssize_t kc, const floating* a, const floating* b, floating* c,
                             Py_ssize_t ldc, bint accumulate, const floating* bias,
                             bint bias_per_row, int epilogue, floating param, Py_ssize_t mr,
@@ -694,17 +701,39 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
     return out
 
 
-def pack_b_panels(b):
-    """b (k, n) as gemm_b_panels reads it: (ceil(n / NR), k, NR), zeros past n."""
+def pack_b_panels(b, trans_b=False):
+    """b (k, n), or with trans_b its transpose stored (n, k), packed as gemm_b_panels
+    reads it by the GEMM's own packing (pack_panels): an aligned (ceil(n / NR), k, NR)
+    array, zeros past n.
+
+    >>> import numpy as np
+    >>> pack_b_panels(np.ones((2, 3), np.float32)).shape[1:] == (2, tile_shape(np.float32)[1])
+    True
+    """
     from corenet.layer import aligned_empty
 
-    b = np.asarray(b)
+    b = np.ascontiguousarray(b)
+    if b.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"pack_b_panels: expected a float32 or float64 array, got {b.dtype}")
+    if b.ndim != 2:
+        raise ShapeError(f"pack_b_panels: expected a 2-D b, got shape {b.shape}")
     nr = tile_shape(b.dtype)[1]
-    k, n = b.shape
-    wide = np.zeros((k, (n + nr - 1) // nr * nr), dtype=b.dtype)
-    wide[:, :n] = b
-    panels = aligned_empty((wide.shape[1] // nr, k, nr), b.dtype)
-    panels[...] = wide.reshape(k, wide.shape[1] // nr, nr).transpose(1, 0, 2)
+    shape_n, shape_k = b.shape if trans_b else b.shape[::-1]
+    panels = aligned_empty(((shape_n + nr - 1) // nr, shape_k, nr), b.dtype)
+    cdef cnp.ndarray b_arr = b, panels_arr = panels
+    # element (p, j) of B: row p of b, or column p of its stored transpose
+    cdef Py_ssize_t k = shape_k, n = shape_n
+    cdef Py_ssize_t rs = 1 if trans_b else n, cs = k if trans_b else 1
+    if k == 0 or n == 0:
+        panels[...] = 0
+    elif b.dtype == np.float32:
+        with nogil:
+            pack_panels(<float*>cnp.PyArray_DATA(panels_arr),
+                        <const float*>cnp.PyArray_DATA(b_arr), rs, cs, k, n)
+    else:
+        with nogil:
+            pack_panels(<double*>cnp.PyArray_DATA(panels_arr),
+                        <const double*>cnp.PyArray_DATA(b_arr), rs, cs, k, n)
     return panels
 
 

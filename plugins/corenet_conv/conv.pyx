@@ -20,7 +20,8 @@ chunk keeps its columns from forward to backward.
 A sample whose columns exceed CHUNK_BYTES, in a convolution of stride 1 that
 keeps height and width, goes through in tiles of output positions (ConvNd._tile).
 A tile's product (tile_product) writes its columns straight into the GEMM's packed
-panels, a k block at a time, and never as col. Forward: the threads take
+panels, a k block at a time, and never as col; so does dW's product
+(weight_gradient_tile), with the columns transposed. Forward: the threads take
 (sample, tile) units. Backward in parallel
 (backward_units): the units again, for dW and db in runs; then dx as the
 adjoint convolution, dY·f' with the kernel flipped (ConvNd._adjoint), one tile
@@ -38,11 +39,11 @@ from libc.string cimport memcpy, memset
 
 from corenet.kernels.fused cimport activation_derivative_times
 from corenet.kernels.gemm cimport (EPILOGUE_NONE, EPILOGUE_RELU, gemm_b_panels, gemm_ex,
-                                   gemm_k_block)
+                                   gemm_k_block, pack_panels)
 from corenet.kernels._openmp cimport omp_get_thread_num
 from corenet.kernels.threads cimport threads_for
 from corenet_conv.vol2col cimport (Geometry, TileMasks, col2vol, col2vol_tile, free_tile_masks,
-                                   shifted_copies, tile_masks, vol2col, vol2col_tile,
+                                   shifted_copies, tile_masks, tile_rows, vol2col,
                                    vol2col_tile_panels)
 
 from corenet import init as initializers
@@ -241,15 +242,62 @@ cdef int tile_product(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_chann
     return status
 
 
+cdef inline Py_ssize_t strip_width(Py_ssize_t n, bint double_precision) noexcept nogil:
+    """Positions per strip of weight_gradient_tile over a tile of n: the GEMM's k block
+    for n, in whole 64-byte pieces (at most n rounded up to one)."""
+    cdef Py_ssize_t piece = 8 if double_precision else 16
+    cdef Py_ssize_t block = gemm_k_block(n, double_precision)
+    return (block + piece - 1) // piece * piece
+
+
+cdef int weight_gradient_tile(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                              const floating* x, const floating* grad, Py_ssize_t positions,
+                              floating* weight_grad, Py_ssize_t p0, Py_ssize_t n,
+                              floating* panels, floating* strips, Py_ssize_t nr,
+                              int n_threads) noexcept nogil:
+    """dW_g (m x k) += g'_g[:, tile] (m x n) · col_gᵀ (n x k) for output positions
+    [p0, p0 + n), group by group; grad: g' of the sample (out_channels, positions).
+    colᵀ goes straight into the GEMM's packed panels, a strip of positions (its k
+    block) at a time: each panel's nr rows of columns into a strip of their own
+    (strips: one per thread, in L1), transposed into the panel by the GEMM's packing;
+    col never exists whole."""
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t m = out_channels // groups, group, s, width, panel, rows
+    cdef Py_ssize_t n_panels = (k + nr - 1) // nr
+    cdef Py_ssize_t strip = strip_width(n, floating is double)
+    cdef floating* own
+    cdef int status = 0
+    cdef TileMasks* masks = tile_masks(g, p0, n, floating is double)
+    if masks == NULL:
+        return -1
+    n_threads = min(<Py_ssize_t>n_threads, n_panels)
+    for group in range(groups):
+        s = 0
+        while s < n:
+            width = min(strip, n - s)
+            for panel in prange(n_panels, num_threads=n_threads, schedule='static'):
+                own = strips + omp_get_thread_num() * nr * strip
+                rows = min(nr, k - panel * nr)
+                tile_rows(g, x, masks, group * k + panel * nr, group * k + panel * nr + rows,
+                          s, s + width, own, strip)
+                pack_panels(panels + panel * width * nr, own, 1, strip, width, rows)
+            status |= gemm_b_panels(m, k, width, grad + group * m * positions + p0 + s,
+                                    positions, panels, weight_grad + group * m * k, k, True,
+                                    NULL, False, EPILOGUE_NONE, 0, n_threads)
+            s += width
+    free_tile_masks(masks)
+    return status
+
+
 cdef int backward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
                         const floating* x, const floating* weight, const floating* grad,
                         const floating* out, floating* weight_grad, floating* bias_grad,
-                        floating* x_grad, floating* col, floating* col_grad,
-                        floating* grad_t, Py_ssize_t tile, int epilogue, floating param,
-                        int n_threads) noexcept nogil:
-    """backward_chunk for one sample, a tile of positions at a time (tile_product),
-    when samples go one at a time with the threads inside the products: dW sums
-    the tiles' products in tile order, dx takes each tile's col2vol."""
+                        floating* x_grad, floating* panels, floating* strips,
+                        floating* col_grad, floating* grad_t, Py_ssize_t tile, Py_ssize_t nr,
+                        int epilogue, floating param, int n_threads) noexcept nogil:
+    """backward_chunk for one sample, a tile of positions at a time, when samples go
+    one at a time with the threads inside the products: dW sums the tiles'
+    products in tile order (weight_gradient_tile), dx takes each tile's col2vol."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t m = out_channels // groups, group, p0, n
@@ -266,19 +314,15 @@ cdef int backward_tiled(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     p0 = 0
     while p0 < positions:
         n = min(tile, positions - p0)
-        status |= vol2col_tile(g, x, col, p0, n, n_threads)
-        for group in range(groups):
-            # dW_g (m x k) += g'_g[:, tile] (m x n) · col_gᵀ (n x k)
-            status |= gemm_ex(False, True, m, k, n, grad_t + group * m * positions + p0,
-                              positions, col + group * k * n, n, weight_grad + group * m * k,
-                              k, True, NULL, False, EPILOGUE_NONE, 0, n_threads)
-            if x_grad != NULL:
+        status |= weight_gradient_tile(g, groups, out_channels, x, grad_t, positions,
+                                       weight_grad, p0, n, panels, strips, nr, n_threads)
+        if x_grad != NULL:
+            for group in range(groups):
                 # dcol_g (k x n) = W_gᵀ (k x m) · g'_g[:, tile] (m x n)
                 status |= gemm_ex(True, False, k, n, m, weight + group * m * k, k,
                                   grad_t + group * m * positions + p0, positions,
                                   col_grad + group * k * n, n, False, NULL, False,
                                   EPILOGUE_NONE, 0, n_threads)
-        if x_grad != NULL:
             status |= col2vol_tile(g, col_grad, x_grad, p0, n, n_threads)
         p0 += tile
     return status
@@ -327,13 +371,9 @@ cdef int backward_units(const Geometry* g, const Geometry* gt, const Batch* b,
             p0 = unit % tiles * b.tile
             n = min(b.tile, positions - p0)
             g_sample = grad_t + sample * b.out_step
-            failures += -vol2col_tile(g, x + sample * b.in_step, col, p0, n, 1)
-            for group in range(groups):
-                # dW_g (m x k) += g'_g[:, tile] (m x n) · col_gᵀ (n x k)
-                failures += -gemm_ex(False, True, m, k, n,
-                                     g_sample + group * m * positions + p0, positions,
-                                     col + group * k * n, n, part_weight + group * m * k, k,
-                                     True, NULL, False, EPILOGUE_NONE, 0, 1)
+            failures += -weight_gradient_tile(g, groups, out_channels, x + sample * b.in_step,
+                                              g_sample, positions, part_weight, p0, n, col,
+                                              col + b.weight_panels, b.panel_width, 1)
             if bias_grad != NULL:
                 add_row_sums(part_weight + weight_size, g_sample + p0, out_channels, n,
                              positions, 1)
@@ -399,6 +439,8 @@ cdef struct Batch:
     Py_ssize_t tile                 # positions per tile of a one-sample chunk, or 0
     Py_ssize_t tile_dx              # positions of dx per tile in backward_units
     Py_ssize_t panel_width          # the GEMM's NR: tiles' columns go packed in panels
+    Py_ssize_t weight_panels        # elements: dW's panels of one strip of a tile
+    Py_ssize_t strip_size           # elements: one strip of weight_gradient_tile
 
 
 cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
@@ -495,6 +537,8 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
     cdef floating* col
     cdef floating* part_weight
     cdef Py_ssize_t tile_size = b.k_rows * b.tile
+    # One sample at a time, tiled: dW's panels and a strip per thread, dcol, g'.
+    cdef floating* col_grad = scratch + b.weight_panels + b.n_threads * b.strip_size
     if b.tile and b.parallel:
         if epilogue == EPILOGUE_NONE:
             grad_t = <floating*>grad  # read only
@@ -509,8 +553,8 @@ cdef int backward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
                 g, groups, out_channels, x + c * b.in_step, weight, grad + c * b.out_step,
                 out + c * b.out_step, weight_grad, bias_grad,
                 NULL if x_grad == NULL else x_grad + c * b.in_step, scratch,
-                scratch + tile_size, scratch + 2 * tile_size, b.tile, epilogue, param,
-                b.n_threads)
+                scratch + b.weight_panels, col_grad, col_grad + tile_size, b.tile,
+                b.panel_width, epilogue, param, b.n_threads)
         return -1 if failures else 0
     # The padding masks of shifted copies, made once for every chunk.
     cdef TileMasks* masks = (tile_masks(g, 0, positions, floating is double)
@@ -665,7 +709,12 @@ class ConvNd(Layer):
         cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
         b.tile = self._tile(b.k_rows, positions) if b.chunk == 1 and shifted_copies(&g) else 0
         b.tile_dx = 0
-        b.panel_width = tile_shape(self.dtype)[1]
+        b.panel_width = nr = tile_shape(self.dtype)[1]
+        # weight_gradient_tile's panels, and strips: whole 64-byte pieces of positions
+        piece = 64 // self.dtype.itemsize
+        wide = (b.tile + piece - 1) // piece * piece
+        b.weight_panels = (b.k_rows // self.groups + nr - 1) // nr * nr * wide
+        b.strip_size = nr * wide
         b.n_parts = min(n_chunks, MAX_PARTS) if b.parallel else 0
         if b.tile and b.parallel:
             # The threads take (sample, tile) units: backward_units.
@@ -677,10 +726,12 @@ class ConvNd(Layer):
             b.n_threads = min(get_num_threads(), units)
             b.n_parts = min(units, MAX_PARTS)
             b.scratch_per_thread = max(b.k_rows * self._padded(b.tile),
-                                       rows_dx * self._padded(b.tile_dx))
-        elif b.tile:  # the panels (forward) or the columns and their gradient (backward)
-            b.scratch_per_thread = (b.k_rows * (b.tile + self._padded(b.tile))
-                                    + self.out_channels * positions)
+                                       rows_dx * self._padded(b.tile_dx),
+                                       b.weight_panels + b.strip_size)
+        elif b.tile:  # the panels (forward); dW's panels and strips, dcol, g' (backward)
+            b.scratch_per_thread = max(b.k_rows * self._padded(b.tile),
+                                       b.weight_panels + b.n_threads * b.strip_size
+                                       + b.k_rows * b.tile + self.out_channels * positions)
         else:
             b.scratch_per_thread = (2 * b.k_rows + self.out_channels) * b.chunk * positions
         sets = b.n_threads if b.parallel else 1

@@ -40,18 +40,22 @@ cdef int col2vol(const Geometry* g, const floating* col,    # IN
                   int max_threads) noexcept nogil
 
 # Position tiles of one sample, for geometries where shifted_copies holds (stride 1,
-# output height and width those of the input): the columns of output positions
-# [p0, p0 + n) only, col (C·kd·kh·kw, n); and their adjoint, added into dx.
+# output height and width those of the input): rows [row0, row1) of the columns
+# of output positions [p0 + first, p0 + last) (masks: tile_masks(g, p0, n, ...)),
+# row r at dst + (r - row0)·ld, written in whole 64-byte pieces; and the adjoint of a tile's columns
+# col (C·kd·kh·kw, n), added into dx.
 cdef bint shifted_copies(const Geometry* g) noexcept nogil
-cdef int vol2col_tile(const Geometry* g, const floating* x,  # IN  (C, D, H, W)
-                      floating* col,                          # OUT (C·kd·kh·kw, n)
-                      Py_ssize_t p0, Py_ssize_t n, int max_threads) noexcept nogil
+cdef void tile_rows(const Geometry* g, const floating* x,   # IN  (C, D, H, W)
+                    const TileMasks* masks, Py_ssize_t row0, Py_ssize_t row1,
+                    Py_ssize_t first, Py_ssize_t last,
+                    floating* dst,                           # OUT (row1 - row0, ld)
+                    Py_ssize_t ld) noexcept nogil
 cdef int col2vol_tile(const Geometry* g,
                       const floating* col,                    # IN
                       floating* dx,                           # IN/OUT (C, D, H, W), added to
                       Py_ssize_t p0, Py_ssize_t n, int max_threads) noexcept nogil
 
-# vol2col_tile as corenet.kernels.gemm's gemm_b_panels reads its B, a block of rows
+# A tile's columns as corenet.kernels.gemm's gemm_b_panels reads its B, a block of rows
 # at a time: which positions of a tile read padding, for each kernel offset
 # (tile_masks, once per tile: NULL when out of memory); then rows [row0, row1) of
 # the columns as one block of panels of nr positions (panel q at

@@ -389,19 +389,30 @@ cdef int col2vol(const Geometry* g, const floating* col, Py_ssize_t ld_col, floa
     return 0
 
 
-cdef int vol2col_tile(const Geometry* g, const floating* x, floating* col, Py_ssize_t p0,
-                      Py_ssize_t n, int max_threads) noexcept nogil:
-    """col (C·kd·kh·kw, n): the columns of one sample x for positions [p0, p0 + n)."""
+cdef void tile_rows(const Geometry* g, const floating* x, const TileMasks* masks,
+                    Py_ssize_t row0, Py_ssize_t row1, Py_ssize_t first, Py_ssize_t last,
+                    floating* dst, Py_ssize_t ld) noexcept nogil:
+    """Rows [row0, row1) of the columns of the masks' tile, for its positions [first,
+    last) only: row r at dst + (r - row0)·ld, in whole 64-byte pieces (ld covers
+    last - first rounded up to one)."""
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t volume = g.depth * g.height * g.width, row
-    cdef TileMasks* masks = tile_masks(g, p0, n, floating is double)
-    if masks == NULL:
-        return -1
-    cdef int n_threads = min(threads_for(g.channels * kernel_size * n, GRAIN), max_threads)
-    for row in prange(g.channels * kernel_size, num_threads=n_threads, schedule='static'):
-        masked_row(masks, row % kernel_size, x + row // kernel_size * volume, col + row * n)
-    free_tile_masks(masks)
-    return 0
+    cdef Py_ssize_t volume = g.depth * g.height * g.width, row, o
+    cdef Py_ssize_t piece = 64 // sizeof(floating)
+    cdef const floating* src
+    for row in range(row0, row1):
+        o = row % kernel_size
+        # masked_pieces of the run, its positions counted from first
+        src = x + row // kernel_size * volume + masks.p0 + masks.spans[3 * o + 2] + first
+        if floating is float:
+            cn_masked_panels_float(dst + (row - row0) * ld, piece, src,
+                                   <const float*>masks.keep + o * masks.n + first, 0,
+                                   last - first, masks.spans[3 * o] - first,
+                                   masks.spans[3 * o + 1] - first, piece)
+        else:
+            cn_masked_panels_double(dst + (row - row0) * ld, piece, src,
+                                    <const double*>masks.keep + o * masks.n + first, 0,
+                                    last - first, masks.spans[3 * o] - first,
+                                    masks.spans[3 * o + 1] - first, piece)
 
 
 cdef void keep_masks(const Geometry* g, const Ranges* r, Py_ssize_t p0, Py_ssize_t n,
@@ -532,7 +543,7 @@ cdef inline void masked_pieces(const TileMasks* masks, Py_ssize_t o, const float
 cdef int vol2col_tile_panels(const Geometry* g, const floating* x, const TileMasks* masks,
                              Py_ssize_t row0, Py_ssize_t row1, floating* panels,
                              Py_ssize_t nr, int max_threads) noexcept nogil:
-    """Rows [row0, row1) of vol2col_tile, written as gemm_b_panels reads its B, so
+    """Rows [row0, row1) of a tile's columns, written as gemm_b_panels reads its B, so
     that no pass packs the columns again: each piece goes from the input straight
     into its panel, through the masks of which positions read padding."""
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
@@ -551,7 +562,7 @@ cdef int vol2col_tile_panels(const Geometry* g, const floating* x, const TileMas
 
 cdef int col2vol_tile(const Geometry* g, const floating* col, floating* dx, Py_ssize_t p0,
                       Py_ssize_t n, int max_threads) noexcept nogil:
-    """dx (C, D, H, W) += the adjoint of vol2col_tile: col (C·kd·kh·kw, n) for
+    """dx (C, D, H, W) += the adjoint of a tile's columns: col (C·kd·kh·kw, n) for
     positions [p0, p0 + n) added into the input positions they came from, per
     input position in the order of the kernel offsets (+0 for padding: see col2vol)."""
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
