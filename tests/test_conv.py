@@ -348,6 +348,27 @@ def test_bad_arrays_are_clear_errors(rng):
         layer.forward(np.ones((2, 3, 8, 8), np.float32))
 
 
+@pytest.mark.parametrize("layer", [L.MaxPool2d(2, padding=1), L.AvgPool2d(2, padding=1),
+                                   L.MaxPool3d(2, padding=1), L.GlobalAvgPool()],
+                         ids=lambda layer: layer.name)
+def test_pooling_an_empty_spatial_axis_is_a_clear_error(layer):
+    # With padding, every window would hold only padding: no input to take a max of,
+    # nowhere to route its gradient (the kernel once read and wrote out of bounds);
+    # a global average would be 0 / 0.
+    shape = (2, 3, 4, 0, 4) if getattr(layer, "n_axes", 2) == 3 else (2, 3, 0, 4)
+    with pytest.raises(ShapeError, match=f"{layer.name}: every spatial size must be at "
+                                         f"least 1"):
+        layer.forward(np.zeros(shape, np.float32))
+
+
+def test_average_pool_of_a_huge_kernel_divides_by_its_volume():
+    # count_include_pad: one input of 1 in a window of (2³¹ - 1)³ positions. The
+    # volume overflows a 64-bit integer; as a float it does not.
+    layer = L.AvgPool3d(2 ** 31 - 1, stride=1, padding=2 ** 30 - 1)
+    out = layer.forward(np.ones((1, 1, 1, 1, 1), np.float64))
+    np.testing.assert_allclose(out, 1.0 / float(2 ** 31 - 1) ** 3, rtol=1e-12)
+
+
 def test_replaced_parameter_arrays_are_checked_or_handled():
     layer = L.Conv2d(2, 3, 3)
     x = np.ones((2, 2, 5, 5), np.float32)

@@ -198,8 +198,12 @@ cdef void avg_pool(const Pooling* q, const floating* src, floating* dst, Py_ssiz
     cdef Py_ssize_t plane
     cdef Py_ssize_t volume = q.depth * q.height * q.width
     cdef Py_ssize_t outputs = q.out_depth * q.out_height * q.out_width
-    cdef floating divisor = q.kernel_d * q.kernel_h * q.kernel_w
-    cdef int n_threads = threads_for(planes * outputs * <Py_ssize_t>divisor, GRAIN)
+    # The kernel's volume as a float: three kernel sizes near 2³¹ overflow an integer.
+    cdef floating divisor = <floating>q.kernel_d * q.kernel_h * q.kernel_w
+    # A window adds at most the inputs it covers.
+    cdef Py_ssize_t window = (min(q.kernel_d, q.depth) * min(q.kernel_h, q.height)
+                              * min(q.kernel_w, q.width))
+    cdef int n_threads = threads_for(planes * outputs * window, GRAIN)
     for plane in prange(planes, num_threads=n_threads, schedule='static'):
         if backward:
             avg_plane(q, src + plane * outputs, dst + plane * volume, divisor, True)
@@ -243,6 +247,9 @@ class PoolNd(Layer):
 
     def output_shape(self, *input_shapes):
         shape = spatial_input(self.name, self.n_axes, input_shapes)
+        if 0 in shape[1:]:  # every window would hold only padding: nothing to pool
+            raise ShapeError(f"{self.name}: every spatial size must be at least 1, got "
+                             f"per-sample shape {shape}")
         return (shape[0],) + self.window.output_size(shape[1:])
 
     def forward(self, x):
@@ -401,11 +408,14 @@ class GlobalAvgPool(Layer):
         if len(input_shapes) != 1 or len(input_shapes[0]) < 2:
             raise ShapeError(f"{self.name}: expected per-sample shape (channels, *spatial), "
                              f"got {', '.join(map(str, input_shapes))}")
+        if 0 in input_shapes[0][1:]:  # the mean of no values
+            raise ShapeError(f"{self.name}: every spatial size must be at least 1, got "
+                             f"per-sample shape {input_shapes[0]}")
         return (input_shapes[0][0],)
 
     def forward(self, x):
         x = check_input(self, x, min_ndim=3)
-        out = self.buffer("out", x.shape[:2], x.dtype)
+        out = self.buffer("out", (x.shape[0],) + self.output_shape(x.shape[1:]), x.dtype)
         cdef Py_ssize_t planes = x.shape[0] * x.shape[1], size = math.prod(x.shape[2:])
         cdef cnp.ndarray xa = x, outa = out
         cdef bint is_float32 = x.dtype == np.float32
