@@ -122,6 +122,21 @@ def test_errors_name_the_problem():
         matmul(a, a, trans_b=True, activation="softmax")
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_arrays_in_the_other_byte_order_are_refused(dtype):
+    # Their type number is float32's or float64's: they once reached the kernel of
+    # the other width (a heap overflow), or read as the wrong numbers.
+    swapped = np.ones((4, 4), dtype)
+    native = np.ones((4, 4), dtype[1:])
+    for a, b in ((swapped, swapped), (native, swapped), (swapped, native)):
+        with pytest.raises(DTypeError, match=f"byte order, got {a.dtype} and {b.dtype}"):
+            matmul(a, b)
+        with pytest.raises(DTypeError, match="byte order"):
+            reference_matmul(a, b)
+    with pytest.raises(ShapeError, match=r"out must be .* in the machine's byte order, got >f"):
+        matmul(native, native, out=np.empty((4, 4), dtype))
+
+
 def test_cache_blocks_follow_the_caches_and_never_change_results(rng):
     from corenet.kernels import gemm
 
@@ -242,5 +257,7 @@ def test_prepacked_panels_are_checked():
         matmul_b_panels(a, panels, 20, bias=np.ones(4, np.float32), bias_per_row=True)
     with pytest.raises(ShapeError, match="n must be at least 0, got -5"):
         matmul_b_panels(a, panels[:0], -5)
+    with pytest.raises(TypeError, match="n must be an integer, got True"):
+        matmul_b_panels(a, panels, True)
     with pytest.raises(TypeError):
         matmul_b_panels(a, panels, 20.0)

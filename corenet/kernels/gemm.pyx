@@ -605,9 +605,11 @@ cdef tuple _operands(object a, object b, bint trans_a, bint trans_b, object out,
         b = np.ascontiguousarray(b)
     cdef cnp.ndarray a_arr = a, b_arr = b
     cdef int type_num = cnp.PyArray_TYPE(a_arr)
-    if type_num != cnp.PyArray_TYPE(b_arr) or type_num not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
-        raise DTypeError(f"{name}: expected two float32 or two float64 arrays, "
-                         f"got {a.dtype} and {b.dtype}")
+    # The type number ignores byte order: a big-endian float32 would pass as float32.
+    if (type_num != cnp.PyArray_TYPE(b_arr) or type_num not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)
+            or not cnp.PyArray_ISNOTSWAPPED(a_arr) or not cnp.PyArray_ISNOTSWAPPED(b_arr)):
+        raise DTypeError(f"{name}: expected two float32 or two float64 arrays in the "
+                         f"machine's byte order, got {a.dtype} and {b.dtype}")
     if cnp.PyArray_NDIM(a_arr) != 2 or cnp.PyArray_NDIM(b_arr) != 2:
         raise ShapeError(f"{name}: expected two 2-D arrays, got shapes {a.shape} and {b.shape}")
     cdef Py_ssize_t m = a_arr.shape[1] if trans_a else a_arr.shape[0]
@@ -626,11 +628,11 @@ cdef object _checked_out(object out, Py_ssize_t m, Py_ssize_t n, cnp.ndarray a, 
         return np.empty((m, n), dtype=a.dtype)
     if not (isinstance(out, np.ndarray) and cnp.PyArray_NDIM(out) == 2
             and cnp.PyArray_DIMS(out)[0] == m and cnp.PyArray_DIMS(out)[1] == n
-            and cnp.PyArray_TYPE(out) == cnp.PyArray_TYPE(a)
+            and cnp.PyArray_TYPE(out) == cnp.PyArray_TYPE(a) and cnp.PyArray_ISNOTSWAPPED(out)
             and cnp.PyArray_IS_C_CONTIGUOUS(out) and cnp.PyArray_ISWRITEABLE(out)):
         raise ShapeError(f"{name}: out must be a writeable C-contiguous {a.dtype} array of "
-                         f"shape {(m, n)}, got {getattr(out, 'dtype', type(out))} "
-                         f"{getattr(out, 'shape', '')}")
+                         f"shape {(m, n)} in the machine's byte order, got "
+                         f"{getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
     return out
 
 
@@ -749,6 +751,8 @@ def matmul_b_panels(a, panels, n, out=None, *, bias=None, activation=None,
            [3., 3.]], dtype=float32)
     """
     _check_epilogue(accumulate, out, activation, "matmul_b_panels")
+    if isinstance(n, bool):  # operator.index takes True for 1
+        raise TypeError(f"matmul_b_panels: n must be an integer, got {n!r}")
     n = operator.index(n)
     if n < 0:
         raise ShapeError(f"matmul_b_panels: n must be at least 0, got {n}")
@@ -802,7 +806,7 @@ def reference_matmul(a, b, trans_a=False, trans_b=False):
     cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = out
     cdef bint ta = trans_a, tb = trans_b
     cdef Py_ssize_t m = shape_m, n = shape_n, k = shape_k
-    if a.dtype == np.float32:
+    if cnp.PyArray_TYPE(a_arr) == cnp.NPY_FLOAT32:
         reference_gemm(ta, tb, m, n, k,
                        <const float*>cnp.PyArray_DATA(a_arr), a_arr.shape[1],
                        <const float*>cnp.PyArray_DATA(b_arr), b_arr.shape[1],
