@@ -170,7 +170,14 @@ def _read_entries(path: str, archive: zipfile.ZipFile, file_size: int) -> dict:
     """{array name: ArrayEntry} from the zip directory and each .npy header, each
     declared size checked against what the file can hold."""
     entries = {}
+    declared = 0
     for info in archive.infolist():
+        # Stored members that overlap (one member's data holding the next) could make
+        # a small file read as gigabytes: together they must fit in the file.
+        declared += info.compress_size
+        if declared > file_size:
+            _fail(path, f"the archive's members declare more bytes than the file's "
+                        f"{file_size}: they overlap")
         name = info.filename[:-4] if info.filename.endswith(".npy") else None
         if name is None or name in entries:
             _fail(path, f"unexpected or repeated archive member {info.filename!r}")

@@ -91,6 +91,52 @@ def test_compressed_members_are_refused(tmp_path, parts):
     refused(write(tmp_path / "m.npz", *parts, compressed=True), "compressed")
 
 
+def _stored_member(name: bytes, data: bytes, offset: int) -> tuple:
+    """(local header + data, central directory record) of a stored zip member."""
+    import struct
+    import zlib
+
+    crc = zlib.crc32(data)
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, len(data),
+                        len(data), len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, crc,
+                          len(data), len(data), len(name), 0, 0, 0, 0, 0, offset) + name
+    return local + data, central
+
+
+def test_overlapping_members_are_refused(tmp_path, parts):
+    # A "quoted overlap": each extra member's data holds the next member's header
+    # and data, so that a file of a few megabytes read member by member would
+    # become gigabytes. Every member alone fits in the file; together they cannot.
+    import struct
+
+    good = write(tmp_path / "good.npz", *parts)
+    with zipfile.ZipFile(good) as archive:
+        members = [(info.filename.encode(), archive.read(info)) for info in archive.infolist()]
+    body, directory = b"", []
+    for name, data in members:
+        local, central = _stored_member(name, data, len(body))
+        body, directory = body + local, directory + [central]
+    tail, chain = bytes(4096), []  # built from the last member back to the first
+    for index in reversed(range(20)):
+        name = f"extra.block{index}.npy".encode()
+        data = _npy(np.frombuffer(tail, np.uint8))  # a .npy whose values are the tail
+        local, _ = _stored_member(name, data, 0)
+        # the next member starts right after this one's local header and .npy header
+        chain.append((name, data, len(local) - len(tail)))
+        tail = local
+    offset = len(body)
+    for name, data, prefix in reversed(chain):
+        directory.append(_stored_member(name, data, offset)[1])
+        offset += prefix
+    body += tail
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(directory), len(directory),
+                      sum(map(len, directory)), len(body), 0)
+    path = tmp_path / "overlap.npz"
+    path.write_bytes(body + b"".join(directory) + end)
+    refused(path, "declare more bytes than the file's .* they overlap")
+
+
 def test_member_that_is_not_an_array(tmp_path, parts):
     path = write(tmp_path / "m.npz", *parts)
     with zipfile.ZipFile(path, "a") as archive:
