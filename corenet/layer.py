@@ -308,6 +308,9 @@ def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,
     the grad must too, C-contiguous and writeable, since the kernel adds into it.
     A grad set to None starts again from zeros, as in PyTorch.
     """
+    if not isinstance(parameter, Parameter):  # the attribute itself was replaced
+        raise TypeError(f"{layer.name}: expected a corenet Parameter (name, value, grad), "
+                        f"got {type(parameter).__name__}")
     label = f"{layer.name}: parameter {parameter.name!r}"
     value = parameter.value
     if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:

@@ -120,6 +120,10 @@ def test_errors_name_the_problem():
         matmul(a, a, trans_b=True, bias=np.ones(4, np.float32))
     with pytest.raises(ValueError, match="activation must be one of"):
         matmul(a, a, trans_b=True, activation="softmax")
+    # (m, 0) @ (0, n): tiny operands, a product of 2⁴⁰ elements
+    with pytest.raises(ShapeError, match=r"matmul: the product of shape \(1048576, 1048576\) "
+                                         r"float32 would take"):
+        matmul(np.ones((1 << 20, 0), np.float32), np.ones((0, 1 << 20), np.float32))
 
 
 @pytest.mark.parametrize("dtype", [">f4", ">f8"])

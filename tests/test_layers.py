@@ -354,6 +354,13 @@ def test_replaced_parameters_are_checked_before_the_kernel(name, config, shape):
     layer.weight.value = np.ones(weight_shape, np.float64)  # wrong dtype
     with pytest.raises(ShapeError, match=rf"{name}: parameter 'weight' must be a float32 "):
         layer.forward(x)
+    held = layer.weight
+    for replacement in (None, np.ones(weight_shape, np.float32)):  # not a Parameter at all
+        layer.weight = replacement
+        with pytest.raises(TypeError, match=rf"{name}: expected a corenet Parameter "
+                                            rf"\(name, value, grad\), got "):
+            layer.forward(x)
+    layer.weight = held
     layer.weight.value = np.asfortranarray(np.ones(weight_shape, np.float32))  # read as a copy
     out = layer.forward(x)
     layer.weight.grad = None  # as PyTorch: backward starts the gradient from zero

@@ -22,6 +22,7 @@ from libc.string cimport memcpy, memset
 from corenet.kernels.threads cimport num_threads, threads_for
 
 from corenet.errors import DTypeError, ShapeError
+from corenet.memory import check_allocation
 
 cnp.import_array()
 
@@ -625,6 +626,10 @@ cdef tuple _operands(object a, object b, bint trans_a, bint trans_b, object out,
 cdef object _checked_out(object out, Py_ssize_t m, Py_ssize_t n, cnp.ndarray a, str name):
     """out, or a new (m, n) array of a's dtype when None."""
     if out is None:
+        # (m, 0) @ (0, n) reads nothing: m and n alone could ask for terabytes. The
+        # check costs microseconds, so small products skip it.
+        if m > (1 << 24) // max(n, 1):
+            check_allocation(name, "the product", (m, n), a.dtype)
         return np.empty((m, n), dtype=a.dtype)
     if not (isinstance(out, np.ndarray) and cnp.PyArray_NDIM(out) == 2
             and cnp.PyArray_DIMS(out)[0] == m and cnp.PyArray_DIMS(out)[1] == n
