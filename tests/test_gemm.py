@@ -141,6 +141,24 @@ def test_arrays_in_the_other_byte_order_are_refused(dtype):
         matmul(native, native, out=np.empty((4, 4), dtype))
 
 
+@pytest.mark.parametrize("size, expected", [("48K", 48 << 10), ("1M", 1 << 20),
+                                           ("2G", 2 << 30), ("512", 512), ("", 0),
+                                           ("K", 0), ("12Q", 0)])
+def test_cache_sizes_are_read_from_sysfs_or_unknown(tmp_path, size, expected):
+    from corenet.kernels import gemm
+
+    for index, (level, kind, text) in enumerate([(1, "Instruction", "32K"), (1, "Data", "64K"),
+                                                 (2, "Unified", size)]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", text)):
+            (folder / name).write_text(f"{value}\n")
+    assert gemm.cache_bytes(1, str(tmp_path)) == 64 << 10  # the data cache, not the other
+    assert gemm.cache_bytes(2, str(tmp_path)) == expected
+    assert gemm.cache_bytes(3, str(tmp_path)) == 0
+    assert gemm.cache_bytes(2, str(tmp_path / "missing")) == 0
+
+
 def test_cache_blocks_follow_the_caches_and_never_change_results(rng):
     from corenet.kernels import gemm
 

@@ -849,10 +849,9 @@ def cache_blocks(l2_bytes: int, l3_bytes: int, n_cores: int) -> tuple:
             min(max(nc, 16 * CN_NR_FLOAT), 4096))
 
 
-def cache_bytes(level: int) -> int:
-    """The size of this CPU's data or unified cache at ``level`` (Linux sysfs), 0 if
-    unknown."""
-    folder = "/sys/devices/system/cpu/cpu0/cache"
+def cache_bytes(level: int, folder: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The size of this CPU's data or unified cache at ``level`` (Linux sysfs: one
+    folder per cache with files level, type and size), 0 if unknown."""
     try:
         entries = os.listdir(folder)
     except OSError:
@@ -868,10 +867,13 @@ def cache_bytes(level: int) -> int:
         except (OSError, ValueError):
             continue
         if found == level and kind in ("Data", "Unified"):
-            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+            # "48K", "1M" or a plain number; explicit lengths, as wraparound is off here
+            multiplier = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(
+                size[len(size) - 1:], 1)
+            digits = size[:len(size) - 1] if multiplier > 1 else size
             try:
-                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-            except ValueError:
+                return int(digits) * multiplier
+            except ValueError:  # also an empty size
                 return 0
     return 0
 
