@@ -9,6 +9,8 @@ sample at a time with the threads inside the products. For each chunk:
     forward   col = vol2col(x)                      (C·k, chunk·P)
               y'  = W_g · col_g + b, f in the epilogue     one GEMM per group
               y   = y' with the chunk axis moved in front  (chunk, out, P)
+                    (from SAMPLE_PRODUCT_POSITIONS positions: one GEMM per
+                    sample and group, written into y in place)
     backward  g'  = dL/dy · f'(y), chunk axis moved behind (out, chunk·P)
               dW_g += g'_g · col_gᵀ;  db += Σ g'
               dx  = col2vol(W_gᵀ · g'_g)
@@ -75,6 +77,10 @@ MAX_PARTS = 16
 
 cdef enum:
     GRAIN = 1 << 15  # elements below which one thread runs
+    # Output positions of a sample from which a chunk's forward multiplies sample by
+    # sample, into the output in place, rather than the whole chunk at once and then
+    # moving the chunk axis in front: products this wide lose nothing by it.
+    SAMPLE_PRODUCT_POSITIONS = 256
 
 cdef extern from *:
     """
@@ -166,7 +172,18 @@ cdef int forward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_chan
     cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
     cdef Py_ssize_t m = out_channels // groups, group
     cdef int status = 0
+    cdef Py_ssize_t sample
     status |= vol2col(g, x, col, span, n_samples, masks, n_threads)
+    if positions >= SAMPLE_PRODUCT_POSITIONS:
+        # A product per sample, written in place: no pass to move the chunk axis.
+        for sample in range(n_samples):
+            for group in range(groups):
+                status |= gemm_ex(False, False, m, positions, k, weight + group * m * k, k,
+                                  col + group * k * span + sample * positions, span,
+                                  out + (sample * groups + group) * m * positions, positions,
+                                  False, NULL if bias == NULL else bias + group * m, True,
+                                  epilogue, param, n_threads)
+        return status
     for group in range(groups):
         status |= gemm_ex(False, False, m, span, k, weight + group * m * k, k,
                           col + group * k * span, span, scratch + group * m * span, span,
