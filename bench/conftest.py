@@ -8,12 +8,13 @@ peer (peer time / corenet time, on the minimum of the rounds).
 """
 import os
 
+import numpy as np
 import pytest
 
 import corenet
 
 RESULTS = {}  # group -> {impl: seconds}
-WORK = {}  # group -> (floating-point operations of one call, threads)
+WORK = {}  # group -> (floating-point operations of one call, threads, 4-byte words a value)
 PEAKS = {}  # threads -> the best FMA peak (GFLOPS) this run measured on that many
 
 try:
@@ -109,9 +110,10 @@ def layer_step(layer, x, grad):
 def run(benchmark, impl):
     """run(group, function, threads): time ``function`` under ``group`` and record it."""
 
-    def timed(group, function, threads=None, flops=None):
+    def timed(group, function, threads=None, flops=None, dtype="float32"):
         """``flops``: the floating-point operations of one call, for GFLOPS and the
-        fraction of the FMA peak in the summary."""
+        fraction of the FMA peak in the summary (of ``dtype``: a vector holds half as
+        many float64, so their peak is half the float32 one the bench measures)."""
         threads = threads or os.cpu_count() or 1
         if flops and not benchmark.disabled:
             measure_peak(threads)
@@ -122,7 +124,7 @@ def run(benchmark, impl):
         if benchmark.stats is not None:  # None under --benchmark-disable
             RESULTS.setdefault(group, {})[impl] = benchmark.stats.stats.min
             if flops:
-                WORK[group] = (flops, threads)
+                WORK[group] = (flops, threads, np.dtype(dtype).itemsize // 4)
                 benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.min / 1e9
         return result
 
@@ -155,11 +157,12 @@ def write_rates(terminalreporter, write):
     measured in this run, on this CPU, with the same threads."""
     terminalreporter.section("GFLOPS, and corenet's fraction of the FMA peak measured now")
     peaks = {}
-    for group, (flops, threads) in WORK.items():
+    for group, (flops, threads, words) in WORK.items():
         if threads not in peaks:
             peaks[threads] = measure_peak(threads)
+        peak = peaks[threads] / words  # float64: half the float32 peak
         times = RESULTS[group]
         rates = "  ".join(f"{impl} {flops / seconds / 1e9:7.1f}" for impl, seconds in
                           times.items())
-        fraction = flops / times["corenet"] / 1e9 / peaks[threads] if "corenet" in times else 0
-        write(f"{group:<52} {rates}  corenet {fraction:6.1%} of {peaks[threads]:.0f}")
+        fraction = flops / times["corenet"] / 1e9 / peak if "corenet" in times else 0
+        write(f"{group:<52} {rates}  corenet {fraction:6.1%} of {peak:.0f}")

@@ -36,7 +36,17 @@ def gemm_function(impl, a, b, out, trans_a, trans_b):
 def test_square(run, impl, n, dtype, threads):
     a, b, out = operands(n, n, n, dtype)
     run(f"gemm {dtype} n={n} threads={threads}", gemm_function(impl, a, b, out, False, False),
-        threads)
+        threads, flops=2 * n ** 3, dtype=dtype)
+
+
+def test_convolution_shaped_product(run, impl):
+    # conv2d 64->64 3x3 pad 1 on 8 samples of 56x56 (bench/test_conv.py) as one im2col
+    # product, W (64 x 576) times the columns (576 x 8·3136): the GEMM rate at the
+    # convolution's own size, which the issue compares the convolution with.
+    m, n, k = 64, 8 * 56 * 56, 64 * 9
+    a, b, out = operands(m, n, k, "float32")
+    run(f"gemm float32 {m}x{n}x{k} NN (conv2d's product)",
+        gemm_function(impl, a, b, out, False, False), flops=2 * m * n * k)
 
 
 @pytest.mark.parametrize("trans", ["NT", "TN"])
