@@ -103,6 +103,7 @@ cdef enum:
     THIN_DOT_MIN_K = 128
     SHARED_PANEL_MIN_WORK = 256 * 256 * 256
     PACK_PANELS = 8  # panels of B one thread packs at a time in the shared-panel split
+    COLUMN_BLOCK_PANELS = 8  # panels of B at least in a block of the column split
 
 
 cdef inline Py_ssize_t round_up(Py_ssize_t x, Py_ssize_t step) noexcept nogil:
@@ -521,6 +522,18 @@ cdef int gemm_ex(bint trans_a, bint trans_b,
                           accumulate, bias, bias_per_row, epilogue, epilogue_param)
     cdef Py_ssize_t task, m0, m1, n0, n1
     cdef int failures = 0
+    cdef Py_ssize_t blocks
+    if tasks_n > 1 and m * n * k >= SHARED_PANEL_MIN_WORK:
+        # Large column splits: blocks of at least COLUMN_BLOCK_PANELS panels from a
+        # queue, up to eight a thread, so that a thread the host delays takes fewer.
+        # Each packs its own B (and A again, a small cost next to its panels).
+        blocks = max(tasks_n, min(8 * tasks_n, n_tiles // COLUMN_BLOCK_PANELS))
+        for task in prange(blocks, num_threads=tasks_n, schedule='dynamic'):
+            failures += -gemm_block(0, m, task * n_tiles // blocks * nr_full,
+                                    min(n, (task + 1) * n_tiles // blocks * nr_full), k,
+                                    a, a_rs, a_cs, b, b_rs, b_cs, c, ldc, accumulate, bias,
+                                    bias_per_row, epilogue, epilogue_param)
+        return -1 if failures else 0
     for task in prange(n_tasks, num_threads=n_tasks, schedule='static'):
         m0 = (task // tasks_n) * m_tiles // tasks_m * CN_MR
         m1 = min(m, ((task // tasks_n) + 1) * m_tiles // tasks_m * CN_MR)
