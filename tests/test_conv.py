@@ -40,6 +40,8 @@ CONV_CASES = [  # (n_axes, config, input shape)
      (2, 3, 4, 5, 6)),  # height and width kept, depth not
     (2, dict(in_channels=96, out_channels=96, kernel_size=3, padding=1, groups=2),
      (2, 96, 9, 8)),  # 432 rows of columns a group: tiles' products in several k blocks
+    (2, dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2),
+     (3, 4, 40, 36)),  # 360 output positions: forward multiplies sample by sample
 ]
 
 
