@@ -23,6 +23,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:  # also nan
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
+    return value
+
+
 def _sizes(text: str) -> list:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
@@ -70,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", type=int, default=2,
                        help="shifted copies of each square training image (default 2)")
     train.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling")
-    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--test-fraction", type=_fraction, default=0.2,
+                       help="share of the samples held out for testing (default 0.2)")
     train.add_argument("--threads", type=_positive_int, help="kernel threads (default: all CPUs)")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--save", help="write a checkpoint (the model, the optimizer, the "
@@ -95,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int,
                           help="split seed whose test part is evaluated (default: the one the "
                                "model was trained with, recorded in its file; else 0)")
-    evaluate.add_argument("--test-fraction", type=float,
+    evaluate.add_argument("--test-fraction", type=_fraction,
                           help="default: the one recorded in the model's file, else 0.2")
     evaluate.add_argument("--all", action="store_true", help="evaluate on every sample")
     evaluate.add_argument("--threads", type=_positive_int)
@@ -152,9 +160,12 @@ def train_model(args, comm) -> int:
     saved = None
     if args.resume:
         args, saved = resumed_settings(args)
-    if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+    if args.save is not None:
         # Checked before training, so that no training run is lost to a typo.
-        raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
+        if not args.save or os.path.isdir(args.save):
+            raise ValueError(f"--save {args.save!r}: expected a file name, not a folder")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+            raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
     if args.epochs is None:
         args.epochs = 15 if args.model == "cnn" else 40
     schedule = make_schedule(args.schedule, args.epochs, args.warmup, args.step_size,
@@ -326,9 +337,7 @@ def command_predict(args) -> int:
     if args.inputs == "digits":
         X, _ = data.load_digits()
     else:
-        with np.load(args.inputs, allow_pickle=False) as archive:
-            X = archive["X"]
-        X = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X
+        X = data.load_npz_inputs(args.inputs)
     predictions = np.argmax(model.predict(models.as_model_input(model, X)), axis=1)
     if args.json:
         print(json.dumps({"predictions": predictions.tolist()}))
@@ -426,7 +435,10 @@ def run(args) -> int:
     except TrainingDiverged as error:
         print(f"corenet {args.command}: training stopped: {error}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (ShapeError, DTypeError, PluginError, FileNotFoundError, KeyError, ValueError) as error:
+    except BrokenPipeError:
+        raise  # main stops quietly: the reader went away
+    except (ShapeError, DTypeError, PluginError, OSError, KeyError, ValueError) as error:
+        # OSError: a missing file, a folder given for a file, no permission
         print(f"corenet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -6,13 +6,17 @@ to [0, 1] for images, y int64 class labels.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zipfile
+import zlib
 from importlib import resources
 
 import numpy as np
 
 from corenet.errors import ShapeError
+from corenet.memory import check_allocation
 
 DIGITS_NOTICE = "DIGITS_NOTICE.txt"
 
@@ -31,44 +35,115 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
             return archive["X"].astype(np.float32) / 16.0, archive["y"].astype(np.int64)
 
 
+def _npz_header(path: str, archive: zipfile.ZipFile, name: str) -> tuple:
+    """(shape, dtype) of member ``name``.npy, read from its header and checked against
+    the size the archive declares for it, before any of its data is read: a header
+    may declare terabytes, and a small compressed member may expand without bound
+    (the archive's declared size bounds what reading it produces)."""
+    try:
+        info = archive.getinfo(f"{name}.npy")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran_order, dtype = read(member, max_header_size=10000)
+            offset = member.tell()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: array {name} has no readable .npy header: {error}") from None
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+        raise ValueError(f"{path}: {name} must be an array of numbers, got dtype {dtype}")
+    declared = math.prod(shape) * dtype.itemsize
+    if offset + declared != info.file_size:
+        raise ValueError(f"{path}: {name} declares shape {shape} of {dtype} ({declared} "
+                         f"bytes) but the file holds {info.file_size - offset} bytes for it")
+    check_allocation(path, name, shape, dtype)
+    return tuple(shape), dtype
+
+
+def _npz_headers(path: str, names: tuple) -> list:
+    """[(shape, dtype)] of the named arrays of an .npz file, checked (_npz_header)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            found = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+            missing = set(names) - set(found)
+            if missing:
+                raise KeyError(f"{path}: expected arrays {' and '.join(names)}, missing "
+                               f"{sorted(missing)} (has {found})")
+            return [_npz_header(path, archive, name) for name in names]
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{path}: not an .npz file: {error}") from None
+
+
+def _as_inputs(X: np.ndarray) -> np.ndarray:
+    # uint8 means 8-bit pixels: scaled to [0, 1] as for MNIST. Other dtypes are kept.
+    return X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32)
+
+
+def load_npz_inputs(path: str) -> np.ndarray:
+    """X of an .npz file (what ``corenet predict`` reads), as load_npz takes it."""
+    (x_shape, _), = _npz_headers(path, ("X",))
+    if len(x_shape) < 2:
+        raise ShapeError(f"{path}: expected X of shape (samples, features...), got {x_shape}")
+    check_allocation(path, "X as float32", x_shape, np.float32)
+    with np.load(path, allow_pickle=False) as archive:
+        return _as_inputs(archive["X"])
+
+
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     """An .npz file holding arrays ``X`` (samples first) and ``y`` (integer labels).
 
     A uint8 X is taken as pixels and divided by 255; any other X is used as it is.
     """
+    (x_shape, _), (y_shape, y_dtype) = _npz_headers(path, ("X", "y"))
+    if len(x_shape) < 2 or len(y_shape) != 1:
+        raise ShapeError(f"{path}: expected X of shape (samples, features...) and y of shape "
+                         f"(samples,), got {x_shape} and {y_shape}")
+    if x_shape[0] != y_shape[0]:
+        raise ShapeError(f"{path}: X has {x_shape[0]} samples but y has {y_shape[0]}")
+    if y_dtype.kind not in "iu":
+        raise ValueError(f"{path}: y must hold integer class labels, got dtype {y_dtype}")
+    check_allocation(path, "X as float32", x_shape, np.float32)
     with np.load(path, allow_pickle=False) as archive:
-        missing = {"X", "y"} - set(archive.files)
-        if missing:
-            raise KeyError(f"{path}: expected arrays X and y, missing {sorted(missing)} "
-                           f"(has {archive.files})")
         X, y = archive["X"], archive["y"]
-    if len(X) != len(y):
-        raise ShapeError(f"{path}: X has {len(X)} samples but y has {len(y)}")
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{path}: y must hold integer class labels, got dtype {y.dtype}")
-    # uint8 means 8-bit pixels: scaled to [0, 1] as for MNIST. Other dtypes are kept.
-    X = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32)
-    return X, y.astype(np.int64)
+    return _as_inputs(X), _labels(path, y)
+
+
+def _labels(path: str, y: np.ndarray) -> np.ndarray:
+    """y as int64, refusing values int64 cannot hold (a uint64 past 2⁶³ would wrap)."""
+    if y.dtype == np.uint64 and y.size and y.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{path}: labels must be below 2**63, got {y.max()}")
+    return y.astype(np.int64)
 
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: str) -> np.ndarray:
-    """One IDX array (MNIST's format), gzipped or not."""
+    """One IDX array (MNIST's format), gzipped or not. At most the bytes its header
+    declares are read (a small .gz file may expand to gigabytes), and their size
+    is checked against the memory this process may use first."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        header = handle.read(4)
-        if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_TYPES:
-            raise ValueError(f"{path}: not an IDX file (bad magic number {header!r})")
-        ndim = header[3]
-        shape = struct.unpack(f">{ndim}I", handle.read(4 * ndim))
-        dtype = np.dtype(_IDX_TYPES[header[2]])
-        data = handle.read()
-    expected = int(np.prod(shape)) * dtype.itemsize
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(4)
+            if len(header) != 4 or header[0] != 0 or header[1] != 0 \
+                    or header[2] not in _IDX_TYPES or header[3] == 0:
+                raise ValueError(f"{path}: not an IDX file (bad magic number {header!r})")
+            ndim = header[3]
+            dims = handle.read(4 * ndim)
+            if len(dims) != 4 * ndim:
+                raise ValueError(f"{path}: IDX header declares {ndim} dimensions, but the "
+                                 f"file ends inside them")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_IDX_TYPES[header[2]])
+            check_allocation(path, "the IDX array", shape, dtype)
+            expected = math.prod(shape) * dtype.itemsize
+            data = handle.read(expected + 1)  # one byte more tells a longer file
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}: not a readable gzip file: {error}") from None
     if len(data) != expected:
         raise ValueError(f"{path}: IDX header says shape {shape} ({expected} bytes), "
-                         f"found {len(data)} bytes")
+                         f"found {'more' if len(data) > expected else len(data)} bytes")
     return np.frombuffer(data, dtype).reshape(shape)
 
 
@@ -76,8 +151,13 @@ def load_idx(images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
     """MNIST-format images and labels; images are flattened and scaled to [0, 1]."""
     raw = read_idx(images)
     y = read_idx(labels)
+    if raw.ndim < 2 or y.ndim != 1:
+        raise ShapeError(f"expected images of shape (samples, ...) in {images} and labels of "
+                         f"shape (samples,) in {labels}, got {raw.shape} and {y.shape}")
     if len(raw) != len(y):
         raise ShapeError(f"{images} has {len(raw)} images but {labels} has {len(y)} labels")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{labels}: labels must be integers, got IDX type {y.dtype}")
     X = raw.reshape(len(raw), -1).astype(np.float32)
     if raw.dtype == np.uint8:  # 8-bit pixels
         X /= 255.0

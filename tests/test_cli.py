@@ -135,6 +135,28 @@ def test_save_into_a_missing_folder_fails_before_training(tmp_path):
     assert "epoch" not in result.stdout
 
 
+@pytest.mark.parametrize("fraction", ["1", "2", "nan", "inf", "-0.5", "0"])
+def test_test_fraction_must_be_between_0_and_1(fraction):
+    result = corenet("train", "--test-fraction", fraction)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"expected a fraction between 0 and 1, got {fraction}" in result.stderr
+
+
+def test_save_onto_a_folder_and_unreadable_inputs_are_clear_errors(tmp_path):
+    result = corenet("train", "--save", str(tmp_path))
+    assert result.returncode == 2 and "expected a file name, not a folder" in result.stderr
+    assert "epoch" not in result.stdout  # refused before training
+    model = tmp_path / "m.npz"
+    assert corenet("train", "--epochs", "1", "--save", str(model)).returncode == 0
+    for args in (("predict", str(tmp_path), "digits"), ("predict", str(model), str(tmp_path)),
+                 ("export", str(model), str(tmp_path))):
+        result = corenet(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (tmp_path / "x.idx").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 1, 7]))
+    result = corenet("predict", str(model), str(tmp_path / "x.idx"))
+    assert result.returncode == 2 and "not an .npz file" in result.stderr, result.stderr
+
+
 def test_unknown_activation_and_bad_data_are_clear_errors(tmp_path):
     result = corenet("train", "--activation", "nope")
     assert result.returncode == 2 and "no layer named 'nope'" in result.stderr

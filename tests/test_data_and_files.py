@@ -65,6 +65,80 @@ def test_idx_and_npz_loaders(tmp_path):
         data.load(str(tmp_path / "e.npz"))
 
 
+def test_an_idx_file_is_read_no_further_than_its_header_declares(tmp_path):
+    # A gzip bomb: 10 bytes declared, 200 MB of zeros after them in a file of about
+    # 200 KB. The reader stops one byte past the declared data.
+    path = tmp_path / "bomb.idx.gz"
+    with gzip.open(path, "wb") as handle:
+        handle.write(bytes([0, 0, 0x08, 1]) + struct.pack(">I", 10))
+        for _ in range(200):
+            handle.write(bytes(1 << 20))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match=r"bomb.idx.gz: IDX header says shape \(10,\) "
+                                         r"\(10 bytes\), found more bytes"):
+        data.read_idx(str(path))
+
+
+@pytest.mark.parametrize("content, name, match", [
+    (bytes([0, 0, 0x08, 0]), "zero.idx", "not an IDX file"),  # no dimensions
+    (bytes([0, 0, 0x08, 200, 0, 0, 0, 1]), "short.idx", "IDX header declares 200 dimensions, but"),
+    (bytes([0, 0, 0x08, 1, 0, 0, 0, 1, 7]), "plain.idx.gz", "not a readable gzip file"),
+])
+def test_malformed_idx_headers_are_clear_errors(tmp_path, content, name, match):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=f"{name}: {match}"):
+        data.read_idx(str(tmp_path / name))
+
+
+def test_idx_labels_must_be_integers(tmp_path):
+    write_idx(tmp_path / "x.gz", np.zeros((2, 3, 3), np.uint8))
+    with gzip.open(tmp_path / "y.gz", "wb") as handle:  # float32 labels (IDX type 0x0D)
+        handle.write(bytes([0, 0, 0x0D, 1]) + struct.pack(">I", 2))
+        handle.write(np.array([1.5, 2.0], ">f4").tobytes())
+    with pytest.raises(ValueError, match="labels must be integers, got IDX type >f4"):
+        data.load(f"{tmp_path / 'x.gz'},{tmp_path / 'y.gz'}")
+
+
+def _npz_with_x_header(path, declared_shape, payload):
+    """An .npz whose X .npy header declares one shape and holds other bytes."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": declared_shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("X.npy", header.getvalue() + payload)
+        y = io.BytesIO()
+        np.lib.format.write_array(y, np.zeros(4, np.int64))
+        archive.writestr("y.npy", y.getvalue())
+
+
+@pytest.mark.parametrize("arrays, match", [
+    (dict(X=np.float32(1), y=np.int64(1)), r"expected X of shape \(samples, features...\)"),
+    (dict(X=np.ones((4, 2)), y=np.zeros((4, 1), np.int64)), r"and y of shape \(samples,\)"),
+    (dict(X=np.zeros(4, [("a", "<f4"), ("b", "<f4")]).reshape(2, 2), y=np.zeros(2, np.int64)),
+     "X must be an array of numbers"),
+    (dict(X=np.ones((2, 2)), y=np.array([1, 2 ** 63], np.uint64)), "labels must be below 2"),
+])
+def test_malformed_npz_datasets_are_clear_errors(tmp_path, arrays, match):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises((ValueError, ShapeError), match=match):
+        data.load(str(tmp_path / "d.npz"))
+
+
+def test_npz_headers_are_checked_before_reading(tmp_path):
+    # A header that declares 4 TiB over 1 MiB of data: refused from the sizes, before
+    # numpy would try to allocate it.
+    _npz_with_x_header(tmp_path / "lie.npz", (2 ** 34, 64), bytes(1 << 20))
+    with pytest.raises(ValueError, match=r"lie.npz: X declares shape \(17179869184, 64\) "
+                                         r"of float32 .* but the file holds 1048576 bytes"):
+        data.load(str(tmp_path / "lie.npz"))
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(ValueError, match="text.npz: not an .npz file"):
+        data.load(str(tmp_path / "text.npz"))
+
+
 def test_save_load_round_trip(tmp_path, rng):
     x = cn.Input(shape=(4,))
     h = L.PReLU()(L.Linear(4, 5)(x))
