@@ -13,6 +13,12 @@ class PluginError(RuntimeError):
     """Plugins conflict, or a plugin asked for cannot be found or loaded."""
 
 
+class MissingClassError(PluginError, AttributeError):
+    """``corenet.layers.X`` (or ``corenet.losses.X``) for a class no plugin registers:
+    a PluginError that names a disabled plugin which may provide it, and an
+    AttributeError, as a missing module attribute is (hasattr stays False)."""
+
+
 class ModelFileError(ValueError):
     """A model file is malformed: not a corenet model, or arrays and config that do not
     agree. The message names the file and what is wrong with it."""

@@ -26,7 +26,7 @@ import warnings
 import pluggy
 
 from corenet import hookspecs
-from corenet.errors import PluginError
+from corenet.errors import MissingClassError, PluginError
 
 GROUP = "corenet"
 # Bumped when the layer protocol or the C interface in corenet/kernels/*.pxd
@@ -298,8 +298,9 @@ def namespace(kind: str) -> tuple:
             if cls.__name__ == class_name:
                 return cls
         classes = sorted(cls.__name__ for cls in table().values())
-        raise AttributeError(f"corenet.{kind} has no {singular} class {class_name!r}"
-                             f"{did_you_mean(class_name, classes)}; registered: {classes}")
+        raise MissingClassError(f"corenet.{kind} has no {singular} class {class_name!r}"
+                                f"{did_you_mean(class_name, classes)}; registered: {classes}. "
+                                f"{registry._why_missing()}")
 
     def __dir__() -> list:
         return ["create", "names"] + [cls.__name__ for cls in table().values()]

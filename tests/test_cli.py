@@ -279,6 +279,15 @@ def test_a_disabled_plugin_is_reported_as_disabled(tmp_path):
     assert evaluated.returncode == 2
     assert "needs layer 'relu' from corenet, whose plugin 'activations' is installed but " \
            "disabled by CORENET_DISABLE_PLUGINS" in evaluated.stderr
+    # The dense plugin off: train's Linear is a missing class, named with the reason
+    # (it was an AttributeError traceback).
+    no_dense = dict(os.environ, CORENET_DISABLE_PLUGINS="dense")
+    result = subprocess.run([sys.executable, "-m", "corenet", "train", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=300,
+                            cwd=tempfile.gettempdir(), env=no_dense)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "corenet.layers has no layer class 'Linear'" in result.stderr
+    assert "CORENET_DISABLE_PLUGINS disables 'dense'" in result.stderr
 
 
 def test_eval_uses_the_split_recorded_in_the_model(tmp_path):
