@@ -404,6 +404,42 @@ def test_malformed_and_hostile_files(tmp_path):
     path = make_file(tmp_path / "old.onnx", [helper.make_node("Relu", ["x"], ["y"])], opset=11)
     with pytest.raises(cn.ModelFileError, match="opset 11"):
         corenet.onnx.load(path)
+    # Element types onnx itself does not know: a KeyError inside onnx, once let through.
+    path = make_file(tmp_path / "type.onnx", [helper.make_node("Gemm", ["x", "W"], ["y"])],
+                     [("W", np.ones((4, 2)))])
+    proto = onnx.load(path)
+    proto.graph.initializer[0].data_type = 999
+    onnx.save(proto, path)
+    with pytest.raises(cn.ModelFileError, match="initializer 'W' cannot be read"):
+        corenet.onnx.load(path)
+    proto.graph.initializer[0].data_type = TensorProto.FLOAT
+    proto.graph.input[0].type.tensor_type.elem_type = 999
+    onnx.save(proto, path)
+    with pytest.raises(cn.ModelFileError, match="input 'x' has element type code 999"):
+        corenet.onnx.load(path)
+
+
+def test_metadata_nested_past_the_recursion_limit_is_refused(tmp_path):
+    path = str(tmp_path / "deep.onnx")
+    corenet.onnx.export(cn.Sequential(L.BatchNorm1d(3), input_shape=(3,)), path)
+    proto = onnx.load(path)
+    proto.metadata_props[0].value = "[" * 100000 + "]" * 100000
+    onnx.save(proto, path)
+    with pytest.raises(cn.ModelFileError, match="its corenet metadata is not JSON"):
+        corenet.onnx.load(path)
+
+
+@pytest.mark.parametrize("bias_shape", [(6, 1), (2, 6), (3, 2)])
+def test_an_addend_that_is_not_a_row_is_not_taken_as_a_bias(tmp_path, bias_shape):
+    # MatMul then Add of a (6, 1) column broadcasts down the batch in ONNX: taken for
+    # a bias of 6 values, the import once computed other numbers than onnxruntime.
+    path = make_file(tmp_path / "column.onnx",
+                     [helper.make_node("MatMul", ["x", "W"], ["h"]),
+                      helper.make_node("Add", ["h", "b"], ["y"])],
+                     [("W", np.ones((4, 6))), ("b", np.ones(bias_shape))])
+    with pytest.raises(cn.ModelFileError, match=r"its bias has shape \(\d, \d\), expected "
+                                                r"\(6,\) or \(1, 6\)"):
+        corenet.onnx.load(path)
 
 
 # -- plugins, and corenet without onnx ----------------------------------------------------

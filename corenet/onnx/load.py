@@ -61,11 +61,20 @@ class OnnxReader:
         tensor = self.initializers.get(name)
         if tensor is None:
             raise Unsupported(f"its {what} {name!r} must be an initializer (a constant)")
-        array = self.onnx.numpy_helper.to_array(tensor)
+        array = self.array(tensor)
         if array.dtype != self.dtype:
             raise Unsupported(f"its {what} {name!r} is {array.dtype}, the model's input is "
                               f"{self.dtype}")
         return array
+
+    def array(self, tensor) -> np.ndarray:
+        """An initializer's values; an element type onnx does not know is Unsupported
+        (onnx raises a KeyError for it)."""
+        try:
+            return self.onnx.numpy_helper.to_array(tensor)
+        except (KeyError, ValueError, TypeError) as error:
+            raise Unsupported(f"initializer {tensor.name!r} cannot be read (element type "
+                              f"{tensor.data_type}): {error!r}") from None
 
     def tensor(self, name: str):
         if name not in self.tensors:
@@ -76,7 +85,7 @@ class OnnxReader:
     def integers(self, name: str, what: str) -> list:
         """An int64 initializer (axes, a shape) as a list."""
         tensor = self.initializers.get(name)
-        array = None if tensor is None else self.onnx.numpy_helper.to_array(tensor)
+        array = None if tensor is None else self.array(tensor)
         if array is None or array.dtype != np.int64 or array.ndim > 1:
             raise Unsupported(f"its {what} {name!r} must be an int64 initializer of at most "
                               f"one axis")
@@ -107,7 +116,7 @@ class OnnxReader:
             return {}, {}
         try:
             entry = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             raise Unsupported(f"its corenet metadata is not JSON: {text[:80]!r}") from None
         if not isinstance(entry, dict) or entry.get("layer") != layer_name:
             return {}, {}
@@ -144,8 +153,10 @@ def _affine_map(reader, node, last, weight, bias):
     alone follow it. Returns (layer, input names, output name)."""
     if weight.ndim != 2:
         raise Unsupported(f"its weight must be a matrix, got shape {weight.shape}")
-    if bias is not None and bias.size != weight.shape[0]:
-        raise Unsupported(f"its bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+    # ONNX broadcasts a (out, 1) or (batch, out) addend differently: only a row is a bias
+    if bias is not None and bias.shape not in ((weight.shape[0],), (1, weight.shape[0])):
+        raise Unsupported(f"its bias has shape {bias.shape}, expected ({weight.shape[0]},) "
+                          f"or (1, {weight.shape[0]})")
     rows, in_features = weight.shape
     maxout = _maxout_pattern(reader, last)
     if maxout is not None and rows == maxout[0] * maxout[1]:
@@ -490,13 +501,13 @@ def _dropout(reader, node):
     _one_output(reader, node, "the tensor (no mask)")
     if len(node.input) > 2 and node.input[2]:
         mode = reader.initializers.get(node.input[2])
-        if mode is None or reader.onnx.numpy_helper.to_array(mode).any():
+        if mode is None or reader.array(mode).any():
             raise Unsupported("its training_mode input is not a constant false: corenet "
                               "imports the inference form, where dropout is the identity")
     p = 0.5  # ONNX's default ratio
     if len(node.input) > 1 and node.input[1]:
         tensor = reader.initializers.get(node.input[1])
-        ratio = None if tensor is None else reader.onnx.numpy_helper.to_array(tensor)
+        ratio = None if tensor is None else reader.array(tensor)
         if ratio is None or ratio.dtype.kind != "f" or ratio.size != 1:
             raise Unsupported(f"its ratio {node.input[1]!r} must be a float initializer "
                               f"holding one value")
@@ -566,8 +577,11 @@ def _inputs(onnx, path: str, graph, initializer_names: set) -> tuple:
         if value.name in initializer_names:  # older files list the weights as inputs too
             continue
         tensor_type = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) \
-            if tensor_type.elem_type else None
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) \
+                if tensor_type.elem_type else None
+        except KeyError:  # an element type onnx does not know
+            dtype = f"code {tensor_type.elem_type}"
         if dtype not in (np.float32, np.float64):
             _fail(path, f"input {value.name!r} has element type {dtype}; corenet takes "
                         f"float32 or float64")
