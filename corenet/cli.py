@@ -441,6 +441,10 @@ def run(args) -> int:
         # OSError: a missing file, a folder given for a file, no permission
         print(f"corenet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MemoryError as error:  # each array fits, all of them together did not
+        print(f"corenet {args.command}: error: out of memory ({error or 'no details'}); "
+              f"try a smaller --batch-size or smaller data", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

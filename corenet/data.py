@@ -169,6 +169,13 @@ def load(spec: str | None) -> tuple[np.ndarray, np.ndarray]:
     a .npz path, or 'IMAGES,LABELS' IDX paths."""
     if spec in (None, "", "digits"):
         return load_digits()
+    X, y = _load_file(spec)
+    if len(X) == 0:
+        raise ValueError(f"{spec}: the dataset has no samples")
+    return X, y
+
+
+def _load_file(spec: str) -> tuple[np.ndarray, np.ndarray]:
     if "," in spec:
         images, labels = spec.split(",", 1)
         return load_idx(images, labels)
@@ -183,8 +190,11 @@ def load(spec: str | None) -> tuple[np.ndarray, np.ndarray]:
 def train_test_split(X: np.ndarray, y: np.ndarray, test_fraction: float = 0.2,
                      seed: int = 0) -> tuple:
     """A seeded shuffle, then the last ``test_fraction`` of it held out for testing."""
+    if len(X) < 2:
+        raise ValueError(f"{len(X)} samples: a split needs at least 2, one to train on and "
+                         f"one to test")
     order = np.random.default_rng(seed).permutation(len(X))
-    n_test = max(1, int(round(len(X) * test_fraction)))
+    n_test = min(len(X) - 1, max(1, int(round(len(X) * test_fraction))))
     test, train = order[:n_test], order[n_test:]
     return X[train], y[train], X[test], y[test]
 

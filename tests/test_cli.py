@@ -157,6 +157,21 @@ def test_save_onto_a_folder_and_unreadable_inputs_are_clear_errors(tmp_path):
     assert result.returncode == 2 and "not an .npz file" in result.stderr, result.stderr
 
 
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
+    # Each array of a run can fit while all of them together do not (a very wide
+    # image through --model cnn): numpy's MemoryError becomes one line and exit 2.
+    from corenet import cli
+
+    def train(args):
+        raise MemoryError("Unable to allocate 6.00 GiB for an array")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", train)
+    assert cli.main(["train"]) == 2
+    error = capsys.readouterr().err
+    assert error == ("corenet train: error: out of memory (Unable to allocate 6.00 GiB for "
+                     "an array); try a smaller --batch-size or smaller data\n")
+
+
 def test_unknown_activation_and_bad_data_are_clear_errors(tmp_path):
     result = corenet("train", "--activation", "nope")
     assert result.returncode == 2 and "no layer named 'nope'" in result.stderr

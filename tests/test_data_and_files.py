@@ -127,6 +127,16 @@ def test_malformed_npz_datasets_are_clear_errors(tmp_path, arrays, match):
         data.load(str(tmp_path / "d.npz"))
 
 
+def test_datasets_too_small_to_split_are_clear_errors(tmp_path):
+    np.savez(tmp_path / "empty.npz", X=np.ones((0, 4)), y=np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="empty.npz: the dataset has no samples"):
+        data.load(str(tmp_path / "empty.npz"))
+    with pytest.raises(ValueError, match="1 samples: a split needs at least 2"):
+        data.train_test_split(np.ones((1, 4)), np.zeros(1, np.int64), 0.2)
+    X_train, _, X_test, _ = data.train_test_split(np.ones((2, 4)), np.zeros(2), 0.9)
+    assert len(X_train) == len(X_test) == 1  # one left to train on, whatever the fraction
+
+
 def test_npz_headers_are_checked_before_reading(tmp_path):
     # A header that declares 4 TiB over 1 MiB of data: refused from the sizes, before
     # numpy would try to allocate it.
