@@ -15,6 +15,7 @@ from importlib import resources
 
 import numpy as np
 
+from corenet import npy
 from corenet.errors import ShapeError
 from corenet.memory import check_allocation
 
@@ -40,15 +41,10 @@ def _npz_header(path: str, archive: zipfile.ZipFile, name: str) -> tuple:
     the size the archive declares for it, before any of its data is read: a header
     may declare terabytes, and a small compressed member may expand without bound
     (the archive's declared size bounds what reading it produces)."""
+    info = archive.getinfo(f"{name}.npy")
     try:
-        info = archive.getinfo(f"{name}.npy")
-        with archive.open(info) as member:
-            version = np.lib.format.read_magic(member)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, fortran_order, dtype = read(member, max_header_size=10000)
-            offset = member.tell()
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        shape, _, dtype, offset = npy.read_header(archive, info)
+    except (OSError,) + npy.READ_ERRORS as error:
         raise ValueError(f"{path}: array {name} has no readable .npy header: {error}") from None
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
         raise ValueError(f"{path}: {name} must be an array of numbers, got dtype {dtype}")

@@ -24,10 +24,10 @@ import os
 import re
 import tempfile
 import zipfile
-import zlib
 
 import numpy as np
 
+from corenet import npy
 from corenet.errors import ModelFileError, PluginError
 from corenet.graph import Input, Model
 from corenet.registry import registry
@@ -35,15 +35,11 @@ from corenet.registry import registry
 FORMAT = "corenet-model/1"
 CONFIG_ENTRY = "__config__"
 MAX_CONFIG_BYTES = 16 << 20
-MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default bound for an untrusted header
 ZIP_ENCRYPTED = 0x1  # general purpose flag bit 0 of a zip member
 FLOAT_DTYPE_NAMES = ("float32", "float64")
 # Besides the model's float dtype, the one dtype an array may have: a buffer's step
 # count (batch norm's num_batches_tracked, an int64 as in PyTorch).
 COUNT_DTYPE = np.dtype("<i8")
-# Reading a zip or an .npy header can fail in these ways on a damaged file.
-READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError,
-               NotImplementedError, RecursionError, OverflowError, KeyError)
 
 
 # -- saving ------------------------------------------------------------------------
@@ -195,13 +191,8 @@ def _read_entries(path: str, archive: zipfile.ZipFile, file_size: int) -> dict:
 def _read_header(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
                  name: str) -> ArrayEntry:
     try:
-        with archive.open(info) as member:
-            version = np.lib.format.read_magic(member)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, fortran_order, dtype = read(member, max_header_size=MAX_NPY_HEADER_BYTES)
-            data_offset = member.tell()
-    except READ_ERRORS as error:
+        shape, fortran_order, dtype, data_offset = npy.read_header(archive, info)
+    except npy.READ_ERRORS as error:
         _fail(path, f"array {name!r} has no readable .npy header: {error}")
     if fortran_order or dtype.hasobject or any(size < 0 for size in shape):
         _fail(path, f"array {name!r} is not a plain C-ordered array "
@@ -218,7 +209,7 @@ def _read_bytes(path: str, archive: zipfile.ZipFile, entry: ArrayEntry, name: st
         with archive.open(entry.info) as member:
             member.read(entry.data_offset)
             data = member.read()  # the size was checked against the file: bounded
-    except READ_ERRORS as error:  # a CRC mismatch is found here, at the end
+    except npy.READ_ERRORS as error:  # a CRC mismatch is found here, at the end
         _fail(path, f"array {name!r} cannot be read: {error}")
     if len(data) != entry.info.file_size - entry.data_offset:
         _fail(path, f"array {name!r} is truncated")
@@ -239,7 +230,7 @@ def _read_config(path: str, archive: zipfile.ZipFile, entries: dict) -> dict:
                     f"got {entry.dtype} of shape {entry.shape}")
     try:
         config = json.loads(_read_bytes(path, archive, entry, CONFIG_ENTRY).decode())
-    except READ_ERRORS as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except npy.READ_ERRORS as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         _fail(path, f"the config is not JSON: {error}")
     if not isinstance(config, dict):
         _fail(path, f"the config must be a JSON object, got {type(config).__name__}")
@@ -404,7 +395,7 @@ def load_with_extra(path: str) -> tuple:
         file_size = os.fstat(stream.fileno()).st_size
         try:
             archive = zipfile.ZipFile(stream)
-        except READ_ERRORS as error:
+        except npy.READ_ERRORS as error:
             _fail(path, f"not a corenet model (not a readable zip archive: {error})")
         with archive:
             return _load_archive(path, archive, file_size)
