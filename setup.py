@@ -3,6 +3,8 @@
 Environment switches:
   CORENET_PORTABLE=1      no -march=native (a binary to run on other CPUs)
   CORENET_CYTHON_CHECKS=1 bounds and wraparound checks back on, for debugging
+  CORENET_WIDE_TILE=1     AVX-512's GEMM tile (8 x 32 floats) on any CPU, slowly: lets the
+                          tests check that layout on a machine without AVX-512
 """
 import os
 import subprocess
@@ -69,6 +71,8 @@ def compile_flags():
         pass
     elif compiler_accepts(["-march=native"]):
         flags.append("-march=native")
+    if os.environ.get("CORENET_WIDE_TILE", "") not in ("", "0"):
+        flags.append("-DCN_WIDE_TILE")
     openmp = compiler_accepts(["-fopenmp"], OPENMP_PROGRAM)
     if not openmp:
         print("corenet: the compiler has no OpenMP; building serial kernels", file=sys.stderr)

@@ -26,8 +26,10 @@
  * AVX-512 (32 registers of 64 bytes): 8 rows x 2 vectors, 16 accumulators.
  * With AVX2 or narrower (16 registers of 32 bytes): 6 rows x 2 vectors, 12
  * accumulators, leaving 4 registers for the B vectors and the broadcast, as
- * in the Haswell kernels of BLIS and OpenBLAS. */
-#ifdef __AVX512F__
+ * in the Haswell kernels of BLIS and OpenBLAS. CN_WIDE_TILE forces AVX-512's
+ * layout on a narrower CPU, where GCC splits the vectors: slow, but it lets the
+ * tests cover that layout on any machine (setup.py's CORENET_WIDE_TILE). */
+#if defined(__AVX512F__) || defined(CN_WIDE_TILE)
 #define CN_MR 8
 #define CN_VEC_BYTES 64
 #define CN_AXPY_VECTORS 16
@@ -127,17 +129,17 @@ static inline void cn_activate_tile_double(double *c, ptrdiff_t ldc, int kind, d
  * of one scattered store per element. Pure data movement: the packed block is
  * the same as the scalar loops in gemm.pyx make. */
 
-#ifdef __AVX512F__
+#if CN_VEC_BYTES == 64
 /* Transposes a 16 x 16 block held as 16 row vectors: at each stage the
  * off-diagonal h x h blocks swap, element (i, c | h) with (i | h, c). */
-static inline void cn_transpose16(cn_vf r[16])
+static inline void cn_transpose16(cn_kf r[16])
 {
-    static const cn_vi low[4] = {
+    static const cn_kfi low[4] = {
         {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
         {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
         {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
         {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
-    static const cn_vi high[4] = {
+    static const cn_kfi high[4] = {
         {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
         {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
         {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
@@ -146,7 +148,7 @@ static inline void cn_transpose16(cn_vf r[16])
         int h = 8 >> stage;
         for (int i = 0; i < 16; ++i) {
             if (i & h) continue;
-            cn_vf a = r[i], b = r[i + h];
+            cn_kf a = r[i], b = r[i + h];
             r[i] = __builtin_shuffle(a, b, low[stage]);
             r[i + h] = __builtin_shuffle(a, b, high[stage]);
         }
@@ -178,10 +180,10 @@ static inline void cn_transpose8(cn_kf8 r[8])
 
 /* B (k x n) given as Bt, element (p, j) at b[p + j * ldb], into NR-column panels:
  * square blocks of the vector's width, transposed in registers. */
-#ifdef __AVX512F__
+#if CN_VEC_BYTES == 64
 #define CN_TRANSPOSE_LANES 16
-typedef cn_vf cn_tv;
-typedef cn_vf_unaligned cn_tv_u;
+typedef cn_kf cn_tv;
+typedef cn_vf_u cn_tv_u;
 #define cn_transpose_block cn_transpose16
 #else
 #define CN_TRANSPOSE_LANES 8
@@ -257,9 +259,9 @@ static void cn_pack_a_rows_float(float *restrict dst, const float *restrict a,
         float *first = dst + i0 * kc, *second = first + CN_MR * kc;
         ptrdiff_t p0 = 0;
         for (; p0 + 16 <= kc; p0 += 16) {
-            cn_vf r[16];
+            cn_kf r[16];
             for (int i = 0; i < 16; ++i)
-                r[i] = *(const cn_vf_unaligned *)(a + (i0 + i) * lda + p0);
+                r[i] = *(const cn_vf_u *)(a + (i0 + i) * lda + p0);
             cn_transpose16(r);
             for (int p = 0; p < 16; ++p) {
                 memcpy(first + (p0 + p) * CN_MR, &r[p], CN_MR * sizeof(float));

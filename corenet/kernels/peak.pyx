@@ -3,7 +3,8 @@
 Each thread runs twelve independent chains of vector FMAs (enough to hide the
 FMA latency on two pipes), each chain started from its own value, hidden from
 the compiler so that it can neither merge chains nor fold one. The rate is that
-of the vectors the kernels are compiled for (corenet.show_config() names them).
+of the widest registers the kernels are compiled for (corenet.show_config()'s
+SIMD width).
 """
 import time
 
@@ -16,13 +17,14 @@ cdef extern from *:
     #include "microkernel.h"
     static float cn_fma_chains(long iterations)
     {
-        cn_kf acc[12];
-        cn_kf scale = (cn_kf){0} + 0.9999999f, step = (cn_kf){0} + 1e-7f;
+        /* Register-wide vectors: an asm operand must fit one register. */
+        cn_vf acc[12];
+        cn_vf scale = cn_splat(0.9999999f), step = cn_splat(1e-7f);
         /* The compiler must not know the values: it folded the chain that starts
          * at 1, a fixed point of x * scale + step in float32, and ran 11 FMAs
          * where 12 were counted (a peak 9 % too high). */
         for (int c = 0; c < 12; ++c) {
-            acc[c] = (cn_kf){0} + (float)(c + 1);
+            acc[c] = cn_splat((float)(c + 1));
             __asm__("" : "+x"(acc[c]));
         }
         __asm__("" : "+x"(scale), "+x"(step));
@@ -30,11 +32,11 @@ cdef extern from *:
             #pragma GCC unroll 12
             for (int c = 0; c < 12; ++c) acc[c] = acc[c] * scale + step;
         }
-        cn_kf total = {0};
+        cn_vf total = {0};
         for (int c = 0; c < 12; ++c) total += acc[c];
         return total[0];
     }
-    #define CN_FLOATS_PER_VECTOR (CN_VEC_BYTES / 4)
+    #define CN_FLOATS_PER_VECTOR CN_LANES
     """
     float cn_fma_chains(long iterations) noexcept nogil
     int CN_FLOATS_PER_VECTOR
