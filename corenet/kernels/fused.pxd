@@ -8,6 +8,12 @@ from corenet.kernels.gemm cimport (EPILOGUE_ELU, EPILOGUE_LEAKY_RELU, EPILOGUE_R
                                    EPILOGUE_SIGMOID, EPILOGUE_TANH)
 
 
+cdef extern from "vector_math.h" nogil:
+    # 1 − y², as the float32 activation kernels compute it (with or without FMA)
+    float cn_tanh_slope_float(float y)
+    double cn_tanh_slope_double(double y)
+
+
 cdef inline floating activation_derivative_times(int kind, floating grad, floating out,
                                                   floating param) noexcept nogil:
     """grad · f'(x) from y = f(x): each fusable f has its derivative as a function
@@ -20,7 +26,9 @@ cdef inline floating activation_derivative_times(int kind, floating grad, floati
     if kind == EPILOGUE_SIGMOID:
         return grad * out * (one - out)
     if kind == EPILOGUE_TANH:
-        return grad * (one - out * out)
+        if floating is float:
+            return grad * cn_tanh_slope_float(out)
+        return grad * cn_tanh_slope_double(out)
     if kind == EPILOGUE_LEAKY_RELU:
         return grad if out > 0 else param * grad
     if kind == EPILOGUE_ELU:

@@ -55,6 +55,7 @@ cdef extern from "vector_math.h" nogil:
     void cn_leaky_relu_backward(const float*, const float*, const float*, float*, ptrdiff_t,
                                 float)
     void cn_elu_backward(const float*, const float*, const float*, float*, ptrdiff_t, float)
+    double cn_tanh_slope_double(double y)
 
 # Indexed by Kind.
 cdef forward_kernel[5] FLOAT_FORWARD = [cn_sigmoid_forward, cn_tanh_forward, cn_relu_forward,
@@ -128,7 +129,7 @@ cdef void activation_backward(int kind, const floating* x, const floating* y,
             x_grad[i] = grad[i] * y[i] * (1 - y[i])
     elif kind == KIND_TANH:
         for i in prange(size, num_threads=n, schedule='static'):
-            x_grad[i] = grad[i] * (1 - y[i] * y[i])
+            x_grad[i] = grad[i] * cn_tanh_slope_double(y[i])
     elif kind == KIND_RELU:
         for i in prange(size, num_threads=n, schedule='static'):
             x_grad[i] = grad[i] if y[i] > 0 else 0
