@@ -14,7 +14,7 @@ import pytest
 
 import corenet as cn
 import corenet.layers as L
-from corenet import checkpoint, serialize
+from corenet import checkpoint, models, serialize
 from corenet.errors import ModelFileError
 from corenet.train import fit
 
@@ -182,6 +182,29 @@ def test_resume_refuses_settings_that_are_not_options(tmp_path):
     assert result.returncode != 0
     assert "not valid corenet train options" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv, build, message", [
+    # The settings say cnn, the file holds an MLP: this resumed silently as the MLP.
+    (["--model", "cnn"], lambda: models.build_mlp(64, [32], 10),
+     "it holds 3 layers (linear, relu, linear), the settings build 8 (conv2d, relu"),
+    (["--hidden", "64"], lambda: models.build_mlp(64, [32], 10),
+     "it holds layer 0 linear {'in_features': 64, 'out_features': 32"),
+    (["--hidden", "32", "--dtype", "float64"], lambda: models.build_mlp(64, [32], 10),
+     "it holds dtype float32, the settings build float64"),
+])
+def test_resume_refuses_a_model_its_settings_do_not_build(tmp_path, argv, build, message):
+    path = str(tmp_path / "c.npz")
+    model = build()
+    checkpoint.save_checkpoint(path, model, cn.optim.SGD(model.parameters()),
+                               {"epoch": 1, "argv": argv + ["--epochs", "2"], "history": [1.0]})
+    result = subprocess.run([sys.executable, "-m", "corenet.cli", "train", "--resume", path],
+                            capture_output=True, text=True, timeout=300, cwd=OUTSIDE)
+    assert result.returncode != 0
+    assert (f"{path}: the checkpoint's model is not the one its recorded settings "
+            f"({' '.join(argv)} --epochs 2) build: {message}") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert checkpoint.load_checkpoint(path)[1]["state"]["epoch"] == 1  # left as it was
 
 
 class Tampered:
