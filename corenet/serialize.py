@@ -415,6 +415,11 @@ def _load_archive(path: str, archive: zipfile.ZipFile, file_size: int) -> tuple:
         for array, (kind, held) in _layer_arrays(layer).items():
             held.value = _read_array(path, archive, by_node[index][array],
                                      f"node{index}.{array}")
+            # A count (batch norm's num_batches_tracked) is never negative: a momentum=None
+            # batch norm divides by it plus one (-1 was a ZeroDivisionError in training).
+            if held.value.dtype == COUNT_DTYPE and held.value.size and held.value.min() < 0:
+                _fail(path, f"{kind} {array!r} is a count, got {held.value.min()}", index,
+                      node["layer"])
             if kind == "parameter":
                 held.grad = np.zeros_like(held.value)
         try:

@@ -48,6 +48,18 @@ def _check_dtype(key: str, array: np.ndarray, target: np.ndarray) -> None:
                          f"got dtype {array.dtype}")
 
 
+def _count_problem(key: str, array: np.ndarray, target: np.ndarray) -> str | None:
+    """A count (batch norm's num_batches_tracked) is never negative and fits its int64: a
+    momentum=None batch norm divides by it plus one (-1 was a ZeroDivisionError)."""
+    if target.dtype.kind == "f" or array.size == 0:
+        return None
+    low, high = array.min(), array.max()
+    if low < 0 or high > np.iinfo(target.dtype).max:
+        return (f"{key!r} is a count of batches, from 0 to {np.iinfo(target.dtype).max}, "
+                f"got values from {low} to {high}")
+    return None
+
+
 def load_state_dict(model, state: dict, strict: bool = True) -> IncompatibleKeys:
     """Copy the arrays of ``state`` into the model's parameters and buffers, in place (an
     optimizer that holds them sees the new values). Values are anything numpy.asarray
@@ -77,6 +89,9 @@ def load_state_dict(model, state: dict, strict: bool = True) -> IncompatibleKeys
         if array.shape != target.value.shape:
             problems.append(f"{key!r} has shape {array.shape}, the model's is "
                             f"{target.value.shape}")
+        problem = _count_problem(key, array, target.value)
+        if problem:
+            problems.append(problem)
         arrays[key] = array
     if problems:
         raise StateDictError(f"load_state_dict into {type(model).__name__}: "

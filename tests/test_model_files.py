@@ -262,6 +262,16 @@ def test_arrays_that_do_not_match_the_config(tmp_path, parts, case):
     refused(write(tmp_path / "m.npz", *tamper(*parts)), match)
 
 
+def test_a_negative_batch_count_is_refused(tmp_path):
+    # A momentum=None batch norm divides by the count plus one: -1 loaded was a
+    # ZeroDivisionError at the first training forward.
+    config, arrays = saved_parts(cn.Sequential(L.Linear(4, 3), L.BatchNorm1d(3, momentum=None)),
+                                 tmp_path / "bn.npz")
+    arrays["node1.num_batches_tracked"] = np.array(-1, np.int64)
+    refused(write(tmp_path / "m.npz", config, arrays),
+            r"node 1 \('batch_norm1d'\): buffer 'num_batches_tracked' is a count, got -1")
+
+
 def test_pickled_object_arrays_are_refused_without_unpickling(tmp_path, parts):
     config, arrays = parts
     arrays["node0.weight"] = np.array([Exploding()], dtype=object)

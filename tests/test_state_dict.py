@@ -149,3 +149,21 @@ def test_buffer_dtypes_are_checked(key, value, message):
     state[key] = value
     with pytest.raises(cn.DTypeError, match=message):
         model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("count, shown", [(np.array(-1), "-1 to -1"),
+                                          (np.array(2**64 - 1, np.uint64),
+                                           "18446744073709551615 to 18446744073709551615")])
+def test_a_count_below_zero_or_beyond_int64_is_refused(count, shown):
+    # -1 loaded, then a momentum=None batch norm divided by the count plus one: a
+    # ZeroDivisionError at the next training forward; 2**64 - 1 wrapped around to -1.
+    model = cn.Sequential(L.Linear(4, 3), L.BatchNorm1d(3, momentum=None))
+    state = model.state_dict()
+    state["1.num_batches_tracked"] = count
+    with pytest.raises(cn.StateDictError, match=f"'1.num_batches_tracked' is a count of "
+                                                f"batches, from 0 to {2**63 - 1}, got values "
+                                                f"from {shown}"):
+        model.load_state_dict(state)
+    assert int(model.layers[1].num_batches_tracked.value) == 0  # nothing written
+    model.forward(np.ones((2, 4), np.float32))
+    assert int(model.layers[1].num_batches_tracked.value) == 1
