@@ -84,7 +84,13 @@ def load_state_dict(model, state: dict, strict: bool = True) -> IncompatibleKeys
     for key, target in targets.items():
         if key not in state:
             continue
-        array = np.asarray(state[key])
+        try:
+            array = np.asarray(state[key])
+        except (ValueError, TypeError, RuntimeError) as error:
+            # A ragged list, a bfloat16 or sparse tensor, a tensor that requires grad
+            # (torch's RuntimeError): named here, not raised from inside numpy or torch.
+            raise TypeError(f"load_state_dict: {key!r} is not an array numpy can take "
+                            f"({type(state[key]).__name__}): {error}") from None
         _check_dtype(key, array, target.value)
         if array.shape != target.value.shape:
             problems.append(f"{key!r} has shape {array.shape}, the model's is "

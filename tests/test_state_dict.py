@@ -167,3 +167,26 @@ def test_a_count_below_zero_or_beyond_int64_is_refused(count, shown):
     assert int(model.layers[1].num_batches_tracked.value) == 0  # nothing written
     model.forward(np.ones((2, 4), np.float32))
     assert int(model.layers[1].num_batches_tracked.value) == 1
+
+
+@pytest.mark.parametrize("value, message", [
+    ([[1.0, 2.0, 3.0, 4.0]] * 2 + [[1.0]], r"'0.weight' is not an array numpy can take "
+                                           r"\(list\): setting an array element"),
+])
+def test_a_value_numpy_cannot_take_is_a_type_error_naming_the_key(value, message):
+    model = mlp()
+    state = model.state_dict()
+    state["0.weight"] = value
+    with pytest.raises(TypeError, match=message):
+        model.load_state_dict(state)
+
+
+def test_a_torch_tensor_that_requires_grad_is_a_type_error_naming_the_key():
+    torch = pytest.importorskip("torch")
+    model = mlp()
+    state = model.state_dict()
+    state["0.weight"] = torch.ones(state["0.weight"].shape, requires_grad=True)
+    # It was torch's RuntimeError "Can't call numpy() on Tensor that requires grad".
+    with pytest.raises(TypeError, match=r"'0.weight' is not an array numpy can take "
+                                        r"\(Tensor\): Can't call numpy\(\)"):
+        model.load_state_dict(state)
