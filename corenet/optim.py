@@ -137,6 +137,11 @@ class Optimizer:
 
     def step(self) -> None:
         """Update every parameter that has a gradient (None: skipped, as torch.optim)."""
+        # param_groups are the user's to change between steps (as torch's schedulers and
+        # Schedule.apply do): a NaN or infinite lr written there made NaN weights silently,
+        # a string one a kernel's TypeError that named nothing. Checked before any update.
+        for group in self.param_groups:
+            self.check_group(group)
         for group in self.param_groups:
             for parameter in group["params"]:
                 if parameter.grad is None:

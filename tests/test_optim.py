@@ -241,6 +241,28 @@ def test_lr_reads_and_sets_every_group(rng):
         grouped.lr = -1.0
 
 
+@pytest.mark.parametrize("key, value, error, message", [
+    ("lr", float("nan"), ValueError, "SGD: lr must be a finite number >= 0, got nan"),
+    ("lr", float("inf"), ValueError, "SGD: lr must be a finite number >= 0, got inf"),
+    ("lr", "0.1", ValueError, "SGD: lr must be a finite number >= 0, got '0.1'"),
+    ("momentum", None, ValueError, "SGD: momentum must be a finite number >= 0, got None"),
+    ("nesterov", "yes", TypeError, "SGD: nesterov must be True or False, got 'yes'"),
+])
+def test_settings_written_into_param_groups_are_checked_at_step(key, value, error, message,
+                                                                 rng):
+    # As a torch scheduler does: write the group's setting between steps. A NaN lr made
+    # NaN weights silently; a string one was the kernel's "must be real number, not str".
+    params = make_parameters(rng, np.float32)
+    optimizer = SGD(params, lr=0.1, momentum=0.9)
+    optimizer.step()
+    before = [p.value.copy() for p in params]
+    optimizer.param_groups[0][key] = value
+    with pytest.raises(error, match=message):
+        optimizer.step()
+    for parameter, value_before in zip(params, before):
+        np.testing.assert_array_equal(parameter.value, value_before)
+
+
 # -- parameter groups -----------------------------------------------------------------
 
 def test_each_group_uses_its_own_settings(rng):
