@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -28,6 +29,12 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_finite(value) -> bool:
+    """A finite real number (a string or None was math's TypeError naming no schedule)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
 class Schedule:
     """Base of the schedules: subclasses define ``lr(base_lr, t)``."""
 
@@ -37,7 +44,17 @@ class Schedule:
     def __call__(self, base_lr: float, t: int) -> float:
         if not _is_count(t) or t < 0:
             raise ValueError(f"{type(self).__name__}: t must be an integer >= 0, got {t!r}")
-        return self.lr(base_lr, t)
+        if not _is_finite(base_lr) or base_lr < 0:
+            raise ValueError(f"{type(self).__name__}: base_lr must be a finite number >= 0, "
+                             f"got {base_lr!r}")
+        try:
+            lr = self.lr(base_lr, t)
+        except OverflowError:  # gamma ** k of a StepDecay with gamma > 1
+            lr = math.inf
+        if not math.isfinite(lr):  # never written into an optimizer's groups
+            raise ValueError(f"{type(self).__name__}: the lr at t={t} from base_lr {base_lr!r} "
+                             f"is {lr}, not a finite number")
+        return lr
 
     def apply(self, optimizer, t: int) -> None:
         """Set each parameter group's lr to this schedule's value at t."""
@@ -63,7 +80,7 @@ class StepDecay(Schedule):
     def __post_init__(self):
         _check(self, _is_count(self.step_size) and self.step_size >= 1,
                f"step_size must be an integer >= 1, got {self.step_size!r}")
-        _check(self, math.isfinite(self.gamma) and self.gamma > 0,
+        _check(self, _is_finite(self.gamma) and self.gamma > 0,
                f"gamma must be a finite number > 0, got {self.gamma!r}")
 
     def lr(self, base_lr: float, t: int) -> float:
@@ -81,7 +98,7 @@ class CosineDecay(Schedule):
     def __post_init__(self):
         _check(self, _is_count(self.total) and self.total >= 1,
                f"total must be an integer >= 1, got {self.total!r}")
-        _check(self, math.isfinite(self.min_lr) and self.min_lr >= 0,
+        _check(self, _is_finite(self.min_lr) and self.min_lr >= 0,
                f"min_lr must be a finite number >= 0, got {self.min_lr!r}")
 
     def lr(self, base_lr: float, t: int) -> float:
@@ -100,9 +117,9 @@ class LinearWarmup(Schedule):
     def __post_init__(self):
         _check(self, _is_count(self.steps) and self.steps >= 1,
                f"steps must be an integer >= 1, got {self.steps!r}")
-        _check(self, 0 < self.start_factor <= 1,
+        _check(self, _is_finite(self.start_factor) and 0 < self.start_factor <= 1,
                f"start_factor must be in (0, 1], got {self.start_factor!r}")
-        _check(self, 0 <= self.end_factor <= 1,
+        _check(self, _is_finite(self.end_factor) and 0 <= self.end_factor <= 1,
                f"end_factor must be in [0, 1], got {self.end_factor!r}")
 
     def lr(self, base_lr: float, t: int) -> float:

@@ -101,6 +101,18 @@ def test_apply_scales_each_groups_own_base_rate(rng):
      r"milestones must be increasing integers >= 1, got \(4, 2\)"),
     (lambda: Sequence([Constant(), "cosine"], [2]), "expected one or more schedules"),
     (lambda: StepDecay(2)(0.1, -1), "StepDecay: t must be an integer >= 0, got -1"),
+    # Settings that are no numbers were math's or the comparison's TypeError, unnamed.
+    (lambda: StepDecay(2, gamma="0.5"), "StepDecay: gamma must be a finite number > 0, "
+                                        "got '0.5'"),
+    (lambda: CosineDecay(5, min_lr=None), "CosineDecay: min_lr must be a finite number >= 0, "
+                                          "got None"),
+    (lambda: LinearWarmup(3, start_factor="a"), r"start_factor must be in \(0, 1\], got 'a'"),
+    (lambda: CosineDecay(5)("0.1", 1), "CosineDecay: base_lr must be a finite number >= 0, "
+                                       "got '0.1'"),
+    (lambda: CosineDecay(5)(float("nan"), 1), "base_lr must be a finite number >= 0, got nan"),
+    # gamma ** 400 was an OverflowError "Numerical result out of range".
+    (lambda: StepDecay(1, gamma=10.0)(0.1, 400), "StepDecay: the lr at t=400 from base_lr "
+                                                 "0.1 is inf, not a finite number"),
 ])
 def test_bad_schedules_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
