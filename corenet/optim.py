@@ -199,8 +199,12 @@ def check_number(owner: str, label: str, value, low: float = 0.0,
                  below: float = math.inf) -> float:
     """``value`` as a float if it is a finite number in [low, below), else an error naming
     the optimizer and the setting."""
+    try:
+        finite = math.isfinite(value)
+    except (TypeError, OverflowError):  # not a number; an int beyond float's range
+        finite = False
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not low <= value < below or not math.isfinite(value):
+            or not finite or not low <= value < below:
         bound = f"in [{low:g}, {below:g})" if below != math.inf else f">= {low:g}"
         raise ValueError(f"{owner}: {label} must be a finite number {bound}, got {value!r}")
     return float(value)

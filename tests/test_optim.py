@@ -196,6 +196,8 @@ def test_defaults_are_pytorchs(rng):
 @pytest.mark.parametrize("kind, settings, message", [
     (SGD, dict(lr=float("nan")), "SGD: lr must be a finite number >= 0"),
     (SGD, dict(lr=-0.1), "SGD: lr must be a finite number >= 0, got -0.1"),
+    # An int beyond float's range was math.isfinite's OverflowError.
+    (SGD, dict(lr=10 ** 400), "SGD: lr must be a finite number >= 0, got 1000000"),
     (SGD, dict(momentum=-1), "SGD: momentum must be a finite number >= 0"),
     (SGD, dict(nesterov=True), "SGD: Nesterov momentum needs momentum > 0 and dampening 0"),
     (SGD, dict(nesterov=True, momentum=0.9, dampening=0.1), "needs momentum > 0 and dampen"),
