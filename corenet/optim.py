@@ -235,13 +235,31 @@ def check_parameter(optimizer, parameter, state) -> None:
                          f"{value.dtype} array of shape {value.shape}, got "
                          f"{getattr(grad, 'dtype', type(grad).__name__)} "
                          f"{getattr(grad, 'shape', '')}")
-    for array in (state or {}).values():
-        if isinstance(array, np.ndarray) and (array.shape != value.shape
-                                              or array.dtype != value.dtype):
+    if state is not None and (not isinstance(state, dict) or "step" not in state):
+        raise TypeError(f"{name}: the state of parameter {parameter.name!r} must be a dict "
+                        f"with a 'step' count, got {state!r:.80}")
+    for key, array in (state or {}).items():
+        # optimizer.state is the user's too: a step count or an array replaced there was a
+        # TypeError from `+= 1` or from the kernel's arguments, naming no parameter.
+        if key == "step":
+            if not isinstance(array, (int, np.integer)) or isinstance(array, (bool, np.bool_)) \
+                    or not 0 <= array < 2 ** 62:
+                raise ValueError(f"{name}: the step count of parameter {parameter.name!r} "
+                                 f"must be an integer >= 0, got {array!r}")
+            continue
+        if array is None:  # made again from zeros, as before the first step
+            continue
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name}: the state {key!r} of parameter {parameter.name!r} must "
+                            f"be an array, got {type(array).__name__}")
+        if array.shape != value.shape or array.dtype != value.dtype:
             raise ValueError(f"{name}: parameter {parameter.name!r} changed from "
                              f"{array.dtype} {array.shape} to {value.dtype} {value.shape} "
                              f"since its optimizer state was made: the state does not match "
                              f"the parameter")
+        if not array.flags.c_contiguous or not array.flags.writeable:
+            raise ValueError(f"{name}: the state {key!r} of parameter {parameter.name!r} must "
+                             f"be a writeable C-contiguous array")
 
 
 class SGD(Optimizer):

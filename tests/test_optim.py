@@ -520,6 +520,31 @@ def test_sgd_skips_a_none_grad_and_refuses_bad_parameter_arrays():
         optimizer.step()
 
 
+@pytest.mark.parametrize("change, error, message", [
+    (lambda s: s.update(step="3"), ValueError,
+     "SGD: the step count of parameter 'w' must be an integer >= 0, got '3'"),
+    (lambda s: s.update(step=-1), ValueError, "step count of parameter 'w' must be an integer"),
+    (lambda s: s.update(momentum_buffer=[0.0, 0.0, 0.0]), TypeError,
+     "SGD: the state 'momentum_buffer' of parameter 'w' must be an array, got list"),
+    (lambda s: s.update(momentum_buffer=np.zeros((3, 2), np.float32)[:, 0]), ValueError,
+     "SGD: the state 'momentum_buffer' of parameter 'w' must be a writeable C-contiguous"),
+    (lambda s: s.clear(), TypeError, "SGD: the state of parameter 'w' must be a dict with a "
+                                     "'step' count, got {}"),
+])
+def test_optimizer_state_replaced_by_the_user_is_checked_at_step(change, error, message):
+    # These were TypeErrors from `step += 1` or the kernel's arguments, a KeyError, a
+    # kernel's "float32(3,) does not match the parameter float32(3,)", or (-1) taken.
+    parameter = corenet.Parameter("w", np.ones(3, np.float32))
+    parameter.grad[:] = 1
+    optimizer = SGD([parameter], lr=0.5, momentum=0.9)
+    optimizer.step()
+    change(optimizer.state[parameter])
+    before = parameter.value.copy()
+    with pytest.raises(error, match=message):
+        optimizer.step()
+    np.testing.assert_array_equal(parameter.value, before)
+
+
 def test_the_kernels_refuse_arrays_that_do_not_match():
     value, grad = np.zeros(5, np.float32), np.ones(5, np.float32)
     state = np.zeros(5, np.float32)
