@@ -369,6 +369,8 @@ class RMSprop(Optimizer):
     def check_settings(self, group: dict) -> None:
         for label in ("alpha", "eps", "weight_decay", "momentum"):
             group[label] = check_number(self._name, label, group[label])
+        if group["alpha"] > 1:  # s = α·s + (1 − α)·g² turns negative: NaN weights, silently
+            raise ValueError(f"{self._name}: alpha must be in [0, 1], got {group['alpha']!r}")
         group["centered"] = check_flag(self._name, "centered", group["centered"])
 
     def update(self, parameter: Parameter, state: dict, group: dict) -> None:

@@ -206,6 +206,8 @@ def test_defaults_are_pytorchs(rng):
     (AdamW, dict(eps=-1e-8), "AdamW: eps must be a finite number >= 0"),
     (AdamW, dict(weight_decay=float("inf")), "AdamW: weight_decay must be a finite number"),
     (RMSprop, dict(alpha=-0.5), "RMSprop: alpha must be a finite number >= 0"),
+    # The average of squares went negative: NaN weights from the first step.
+    (RMSprop, dict(alpha=1.5), r"RMSprop: alpha must be in \[0, 1\], got 1.5"),
 ])
 def test_bad_settings_are_clear_errors(kind, settings, message, rng):
     with pytest.raises(ValueError, match=message):
