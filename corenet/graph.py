@@ -155,6 +155,14 @@ class Model:
                   if getattr(layer, "dtype", None) is not None]
         self.dtype = parameters[0].value.dtype if parameters else \
             dtypes[0] if dtypes else np.dtype(np.float32)
+        # A layer computes in its own dtype and refuses inputs of another: a float64 Linear
+        # after a float32 one built fine and failed at every forward, mid-epoch.
+        for layer in self.layers:
+            dtype = getattr(layer, "dtype", None)
+            if dtype is not None and np.dtype(dtype) != self.dtype:
+                raise DTypeError(f"Model: {layer!r} computes in {np.dtype(dtype)}, the model "
+                                 f"in {self.dtype} (its first parameters'); build every layer "
+                                 f"with one dtype, or convert them with Model.astype")
 
     def _build_plan(self) -> None:
         slots = {id(tensor): index for index, tensor in enumerate(self.inputs)}

@@ -77,6 +77,23 @@ def test_shapes_are_checked_when_the_graph_is_built():
         L.Add()(x, cn.Input(shape=(3,)))
 
 
+def test_layers_of_another_dtype_are_refused_when_the_graph_is_built(rng):
+    # The model built and every forward was linear's DTypeError, mid-epoch.
+    x = cn.Input(shape=(4,))
+    y = L.Linear(3, 2, dtype="float64")(L.ReLU()(L.Linear(4, 3)(x)))
+    with pytest.raises(DTypeError, match=r"Model: Linear\(in_features=3, out_features=2, .*"
+                                         r"dtype='float64'.*\) computes in float64, the model "
+                                         r"in float32 \(its first parameters'\)"):
+        cn.Model(x, y)
+    with pytest.raises(DTypeError, match="LayerNorm.* computes in float32, the model in "
+                                         "float64"):
+        cn.Sequential(L.Linear(4, 3, dtype="float64"),
+                      L.LayerNorm(3, elementwise_affine=False))
+    model = cn.Sequential(L.Linear(4, 3), L.LayerNorm(3, elementwise_affine=False)).astype(
+        "float64")
+    assert model.forward(rng.standard_normal((2, 4))).dtype == np.float64
+
+
 def test_a_layer_instance_belongs_to_one_node():
     x = cn.Input(shape=(4,))
     layer = L.Linear(4, 4)
