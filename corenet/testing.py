@@ -48,14 +48,44 @@ def _inputs(input_shapes, rng, dtype=np.float64, batch=BATCH) -> list:
     return [away_from_kinks((batch,) + tuple(shape), rng, dtype) for shape in input_shapes]
 
 
-def _as_tuple(grads) -> tuple:
-    return grads if isinstance(grads, tuple) else (grads,)
+def _label(layer_or_model) -> str:
+    return getattr(layer_or_model, "name", "") or type(layer_or_model).__name__
 
 
 def _forward(layer_or_model, xs):
-    """forward with corenet.random seeded the same way every time."""
+    """forward with corenet.random seeded the same way every time; its output checked
+    to be an array (a list was an AttributeError inside the kit, naming nothing)."""
     with random.seeded(FORWARD_SEED):
-        return layer_or_model.forward(*xs)
+        out = layer_or_model.forward(*xs)
+    assert isinstance(out, np.ndarray), \
+        f"{_label(layer_or_model)}.forward must return a numpy array, got {type(out).__name__}"
+    return out
+
+
+def _input_grads(layer, grad, xs) -> list:
+    """layer.backward(grad) as a list of copies, checked to be one array per input, of
+    that input's shape and dtype (None or a missing gradient was a TypeError inside the
+    kit; a model would have dropped it)."""
+    grads = layer.backward(grad)
+    grads = list(grads) if isinstance(grads, (tuple, list)) else [grads]
+    assert len(grads) == len(xs), (f"{_label(layer)}.backward must return one gradient per "
+                                   f"input ({len(xs)}), got {len(grads)}")
+    for index, (g, x) in enumerate(zip(grads, xs)):
+        got = f"{g.dtype} {g.shape}" if isinstance(g, np.ndarray) else type(g).__name__
+        assert isinstance(g, np.ndarray) and g.shape == x.shape and g.dtype == x.dtype, \
+            (f"{_label(layer)}.backward: the gradient of input {index} must be a {x.dtype} "
+             f"array of its shape {x.shape}, got {got}")
+    return [np.array(g) for g in grads]
+
+
+def _output_shape(layer, input_shapes) -> tuple:
+    """layer.output_shape, checked to be a tuple of positive ints."""
+    shape = layer.output_shape(*[tuple(shape) for shape in input_shapes])
+    assert isinstance(shape, tuple) and all(
+        isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0
+        for size in shape), (f"{_label(layer)}.output_shape must return a tuple of positive "
+                             f"ints (the per-sample shape), got {shape!r}")
+    return shape
 
 
 def _set_state(layers, rng) -> None:
@@ -97,13 +127,18 @@ def check_protocol(cls, config: dict, input_shapes) -> None:
         f"{cls.__name__}.name must be a snake_case string, got {cls.name!r}"
     checked_config(layer)  # before repr, which prints it
     assert repr(layer).startswith(cls.__name__), repr(layer)
+    # Lists of Parameter and Buffer objects, checked before they are used (a tuple, or
+    # bare arrays, were a TypeError or AttributeError inside the kit).
+    for method, kind in (("parameters", Parameter), ("state_buffers", Buffer)):
+        arrays = getattr(layer, method)()
+        assert isinstance(arrays, list) and all(isinstance(a, kind) for a in arrays), \
+            (f"{cls.name}.{method}() must return a list of corenet.{kind.__name__} objects, "
+             f"got {type(arrays).__name__} "
+             f"{[type(a).__name__ for a in arrays] if isinstance(arrays, (list, tuple)) else ''}")
     for parameter in layer.parameters():
-        assert isinstance(parameter, Parameter)
         assert parameter.grad.shape == parameter.value.shape, parameter
     names = [array.name for array in layer.parameters() + layer.state_buffers()]
     assert len(names) == len(set(names)), f"{cls.name}: repeated array names {names}"
-    for buffer in layer.state_buffers():
-        assert isinstance(buffer, Buffer), buffer
     assert layer.training and not layer.eval().training and layer.train().training
 
 
@@ -112,7 +147,7 @@ def check_output_shape(cls, config: dict, input_shapes) -> None:
     rng = np.random.default_rng(0)
     for dtype, training in itertools.product((np.float32, np.float64), MODES):
         layer = _build(cls, config, dtype).train(training)
-        expected = layer.output_shape(*[tuple(shape) for shape in input_shapes])
+        expected = _output_shape(layer, input_shapes)
         out = _forward(layer, _inputs(input_shapes, rng, dtype))
         assert out.shape == (BATCH,) + tuple(expected), (out.shape, expected)
         assert out.dtype == dtype, f"{cls.name}: {dtype.__name__} input gave {out.dtype}"
@@ -131,15 +166,15 @@ def check_gradients(cls, config: dict, input_shapes, tolerance: float = 1e-6,
         for parameter in layer.parameters():  # move parameters off their defaults, from kinks
             parameter.value[...] = away_from_kinks(parameter.value.shape, rng) * 0.5
         _set_state([layer], rng)
-        weights = rng.standard_normal((BATCH,) + tuple(layer.output_shape(*input_shapes)))
+        weights = rng.standard_normal((BATCH,) + _output_shape(layer, input_shapes))
 
         def objective() -> float:
             return float(np.sum(_forward(layer, xs) * weights))
 
         objective()
         layer.zero_grad()
-        analytic = _as_tuple(layer.backward(weights.copy()))
-        analytic = [np.array(g) for g in analytic] + [p.grad.copy() for p in layer.parameters()]
+        analytic = _input_grads(layer, weights.copy(), xs)
+        analytic += [p.grad.copy() for p in layer.parameters()]
         targets = list(xs) + [p.value for p in layer.parameters()]
         names = [f"input {i}" for i in range(len(xs))] + [p.name for p in layer.parameters()]
         mode = "training" if training else "evaluation"
@@ -255,8 +290,8 @@ def check_config_round_trip(cls, config: dict, input_shapes) -> None:
         f"{fail}with the same parameters its output differs by up to "
         f"{np.nanmax(np.abs(out - rebuilt_out)):.3g}")
     weights = rng.standard_normal(out.shape).astype(out.dtype)
-    grads = [np.array(g) for g in _as_tuple(layer.backward(weights.copy()))]
-    rebuilt_grads = [np.array(g) for g in _as_tuple(rebuilt.backward(weights.copy()))]
+    grads = _input_grads(layer, weights.copy(), xs)
+    rebuilt_grads = _input_grads(rebuilt, weights.copy(), xs)
     grads += [p.grad for p in layer.parameters()]
     rebuilt_grads += [p.grad for p in rebuilt.parameters()]
     for ours, theirs in zip(grads, rebuilt_grads):
@@ -338,7 +373,7 @@ def check_thread_invariance(cls, config: dict, input_shapes) -> None:
                 # Weights that differ across the batch: dL/dx of batch norm in training
                 # is 0 for a gradient of ones.
                 grad = np.linspace(-1, 1, out.size, dtype=out.dtype).reshape(out.shape)
-                grads = [np.array(g) for g in _as_tuple(layer.backward(grad))]
+                grads = _input_grads(layer, grad, xs)
                 results.append([out] + grads + [p.grad.copy() for p in layer.parameters()]
                                + [b.value.copy() for b in layer.state_buffers()])
         finally:

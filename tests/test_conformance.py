@@ -153,3 +153,65 @@ def test_check_layer_reports_a_config_that_is_not_a_dict_before_anything_prints_
     message = "ReturnsList.get_config() must return a dict"
     with pytest.raises(AssertionError, match=re.escape(message)):
         testing.check_layer(ReturnsList, {}, [(3,)])
+
+
+# -- the other checks on layers that break the protocol -------------------------------
+
+class ForwardReturnsList(Scale):
+    def forward(self, x):
+        return super().forward(x).tolist()
+
+
+class BackwardReturnsNone(Scale):
+    def backward(self, grad):
+        super().backward(grad)
+
+
+class BackwardReturnsTwo(Scale):
+    def backward(self, grad):
+        return super().backward(grad), super().backward(grad)
+
+
+class BackwardWrongShape(Scale):
+    def backward(self, grad):
+        return super().backward(grad)[:, :1]
+
+
+class OutputShapeList(Scale):
+    def output_shape(self, *shapes):
+        return list(shapes[0])
+
+
+class ParametersTuple(Weighted):
+    def parameters(self):
+        return (self._weight,)
+
+
+class BuffersArrays(Scale):
+    def state_buffers(self):
+        return [np.zeros(3)]
+
+
+# Each broken layer, and the message check_layer must fail it with: these were a
+# TypeError or AttributeError inside the kit, or (two gradients) an accident of zip.
+BROKEN_PROTOCOL = [
+    (ForwardReturnsList, "scale.forward must return a numpy array, got list"),
+    (BackwardReturnsNone, "scale.backward: the gradient of input 0 must be a float64 array of "
+                          "its shape (3, 3), got NoneType"),
+    (BackwardReturnsTwo, "scale.backward must return one gradient per input (1), got 2"),
+    (BackwardWrongShape, "scale.backward: the gradient of input 0 must be a float64 array of "
+                         "its shape (3, 3), got float64 (3, 1)"),
+    (OutputShapeList, "scale.output_shape must return a tuple of positive ints (the "
+                      "per-sample shape), got [3]"),
+    (ParametersTuple, "scale.parameters() must return a list of corenet.Parameter objects, "
+                      "got tuple ['Parameter']"),
+    (BuffersArrays, "scale.state_buffers() must return a list of corenet.Buffer objects, got "
+                    "list ['ndarray']"),
+]
+
+
+@pytest.mark.parametrize("cls, message", BROKEN_PROTOCOL,
+                         ids=[cls.__name__ for cls, _ in BROKEN_PROTOCOL])
+def test_check_layer_names_what_a_broken_layer_returns(cls, message):
+    with pytest.raises(AssertionError, match="^" + re.escape(message)):
+        testing.check_layer(cls, {"factor": 2.0}, [(3,)], skip=("check_save_load",))
