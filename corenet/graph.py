@@ -178,6 +178,9 @@ class Model:
             if id(tensor) not in slots:
                 raise ValueError(f"Model: output {tensor} is not computed from the inputs")
         self._n_slots = len(slots)
+        # The per-sample shape of each slot, which a gradient flowing into it must have.
+        self._slot_shapes = [tensor.shape for tensor in self.inputs] + \
+            [node.output.shape for node in self.nodes]
         self._input_slots = list(range(len(self.inputs)))
         self._output_slots = [slots[id(tensor)] for tensor in self.outputs]
         # (layer, input slots, output slot) of every node, for the forward hooks. The
@@ -342,8 +345,19 @@ class Model:
                 hook(layer)
             if len(input_slots) == 1:
                 input_grads = (input_grads,)
-            for slot, input_grad in zip(input_slots, input_grads):
+            elif input_grads is not None and (not isinstance(input_grads, (tuple, list))
+                                              or len(input_grads) != len(input_slots)):
+                # zip would pair the inputs with the rows of one array, or drop a gradient.
+                raise TypeError(f"Model.backward: {layer!r} has {len(input_slots)} inputs, "
+                                f"its backward must return a tuple of as many gradients, "
+                                f"got {_describe_grads(input_grads)}")
+            for slot, input_grad in zip(input_slots, input_grads or ()):
                 if input_grad is not None:
+                    expected = (len(grad),) + self._slot_shapes[slot]
+                    if not isinstance(input_grad, np.ndarray) or input_grad.shape != expected:
+                        raise ShapeError(f"Model.backward: {layer!r} returned "
+                                         f"{_describe_grads(input_grad)} as the gradient of "
+                                         f"an input of shape {expected}")
                     values[slot] = self._add_grad(values, owned, slot, input_grad)
         if not self._requires_input_grad:
             return None
@@ -426,6 +440,14 @@ class Model:
     def __repr__(self) -> str:
         lines = [f"  {layer!r}" for layer in self.layers]
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def _describe_grads(grads) -> str:
+    if isinstance(grads, np.ndarray):
+        return f"an array of shape {grads.shape}"
+    if isinstance(grads, (tuple, list)):
+        return f"a {type(grads).__name__} of {len(grads)}"
+    return f"a {type(grads).__name__}"
 
 
 class Sequential(Model):

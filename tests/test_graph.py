@@ -239,3 +239,49 @@ def test_a_linear_called_alone_after_a_fused_model_runs_unfused(rng):
     model.forward(x)
     np.testing.assert_allclose(linear.forward(x), x @ linear.weight.value.T + linear.bias.value,
                                rtol=1e-12)
+
+
+class _AddReturningOneArray(cn.Layer):
+    """A plugin's broken two-input layer: backward returns one array, not a pair."""
+
+    name = "add_returning_one_array"
+
+    def output_shape(self, a, b):
+        return a
+
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, grad):
+        return grad
+
+
+class _ReluReturningAPair(cn.Layer):
+    name = "relu_returning_a_pair"
+
+    def forward(self, x):
+        return np.maximum(x, 0)
+
+    def backward(self, grad):
+        return grad, grad
+
+
+def test_a_backward_returning_the_wrong_number_of_gradients_is_an_error_naming_the_layer():
+    # The two inputs took the first two rows of the one array as their gradients,
+    # returned as dL/dinputs silently; a pair for one input reached the next layer as
+    # an array of shape (2, ...) or was returned as a tuple (AttributeError on .copy).
+    a, b = cn.Input(shape=(3,)), cn.Input(shape=(3,))
+    model = cn.Model([a, b], _AddReturningOneArray()(a, b), requires_input_grad=True)
+    ones = np.ones((3, 3), np.float32)
+    model.forward(ones, ones)
+    with pytest.raises(TypeError, match=r"Model.backward: _AddReturningOneArray\(\) has 2 "
+                                        r"inputs, its backward must return a tuple of as many "
+                                        r"gradients, got an array of shape \(3, 3\)"):
+        model.backward(ones)
+    x = cn.Input(shape=(3,))
+    model = cn.Model(x, _ReluReturningAPair()(L.Linear(3, 3)(x)), requires_input_grad=True)
+    model.forward(ones)
+    with pytest.raises(ShapeError, match=r"Model.backward: _ReluReturningAPair\(\) returned a "
+                                         r"tuple of 2 as the gradient of an input of shape "
+                                         r"\(3, 3\)"):
+        model.backward(ones)
