@@ -160,7 +160,9 @@ class Layer:
 
     def zero_grad(self) -> None:
         for parameter in self.parameters():
-            parameter.grad.fill(0)
+            # A grad set to None (PyTorch's habit) stays None: backward starts it from zeros.
+            if parameter.grad is not None:
+                parameter.grad.fill(0)
 
     def train(self, mode: bool = True) -> "Layer":
         """Training mode (the default): dropout drops, batch norm uses the batch's

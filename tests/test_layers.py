@@ -364,6 +364,8 @@ def test_replaced_parameters_are_checked_before_the_kernel(name, config, shape):
     layer.weight.value = np.asfortranarray(np.ones(weight_shape, np.float32))  # read as a copy
     out = layer.forward(x)
     layer.weight.grad = None  # as PyTorch: backward starts the gradient from zero
+    layer.zero_grad()  # leaves it None (it was an AttributeError on None.fill)
+    assert layer.weight.grad is None
     layer.backward(np.ones_like(out))
     assert layer.weight.grad.shape == weight_shape and np.any(layer.weight.grad)
     layer.weight.grad = np.zeros(weight_shape, np.float32)[::1]
