@@ -114,6 +114,8 @@ def shard(index: np.ndarray, comm=None) -> tuple[np.ndarray, float]:
     """This rank's part of a global batch and its weight, len(part) / len(index): contiguous
     runs in rank order, the same cut as --accumulate's micro-batches."""
     comm = comm or MPI.COMM_WORLD
+    if len(index) == 0:  # the weight below would divide by zero
+        raise ValueError("shard: got an empty global batch (no sample indices)")
     run = micro_batches(index, comm.Get_size())[comm.Get_rank()]
     return run, len(run) / len(index)
 

@@ -119,6 +119,8 @@ class AccumulatingStep:
             self._flat = FlatGradients(model.parameters())
             self._total = np.empty(self._flat.size, self._flat.dtype)
             self._weighted = np.empty_like(self._total)
+        if len(index) == 0:  # each micro-batch's weight would divide by zero
+            raise ValueError("accumulate: got an empty global batch (no sample indices)")
         value = 0.0
         for part, run in enumerate(micro_batches(index, self.parts)):
             weight = len(run) / len(index)

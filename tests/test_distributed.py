@@ -36,6 +36,14 @@ launches_jobs = pytest.mark.skipif(WORLD.Get_size() > 1 or MPIEXEC is None,
                                           "with mpiexec on PATH")
 
 
+# -- in one process too ---------------------------------------------------------------
+
+def test_shard_of_an_empty_global_batch_is_an_error_not_a_division_by_zero():
+    with pytest.raises(ValueError, match=r"shard: got an empty global batch \(no sample "
+                                         r"indices\)"):
+        dist.shard(np.arange(0))
+
+
 # -- inside the job -------------------------------------------------------------------
 
 @in_job

@@ -104,6 +104,16 @@ def test_accumulated_micro_batches_give_the_global_batch_gradient(parts):
             np.testing.assert_allclose(p.grad, q.grad, rtol=2e-5, atol=1e-7)
 
 
+def test_an_empty_global_batch_is_an_error_not_a_division_by_zero():
+    # Each micro-batch's weight is len(run) / len(index): a ZeroDivisionError before.
+    model = mlp()
+    X, y = data()
+    with pytest.raises(ValueError, match=r"accumulate: got an empty global batch \(no "
+                                         r"sample indices\)"):
+        AccumulatingStep(2)(model, cn.losses.SoftmaxCrossEntropy(),
+                            cn.optim.SGD(model.parameters(), lr=0.1), X, y, np.arange(0))
+
+
 def test_accumulate_on_the_command_line(tmp_path, capsys):
     args = ["train", "--epochs", "1", "--hidden", "16", "--augment", "0", "--json"]
     assert main(args + ["--accumulate", "3", "--save", str(tmp_path / "a.cnet")]) == 0
