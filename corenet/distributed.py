@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import math
 import sys
 import time
 import traceback
@@ -292,7 +293,16 @@ class DistributedOptimizer:
 
     @weight.setter
     def weight(self, value: float) -> None:
-        self.reducer.weight = float(value)
+        # This rank's share of the global batch, which scales its gradients: a NaN (or a
+        # share outside [0, 1]) made NaN or wrong weights on every rank, silently.
+        try:
+            share = float(value)
+        except (TypeError, ValueError):
+            share = math.nan
+        if isinstance(value, bool) or not 0.0 <= share <= 1.0:
+            raise ValueError(f"DistributedOptimizer: weight is this rank's share of the "
+                             f"global batch, a number in [0, 1], got {value!r}")
+        self.reducer.weight = share
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()

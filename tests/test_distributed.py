@@ -38,6 +38,18 @@ launches_jobs = pytest.mark.skipif(WORLD.Get_size() > 1 or MPIEXEC is None,
 
 # -- in one process too ---------------------------------------------------------------
 
+@pytest.mark.parametrize("weight", [float("nan"), -0.5, 1.5, "half", True])
+def test_a_weight_that_is_no_share_of_the_batch_is_refused(weight):
+    # It scaled this rank's gradients as it was: NaN weights on every rank, silently.
+    model = cn.Sequential(L.Linear(3, 2))
+    optimizer = dist.DistributedOptimizer(cn.optim.SGD(model.parameters(), lr=0.1), model)
+    with pytest.raises(ValueError, match=r"DistributedOptimizer: weight is this rank's share "
+                                         r"of the global batch, a number in \[0, 1\], got "):
+        optimizer.weight = weight
+    optimizer.weight = 1
+    assert optimizer.weight == 1.0
+
+
 def test_shard_of_an_empty_global_batch_is_an_error_not_a_division_by_zero():
     with pytest.raises(ValueError, match=r"shard: got an empty global batch \(no sample "
                                          r"indices\)"):
