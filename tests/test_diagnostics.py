@@ -439,6 +439,14 @@ def test_jacobian_errors(rng):
     with pytest.raises(ValueError, match="expected a model with one input and one output, "
                                          "got 2 and 1"):
         jacobian(cn.Model([a, b], L.Add()(a, b)), np.ones((1, 2)))
+    # 12 TiB of Jacobians: numpy's bare MemoryError (or a process killed on first touch).
+    with pytest.raises(ShapeError, match=r"jacobian: the Jacobians of shape \(100000, 4096, "
+                                         r"4096\) float64 would take 12.2 TiB, more than"):
+        jacobian(cn.Sequential(L.Linear(4096, 4096)), np.broadcast_to(np.float32(1),
+                                                                      (100000, 4096)))
+    with pytest.raises(ShapeError, match=r"jacobian: the unit gradients of one sample of "
+                                         r"shape \(1000000, 1000000\) float64"):
+        jacobian(L.Linear(1, 10 ** 6), np.ones((1, 1)))
 
 
 # -- linear regions --------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 from corenet.errors import ShapeError
 from corenet.graph import Model
 from corenet.layer import Layer
+from corenet.memory import check_allocation
 
 
 def jacobian(layer_or_model, x, max_rows: int = 4096) -> np.ndarray:
@@ -40,6 +41,11 @@ def jacobian(layer_or_model, x, max_rows: int = 4096) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float64)
     out_shape = function.forward(x[:1]).shape[1:]
     out_size, in_size = int(np.prod(out_shape)), int(np.prod(x.shape[1:]))
+    # Refused before numpy tries: (10³ samples of 4096 → 4096) is 125 GiB, a bare
+    # MemoryError, or with overcommit a process killed on first touch.
+    check_allocation("jacobian", "the Jacobians", (len(x), out_size, in_size), np.float64)
+    check_allocation("jacobian", "the unit gradients of one sample", (out_size, out_size),
+                     np.float64)
     result = np.empty((len(x), out_size, in_size))
     group = max(1, max_rows // out_size)
     for start in range(0, len(x), group):
