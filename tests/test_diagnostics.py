@@ -495,8 +495,16 @@ def test_linear_regions_errors():
     with pytest.raises(ShapeError, match=r"count_linear_regions: expected a model of one "
                                          r"input of shape \(2,\), got input shapes \[\(3,\)\]"):
         count_linear_regions(cn.Sequential(L.Linear(3, 2), L.ReLU()))
-    with pytest.raises(ValueError, match="expected resolution >= 2 and extent > 0"):
-        count_linear_regions(cn.Sequential(L.Linear(2, 2), L.ReLU()), resolution=1)
+    model = cn.Sequential(L.Linear(2, 2), L.ReLU())
+    for settings in (dict(resolution=1), dict(resolution=2.5), dict(resolution="400"),
+                     dict(extent=float("inf")), dict(extent=float("nan")), dict(extent=-1.0)):
+        # 2.5 was truncated to 2, an infinite extent counted 2 regions on a grid of NaN.
+        with pytest.raises(ValueError, match="count_linear_regions: expected an integer "
+                                             "resolution >= 2 and a finite extent > 0"):
+            count_linear_regions(model, **settings)
+    with pytest.raises(ShapeError, match=r"count_linear_regions: the grid of shape "
+                                         r"\(1000000000000, 2\) float64 would take"):
+        count_linear_regions(model, resolution=10 ** 6)  # numpy's bare MemoryError
     with pytest.raises(ValueError, match="the model has no ReLU-family layer"):
         count_linear_regions(cn.Sequential(L.Linear(2, 2), L.Tanh()))
 

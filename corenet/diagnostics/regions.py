@@ -14,6 +14,7 @@ import numpy as np
 
 from corenet.diagnostics.dead_units import RELU_FAMILY, linear_regime_source
 from corenet.errors import ShapeError
+from corenet.memory import check_allocation
 
 
 def max_linear_regions(n_hyperplanes: int, dim: int) -> int:
@@ -73,9 +74,17 @@ def count_linear_regions(model, extent: float = 4.0, resolution: int = 400) -> i
     if model.inputs[0].shape != (2,) or len(model.inputs) != 1:
         raise ShapeError(f"count_linear_regions: expected a model of one input of shape (2,), "
                          f"got input shapes {[tensor.shape for tensor in model.inputs]}")
-    if resolution < 2 or not extent > 0:
-        raise ValueError(f"count_linear_regions: expected resolution >= 2 and extent > 0, "
-                         f"got resolution={resolution!r}, extent={extent!r}")
+    # A resolution of 2.5 was truncated, an infinite extent made a grid of NaN (a count
+    # of 2, silently), a string a TypeError from the comparison.
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
+            or resolution < 2 or isinstance(extent, bool) \
+            or not isinstance(extent, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(extent) or not extent > 0:
+        raise ValueError(f"count_linear_regions: expected an integer resolution >= 2 and a "
+                         f"finite extent > 0, got resolution={resolution!r}, "
+                         f"extent={extent!r}")
+    check_allocation("count_linear_regions", "the grid", (int(resolution) ** 2, 2),
+                     np.float64)
     axis = np.linspace(-extent, extent, int(resolution))
     grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
     patterns = np.packbits(activation_patterns(model, grid), axis=1)
