@@ -564,8 +564,14 @@ def test_the_kernels_refuse_arrays_that_do_not_match():
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="must be writeable"):
         kernels.sgd_step(value, grad, read_only, 0.1, 0.0, 0.9)
-    with pytest.raises(ValueError, match="expected a C-contiguous float array, got int32"):
+    with pytest.raises(ValueError, match="expected a C-contiguous float array of native byte "
+                                         "order, got int32"):
         kernels.scale(np.zeros(3, np.int32), 2.0)
+    # Byte order is not in the type number: these were read as native (v became 1.6e-19).
+    with pytest.raises(ValueError, match="native byte order, got >f4"):
+        kernels.sum_of_squares(np.full(4, 2, ">f4"))
+    with pytest.raises(ValueError, match=r">f4\(5,\) does not match"):
+        kernels.sgd_step(value, grad.astype(">f4"), None, 0.1)
     with pytest.raises(ValueError, match="does not match"):
         kernels.sgd_step(value, np.ones(10, np.float32)[::2], None, 0.1)
 

@@ -243,15 +243,18 @@ cdef int checked_type(str kernel, cnp.ndarray value, tuple outputs, tuple inputs
     are C-contiguous arrays of its float dtype and size, and value and outputs writeable."""
     cdef int type_num = cnp.PyArray_TYPE(value)
     cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
+    # Type numbers ignore byte order: a big-endian float32 array would be read as native.
     if type_num not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64) \
-            or not cnp.PyArray_IS_C_CONTIGUOUS(value):
-        raise ValueError(f"{kernel}: expected a C-contiguous float array, got {value.dtype}")
+            or not cnp.PyArray_IS_C_CONTIGUOUS(value) or not cnp.PyArray_ISNOTSWAPPED(value):
+        raise ValueError(f"{kernel}: expected a C-contiguous float array of native byte "
+                         f"order, got {value.dtype}")
     for array in outputs + inputs:
         if array is None:
             continue
         if not isinstance(array, np.ndarray) or cnp.PyArray_TYPE(<cnp.ndarray>array) != type_num \
                 or cnp.PyArray_SIZE(<cnp.ndarray>array) != size \
-                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array):
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array) \
+                or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>array):
             raise ValueError(f"{kernel}: {getattr(array, 'dtype', type(array).__name__)}"
                              f"{getattr(array, 'shape', '')} does not match the parameter "
                              f"{value.dtype}{(<object>value).shape}")
