@@ -846,8 +846,14 @@ cdef extern from *:
     #else
     #define CN_SIMD_BYTES 16
     #endif
+    #ifdef __FMA__
+    #define CN_HAS_FMA 1
+    #else
+    #define CN_HAS_FMA 0
+    #endif
     """
     int CN_SIMD_BYTES
+    int CN_HAS_FMA
 
 
 def cache_blocks(l2_bytes: int, l3_bytes: int, n_cores: int) -> tuple:
@@ -911,6 +917,12 @@ use_cache_blocks(*cache_blocks(cache_bytes(2), cache_bytes(3), os.cpu_count() or
 def simd_bytes() -> int:
     """The widest SIMD registers the compiled kernels use, in bytes."""
     return CN_SIMD_BYTES
+
+
+def fused_multiply_add() -> bool:
+    """True when the kernels are built for a CPU with FMA instructions: a * b + c then
+    rounds once (as in PyTorch's kernels), not twice."""
+    return bool(CN_HAS_FMA)
 
 
 def tile_shape(dtype) -> tuple:
