@@ -408,14 +408,14 @@ cdef void tile_rows(const Geometry* g, const floating* x, const TileMasks* masks
     last) only: row r at dst + (r - row0)·ld, in whole 64-byte pieces (ld covers
     last - first rounded up to one)."""
     cdef Py_ssize_t kernel_size = g.kernel_d * g.kernel_h * g.kernel_w
-    cdef Py_ssize_t volume = g.depth * g.height * g.width, row, o, shift
+    cdef Py_ssize_t volume = g.depth * g.height * g.width, row, shift
     cdef Py_ssize_t piece = 64 // sizeof(floating)
+    cdef Py_ssize_t channel = row0 // kernel_size, o = row0 % kernel_size
     cdef const floating* src
     for row in range(row0, row1):
-        o = row % kernel_size
         # masked_pieces of the run, its positions counted from first
         shift = masks.p0 + masks.spans[3 * o + 2] + first
-        src = x + row // kernel_size * volume + shift
+        src = x + channel * volume + shift
         if floating is float:
             cn_masked_panels_float(dst + (row - row0) * ld, piece, src,
                                    <const float*>masks.keep + o * masks.n + first, 0,
@@ -428,6 +428,10 @@ cdef void tile_rows(const Geometry* g, const floating* x, const TileMasks* masks
                                     last - first, masks.spans[3 * o] - first,
                                     masks.spans[3 * o + 1] - first, -shift, volume - shift,
                                     piece)
+        o += 1  # the next row's (channel, kernel offset), stepped, not divided out
+        if o == kernel_size:
+            o = 0
+            channel += 1
 
 
 cdef void keep_masks(const Geometry* g, const Ranges* r, Py_ssize_t p0, Py_ssize_t n,
