@@ -117,9 +117,12 @@ def _conv(graph, layer, inputs):
     if layer.bias is not None:
         operands.append(graph.parameter(layer, "bias"))
     window = _window_attributes(layer.window)
-    if isinstance(layer.window.padding_config, str):
-        # "same" pads the odd one after, as SAME_UPPER does; kept by name, so that the
-        # import gives back the same config.
+    # "same" pads the odd one after, as SAME_UPPER does; kept by name, so that the import
+    # gives back the same config. Not with a dilation: onnxruntime refuses to run SAME_*
+    # with one ("Dilation not supported"), so those pads are written out (the import
+    # takes them, and the metadata, back to "same").
+    if layer.window.padding_config == "valid" or (
+            layer.window.padding_config == "same" and set(layer.window.dilation) == {1}):
         del window["pads"]
         window["auto_pad"] = {"same": "SAME_UPPER", "valid": "VALID"}[layer.window.padding_config]
     return graph.node("Conv", operands, dilations=list(layer.window.dilation),

@@ -316,9 +316,14 @@ def _conv(reader, node):
         else None
     group = attributes["group"]
     cls = _layers().Conv2d if n_axes == 2 else _layers().Conv3d
+    hints = reader.hints(node, cls.name)[0]
+    if hints.get("padding") == "same" and set(window["stride"]) == {1} and \
+            window["padding"] == [(k - 1) // 2 for k in attributes["effective_kernel"]]:
+        # The export writes a dilated "same" out as even pads (see corenet.onnx.export)
+        window["padding"] = "same"
     layer = cls(weight.shape[1] * group, weight.shape[0], dilation=dilation, groups=group,
                 bias=bias is not None, dtype=reader.dtype, **window,
-                **_options(reader.hints(node, cls.name)[0], INIT_OPTIONS))
+                **_options(hints, INIT_OPTIONS))
     if bias is not None and bias.shape != (weight.shape[0],):
         raise Unsupported(f"its bias has shape {bias.shape}, expected ({weight.shape[0]},)")
     _set(layer.weight, weight)
