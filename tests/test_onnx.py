@@ -146,6 +146,31 @@ def test_a_dilated_same_convolution_runs_in_onnxruntime(layer, shape, tmp_path):
             if attribute.name == "auto_pad"] == []
 
 
+@pytest.mark.parametrize("name", ["0.weight", "0.linear/Gemm"])
+def test_an_input_named_as_a_weight_or_node_keeps_its_name_and_values(name, tmp_path):
+    # The input shared its name with the initializer "0.weight": onnxruntime read the
+    # input as the weight, and the file computed x xᵀ + b, silently.
+    x = cn.Input((4,), name=name)
+    model = randomize(cn.Model(x, L.Tanh()(L.Linear(4, 4)(x))))
+    proto = check_export(model, tmp_path / "named.onnx")
+    assert [value.name for value in proto.graph.input] == [name]
+
+
+@pytest.mark.parametrize("names, outputs, message", [
+    (["output"], 1, "input 0 is named 'output', as an output is"),
+    (["x", "output1"], 2, "input 1 is named 'output1', as an output is"),
+    (["a", "a"], 1, "input 1 is named 'a', as another input is"),
+    ([None, "input0"], 1, "input 1 is named 'input0', as another input is")])
+def test_input_names_onnx_cannot_hold_are_refused_by_name(names, outputs, message, tmp_path):
+    # These were onnx.checker's ValidationError (no ValueError: a traceback from the CLI).
+    xs = [cn.Input((4,), name=name) for name in names]
+    total = L.Add()(*xs) if len(xs) > 1 else L.ReLU()(xs[0])
+    model = cn.Model(xs, [total] * outputs if outputs == 1 else [total, L.Tanh()(total)])
+    with pytest.raises(ValueError, match=message):
+        corenet.onnx.export(model, str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_float64_models_export_as_double(tmp_path):
     model = randomize(cn.Sequential(L.Linear(5, 4, dtype="float64"), L.Tanh(),
                                     L.Linear(4, 2, dtype="float64"), L.Softmax()))

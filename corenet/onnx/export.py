@@ -256,8 +256,21 @@ def to_onnx(model, opset: int = DEFAULT_OPSET):
     metadata = {}
     names = {}  # id(symbolic tensor) -> ONNX name
     inputs = []
+    output_names = ["output"] if len(model.outputs) == 1 else \
+        [f"output{index}" for index in range(len(model.outputs))]
     for index, tensor in enumerate(model.inputs):
         name = tensor.name or ("input" if len(model.inputs) == 1 else f"input{index}")
+        # An ONNX name is one tensor's: an input that shared its name with an initializer
+        # ("0.weight") was read as that weight by onnxruntime, silently.
+        if not isinstance(name, str):
+            raise TypeError(f"corenet.onnx.export: the name of input {index} must be a "
+                            f"string, got {name!r}")
+        if name in graph._names or name in output_names:
+            raise ValueError(f"corenet.onnx.export: input {index} is named {name!r}, as "
+                             f"{'another input' if name in graph._names else 'an output'}"
+                             f" is; ONNX names each tensor once (the outputs are "
+                             f"{', '.join(output_names)})")
+        graph._names.add(name)  # initializers and nodes take other names
         names[id(tensor)] = name
         graph.shapes[name] = tensor.shape
         inputs.append(graph.value_info(name, tensor.shape))
