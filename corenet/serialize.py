@@ -95,6 +95,15 @@ def save(model: Model, path: str, extra: dict | None = None) -> None:
     for index, layer in enumerate(model.layers):
         for array in layer.parameters() + layer.state_buffers():
             arrays[f"node{index}.{array.name}"] = array.value
+    write_atomically(path, lambda stream: np.savez(stream, **arrays))
+
+
+def write_atomically(path: str, write) -> None:
+    """``write(stream)`` into a temporary file beside ``path``, synced to disk, then
+    renamed to ``path`` (corenet.save's and corenet.onnx.export's way of writing).
+
+    An exception during the write removes the temporary file; the temporary file of a
+    write killed outright is removed by the next one into the same folder."""
     folder = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(folder)
     handle, temporary = tempfile.mkstemp(prefix=f".corenet-save-{os.getpid()}-",
@@ -103,7 +112,7 @@ def save(model: Model, path: str, extra: dict | None = None) -> None:
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file is 0644-like
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)

@@ -1,4 +1,5 @@
 """ONNX export checked by onnx.checker and against onnxruntime; import back, exactly."""
+import os
 import sys
 
 import numpy as np
@@ -116,6 +117,20 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx"),
                  "--opset", "12"]) == 2
     assert "opset must be an integer from 17" in capsys.readouterr().err
+
+
+def test_the_export_is_written_as_corenet_save_writes(tmp_path):
+    # It was written through a bare mkstemp: 0600 whatever the umask (unreadable by the
+    # service that serves it), not synced before the rename, and the temporary file of
+    # an export killed outright stayed for ever.
+    stale = tmp_path / ".corenet-save-999999999-abc.tmp"  # no such process
+    stale.write_bytes(b"half a file")
+    path = tmp_path / "m.onnx"
+    corenet.onnx.export(cn.Sequential(L.Linear(4, 3)), str(path))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+    assert os.listdir(tmp_path) == ["m.onnx"]
 
 
 def test_a_dag_with_branches_and_two_outputs(tmp_path):

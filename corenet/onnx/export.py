@@ -15,8 +15,6 @@ computes the same without it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
 
@@ -336,13 +334,10 @@ def export(model, path: str, opset: int = DEFAULT_OPSET) -> None:
     """Write ``model`` as an ONNX file (opset ``opset``, 17 or newer) with a dynamic batch
     axis, computing what ``model.predict`` computes (evaluation mode); written to a
     temporary file and renamed, as corenet.save does."""
+    from corenet.serialize import write_atomically
+
     proto = to_onnx(model, opset)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".corenet-export-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(proto.SerializeToString())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    # As corenet.save writes: the file 0644-like (mkstemp's 0600 kept other users out),
+    # synced before the rename, and the leftover of a write killed outright removed by
+    # the next one.
+    write_atomically(path, lambda stream: stream.write(proto.SerializeToString()))
