@@ -164,6 +164,9 @@ def train_model(args, comm) -> int:
         # Checked before training, so that no training run is lost to a typo.
         if not args.save or os.path.isdir(args.save):
             raise ValueError(f"--save {args.save!r}: expected a file name, not a folder")
+        if os.path.exists(args.save) and not os.path.isfile(args.save):
+            raise ValueError(f"--save {args.save!r}: expected a file name, not a device or "
+                             f"a pipe (the checkpoint is renamed over what has the name)")
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
             raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
     if args.epochs is None:

@@ -18,10 +18,12 @@ malformed is a ``ModelFileError`` naming the file and what is wrong.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
 import re
+import stat
 import tempfile
 import zipfile
 
@@ -104,6 +106,18 @@ def write_atomically(path: str, write) -> None:
 
     An exception during the write removes the temporary file; the temporary file of a
     write killed outright is removed by the next one into the same folder."""
+    # The rename replaces whatever has the name: run as root, an export to /dev/null
+    # replaced the device with a regular file. Only a regular file is replaced.
+    try:
+        mode = os.stat(path).st_mode  # through symbolic links: /dev/stdout is a pipe's
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "expected a file name, not a folder", path)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file (a device, a pipe or a socket); "
+                         f"corenet writes a new file and renames it over the old one, which "
+                         f"would replace this one: give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(folder)
     handle, temporary = tempfile.mkstemp(prefix=f".corenet-save-{os.getpid()}-",

@@ -157,6 +157,16 @@ def test_save_onto_a_folder_and_unreadable_inputs_are_clear_errors(tmp_path):
     assert result.returncode == 2 and "not an .npz file" in result.stderr, result.stderr
 
 
+def test_save_onto_a_pipe_is_refused_before_training(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = corenet("train", "--save", str(fifo))
+    assert result.returncode == 2 and "expected a file name, not a device or a pipe" in \
+        result.stderr
+    assert "epoch" not in result.stdout  # refused before training
+    assert os.listdir(tmp_path) == ["pipe"]
+
+
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     # Each array of a run can fit while all of them together do not (a very wide
     # image through --model cnn): numpy's MemoryError becomes one line and exit 2.

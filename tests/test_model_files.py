@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -467,6 +468,23 @@ def test_temporary_file_of_a_killed_save_is_removed_by_the_next_save(tmp_path):
     in_progress.write_bytes(b"")
     serialize.save(small_model(), str(tmp_path / "other.npz"))
     assert sorted(os.listdir(tmp_path)) == sorted([in_progress.name, "other.npz"])
+
+
+def test_save_onto_a_pipe_or_a_folder_is_refused_and_leaves_it_as_it_was(tmp_path):
+    # The rename replaced whatever had the name: run as root, `corenet export m.npz
+    # /dev/null` (or train --save /dev/null) replaced the device with a regular file.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=f"{fifo}: not a regular file"):
+        serialize.save(small_model(), str(fifo))
+    link = tmp_path / "link"
+    link.symlink_to(fifo)  # followed: what it names is the pipe
+    with pytest.raises(ValueError, match="not a regular file"):
+        serialize.save(small_model(), str(link))
+    with pytest.raises(IsADirectoryError, match="expected a file name, not a folder"):
+        serialize.save(small_model(), str(tmp_path))
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.path.islink(link)
+    assert sorted(os.listdir(tmp_path)) == ["link", "pipe"]  # no temporary file left
 
 
 # -- helpers --------------------------------------------------------------------------

@@ -133,6 +133,20 @@ def test_the_export_is_written_as_corenet_save_writes(tmp_path):
     assert os.listdir(tmp_path) == ["m.onnx"]
 
 
+def test_cli_export_onto_a_pipe_or_a_folder_is_one_line_and_leaves_them(tmp_path, capsys):
+    # The rename replaced whatever had the name (run as root: the device /dev/null).
+    from corenet.cli import main
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    cn.save(models.build_mlp(4, [3], 2), str(tmp_path / "m.npz"))
+    for target, message in [(fifo, f"{fifo}: not a regular file"),
+                            (tmp_path, "expected a file name, not a folder")]:
+        assert main(["export", str(tmp_path / "m.npz"), str(target)]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["m.npz", "pipe"]
+
+
 def test_a_dag_with_branches_and_two_outputs(tmp_path):
     x = cn.Input((3, 6, 6), name="image")
     a = L.ReLU()(L.Conv2d(3, 4, 3, padding=1)(x))
