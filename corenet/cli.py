@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -38,6 +39,21 @@ def _sizes(text: str) -> list:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected positive sizes like 256,128, got {text!r}")
     return sizes
+
+
+def json_text(value) -> str:
+    """``value`` as JSON, a NaN or infinite float as null: json.dumps writes them as NaN
+    and Infinity, which no JSON reader takes (eval --json on data holding a NaN gave
+    "loss": NaN)."""
+    def finite(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(entry) for key, entry in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [finite(entry) for entry in item]
+        return item
+    return json.dumps(finite(value), allow_nan=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +269,7 @@ def train_model(args, comm) -> int:
     if diagnostics is not None:
         metrics["diagnostics"] = [report.as_dict() for report in diagnostics.history]
     if args.json:
-        print(json.dumps(metrics))
+        print(json_text(metrics))
     else:
         print(f"test accuracy {accuracy:.4f}, test loss {test_loss:.4f}, "
               f"{args.epochs} epochs in {seconds:.2f} s on {cn.get_num_threads()} thread(s)")
@@ -366,7 +382,7 @@ def command_eval(args) -> int:
     test_loss, accuracy = evaluate(model, cn.losses.SoftmaxCrossEntropy(), X, y)
     metrics = {"accuracy": accuracy, "loss": test_loss, "samples": len(X),
                "split_seed": None if args.all else seed}
-    print(json.dumps(metrics) if args.json else
+    print(json_text(metrics) if args.json else
           f"accuracy {accuracy:.4f}, loss {test_loss:.4f} on {len(X)} samples")
     return 0
 

@@ -167,6 +167,19 @@ def test_save_onto_a_pipe_is_refused_before_training(tmp_path):
     assert os.listdir(tmp_path) == ["pipe"]
 
 
+def test_eval_json_of_a_nan_loss_is_valid_json(tmp_path):
+    # json.dumps wrote "loss": NaN, which JSON readers refuse.
+    model = tmp_path / "m.npz"
+    cn.save(cn.Sequential(L.Linear(4, 3)), str(model))
+    X = np.ones((5, 4), np.float32)
+    X[2, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=X, y=np.zeros(5, np.int64))
+    result = corenet("eval", str(model), "--data", str(tmp_path / "nan.npz"), "--all", "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(name))
+    assert metrics["loss"] is None and metrics["samples"] == 5
+
+
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     # Each array of a run can fit while all of them together do not (a very wide
     # image through --model cnn): numpy's MemoryError becomes one line and exit 2.
