@@ -147,14 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
 def command_train(args) -> int:
     if not args.distributed:
         return train_model(args, None)
-    if args.accumulate > 1:
-        raise ValueError("--accumulate and --distributed: give one of them (K ranks are "
-                         "what --accumulate K computes in one process)")
     import corenet as cn
     from corenet import distributed
 
     comm = distributed.init()
     with distributed.abort_on_error(comm, "corenet train"):  # never leave a rank waiting
+        # Inside the job: a rank that alone had this error and exited left the others
+        # waiting for it for ever.
+        if args.accumulate > 1:
+            raise ValueError("--accumulate and --distributed: give one of them (K ranks are "
+                             "what --accumulate K computes in one process)")
         if not args.threads:
             cn.set_num_threads(distributed.threads_per_rank(comm))
         return train_model(args, comm)
@@ -227,6 +229,20 @@ def train_model(args, comm) -> int:
     if comm is not None:
         from corenet import distributed
 
+        # Ranks started with other settings or data (mpiexec -n 1 ... : -n 1 ... --seed 1)
+        # waited for each other for ever (another --batch-size, another data size) or
+        # trained silently on other batches (--seed), with replicas drifting apart (--lr).
+        settings = {f"--{name.replace('_', '-')}": value for name, value in vars(args).items()
+                    if name not in RANK_OWN_OPTIONS}
+        distributed.check_same_on_every_rank(dict(settings, **{
+            "the data (--data)": f"X {X.shape} {X.dtype}, y {y.shape} {y.dtype}, digest "
+                                 f"{distributed.digest([X, y])}",
+            "the model (--model)": distributed.digest(
+                [serialize.model_config(model),
+                 [buffer.value for layer in model.layers for buffer in layer.state_buffers()]]),
+            "the epoch to start from (--resume)": start_epoch,
+            "the optimizer state (--resume)": distributed.digest(optimizer.state_dict())}),
+            comm, "corenet train --distributed")
         distributed.broadcast_parameters(model, comm=comm)
         optimizer = distributed.DistributedOptimizer(optimizer, model, comm)
         step = distributed.DistributedStep()
@@ -274,6 +290,12 @@ def train_model(args, comm) -> int:
         print(f"test accuracy {accuracy:.4f}, test loss {test_loss:.4f}, "
               f"{args.epochs} epochs in {seconds:.2f} s on {cn.get_num_threads()} thread(s)")
     return 0
+
+
+# Options each rank of a --distributed run may have its own of (rank 0 alone saves; the
+# data and a --model file are compared by content, since paths may differ by machine).
+RANK_OWN_OPTIONS = {"threads", "json", "diagnostics", "save", "resume", "argv", "command",
+                    "distributed", "accumulate", "data", "model"}
 
 
 # Options of a run that do not change what it computes (K ranks compute what --accumulate

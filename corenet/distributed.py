@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import hashlib
 import math
 import sys
 import time
@@ -109,6 +110,48 @@ def broadcast_parameters(model, root: int = 0, comm=None) -> None:
     comm = comm or MPI.COMM_WORLD
     for parameter in model.parameters():
         comm.Bcast(parameter.value, root=root)
+
+
+def digest(value) -> str:
+    """A short hash of nested dicts, lists and tuples of plain values and numpy arrays
+    (each array's dtype, shape and bytes), to compare what ranks hold without sending it."""
+    hasher = hashlib.blake2b(digest_size=8)
+
+    def feed(item):
+        if isinstance(item, np.ndarray):
+            hasher.update(f"array {item.dtype.str} {item.shape};".encode())
+            hasher.update(np.ascontiguousarray(item).view(np.uint8).reshape(-1))
+        elif isinstance(item, dict):
+            hasher.update(b"{")
+            for key in sorted(item, key=repr):
+                feed(key)
+                feed(item[key])
+            hasher.update(b"}")
+        elif isinstance(item, (list, tuple)):
+            hasher.update(b"[")
+            for entry in item:
+                feed(entry)
+            hasher.update(b"]")
+        else:
+            hasher.update(f"{item!r};".encode())
+
+    feed(value)
+    return hasher.hexdigest()
+
+
+def check_same_on_every_rank(values: dict, comm=None, what: str = "corenet") -> None:
+    """A ValueError on every rank, naming the first entry and the ranks that differ, when
+    some rank's ``values`` (label -> a plain value) are not rank 0's; every rank raises the
+    same, so none is left waiting for the others."""
+    comm = comm or MPI.COMM_WORLD
+    everyone = comm.allgather(values)
+    first = everyone[0]
+    for rank, theirs in enumerate(everyone[1:], 1):
+        for label in list(first) + [label for label in theirs if label not in first]:
+            if first.get(label) != theirs.get(label):
+                raise ValueError(f"{what}: every rank must run the same training, but "
+                                 f"{label} is {first.get(label)!r} on rank 0 and "
+                                 f"{theirs.get(label)!r} on rank {rank}")
 
 
 def shard(index: np.ndarray, comm=None) -> tuple[np.ndarray, float]:

@@ -207,3 +207,28 @@ def test_corenet_train_distributed_saves_what_accumulate_saves_and_resumes_on_an
                  "--accumulate", "3", "--save", str(tmp_path / "resumed1.cnet")]) == 0
     assert (tmp_path / "resumed3.cnet").read_bytes() == \
         (tmp_path / "resumed1.cnet").read_bytes()
+
+
+@launches_jobs
+@pytest.mark.parametrize("other, message", [
+    (["--batch-size", "64"], "--batch-size is 32 on rank 0 and 64 on rank 1"),  # hung
+    (["--data", "half.npz"], "the data (--data) is 'X (1797, 64) float32"),      # hung
+    (["--accumulate", "2"], "--accumulate and --distributed: give one of them"),  # hung
+    (["--seed", "1"], "--seed is 0 on rank 0 and 1 on rank 1"),     # other batches, silently
+    (["--lr", "0.5"], "--lr is None on rank 0 and 0.5 on rank 1"),  # replicas drifted apart
+    (["--hidden", "32"], "--hidden is [16] on rank 0 and [32] on rank 1")])  # MPI's error
+def test_ranks_started_with_other_settings_or_data_all_fail_naming_them(other, message,
+                                                                         tmp_path):
+    from corenet.data import load_digits
+
+    X, y = load_digits()
+    np.savez(tmp_path / "half.npz", X=X[:900], y=y[:900])
+    train = [sys.executable, "-m", "corenet", "train", "--epochs", "1", "--hidden", "16",
+             "--augment", "0", "--distributed"]
+    other = [str(tmp_path / word) if word == "half.npz" else word for word in other]
+    result = subprocess.run([MPIEXEC, "-n", "1", *train, ":", "-n", "1", *train, *other],
+                            capture_output=True, text=True, timeout=30, cwd=HERE)
+    assert result.returncode != 0
+    assert "rank 1 of 2: ValueError: " in result.stderr and message in result.stderr, \
+        result.stderr[-2000:]
+
