@@ -108,7 +108,16 @@ def threads_per_rank(comm=None) -> int:
 def broadcast_parameters(model, root: int = 0, comm=None) -> None:
     """Every rank's parameter values become rank ``root``'s (in place)."""
     comm = comm or MPI.COMM_WORLD
-    for parameter in model.parameters():
+    parameters = model.parameters()
+    # Checked first: a rank with more parameters waited for ever for the broadcasts the
+    # others never sent; one whose (8, 4) weight was the others' (4, 8) took their bytes.
+    check_same_on_every_rank(
+        dict({"the number of parameters": len(parameters)},
+             **{f"parameter {index} ({parameter.name})":
+                f"{parameter.value.dtype}{tuple(parameter.value.shape)}"
+                for index, parameter in enumerate(parameters)}),
+        comm, "broadcast_parameters")
+    for parameter in parameters:
         comm.Bcast(parameter.value, root=root)
 
 
@@ -149,7 +158,7 @@ def check_same_on_every_rank(values: dict, comm=None, what: str = "corenet") -> 
     for rank, theirs in enumerate(everyone[1:], 1):
         for label in list(first) + [label for label in theirs if label not in first]:
             if first.get(label) != theirs.get(label):
-                raise ValueError(f"{what}: every rank must run the same training, but "
+                raise ValueError(f"{what}: every rank must hold the same, but "
                                  f"{label} is {first.get(label)!r} on rank 0 and "
                                  f"{theirs.get(label)!r} on rank {rank}")
 

@@ -79,6 +79,23 @@ def test_broadcast_parameters_gives_every_rank_the_weights_of_rank_0():
         assert p.value.tobytes() == q.value.tobytes()
 
 
+@in_job
+@pytest.mark.parametrize("build, message", [
+    # rank 1's (4, 8) weight took rank 0's (8, 4) bytes; then MPI's "Message truncated"
+    (lambda rank: cn.Sequential(L.Linear(4, 8) if rank == 0 else L.Linear(8, 4)),
+     r"parameter 0 \(weight\) is 'float32\(8, 4\)' on rank 0 and 'float32\(4, 8\)' on rank 1"),
+    # rank 1 waited for ever for the broadcasts of parameters rank 0 does not have
+    (lambda rank: cn.Sequential(*[L.Linear(4, 4) for _ in range(1 + rank)]),
+     "the number of parameters is 2 on rank 0 and 4 on rank 1"),
+    (lambda rank: cn.Sequential(L.Linear(4, 4, dtype=["float32", "float64"][rank > 0])),
+     r"parameter 0 \(weight\) is 'float32\(4, 4\)' on rank 0 and 'float64\(4, 4\)'")])
+def test_broadcast_parameters_of_other_models_is_an_error_on_every_rank(build, message):
+    model = build(WORLD.Get_rank())
+    with pytest.raises(ValueError, match="broadcast_parameters: every rank must hold the "
+                                         "same, but " + message):
+        dist.broadcast_parameters(model)
+
+
 def mlp():
     cn.random.seed(0)
     return cn.Sequential(L.Linear(30, 24), L.ReLU(), L.Linear(24, 16), L.Tanh(),
