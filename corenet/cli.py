@@ -430,6 +430,10 @@ def command_export(args) -> int:
     from corenet.onnx import export
 
     model = serialize.load(args.model)
+    # `corenet export m.npz m.npz` replaced the saved model with its ONNX file.
+    if os.path.exists(args.output) and os.path.samefile(args.model, args.output):
+        raise ValueError(f"FILE.onnx {args.output!r} is the model file itself: give the "
+                         f"ONNX file another name")
     try:
         export(model, args.output, args.opset)
     except ImportError as error:  # the onnx extra is not installed: say which

@@ -147,6 +147,19 @@ def test_cli_export_onto_a_pipe_or_a_folder_is_one_line_and_leaves_them(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["m.npz", "pipe"]
 
 
+def test_cli_export_onto_the_model_file_itself_is_refused(tmp_path, capsys):
+    from corenet.cli import main
+
+    model = tmp_path / "m.npz"
+    cn.save(models.build_mlp(4, [3], 2), str(model))
+    saved = model.read_bytes()
+    os.symlink(model, tmp_path / "link.onnx")
+    for target in (model, tmp_path / "link.onnx"):
+        assert main(["export", str(model), str(target)]) == 2
+        assert f"FILE.onnx '{target}' is the model file itself" in capsys.readouterr().err
+    assert model.read_bytes() == saved
+
+
 def test_a_dag_with_branches_and_two_outputs(tmp_path):
     x = cn.Input((3, 6, 6), name="image")
     a = L.ReLU()(L.Conv2d(3, 4, 3, padding=1)(x))
