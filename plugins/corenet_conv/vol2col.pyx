@@ -132,9 +132,9 @@ cdef extern from *:
      * the kept positions, [in_lo, in_hi) those where src stays in its input
      * plane: a whole piece inside either is read whole and and-ed with keep
      * (zero outside [lo, hi)), a few vector operations; only a piece that
-     * leaves the plane goes element by element. Most of a tile's pieces at a
-     * span's ends (a row of padding) are whole pieces inside the plane: one at
-     * a time they took half of vol2col's time (conv3d). */
+     * leaves the plane goes element by element. Pieces at a span's ends (an
+     * offset that reads a row of padding) lie inside the plane: element by
+     * element they took about a tenth of the function's time (conv3d). */
     #define CN_MASKED_PIECES(T, I, NR)                                              \
     static void cn_masked_pieces_##T##_##NR(T *restrict dst, ptrdiff_t stride,     \
                                             const T *restrict src,                 \
