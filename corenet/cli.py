@@ -521,8 +521,10 @@ def run(args) -> int:
     except BrokenPipeError:
         raise  # main stops quietly: the reader went away
     except (ShapeError, DTypeError, PluginError, OSError, KeyError, ValueError) as error:
-        # OSError: a missing file, a folder given for a file, no permission
-        print(f"corenet {args.command}: error: {error}", file=sys.stderr)
+        # OSError: a missing file, a folder given for a file, no permission. A KeyError's
+        # str() is the repr of its message, quotes and escapes included: print the message.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"corenet {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except MemoryError as error:  # each array fits, all of them together did not
         print(f"corenet {args.command}: error: out of memory ({error or 'no details'}); "

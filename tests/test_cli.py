@@ -180,6 +180,17 @@ def test_eval_json_of_a_nan_loss_is_valid_json(tmp_path):
     assert metrics["loss"] is None and metrics["samples"] == 5
 
 
+def test_a_data_file_without_y_is_one_plain_line(tmp_path, capsys):
+    # The loader raises a KeyError, as numpy's archive does; its str() was in quotes.
+    from corenet import cli
+
+    np.savez(tmp_path / "e.npz", X=np.ones((3, 2)))
+    assert cli.main(["train", "--data", str(tmp_path / "e.npz")]) == 2
+    assert capsys.readouterr().err == (
+        f"corenet train: error: {tmp_path / 'e.npz'}: expected arrays X and y, missing "
+        f"['y'] (has ['X'])\n")
+
+
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     # Each array of a run can fit while all of them together do not (a very wide
     # image through --model cnn): numpy's MemoryError becomes one line and exit 2.
