@@ -129,3 +129,32 @@ def _decode(path: str, value, arrays: dict, depth: int = 0):
             and not isinstance(pair[0], bool) for pair in content):
         return {key: _decode(path, item, arrays, depth + 1) for key, item in content}
     raise ModelFileError(f"{path}: unexpected value in the checkpoint: {value!r:.80}")
+
+
+def check_resumed_model(path: str, model, expected, argv: list) -> None:
+    """A ModelFileError naming the first difference between the architecture of a
+    checkpoint's model and that of the model its recorded settings build."""
+    def architecture(net) -> dict:
+        config = json.loads(json.dumps(serialize.model_config(net)))  # tuples, as in the file
+        return {"dtype": config["dtype"], "inputs": config["inputs"],
+                "outputs": config["outputs"],
+                "nodes": [(node["layer"], node["config"], node["inputs"])
+                          for node in config["nodes"]]}
+
+    held, built = architecture(model), architecture(expected)
+    if held == built:
+        return
+    differences = []
+    if len(held["nodes"]) != len(built["nodes"]):
+        differences.append(
+            f"{len(held['nodes'])} layers ({', '.join(n[0] for n in held['nodes'])}), the "
+            f"settings build {len(built['nodes'])} ({', '.join(n[0] for n in built['nodes'])})")
+    differences += [f"{key} {held[key]}, the settings build {built[key]}"
+                    for key in ("dtype", "inputs", "outputs") if held[key] != built[key]]
+    differences += [f"layer {index} {mine[0]} {mine[1]}, the settings build {theirs[0]} "
+                    f"{theirs[1]}" for index, (mine, theirs)
+                    in enumerate(zip(held["nodes"], built["nodes"])) if mine != theirs]
+    what = differences[0]  # the first one says enough
+    raise ModelFileError(f"{path}: the checkpoint's model is not the one its recorded "
+                         f"settings ({' '.join(argv) or 'the defaults'}) build: it holds "
+                         f"{what}")

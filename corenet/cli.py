@@ -208,7 +208,8 @@ def train_model(args, comm) -> int:
         # silently under the wrong settings). A --model FILE run is not checked: that
         # file may have changed or be gone since.
         if args.model in models.MODELS:
-            check_resumed_model(args.resume, saved["model"], model, args.argv[1:])
+            checkpoint.check_resumed_model(args.resume, saved["model"], model,
+                                           args.argv[1:])
         model = saved.pop("model")
     X = X.reshape(len(X), -1)
     X_train, y_train, X_test, y_test = data.train_test_split(X, y, args.test_fraction, args.seed)
@@ -351,38 +352,6 @@ def resumed_settings(args) -> tuple:
     settings.argv = ["train"] + argv + (["--epochs", str(args.epochs)] if args.epochs else [])
     saved["model"] = model
     return settings, saved
-
-
-def check_resumed_model(path: str, model, expected, argv: list) -> None:
-    """A ModelFileError naming the first difference between the architecture of a
-    checkpoint's model and that of the model its recorded settings build."""
-    from corenet.errors import ModelFileError
-    from corenet.serialize import model_config
-
-    def architecture(net) -> dict:
-        config = json.loads(json.dumps(model_config(net)))  # tuples as the file has them
-        return {"dtype": config["dtype"], "inputs": config["inputs"],
-                "outputs": config["outputs"],
-                "nodes": [(node["layer"], node["config"], node["inputs"])
-                          for node in config["nodes"]]}
-
-    held, built = architecture(model), architecture(expected)
-    if held == built:
-        return
-    differences = []
-    if len(held["nodes"]) != len(built["nodes"]):
-        differences.append(
-            f"{len(held['nodes'])} layers ({', '.join(n[0] for n in held['nodes'])}), the "
-            f"settings build {len(built['nodes'])} ({', '.join(n[0] for n in built['nodes'])})")
-    differences += [f"{key} {held[key]}, the settings build {built[key]}"
-                    for key in ("dtype", "inputs", "outputs") if held[key] != built[key]]
-    differences += [f"layer {index} {mine[0]} {mine[1]}, the settings build {theirs[0]} "
-                    f"{theirs[1]}" for index, (mine, theirs)
-                    in enumerate(zip(held["nodes"], built["nodes"])) if mine != theirs]
-    what = differences[0]  # the first one says enough
-    raise ModelFileError(f"{path}: the checkpoint's model is not the one its recorded "
-                         f"settings ({' '.join(argv) or 'the defaults'}) build: it holds "
-                         f"{what}")
 
 
 def command_eval(args) -> int:
