@@ -34,6 +34,7 @@ EXTENSIONS = {
     "corenet_activations.softmax": "plugins/corenet_activations/softmax.pyx",
     "corenet_losses.losses": "plugins/corenet_losses/losses.pyx",
     "corenet_conv.vol2col": "plugins/corenet_conv/vol2col.pyx",
+    "corenet_conv.direct": "plugins/corenet_conv/direct.pyx",
     "corenet_conv.conv": "plugins/corenet_conv/conv.pyx",
     "corenet_conv.pool": "plugins/corenet_conv/pool.pyx",
 }
@@ -81,7 +82,8 @@ def compile_flags():
 
 # Included by .pyx files directly or through each other (microkernel.h includes
 # vector_math.h), which Cython does not follow: an edit rebuilds every module.
-HEADERS = ["corenet/kernels/microkernel.h", "corenet/kernels/vector_math.h"]
+HEADERS = ["corenet/kernels/microkernel.h", "corenet/kernels/vector_math.h",
+           "plugins/corenet_conv/direct.h"]
 
 
 def extensions():

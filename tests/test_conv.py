@@ -67,14 +67,18 @@ def torch_conv(n_axes, config, layer, dtype):
     return module
 
 
-@pytest.fixture(params=["chunks", "tiles"])
+@pytest.fixture(params=["chunks", "tiles", "direct"])
 def walk(request, monkeypatch):
-    """How a convolution walks the batch: as the shapes decide ("chunks"), or with
-    every sample's output positions in tiles of 64 where the geometry allows
-    (stride 1, height and width kept): the path large images take."""
-    if request.param == "tiles":
-        from corenet_conv import conv as conv_module
+    """How a convolution walks the batch: through im2col in chunks as the shapes
+    decide ("chunks"), or with every sample's output positions in tiles of 64 where
+    the geometry allows (stride 1, height and width kept): the path large images
+    take; or, for stride 1, forward and backward through the direct kernels with no
+    columns ("direct"), the path small samples take."""
+    from corenet_conv import conv as conv_module
 
+    monkeypatch.setattr(conv_module, "DIRECT", "always" if request.param == "direct"
+                        else "never")
+    if request.param == "tiles":
         monkeypatch.setattr(conv_module, "CHUNK_BYTES", 1)
         monkeypatch.setattr(conv_module, "TILE_BYTES", 1)
     return request.param
@@ -140,7 +144,8 @@ def test_every_way_of_walking_the_batch_gives_the_same_result(n_axes, rng, monke
 def test_tiled_backward_dx_matches_finite_differences(n_axes, channels, walk, rng):
     # In parallel with position tiles, dx is a convolution of dL/dy with the kernel
     # flipped when in_channels >= out_channels, else Wᵀ·dY and col2vol, sample by
-    # sample (backward_units): both against finite differences of the forward.
+    # sample (backward_units); on the direct path, always the flipped kernel: each
+    # against finite differences of the forward.
     c_in, c_out = channels
     layer = (L.Conv2d if n_axes == 2 else L.Conv3d)(c_in, c_out, 3, padding="same",
                                                     dilation=2, dtype="float64")
@@ -149,7 +154,8 @@ def test_tiled_backward_dx_matches_finite_differences(n_axes, channels, walk, rn
     weights = rng.standard_normal((3, c_out) + (9,) * n_axes)
     layer.forward(x)
     x_grad = layer.backward(weights).copy()
-    assert ("weight_t" in layer._buffers) == (walk == "tiles" and c_in >= c_out)
+    assert ("weight_t" in layer._buffers) == (walk == "direct"
+                                              or (walk == "tiles" and c_in >= c_out))
     step = 1e-6
     for index in [(0, 0) + (0,) * n_axes, (1, 1) + (4,) * n_axes, (2, 0) + (8,) * n_axes,
                   (2, c_in - 1) + (1, 7, 3)[:n_axes]]:
@@ -178,6 +184,83 @@ def test_workspace_stays_bounded_on_large_images():
     bound = corenet.get_num_threads() * (2 * conv_module.TILE_BYTES + 8 * 224 * 224 * 4)
     assert scratch <= bound + partials, (scratch, bound)
     assert scratch < 2 * per_sample_columns  # the whole batch's columns were never made
+
+
+def test_direct_path_is_chosen_by_shape_and_keeps_its_workspace_bounded(rng, monkeypatch):
+    from corenet_conv import conv as conv_module
+
+    def convolve(layer, x):
+        layer.reuse_buffers = True  # as inside a model: the padded samples are kept
+        out = layer.forward(x).copy()
+        layer.backward(np.cos(out))
+        return out, layer.weight.grad.copy(), layer.bias.grad.copy()
+
+    x = rng.standard_normal((9, 6, 14, 14))
+    small = L.Conv2d(6, 16, 5, dtype="float64")  # LeNet's second convolution: direct
+    assert "padded" not in small._buffers
+    auto = convolve(small, x)
+    assert "padded" in small._buffers
+    large = L.Conv2d(64, 64, 3, padding=1)  # a padded sample alone exceeds the bound
+    large.forward(np.zeros((1, 64, 56, 56), np.float32))
+    assert "padded" not in large._buffers
+    # Three samples of padded input (and of dL/dy on the grid) at a time: the
+    # backward pads them again, chunk by chunk, and sums the same terms.
+    grid_sample = 16 * (10 * 14 + 6) * 8  # 16 output rows of the grid: the larger
+    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", 3 * grid_sample + 100)
+    chunked = L.Conv2d(6, 16, 5, dtype="float64")
+    np.copyto(chunked.weight.value, small.weight.value)
+    np.copyto(chunked.bias.value, small.bias.value)
+    results = convolve(chunked, x)
+    assert chunked._buffers["padded"].size <= 3 * 6 * 14 * 14 + 3 * 16 * 16
+    for one, other in zip(auto, results):
+        np.testing.assert_allclose(one, other, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, config", [
+    ((3, 1, 28, 28), dict(in_channels=1, out_channels=16, kernel_size=5, padding=2)),
+    ((3, 6, 14, 14), dict(in_channels=6, out_channels=16, kernel_size=5)),
+    ((2, 4, 6, 7, 8), dict(in_channels=4, out_channels=16, kernel_size=3, padding=1)),
+])
+def test_direct_forward_is_bitwise_im2col_and_the_gemm(shape, config, rng, monkeypatch):
+    """The direct kernel adds the GEMM's terms in the GEMM's order: the same bits
+    (16 output channels: whole slivers of the packed kernel on any CPU)."""
+    from corenet_conv import conv as conv_module
+
+    x = rng.standard_normal(shape).astype(np.float32)
+    outputs = []
+    for path in ("never", "always"):
+        monkeypatch.setattr(conv_module, "DIRECT", path)
+        corenet.random.seed(0)
+        conv = (L.Conv2d if len(shape) == 4 else L.Conv3d)(**config)
+        model = cn.Sequential(conv, L.ReLU(), input_shape=shape[1:])
+        outputs.append(model.forward(x).copy())
+        assert ("padded" in conv._buffers) == (path == "always")
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_direct_weight_gradient_skips_what_no_output_reads(monkeypatch):
+    """The direct path computes positions past each row's end too, and drops them.
+    An inf that only those positions read must not reach dW as 0 · inf = NaN."""
+    from corenet_conv import conv as conv_module
+
+    x = np.ones((2, 1, 6, 9))
+    x[:, 0, :, 8] = np.inf  # the last column: only the kernel's right column reads it
+    results = []
+    for path in ("never", "always"):
+        monkeypatch.setattr(conv_module, "DIRECT", path)
+        conv = L.Conv2d(1, 2, 3, dtype="float64")
+        conv.weight.value[...] = 0.5
+        conv.bias.value[...] = 0.25
+        with np.errstate(invalid="ignore"):
+            out = conv.forward(x).copy()
+            conv.backward(np.ones_like(out))
+        results.append((out, conv.weight.grad.copy(), conv.bias.grad.copy()))
+    weight_grad = results[1][1]
+    assert np.isfinite(weight_grad[:, :, :, :2]).all()  # 2 x 4 x 7 outputs, 1 each
+    np.testing.assert_array_equal(weight_grad[:, :, :, :2], 56.0)
+    assert np.isinf(weight_grad[:, :, :, 2]).all()
+    for one, other in zip(*results):
+        np.testing.assert_array_equal(one, other)
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu", "elu"])

@@ -394,6 +394,37 @@ static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, 
 CN_DEFINE_KERNEL(cn_kernel_float, float, cn_kf, cn_vf_u, cn_kfi, CN_NR_FLOAT)
 CN_DEFINE_KERNEL(cn_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
 
+/* The direct convolution's tile (plugins/corenet_conv/direct.pyx): row p of B
+ * is read in place, NR consecutive values of a padded input at src + offsets[p]
+ * (one kernel offset of one channel), instead of from a packed panel. The sums
+ * are the packed kernel's, term by term, with a bias per row: a convolution
+ * through im2col and this GEMM gives the same bits. */
+#define CN_DEFINE_DIRECT_KERNEL(NAME, T, VT, VU, VI, NR)                      \
+static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict src,    \
+                 const ptrdiff_t *restrict offsets, T *restrict c,            \
+                 ptrdiff_t ldc, int accumulate, const T *restrict bias,       \
+                 int epilogue, T param)                                       \
+{                                                                             \
+    typedef T cn_t; typedef VT cn_vt; typedef VU cn_vu; typedef VI cn_vi_t;   \
+    const int VL = NR / 2, bias_per_row = 1;                                  \
+    const VT zero = {0}, bias_lo = zero, bias_hi = zero;                      \
+    CN_FOR_ROWS(CN_DECLARE_ROW)                                               \
+    _Pragma("GCC unroll 4")                                                   \
+    for (ptrdiff_t p = 0; p < kc; ++p) {                                      \
+        const T *row = src + offsets[p];                                      \
+        VT b0 = *(const VU *)row;                                             \
+        VT b1 = *(const VU *)(row + VL);                                      \
+        CN_FOR_ROWS(CN_ROW)                                                   \
+        a += CN_MR;                                                           \
+    }                                                                         \
+    CN_FOR_ROWS(CN_STORE_ROW)                                                 \
+    if (epilogue > CN_EPILOGUE_RELU)                                          \
+        cn_activate_tile_##T(c, ldc, epilogue, param);                        \
+}
+
+CN_DEFINE_DIRECT_KERNEL(cn_direct_kernel_float, float, cn_kf, cn_vf_u, cn_kfi, CN_NR_FLOAT)
+CN_DEFINE_DIRECT_KERNEL(cn_direct_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
+
 /* The last sliver of a block with R < MR rows: the full kernel would spend MR
  * rows of FMAs on it. This one computes R rows of P neighbouring panels at once
  * (panel q's B at b + q * ldp, its C at c + q * NR), 2·R·P accumulators,

@@ -1,0 +1,365 @@
+"""The direct convolution, for stride 1: the GEMM's products without im2col's columns.
+
+A sample is copied once into a zero-padded buffer, each channel Dp x Hp x Wp with
+Dp = out_depth + dilation·(kd - 1) (Hp, Wp alike). Output (z, y, x) has grid
+position q = z·Hp·Wp + y·Wp + x, and kernel offset t = (c, i, j, l) reads the
+padded input at q + offset[t], offset[t] = c·plane + i·dd·Hp·Wp + j·dh·Wp + l·dw.
+Row t of im2col's matrix is that shifted run of the padded input, so the GEMM's
+micro-kernel reads it where it lies (cn_direct_kernel, microkernel.h) instead of
+from columns written out first: for a LeNet-sized layer, writing the columns
+costs more than the FMAs on them. The grid's positions past each row's end (Wp -
+out_width of every Wp) are computed too, and dropped.
+
+    forward   y[s, o, q] = Σ_t W[o, t] · x_s[q + offset[t]] + b[o], f in the epilogue
+              k blocks as the GEMM's: the same bits as im2col and the GEMM
+    dW        dW[o, t] += Σ_s Σ_q g'[s, o, q] · x_s[q + offset[t]]   (direct.h)
+    dx        the forward of the adjoint convolution (ConvNd._adjoint) on g'
+
+Parallel over samples (forward) and over blocks of dW, each output written by one
+thread in one fixed order: bitwise the same for any thread count.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from corenet.kernels._openmp cimport omp_get_thread_num
+from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm_k_block
+from corenet.kernels.threads cimport threads_for
+
+cdef extern from "microkernel.h" nogil:
+    enum:
+        CN_MR
+        CN_NR_FLOAT
+        CN_NR_DOUBLE
+    void* cn_aligned_alloc "aligned_alloc"(size_t alignment, size_t n_bytes)
+    void cn_direct_kernel_float(ptrdiff_t kc, const float* a, const float* src,
+                                const ptrdiff_t* offsets, float* c, ptrdiff_t ldc,
+                                int accumulate, const float* bias, int epilogue, float param)
+    void cn_direct_kernel_double(ptrdiff_t kc, const double* a, const double* src,
+                                 const ptrdiff_t* offsets, double* c, ptrdiff_t ldc,
+                                 int accumulate, const double* bias, int epilogue,
+                                 double param)
+
+cdef extern from "direct.h" nogil:
+    enum:
+        CN_DW_ROWS
+        CN_DW_OFFSETS
+    void cn_direct_dw_float(const float* g, ptrdiff_t g_row, ptrdiff_t g_sample,
+                            const float* x, const ptrdiff_t* offset, ptrdiff_t x_sample,
+                            ptrdiff_t n_samples, ptrdiff_t positions, const float* valid,
+                            void* acc)
+    void cn_direct_dw_double(const double* g, ptrdiff_t g_row, ptrdiff_t g_sample,
+                             const double* x, const ptrdiff_t* offset, ptrdiff_t x_sample,
+                             ptrdiff_t n_samples, ptrdiff_t positions, const double* valid,
+                             void* acc)
+    float cn_direct_dw_float_total(const void* acc)
+    double cn_direct_dw_double_total(const void* acc)
+
+cdef enum:
+    GRAIN = 1 << 16   # multiply-adds below which one thread runs
+    DW_VECTOR_BYTES = 32
+    # Blocks of dW per task: a task sweeps every sample for its blocks, so a sample
+    # is read once per task; a few tasks per thread balance a busy core.
+    DW_TASKS_PER_THREAD = 4
+    DW_SAMPLES = 8  # samples per call of dW's kernel
+
+
+cdef inline Py_ssize_t round_up(Py_ssize_t x, Py_ssize_t step) noexcept nogil:
+    return (x + step - 1) // step * step
+
+
+cdef Grid make_grid(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                    bint double_precision) noexcept nogil:
+    cdef Grid grid
+    cdef Py_ssize_t nr = CN_NR_DOUBLE if double_precision else CN_NR_FLOAT
+    grid.depth = g.out_depth + g.dilation_d * (g.kernel_d - 1)
+    grid.height = g.out_height + g.dilation_h * (g.kernel_h - 1)
+    grid.width = g.out_width + g.dilation_w * (g.kernel_w - 1)
+    grid.plane = grid.depth * grid.height * grid.width
+    grid.positions = round_up((g.out_depth - 1) * grid.height * grid.width
+                              + (g.out_height - 1) * grid.width + g.out_width, nr)
+    # The last channel's reads reach the kernel's last offset past the last tile, and
+    # a row narrower than a vector of dW's reads (direct.h) a vector from its start.
+    cdef Py_ssize_t reach = grid.positions + last_offset(g, &grid) + nr
+    grid.sample = g.channels * grid.plane + max(0, reach - grid.plane)
+    grid.rows = round_up(out_channels // groups, CN_MR)
+    return grid
+
+
+cdef inline Py_ssize_t last_offset(const Geometry* g, const Grid* grid) noexcept nogil:
+    """The offset of the kernel's last element within one channel."""
+    return ((g.kernel_d - 1) * g.dilation_d * grid.height * grid.width
+            + (g.kernel_h - 1) * g.dilation_h * grid.width + (g.kernel_w - 1) * g.dilation_w)
+
+
+cdef void kernel_offsets(const Geometry* g, const Grid* grid,
+                         ptrdiff_t* offsets) noexcept nogil:
+    """offsets[t] for t = (c, i, j, l) of one group's channels, im2col's row order."""
+    cdef Py_ssize_t c, i, j, l, t = 0
+    for c in range(g.channels):
+        for i in range(g.kernel_d):
+            for j in range(g.kernel_h):
+                for l in range(g.kernel_w):
+                    offsets[t] = (c * grid.plane + i * g.dilation_d * grid.height * grid.width
+                                  + j * g.dilation_h * grid.width + l * g.dilation_w)
+                    t += 1
+
+
+cdef void pad_sample(const Geometry* g, const Grid* grid, const floating* x,
+                     floating* dst) noexcept nogil:
+    """dst (grid.sample) = x (C, D, H, W) at (pad_d, pad_h, pad_w) on zeros; a negative
+    padding (the adjoint's, when the forward padded more than the kernel reaches)
+    crops."""
+    cdef Py_ssize_t c, z, y, z0, y0, x0, x1
+    memset(dst, 0, grid.sample * sizeof(floating))
+    x0 = max(0, -g.pad_w)
+    x1 = min(g.width, grid.width - g.pad_w)
+    if x1 <= x0:
+        return
+    for c in range(g.channels):
+        for z in range(max(0, -g.pad_d), min(g.depth, grid.depth - g.pad_d)):
+            for y in range(max(0, -g.pad_h), min(g.height, grid.height - g.pad_h)):
+                memcpy(dst + c * grid.plane + ((z + g.pad_d) * grid.height + y + g.pad_h)
+                       * grid.width + x0 + g.pad_w,
+                       x + ((c * g.depth + z) * g.height + y) * g.width + x0,
+                       (x1 - x0) * sizeof(floating))
+
+
+cdef void pack_weight(const floating* weight, Py_ssize_t groups, Py_ssize_t m, Py_ssize_t k,
+                      Py_ssize_t kc_max, Py_ssize_t rows, floating* packed) noexcept nogil:
+    """The weight as the micro-kernel reads A: per group, per k block of kc, slivers
+    of MR rows (zeros past m), each kc x MR; block (group, pc) at (group·k + pc)·rows."""
+    cdef Py_ssize_t group, pc, kc, i, p
+    cdef floating* block
+    for group in range(groups):
+        pc = 0
+        while pc < k:
+            kc = min(kc_max, k - pc)
+            block = packed + (group * k + pc) * rows
+            for i in range(rows):
+                for p in range(kc):
+                    block[i // CN_MR * CN_MR * kc + p * CN_MR + i % CN_MR] = (
+                        weight[(group * m + i) * k + pc + p] if i < m else 0)
+            pc += kc
+
+
+cdef void sample_forward(const Geometry* g, const Grid* grid, Py_ssize_t groups,
+                         Py_ssize_t m, Py_ssize_t k, Py_ssize_t kc_max,
+                         const floating* src, const floating* packed,
+                         const ptrdiff_t* offsets, const floating* bias, floating* out,
+                         floating* tiles, int epilogue, floating param) noexcept nogil:
+    """One sample: src padded (grid.sample), out (groups · m, P); tiles: the output
+    grid of one group (grid.rows, grid.positions)."""
+    cdef Py_ssize_t nr = CN_NR_DOUBLE if floating is double else CN_NR_FLOAT
+    cdef Py_ssize_t group, pc, kc, j, s, i, z, y, row
+    cdef bint last
+    cdef const floating* group_src
+    for group in range(groups):
+        group_src = src + group * (g.channels // groups) * grid.plane
+        pc = 0
+        while pc < k:
+            kc = min(kc_max, k - pc)
+            last = pc + kc == k
+            j = 0
+            while j < grid.positions:
+                for s in range(grid.rows // CN_MR):
+                    if floating is float:
+                        cn_direct_kernel_float(
+                            kc, packed + (group * k + pc) * grid.rows + s * CN_MR * kc,
+                            group_src + j, offsets + pc,
+                            tiles + s * CN_MR * grid.positions + j, grid.positions, pc > 0,
+                            bias + (group * grid.rows + s * CN_MR) if last and bias != NULL
+                            else NULL, epilogue if last else EPILOGUE_NONE, param)
+                    else:
+                        cn_direct_kernel_double(
+                            kc, packed + (group * k + pc) * grid.rows + s * CN_MR * kc,
+                            group_src + j, offsets + pc,
+                            tiles + s * CN_MR * grid.positions + j, grid.positions, pc > 0,
+                            bias + (group * grid.rows + s * CN_MR) if last and bias != NULL
+                            else NULL, epilogue if last else EPILOGUE_NONE, param)
+                j += nr
+            pc += kc
+        # The grid's rows into the output's, dropping the positions past each row.
+        for i in range(m):
+            row = 0
+            for z in range(g.out_depth):
+                for y in range(g.out_height):
+                    memcpy(out + (group * m + i) * g.out_depth * g.out_height * g.out_width
+                           + row * g.out_width,
+                           tiles + i * grid.positions + (z * grid.height + y) * grid.width,
+                           g.out_width * sizeof(floating))
+                    row += 1
+
+
+cdef int direct_forward(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                        const floating* x, Py_ssize_t n_samples, const floating* weight,
+                        const floating* bias, floating* out, floating* padded,
+                        floating* scratch, Py_ssize_t scratch_per_thread,
+                        int epilogue, floating param, int max_threads) noexcept nogil:
+    cdef Grid grid = make_grid(g, groups, out_channels, floating is double)
+    cdef Py_ssize_t m = out_channels // groups
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kc_max = gemm_k_block(k, floating is double)
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t in_step = g.channels * g.depth * g.height * g.width, sample, i
+    cdef int n_threads = min(threads_for(n_samples * out_channels * k * positions, GRAIN),
+                             max_threads)
+    # Packed weights, a bias with zeros past each group's m rows, the offsets.
+    cdef floating* packed = <floating*>malloc(
+        (groups * grid.rows * (k + 1)) * sizeof(floating) + k * sizeof(ptrdiff_t))
+    if packed == NULL:
+        return -1
+    cdef floating* padded_bias = packed + groups * grid.rows * k
+    cdef ptrdiff_t* offsets = <ptrdiff_t*>(padded_bias + groups * grid.rows)
+    pack_weight(weight, groups, m, k, kc_max, grid.rows, packed)
+    for i in range(groups * grid.rows):
+        padded_bias[i] = bias[i // grid.rows * m + i % grid.rows] \
+            if bias != NULL and i % grid.rows < m else 0
+    cdef Geometry group_geometry = g[0]
+    group_geometry.channels = g.channels // groups
+    kernel_offsets(&group_geometry, &grid, offsets)
+    cdef floating* tiles
+    cdef floating* src
+    for sample in prange(n_samples, num_threads=min(<Py_ssize_t>n_threads, n_samples),
+                         schedule='dynamic'):
+        tiles = scratch + omp_get_thread_num() * scratch_per_thread
+        src = (padded + sample * grid.sample if padded != NULL
+               else tiles + grid.rows * grid.positions)
+        pad_sample(g, &grid, x + sample * in_step, src)
+        sample_forward(g, &grid, groups, m, k, kc_max, src, packed, offsets,
+                       padded_bias if bias != NULL else NULL, out + sample * out_channels
+                       * positions, tiles, epilogue, param)
+    free(packed)
+    return 0
+
+
+cdef void weight_gradient_block(const Geometry* g, const Grid* grid, Py_ssize_t groups,
+                                Py_ssize_t out_channels, Py_ssize_t block,
+                                Py_ssize_t offset_quads, const floating* padded,
+                                const floating* grad_grid, Py_ssize_t n_samples,
+                                const ptrdiff_t* offsets, const floating* valid,
+                                floating* acc) noexcept nogil:
+    """n_samples samples (padded; grad_grid (n_samples, out_channels, grid.positions))
+    into the running sums acc of one block of dW: CN_DW_ROWS output channels by
+    CN_DW_OFFSETS kernel offsets."""
+    cdef Py_ssize_t m = out_channels // groups
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t row_pairs = (m + CN_DW_ROWS - 1) // CN_DW_ROWS
+    cdef Py_ssize_t group = block // (row_pairs * offset_quads)
+    cdef Py_ssize_t rows0 = block // offset_quads % row_pairs * CN_DW_ROWS
+    cdef Py_ssize_t t0 = block % offset_quads * CN_DW_OFFSETS, t
+    cdef ptrdiff_t block_offsets[CN_DW_OFFSETS]
+    # Past the last row or offset, the last one again: computed, not kept.
+    cdef Py_ssize_t second_row = grid.positions if rows0 + 1 < m else 0
+    for t in range(CN_DW_OFFSETS):
+        block_offsets[t] = offsets[min(t0 + t, k - 1)]
+    grad_grid = grad_grid + (group * m + rows0) * grid.positions
+    padded = padded + group * (g.channels // groups) * grid.plane
+    if floating is float:
+        cn_direct_dw_float(grad_grid, second_row, out_channels * grid.positions, padded,
+                           block_offsets, grid.sample, n_samples, grid.positions, valid, acc)
+    else:
+        cn_direct_dw_double(grad_grid, second_row, out_channels * grid.positions, padded,
+                            block_offsets, grid.sample, n_samples, grid.positions, valid, acc)
+
+
+cdef int direct_weight_gradient(const Geometry* g, Py_ssize_t groups,
+                                Py_ssize_t out_channels, const floating* padded,
+                                const floating* grad_grid, Py_ssize_t n_samples,
+                                floating* weight_grad, int max_threads) noexcept nogil:
+    cdef Grid grid = make_grid(g, groups, out_channels, floating is double)
+    cdef Py_ssize_t m = out_channels // groups
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t row_pairs = (m + CN_DW_ROWS - 1) // CN_DW_ROWS
+    cdef Py_ssize_t offset_quads = (k + CN_DW_OFFSETS - 1) // CN_DW_OFFSETS
+    cdef Py_ssize_t blocks = groups * row_pairs * offset_quads
+    cdef Py_ssize_t sums = CN_DW_ROWS * CN_DW_OFFSETS
+    cdef Py_ssize_t lanes = DW_VECTOR_BYTES // sizeof(floating)
+    cdef int n_threads = min(threads_for(n_samples * out_channels * k * positions, GRAIN),
+                             max_threads)
+    cdef Py_ssize_t n_tasks = min(blocks, DW_TASKS_PER_THREAD * <Py_ssize_t>n_threads)
+    cdef Py_ssize_t task, block, chunk, group, rows0, t0, i, t, o
+    cdef floating* acc = <floating*>cn_aligned_alloc(
+        DW_VECTOR_BYTES, round_up(blocks * sums * DW_VECTOR_BYTES, DW_VECTOR_BYTES))
+    cdef ptrdiff_t* offsets = <ptrdiff_t*>malloc(k * sizeof(ptrdiff_t))
+    cdef floating* valid = <floating*>cn_aligned_alloc(
+        DW_VECTOR_BYTES, round_up(grid.positions * sizeof(floating), DW_VECTOR_BYTES))
+    if acc == NULL or offsets == NULL or valid == NULL:
+        free(acc)
+        free(offsets)
+        free(valid)
+        return -1
+    memset(acc, 0, blocks * sums * DW_VECTOR_BYTES)
+    valid_positions(g, &grid, valid)
+    cdef Geometry group_geometry = g[0]
+    group_geometry.channels = g.channels // groups
+    kernel_offsets(&group_geometry, &grid, offsets)
+    for task in prange(n_tasks, num_threads=min(<Py_ssize_t>n_threads, n_tasks),
+                       schedule='dynamic'):
+        # A few samples at a time over the task's blocks: they stay in cache.
+        for chunk in range((n_samples + DW_SAMPLES - 1) // DW_SAMPLES):
+            for block in range(task * blocks // n_tasks, (task + 1) * blocks // n_tasks):
+                weight_gradient_block(g, &grid, groups, out_channels, block, offset_quads,
+                                      padded + chunk * DW_SAMPLES * grid.sample,
+                                      grad_grid + chunk * DW_SAMPLES * out_channels
+                                      * grid.positions,
+                                      min(<Py_ssize_t>DW_SAMPLES,
+                                          n_samples - chunk * DW_SAMPLES),
+                                      offsets, valid, acc + block * sums * lanes)
+    for block in range(blocks):
+        group = block // (row_pairs * offset_quads)
+        rows0 = block // offset_quads % row_pairs * CN_DW_ROWS
+        t0 = block % offset_quads * CN_DW_OFFSETS
+        for t in range(min(<Py_ssize_t>CN_DW_OFFSETS, k - t0)):
+            for i in range(min(<Py_ssize_t>CN_DW_ROWS, m - rows0)):
+                o = group * m + rows0 + i
+                if floating is float:
+                    weight_grad[o * k + t0 + t] += cn_direct_dw_float_total(
+                        acc + (block * sums + t * CN_DW_ROWS + i) * lanes)
+                else:
+                    weight_grad[o * k + t0 + t] += cn_direct_dw_double_total(
+                        acc + (block * sums + t * CN_DW_ROWS + i) * lanes)
+    free(acc)
+    free(offsets)
+    free(valid)
+    return 0
+
+
+cdef void valid_positions(const Geometry* g, const Grid* grid, floating* valid) noexcept nogil:
+    """valid[q]: all bits set where grid position q is an output, zero past each row."""
+    cdef Py_ssize_t z, y, x
+    memset(valid, 0, grid.positions * sizeof(floating))
+    for z in range(g.out_depth):
+        for y in range(g.out_height):
+            # -1 has every bit set; memset writes those bits into each element.
+            memset(valid + (z * grid.height + y) * grid.width, -1,
+                   g.out_width * sizeof(floating))
+
+
+cdef void direct_grid_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                               const floating* grad, Py_ssize_t n_samples,
+                               floating* grad_grid, int max_threads) noexcept nogil:
+    cdef Grid grid = make_grid(g, groups, out_channels, floating is double)
+    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+    cdef Py_ssize_t row, z, y, rows = n_samples * out_channels
+    cdef floating* dst
+    cdef int n_threads = min(threads_for(rows * grid.positions, GRAIN), max_threads)
+    for row in prange(rows, num_threads=n_threads, schedule='static'):
+        dst = grad_grid + row * grid.positions
+        memset(dst, 0, grid.positions * sizeof(floating))
+        for z in range(g.out_depth):
+            for y in range(g.out_height):
+                memcpy(dst + (z * grid.height + y) * grid.width,
+                       grad + row * positions + (z * g.out_height + y) * g.out_width,
+                       g.out_width * sizeof(floating))
+
+
+cdef void direct_pad(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                     const floating* x, Py_ssize_t n_samples, floating* padded,
+                     int max_threads) noexcept nogil:
+    cdef Grid grid = make_grid(g, groups, out_channels, floating is double)
+    cdef Py_ssize_t in_step = g.channels * g.depth * g.height * g.width, sample
+    cdef int n_threads = min(threads_for(n_samples * grid.sample, GRAIN), max_threads)
+    for sample in prange(n_samples, num_threads=n_threads, schedule='static'):
+        pad_sample(g, &grid, x + sample * in_step, padded + sample * grid.sample)
