@@ -80,11 +80,8 @@ MAX_PARTS = 16
 # many bytes runs its forward through the direct kernels (direct.pyx), with no
 # columns: the samples of LeNet and its kind, where writing the columns costs more
 # than the FMAs on them (measured 1.2-2.6x faster on Zen 3). Its backward goes
-# direct too where that measured faster: grouped convolutions, and a layer that
-# needs no dx (dW alone). Elsewhere dx through the adjoint computes over the zeros
-# it pads dL/dy with, and through the tile's spare rows when the input has fewer
-# channels per group than the tile has rows: im2col measured faster (CIFAR-sized
-# layers 1.3-1.6x). "auto" chooses so; "always" and "never" are for tests.
+# direct too where that measured faster (ConvNd._direct_backward). "auto" chooses
+# so; "always" and "never" are for tests.
 DIRECT_SAMPLE_BYTES = 256 << 10
 DIRECT = "auto"
 
@@ -936,9 +933,7 @@ class ConvNd(Layer):
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
         cdef Batch b
         cdef Geometry g
-        b, scratch, kept, g = self._batch(
-            x.shape, out.shape,
-            DIRECT == "always" or self.groups > 1 or not self.needs_input_grad)
+        b, scratch, kept, g = self._batch(x.shape, out.shape, self._direct_backward())
         part_size = weight.size + self.out_channels
         cdef bint have_columns = self._padded_kept if b.direct else self._columns_kept
         if b.direct:
@@ -1000,6 +995,18 @@ class ConvNd(Layer):
         if status:
             raise MemoryError(f"{self.name}: could not allocate scratch memory")
         return x_grad
+
+    def _direct_backward(self):
+        """Whether a backward may take the direct path (see DIRECT): where it measured
+        faster than im2col, which must make the columns the direct forward never made.
+        The adjoint that gives dx fills the tile's rows with input channels, and
+        computes over the zeros it pads dL/dy with; dW as dot products loses to the
+        GEMM once there are many output channels."""
+        rows = tile_shape(self.dtype)[0]
+        per_group_in = self.in_channels // self.groups
+        per_group_out = self.out_channels // self.groups
+        return (DIRECT == "always" or self.groups > 1 or not self.needs_input_grad
+                or (per_group_in >= rows and per_group_out <= 16))
 
     def _adjoint(self, weight, x_shape, out_shape):
         """The convolution whose output is dx (backward_units, the direct path): its
