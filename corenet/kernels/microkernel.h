@@ -394,11 +394,23 @@ static void NAME##_edge(ptrdiff_t kc, const T *restrict a, const T *restrict b, 
 CN_DEFINE_KERNEL(cn_kernel_float, float, cn_kf, cn_vf_u, cn_kfi, CN_NR_FLOAT)
 CN_DEFINE_KERNEL(cn_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
 
-/* The direct convolution's tile (plugins/corenet_conv/direct.pyx): row p of B
- * is read in place, NR consecutive values of a padded input at src + offsets[p]
- * (one kernel offset of one channel), instead of from a packed panel. The sums
- * are the packed kernel's, term by term, with a bias per row: a convolution
- * through im2col and this GEMM gives the same bits. */
+/* The direct convolution's tiles (plugins/corenet_conv/direct.pyx): row p of
+ * B is read in place, NR consecutive values at src + offsets[p], instead of from
+ * a packed panel. */
+#define CN_DIRECT_K_LOOP(T, VT, VU)                                           \
+    CN_FOR_ROWS(CN_DECLARE_ROW)                                               \
+    _Pragma("GCC unroll 4")                                                   \
+    for (ptrdiff_t p = 0; p < kc; ++p) {                                      \
+        const T *row = src + offsets[p];                                      \
+        VT b0 = *(const VU *)row;                                             \
+        VT b1 = *(const VU *)(row + VL);                                      \
+        CN_FOR_ROWS(CN_ROW)                                                   \
+        a += CN_MR;                                                           \
+    }
+
+/* The forward: B's rows are the padded input at each kernel offset of one
+ * channel. The sums are the packed kernel's, term by term, with a bias per row:
+ * a convolution through im2col and this GEMM gives the same bits. */
 #define CN_DEFINE_DIRECT_KERNEL(NAME, T, VT, VU, VI, NR)                      \
 static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict src,    \
                  const ptrdiff_t *restrict offsets, T *restrict c,            \
@@ -408,22 +420,46 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict src,    \
     typedef T cn_t; typedef VT cn_vt; typedef VU cn_vu; typedef VI cn_vi_t;   \
     const int VL = NR / 2, bias_per_row = 1;                                  \
     const VT zero = {0}, bias_lo = zero, bias_hi = zero;                      \
-    CN_FOR_ROWS(CN_DECLARE_ROW)                                               \
-    _Pragma("GCC unroll 4")                                                   \
-    for (ptrdiff_t p = 0; p < kc; ++p) {                                      \
-        const T *row = src + offsets[p];                                      \
-        VT b0 = *(const VU *)row;                                             \
-        VT b1 = *(const VU *)(row + VL);                                      \
-        CN_FOR_ROWS(CN_ROW)                                                   \
-        a += CN_MR;                                                           \
-    }                                                                         \
+    CN_DIRECT_K_LOOP(T, VT, VU)                                               \
     CN_FOR_ROWS(CN_STORE_ROW)                                                 \
     if (epilogue > CN_EPILOGUE_RELU)                                          \
         cn_activate_tile_##T(c, ldc, epilogue, param);                        \
 }
 
+/* dx, the adjoint of the forward: B's rows are dL/dy of each output channel on
+ * the grid, A is Wᵀ (rows: kernel offsets), and tile row i, the columns of
+ * im2col for kernel offset i, is added into the padded dx where the forward read
+ * them, at dx + scatter[i] (col2im, straight from registers). Only positions
+ * that are outputs (valid: all bits set) are added, and only the first `rows`
+ * rows: a dropped position or a spare row would add 0 · inf = NaN where dL/dy
+ * or W holds an inf. */
+#define CN_SCATTER_ROW(i)                                                     \
+    if (i < rows) {                                                           \
+        cn_vu *out = (cn_vu *)(dx + scatter[i]);                              \
+        out[0] += (cn_vt)((cn_vi_t)c##i##0 & keep_lo);                        \
+        out[1] += (cn_vt)((cn_vi_t)c##i##1 & keep_hi);                        \
+    }
+
+#define CN_DEFINE_DIRECT_SCATTER_KERNEL(NAME, T, VT, VU, VI, NR)              \
+static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict src,    \
+                 const ptrdiff_t *restrict offsets, T *restrict dx,           \
+                 const ptrdiff_t *restrict scatter, int rows,                 \
+                 const T *restrict valid)                                     \
+{                                                                             \
+    typedef T cn_t; typedef VT cn_vt; typedef VU cn_vu; typedef VI cn_vi_t;   \
+    const int VL = NR / 2;                                                    \
+    const VT zero = {0};                                                      \
+    const VI keep_lo = *(const VI *)valid, keep_hi = *(const VI *)(valid + VL); \
+    CN_DIRECT_K_LOOP(T, VT, VU)                                               \
+    CN_FOR_ROWS(CN_SCATTER_ROW)                                               \
+}
+
 CN_DEFINE_DIRECT_KERNEL(cn_direct_kernel_float, float, cn_kf, cn_vf_u, cn_kfi, CN_NR_FLOAT)
 CN_DEFINE_DIRECT_KERNEL(cn_direct_kernel_double, double, cn_vd, cn_vd_u, cn_vdi, CN_NR_DOUBLE)
+CN_DEFINE_DIRECT_SCATTER_KERNEL(cn_direct_scatter_float, float, cn_kf, cn_vf_u, cn_kfi,
+                                CN_NR_FLOAT)
+CN_DEFINE_DIRECT_SCATTER_KERNEL(cn_direct_scatter_double, double, cn_vd, cn_vd_u, cn_vdi,
+                                CN_NR_DOUBLE)
 
 /* The last sliver of a block with R < MR rows: the full kernel would spend MR
  * rows of FMAs on it. This one computes R rows of P neighbouring panels at once

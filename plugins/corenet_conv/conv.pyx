@@ -43,8 +43,9 @@ from corenet.kernels.fused cimport activation_derivative_times
 from corenet.kernels.gemm cimport (EPILOGUE_NONE, EPILOGUE_RELU, gemm_b_panels, gemm_ex,
                                    gemm_k_block, pack_panels)
 from corenet.kernels._openmp cimport omp_get_thread_num
-from corenet_conv.direct cimport (Grid, direct_forward, direct_grid_gradient, direct_pad,
-                                  direct_weight_gradient, make_grid)
+from corenet_conv.direct cimport (Grid, direct_forward, direct_grid_gradient,
+                                  direct_input_gradient, direct_pad, direct_weight_gradient,
+                                  make_grid)
 from corenet.kernels.threads cimport threads_for
 from corenet_conv.vol2col cimport (Geometry, TileMasks, col2vol, col2vol_tile, free_tile_masks,
                                    shifted_copies, tile_masks, tile_rows, vol2col,
@@ -633,14 +634,12 @@ cdef int direct_backward(const Geometry* g, const Batch* b, Py_ssize_t groups,
                          const floating* out, floating* weight_grad, floating* bias_grad,
                          floating* x_grad, floating* scratch, floating* padded,
                          bint have_padded, floating* sample_sums, floating* grad_grid,
-                         int epilogue,
-                         floating param, const Geometry* gt, const floating* weight_t,
+                         int epilogue, floating param, const floating* weight,
                          floating* grad_t) noexcept nogil:
     """The direct path's backward: g' = dL/dy · f'(y) into grad_t (or grad itself);
-    db as row sums, sample by sample; dW from the padded samples, a chunk of
-    b.padded_chunk at a time (padded again unless the forward kept them); dx as the
-    adjoint convolution (gt, weight_t) of g'. sample_sums: size · out_channels;
-    grad_grid: g' of b.padded_chunk samples on the grid (direct.pyx)."""
+    db as row sums, sample by sample; then a chunk of b.padded_chunk samples at a
+    time, g' on the grid (grad_grid), dW from the padded samples (padded again
+    unless the forward kept them) and dx from g'. sample_sums: size · out_channels."""
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
     cdef Py_ssize_t start, n, o, sample
     cdef floating total
@@ -668,11 +667,11 @@ cdef int direct_backward(const Geometry* g, const Batch* b, Py_ssize_t groups,
                              grad_grid, b.n_threads)
         status |= direct_weight_gradient(g, groups, out_channels, padded, grad_grid, n,
                                          weight_grad, b.n_threads)
+        if x_grad != NULL:
+            status |= direct_input_gradient(g, groups, out_channels, weight, grad_grid, n,
+                                            x_grad + start * b.in_step, scratch,
+                                            b.scratch_per_thread, b.n_threads)
         start += n
-    if x_grad != NULL:
-        status |= direct_forward(gt, groups, g.channels, grad_t, b.size, weight_t, NULL,
-                                 x_grad, NULL, scratch, b.scratch_per_thread, EPILOGUE_NONE,
-                                 0, b.n_threads)
     return status
 
 
@@ -790,13 +789,10 @@ class ConvNd(Layer):
         n_chunks = (b.size + b.chunk - 1) // b.chunk
         b.n_threads = min(get_num_threads(), n_chunks) if b.parallel else get_num_threads()
         cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
-        cdef Geometry gt = self._adjoint_geometry(x_shape, out_shape)
-        cdef bint double_precision = self.dtype == np.float64
-        cdef Grid grid = make_grid(&g, self.groups, self.out_channels, double_precision)
-        cdef Grid grid_t = make_grid(&gt, self.groups, self.in_channels, double_precision)
-        # Per thread: the output grid and a padded sample, of the forward or of dx.
-        direct_scratch = max(grid.rows * grid.positions + grid.sample,
-                             grid_t.rows * grid_t.positions + grid_t.sample)
+        cdef Grid grid = make_grid(&g, self.groups, self.out_channels,
+                                   self.dtype == np.float64)
+        # Per thread: the output grid and a padded sample (or dx, padded).
+        direct_scratch = grid.rows * grid.positions + grid.sample
         b.direct = (direct_allowed and DIRECT != "never"
                     and self.window.stride == (1,) * self.n_axes
                     and (DIRECT == "always"
@@ -947,7 +943,7 @@ class ConvNd(Layer):
                 kept = None  # not filled by the forward: recompute
         cdef Geometry gt
         weight_t = grad_t = None
-        if (b.tile and b.parallel and b.tile_dx) or (b.direct and x_grad is not None):
+        if b.tile and b.parallel and b.tile_dx:
             weight_t, gt = self._adjoint(weight, x.shape, out.shape)
         if ((b.tile and b.parallel) or b.direct) and code != EPILOGUE_NONE:
             grad_t = self.buffer("grad_t", out.shape, self.dtype)
@@ -973,13 +969,13 @@ class ConvNd(Layer):
                     &g, &b, groups, out_channels, <const float*>px, <const float*>pgrad,
                     <const float*>pout, <float*>pwg, <float*>pbg, <float*>pxg,
                     <float*>pscratch, <float*>pkept, have_columns, <float*>pparts,
-                    <float*>pgrid, epilogue, <float>p, &gt, <const float*>pwt, <float*>pgt)
+                    <float*>pgrid, epilogue, <float>p, <const float*>pw, <float*>pgt)
             elif b.direct:
                 status = direct_backward(
                     &g, &b, groups, out_channels, <const double*>px, <const double*>pgrad,
                     <const double*>pout, <double*>pwg, <double*>pbg, <double*>pxg,
                     <double*>pscratch, <double*>pkept, have_columns, <double*>pparts,
-                    <double*>pgrid, epilogue, p, &gt, <const double*>pwt, <double*>pgt)
+                    <double*>pgrid, epilogue, p, <const double*>pw, <double*>pgt)
             elif item == 4:
                 status = backward_batch(
                     &g, &b, groups, out_channels, <const float*>px, <const float*>pw,
@@ -1009,10 +1005,10 @@ class ConvNd(Layer):
                 or (per_group_in >= rows and per_group_out <= 16))
 
     def _adjoint(self, weight, x_shape, out_shape):
-        """The convolution whose output is dx (backward_units, the direct path): its
-        weight, the kernel flipped and in and out channels swapped within each group,
-        as a (C_in, C_out/groups · kernel volume) matrix; and its geometry
-        (_adjoint_geometry)."""
+        """The convolution whose output is dx (backward_units): its weight, the kernel
+        flipped and in and out channels swapped within each group, as a (C_in,
+        C_out/groups · kernel volume) matrix; and its geometry, from dL/dy to dx
+        with stride 1 and the complementary padding."""
         groups, kernel = self.groups, self.window.kernel
         grouped = weight.reshape((groups, self.out_channels // groups,
                                   self.in_channels // groups) + tuple(kernel))
@@ -1021,15 +1017,11 @@ class ConvNd(Layer):
         weight_t = self.buffer("weight_t", (self.in_channels, weight.size // self.in_channels),
                                self.dtype)
         np.copyto(weight_t, flipped.reshape(weight_t.shape))
-        return weight_t, self._adjoint_geometry(x_shape, out_shape)
-
-    def _adjoint_geometry(self, x_shape, out_shape):
-        """The adjoint convolution's geometry, from dL/dy to dx: stride 1 and the
-        complementary padding (meaningful for stride 1, where it is used)."""
         kernel3, _, pad3, dilation3 = self.window.as_3d()
         pad_t = tuple((k - 1) * d - p for k, d, p in zip(kernel3, dilation3, pad3))
-        return make_geometry(as_3d_shape(out_shape), as_3d_shape(x_shape),
-                             (kernel3, (1, 1, 1), pad_t, dilation3))
+        geometry = make_geometry(as_3d_shape(out_shape), as_3d_shape(x_shape),
+                                 (kernel3, (1, 1, 1), pad_t, dilation3))
+        return weight_t, geometry
 
     def can_fuse(self, following):
         """Whether this layer can run ``following`` (its only consumer) in its own

@@ -56,3 +56,15 @@ cdef void direct_pad(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channe
                      Py_ssize_t n_samples,
                      floating* padded,            # OUT (n_samples, grid.sample)
                      int max_threads) noexcept nogil
+
+# dx = col2vol(Wᵀ · g), with no columns: each tile of Wᵀ · (dL/dy on the grid)
+# added from registers into a padded dx (per thread, in scratch), then cropped.
+cdef int direct_input_gradient(const Geometry* g, Py_ssize_t groups,
+                               Py_ssize_t out_channels,
+                               const floating* weight,     # IN  (out_channels, C/groups · kernel)
+                               const floating* grad_grid,  # IN  (n_samples, out_channels,
+                                                           #      grid.positions)
+                               Py_ssize_t n_samples,
+                               floating* x_grad,           # OUT (n_samples, C, D, H, W)
+                               floating* scratch, Py_ssize_t scratch_per_thread,
+                               int max_threads) noexcept nogil

@@ -13,10 +13,14 @@ out_width of every Wp) are computed too, and dropped.
     forward   y[s, o, q] = Σ_t W[o, t] · x_s[q + offset[t]] + b[o], f in the epilogue
               k blocks as the GEMM's: the same bits as im2col and the GEMM
     dW        dW[o, t] += Σ_s Σ_q g'[s, o, q] · x_s[q + offset[t]]   (direct.h)
-    dx        the forward of the adjoint convolution (ConvNd._adjoint) on g'
+    dx        dx_s[q + offset[t]] += Σ_o W[o, t] · g'[s, o, q]: col2im of Wᵀ · g',
+              each tile added from registers (cn_direct_scatter)
 
-Parallel over samples (forward) and over blocks of dW, each output written by one
-thread in one fixed order: bitwise the same for any thread count.
+g' is dL/dy (times f' of a fused activation) laid out on the grid, zeros at the
+dropped positions; what dW and dx add there is masked off (`valid`).
+
+Parallel over samples (forward, dx) and over blocks of dW, each output written by
+one thread in one fixed order: bitwise the same for any thread count.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
@@ -39,6 +43,12 @@ cdef extern from "microkernel.h" nogil:
                                  const ptrdiff_t* offsets, double* c, ptrdiff_t ldc,
                                  int accumulate, const double* bias, int epilogue,
                                  double param)
+    void cn_direct_scatter_float(ptrdiff_t kc, const float* a, const float* src,
+                                 const ptrdiff_t* offsets, float* dx,
+                                 const ptrdiff_t* scatter, int rows, const float* valid)
+    void cn_direct_scatter_double(ptrdiff_t kc, const double* a, const double* src,
+                                  const ptrdiff_t* offsets, double* dx,
+                                  const ptrdiff_t* scatter, int rows, const double* valid)
 
 cdef extern from "direct.h" nogil:
     enum:
@@ -58,6 +68,7 @@ cdef extern from "direct.h" nogil:
 cdef enum:
     GRAIN = 1 << 16   # multiply-adds below which one thread runs
     DW_VECTOR_BYTES = 32
+    VALID_ALIGNMENT = 64  # the tile kernels read `valid` a register vector at a time
     # Blocks of dW per task: a task sweeps every sample for its blocks, so a sample
     # is read once per task; a few tasks per thread balance a busy core.
     DW_TASKS_PER_THREAD = 4
@@ -284,7 +295,7 @@ cdef int direct_weight_gradient(const Geometry* g, Py_ssize_t groups,
         DW_VECTOR_BYTES, round_up(blocks * sums * DW_VECTOR_BYTES, DW_VECTOR_BYTES))
     cdef ptrdiff_t* offsets = <ptrdiff_t*>malloc(k * sizeof(ptrdiff_t))
     cdef floating* valid = <floating*>cn_aligned_alloc(
-        DW_VECTOR_BYTES, round_up(grid.positions * sizeof(floating), DW_VECTOR_BYTES))
+        VALID_ALIGNMENT, round_up(grid.positions * sizeof(floating), VALID_ALIGNMENT))
     if acc == NULL or offsets == NULL or valid == NULL:
         free(acc)
         free(offsets)
@@ -363,3 +374,120 @@ cdef void direct_pad(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channe
     cdef int n_threads = min(threads_for(n_samples * grid.sample, GRAIN), max_threads)
     for sample in prange(n_samples, num_threads=n_threads, schedule='static'):
         pad_sample(g, &grid, x + sample * in_step, padded + sample * grid.sample)
+
+
+cdef void unpad_sample(const Geometry* g, const Grid* grid, const floating* padded,
+                       floating* x) noexcept nogil:
+    """x (C, D, H, W) = padded's values where pad_sample put x's: pad_sample's adjoint
+    for a padded dx (every padded position an input came from)."""
+    cdef Py_ssize_t c, z, y, x0, x1
+    memset(x, 0, g.channels * g.depth * g.height * g.width * sizeof(floating))
+    x0 = max(0, -g.pad_w)
+    x1 = min(g.width, grid.width - g.pad_w)
+    if x1 <= x0:
+        return
+    for c in range(g.channels):
+        for z in range(max(0, -g.pad_d), min(g.depth, grid.depth - g.pad_d)):
+            for y in range(max(0, -g.pad_h), min(g.height, grid.height - g.pad_h)):
+                memcpy(x + ((c * g.depth + z) * g.height + y) * g.width + x0,
+                       padded + c * grid.plane + ((z + g.pad_d) * grid.height + y + g.pad_h)
+                       * grid.width + x0 + g.pad_w,
+                       (x1 - x0) * sizeof(floating))
+
+
+cdef void pack_weight_transposed(const floating* weight, Py_ssize_t groups, Py_ssize_t m,
+                                 Py_ssize_t k, Py_ssize_t kc_max, Py_ssize_t rows,
+                                 floating* packed) noexcept nogil:
+    """Wᵀ as the micro-kernel reads A: per group, per block of kc output channels,
+    slivers of MR kernel offsets (zeros past k), each kc x MR; block (group, pc) at
+    (group·m + pc)·rows."""
+    cdef Py_ssize_t group, pc, kc, t, p
+    cdef floating* block
+    for group in range(groups):
+        pc = 0
+        while pc < m:
+            kc = min(kc_max, m - pc)
+            block = packed + (group * m + pc) * rows
+            for t in range(rows):
+                for p in range(kc):
+                    block[t // CN_MR * CN_MR * kc + p * CN_MR + t % CN_MR] = (
+                        weight[(group * m + pc + p) * k + t] if t < k else 0)
+            pc += kc
+
+
+cdef void sample_input_gradient(const Geometry* g, const Grid* grid, Py_ssize_t groups,
+                                Py_ssize_t m, Py_ssize_t k, Py_ssize_t kc_max,
+                                Py_ssize_t tap_rows, const floating* grad_grid,
+                                const floating* packed, const ptrdiff_t* offsets,
+                                const ptrdiff_t* channel_rows, const floating* valid,
+                                floating* dx_padded) noexcept nogil:
+    """One sample's padded dx (zeroed here): for each tile of grid positions, Wᵀ · its
+    dL/dy, each row added where its kernel offset reads."""
+    cdef Py_ssize_t nr = CN_NR_DOUBLE if floating is double else CN_NR_FLOAT
+    cdef Py_ssize_t group, pc, kc, j, s
+    cdef floating* group_dx
+    memset(dx_padded, 0, grid.sample * sizeof(floating))
+    for group in range(groups):
+        group_dx = dx_padded + group * (g.channels // groups) * grid.plane
+        pc = 0
+        while pc < m:
+            kc = min(kc_max, m - pc)
+            j = 0
+            while j < grid.positions:
+                for s in range(tap_rows // CN_MR):
+                    if floating is float:
+                        cn_direct_scatter_float(
+                            kc, packed + (group * m + pc) * tap_rows + s * CN_MR * kc,
+                            grad_grid + (group * m + pc) * grid.positions + j, channel_rows,
+                            group_dx + j, offsets + s * CN_MR, min(CN_MR, k - s * CN_MR),
+                            valid + j)
+                    else:
+                        cn_direct_scatter_double(
+                            kc, packed + (group * m + pc) * tap_rows + s * CN_MR * kc,
+                            grad_grid + (group * m + pc) * grid.positions + j, channel_rows,
+                            group_dx + j, offsets + s * CN_MR, min(CN_MR, k - s * CN_MR),
+                            valid + j)
+                j += nr
+            pc += kc
+
+
+cdef int direct_input_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
+                               const floating* weight, const floating* grad_grid,
+                               Py_ssize_t n_samples, floating* x_grad, floating* scratch,
+                               Py_ssize_t scratch_per_thread, int max_threads) noexcept nogil:
+    cdef Grid grid = make_grid(g, groups, out_channels, floating is double)
+    cdef Py_ssize_t m = out_channels // groups
+    cdef Py_ssize_t k = g.channels // groups * g.kernel_d * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kc_max = gemm_k_block(m, floating is double)
+    cdef Py_ssize_t tap_rows = round_up(k, CN_MR), sample, p
+    cdef Py_ssize_t in_step = g.channels * g.depth * g.height * g.width
+    cdef int n_threads = min(threads_for(n_samples * out_channels * k * grid.positions, GRAIN),
+                             max_threads)
+    cdef floating* packed = <floating*>malloc(groups * tap_rows * m * sizeof(floating)
+                                              + (k + m) * sizeof(ptrdiff_t))
+    cdef floating* valid = <floating*>cn_aligned_alloc(
+        VALID_ALIGNMENT, round_up(grid.positions * sizeof(floating), VALID_ALIGNMENT))
+    if packed == NULL or valid == NULL:
+        free(packed)
+        free(valid)
+        return -1
+    cdef ptrdiff_t* offsets = <ptrdiff_t*>(packed + groups * tap_rows * m)
+    cdef ptrdiff_t* channel_rows = offsets + k
+    pack_weight_transposed(weight, groups, m, k, kc_max, tap_rows, packed)
+    cdef Geometry group_geometry = g[0]
+    group_geometry.channels = g.channels // groups
+    kernel_offsets(&group_geometry, &grid, offsets)
+    for p in range(m):
+        channel_rows[p] = p * grid.positions
+    valid_positions(g, &grid, valid)
+    cdef floating* dx_padded
+    for sample in prange(n_samples, num_threads=min(<Py_ssize_t>n_threads, n_samples),
+                         schedule='dynamic'):
+        dx_padded = scratch + omp_get_thread_num() * scratch_per_thread
+        sample_input_gradient(g, &grid, groups, m, k, kc_max, tap_rows,
+                              grad_grid + sample * out_channels * grid.positions, packed,
+                              offsets, channel_rows, valid, dx_padded)
+        unpad_sample(g, &grid, dx_padded, x_grad + sample * in_step)
+    free(packed)
+    free(valid)
+    return 0
