@@ -202,6 +202,12 @@ def test_direct_path_is_chosen_by_shape_and_keeps_its_workspace_bounded(rng, mon
     large = L.Conv2d(64, 64, 3, padding=1)  # a padded sample alone exceeds the bound
     large.forward(np.zeros((1, 64, 56, 56), np.float32))
     assert "padded" not in large._buffers
+    wide = L.Conv2d(3, 32, 3, padding=1)  # more than 16 output channels: im2col
+    wide.forward(np.zeros((2, 3, 32, 32), np.float32))
+    assert "padded" not in wide._buffers
+    strided = L.Conv2d(6, 16, 5, stride=2)
+    strided.forward(x.astype(np.float32))
+    assert "padded" not in strided._buffers
     # Three samples of padded input (and of dL/dy on the grid) at a time: the
     # backward pads them again, chunk by chunk, and sums the same terms.
     grid_sample = 16 * (10 * 14 + 6) * 8  # 16 output rows of the grid: the larger

@@ -77,13 +77,17 @@ WORKSPACE_BYTES = 16 << 20
 TILE_BYTES = 1 << 20
 # Partial weight gradients in the parallel backward: runs of consecutive chunks.
 MAX_PARTS = 16
-# A convolution of stride 1 whose padded sample and output grid take at most this
-# many bytes runs its forward through the direct kernels (direct.pyx), with no
-# columns: the samples of LeNet and its kind, where writing the columns costs more
-# than the FMAs on them (measured 1.2-2.6x faster on Zen 3). Its backward goes
-# direct too where that measured faster (ConvNd._direct_backward). "auto" chooses
-# so; "always" and "never" are for tests.
+# A convolution of stride 1 whose padded sample and output grid take at most
+# DIRECT_SAMPLE_BYTES, with at most DIRECT_MAX_CHANNELS output channels per group,
+# goes through the direct kernels (direct.pyx), with no columns: LeNet's layers and
+# their kind, where writing the columns costs more than the FMAs on them (measured
+# on 2 Zen 3 threads: LeNet's second convolution 1.2-1.4x faster forward and
+# backward, a depthwise 3x3 1.7-2.5x). With more output channels the columns serve
+# more FMAs each, and dW's dot products (about half the FMA peak) lose to the GEMM:
+# a CIFAR-sized 3->32 measured 1.1-1.2x slower direct. "auto" chooses so; "always"
+# (any stride-1 convolution) and "never" are for tests.
 DIRECT_SAMPLE_BYTES = 256 << 10
+DIRECT_MAX_CHANNELS = 16
 DIRECT = "auto"
 
 cdef enum:
@@ -775,9 +779,8 @@ class ConvNd(Layer):
         n_chunks = (batch + chunk - 1) // chunk
         return (batch + n_chunks - 1) // n_chunks, True
 
-    def _batch(self, x_shape, out_shape, direct_allowed=True):
-        """The Batch struct for a call, and the scratch it needs (a layer buffer).
-        direct_allowed: False keeps a backward on the im2col path (see DIRECT)."""
+    def _batch(self, x_shape, out_shape):
+        """The Batch struct for a call, and the scratch it needs (a layer buffer)."""
         cdef Batch b
         x3, out3 = as_3d_shape(x_shape), as_3d_shape(out_shape)
         positions = math.prod(out3[2:])
@@ -793,10 +796,10 @@ class ConvNd(Layer):
                                    self.dtype == np.float64)
         # Per thread: the output grid and a padded sample (or dx, padded).
         direct_scratch = grid.rows * grid.positions + grid.sample
-        b.direct = (direct_allowed and DIRECT != "never"
-                    and self.window.stride == (1,) * self.n_axes
-                    and (DIRECT == "always"
-                         or direct_scratch * self.dtype.itemsize <= DIRECT_SAMPLE_BYTES))
+        b.direct = DIRECT != "never" and self.window.stride == (1,) * self.n_axes and (
+            DIRECT == "always"
+            or (direct_scratch * self.dtype.itemsize <= DIRECT_SAMPLE_BYTES
+                and self.out_channels // self.groups <= DIRECT_MAX_CHANNELS))
         if b.direct:
             b.parallel, b.chunk, b.tile, b.n_parts = False, b.size, 0, 0
             b.n_threads = get_num_threads()
@@ -929,7 +932,7 @@ class ConvNd(Layer):
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
         cdef Batch b
         cdef Geometry g
-        b, scratch, kept, g = self._batch(x.shape, out.shape, self._direct_backward())
+        b, scratch, kept, g = self._batch(x.shape, out.shape)
         part_size = weight.size + self.out_channels
         cdef bint have_columns = self._padded_kept if b.direct else self._columns_kept
         if b.direct:
@@ -991,18 +994,6 @@ class ConvNd(Layer):
         if status:
             raise MemoryError(f"{self.name}: could not allocate scratch memory")
         return x_grad
-
-    def _direct_backward(self):
-        """Whether a backward may take the direct path (see DIRECT): where it measured
-        faster than im2col, which must make the columns the direct forward never made.
-        The adjoint that gives dx fills the tile's rows with input channels, and
-        computes over the zeros it pads dL/dy with; dW as dot products loses to the
-        GEMM once there are many output channels."""
-        rows = tile_shape(self.dtype)[0]
-        per_group_in = self.in_channels // self.groups
-        per_group_out = self.out_channels // self.groups
-        return (DIRECT == "always" or self.groups > 1 or not self.needs_input_grad
-                or (per_group_in >= rows and per_group_out <= 16))
 
     def _adjoint(self, weight, x_shape, out_shape):
         """The convolution whose output is dx (backward_units): its weight, the kernel

@@ -399,30 +399,45 @@ cdef void pack_weight_transposed(const floating* weight, Py_ssize_t groups, Py_s
                                  Py_ssize_t k, Py_ssize_t kc_max, Py_ssize_t rows,
                                  floating* packed) noexcept nogil:
     """Wᵀ as the micro-kernel reads A: per group, per block of kc output channels,
-    slivers of MR kernel offsets (zeros past k), each kc x MR; block (group, pc) at
-    (group·m + pc)·rows."""
-    cdef Py_ssize_t group, pc, kc, t, p
+    slivers of MR kernel offsets (in interleaved_offset's order, zeros past k), each
+    kc x MR; block (group, pc) at (group·m + pc)·rows."""
+    cdef Py_ssize_t group, pc, kc, r, t, p
     cdef floating* block
     for group in range(groups):
         pc = 0
         while pc < m:
             kc = min(kc_max, m - pc)
             block = packed + (group * m + pc) * rows
-            for t in range(rows):
+            for r in range(rows):
+                t = interleaved_offset(r, rows)
                 for p in range(kc):
-                    block[t // CN_MR * CN_MR * kc + p * CN_MR + t % CN_MR] = (
+                    block[r // CN_MR * CN_MR * kc + p * CN_MR + r % CN_MR] = (
                         weight[(group * m + pc + p) * k + t] if t < k else 0)
             pc += kc
+
+
+cdef inline Py_ssize_t interleaved_offset(Py_ssize_t r, Py_ssize_t rows) noexcept nogil:
+    """The kernel offset of row r of dx's packed Wᵀ: row i of sliver s takes offset
+    i·slivers + s, so that a tile's rows add into dx far apart. With the natural
+    order, neighbouring rows (kernel offsets one column apart) add vectors that
+    overlap one element apart, each load waiting for the store before it."""
+    return r % CN_MR * (rows // CN_MR) + r // CN_MR
+
+
+cdef inline int sliver_rows(Py_ssize_t s, Py_ssize_t k, Py_ssize_t rows) noexcept nogil:
+    """The rows of sliver s that hold kernel offsets (interleaved_offset < k): a prefix."""
+    cdef Py_ssize_t slivers = rows // CN_MR
+    return min(<Py_ssize_t>CN_MR, (k - s + slivers - 1) // slivers)
 
 
 cdef void sample_input_gradient(const Geometry* g, const Grid* grid, Py_ssize_t groups,
                                 Py_ssize_t m, Py_ssize_t k, Py_ssize_t kc_max,
                                 Py_ssize_t tap_rows, const floating* grad_grid,
-                                const floating* packed, const ptrdiff_t* offsets,
+                                const floating* packed, const ptrdiff_t* scatter,
                                 const ptrdiff_t* channel_rows, const floating* valid,
                                 floating* dx_padded) noexcept nogil:
     """One sample's padded dx (zeroed here): for each tile of grid positions, Wᵀ · its
-    dL/dy, each row added where its kernel offset reads."""
+    dL/dy, each row added where its kernel offset reads (scatter: per packed row)."""
     cdef Py_ssize_t nr = CN_NR_DOUBLE if floating is double else CN_NR_FLOAT
     cdef Py_ssize_t group, pc, kc, j, s
     cdef floating* group_dx
@@ -439,13 +454,13 @@ cdef void sample_input_gradient(const Geometry* g, const Grid* grid, Py_ssize_t 
                         cn_direct_scatter_float(
                             kc, packed + (group * m + pc) * tap_rows + s * CN_MR * kc,
                             grad_grid + (group * m + pc) * grid.positions + j, channel_rows,
-                            group_dx + j, offsets + s * CN_MR, min(CN_MR, k - s * CN_MR),
+                            group_dx + j, scatter + s * CN_MR, sliver_rows(s, k, tap_rows),
                             valid + j)
                     else:
                         cn_direct_scatter_double(
                             kc, packed + (group * m + pc) * tap_rows + s * CN_MR * kc,
                             grad_grid + (group * m + pc) * grid.positions + j, channel_rows,
-                            group_dx + j, offsets + s * CN_MR, min(CN_MR, k - s * CN_MR),
+                            group_dx + j, scatter + s * CN_MR, sliver_rows(s, k, tap_rows),
                             valid + j)
                 j += nr
             pc += kc
@@ -464,7 +479,7 @@ cdef int direct_input_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t 
     cdef int n_threads = min(threads_for(n_samples * out_channels * k * grid.positions, GRAIN),
                              max_threads)
     cdef floating* packed = <floating*>malloc(groups * tap_rows * m * sizeof(floating)
-                                              + (k + m) * sizeof(ptrdiff_t))
+                                              + (k + tap_rows + m) * sizeof(ptrdiff_t))
     cdef floating* valid = <floating*>cn_aligned_alloc(
         VALID_ALIGNMENT, round_up(grid.positions * sizeof(floating), VALID_ALIGNMENT))
     if packed == NULL or valid == NULL:
@@ -472,11 +487,14 @@ cdef int direct_input_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t 
         free(valid)
         return -1
     cdef ptrdiff_t* offsets = <ptrdiff_t*>(packed + groups * tap_rows * m)
-    cdef ptrdiff_t* channel_rows = offsets + k
+    cdef ptrdiff_t* scatter = offsets + k
+    cdef ptrdiff_t* channel_rows = scatter + tap_rows
     pack_weight_transposed(weight, groups, m, k, kc_max, tap_rows, packed)
     cdef Geometry group_geometry = g[0]
     group_geometry.channels = g.channels // groups
     kernel_offsets(&group_geometry, &grid, offsets)
+    for p in range(tap_rows):
+        scatter[p] = offsets[min(interleaved_offset(p, tap_rows), k - 1)]
     for p in range(m):
         channel_rows[p] = p * grid.positions
     valid_positions(g, &grid, valid)
@@ -486,7 +504,7 @@ cdef int direct_input_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t 
         dx_padded = scratch + omp_get_thread_num() * scratch_per_thread
         sample_input_gradient(g, &grid, groups, m, k, kc_max, tap_rows,
                               grad_grid + sample * out_channels * grid.positions, packed,
-                              offsets, channel_rows, valid, dx_padded)
+                              scatter, channel_rows, valid, dx_padded)
         unpad_sample(g, &grid, dx_padded, x_grad + sample * in_step)
     free(packed)
     free(valid)
