@@ -39,7 +39,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
-from corenet.kernels.fused cimport activation_derivative_times
+from corenet.kernels.fused cimport (activation_derivative_times, cn_relu_gradient_double,
+                                    cn_relu_gradient_float)
 from corenet.kernels.gemm cimport (EPILOGUE_NONE, EPILOGUE_RELU, gemm_b_panels, gemm_ex,
                                    gemm_k_block, pack_panels)
 from corenet.kernels._openmp cimport omp_get_thread_num
@@ -96,25 +97,6 @@ cdef enum:
     # sample, into the output in place, rather than the whole chunk at once and then
     # moving the chunk axis in front: products this wide lose nothing by it.
     SAMPLE_PRODUCT_POSITIONS = 256
-
-cdef extern from *:
-    """
-    /* dst = g where y > 0, else 0: the ReLU's backward, the common case, as a
-     * loop the compiler vectorizes (restrict: the three arrays never overlap). */
-    #define CN_RELU_GRADIENT(NAME, T)                                            \
-    static void NAME(T *restrict dst, const T *restrict g, const T *restrict y,  \
-                     ptrdiff_t n)                                                \
-    {                                                                            \
-        for (ptrdiff_t i = 0; i < n; ++i) dst[i] = y[i] > 0 ? g[i] : (T)0;       \
-    }
-    CN_RELU_GRADIENT(cn_relu_gradient_float, float)
-    CN_RELU_GRADIENT(cn_relu_gradient_double, double)
-    """
-    void cn_relu_gradient_float(float* dst, const float* g, const float* y,
-                                ptrdiff_t n) noexcept nogil
-    void cn_relu_gradient_double(double* dst, const double* g, const double* y,
-                                 ptrdiff_t n) noexcept nogil
-
 
 cdef void move_chunk_axis_front(const floating* src, floating* dst, Py_ssize_t n_samples,
                                 Py_ssize_t channels, Py_ssize_t positions,
@@ -638,37 +620,27 @@ cdef int direct_backward(const Geometry* g, const Batch* b, Py_ssize_t groups,
                          const floating* out, floating* weight_grad, floating* bias_grad,
                          floating* x_grad, floating* scratch, floating* padded,
                          bint have_padded, floating* sample_sums, floating* grad_grid,
-                         int epilogue, floating param, const floating* weight,
-                         floating* grad_t) noexcept nogil:
-    """The direct path's backward: g' = dL/dy · f'(y) into grad_t (or grad itself);
-    db as row sums, sample by sample; then a chunk of b.padded_chunk samples at a
-    time, g' on the grid (grad_grid), dW from the padded samples (padded again
-    unless the forward kept them) and dx from g'. sample_sums: size · out_channels."""
-    cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
+                         int epilogue, floating param, const floating* weight) noexcept nogil:
+    """The direct path's backward, a chunk of b.padded_chunk samples at a time: g' =
+    dL/dy · f'(y) on the grid (grad_grid, zeros past each row); db as its row sums,
+    per sample (sample_sums: size · out_channels), added in sample order at the end;
+    dW from the padded samples (padded again unless the forward kept them); dx."""
     cdef Py_ssize_t start, n, o, sample
     cdef floating total
     cdef int status = 0
-    if epilogue == EPILOGUE_NONE:
-        grad_t = <floating*>grad  # read only
-    else:
-        apply_activation_derivative(grad, out, grad_t, b.size, out_channels, positions,
-                                    epilogue, param, b.n_threads)
     if bias_grad != NULL:
         memset(sample_sums, 0, b.size * out_channels * sizeof(floating))
-        add_row_sums(sample_sums, grad_t, b.size * out_channels, positions, positions,
-                     b.n_threads)
-        for o in range(out_channels):
-            total = 0
-            for sample in range(b.size):
-                total = total + sample_sums[sample * out_channels + o]
-            bias_grad[o] = bias_grad[o] + total
     start = 0
     while start < b.size:
         n = min(b.padded_chunk, b.size - start)
         if not have_padded:
             direct_pad(g, groups, out_channels, x + start * b.in_step, n, padded, b.n_threads)
-        direct_grid_gradient(g, groups, out_channels, grad_t + start * b.out_step, n,
-                             grad_grid, b.n_threads)
+        direct_grid_gradient(g, groups, out_channels, grad + start * b.out_step,
+                             out + start * b.out_step, epilogue, param, n, grad_grid,
+                             b.n_threads)
+        if bias_grad != NULL:
+            add_row_sums(sample_sums + start * out_channels, grad_grid, n * out_channels,
+                         b.grid_positions, b.grid_positions, b.n_threads)
         status |= direct_weight_gradient(g, groups, out_channels, padded, grad_grid, n,
                                          weight_grad, b.n_threads)
         if x_grad != NULL:
@@ -676,6 +648,12 @@ cdef int direct_backward(const Geometry* g, const Batch* b, Py_ssize_t groups,
                                             x_grad + start * b.in_step, scratch,
                                             b.scratch_per_thread, b.n_threads)
         start += n
+    if bias_grad != NULL:
+        for o in range(out_channels):
+            total = 0
+            for sample in range(b.size):
+                total = total + sample_sums[sample * out_channels + o]
+            bias_grad[o] = bias_grad[o] + total
     return status
 
 
@@ -948,7 +926,7 @@ class ConvNd(Layer):
         weight_t = grad_t = None
         if b.tile and b.parallel and b.tile_dx:
             weight_t, gt = self._adjoint(weight, x.shape, out.shape)
-        if ((b.tile and b.parallel) or b.direct) and code != EPILOGUE_NONE:
+        if b.tile and b.parallel and code != EPILOGUE_NONE:
             grad_t = self.buffer("grad_t", out.shape, self.dtype)
         cdef void* pgrid = data(grad_grid) if b.direct else NULL
         cdef void* pwt = data(weight_t)
@@ -972,13 +950,13 @@ class ConvNd(Layer):
                     &g, &b, groups, out_channels, <const float*>px, <const float*>pgrad,
                     <const float*>pout, <float*>pwg, <float*>pbg, <float*>pxg,
                     <float*>pscratch, <float*>pkept, have_columns, <float*>pparts,
-                    <float*>pgrid, epilogue, <float>p, <const float*>pw, <float*>pgt)
+                    <float*>pgrid, epilogue, <float>p, <const float*>pw)
             elif b.direct:
                 status = direct_backward(
                     &g, &b, groups, out_channels, <const double*>px, <const double*>pgrad,
                     <const double*>pout, <double*>pwg, <double*>pbg, <double*>pxg,
                     <double*>pscratch, <double*>pkept, have_columns, <double*>pparts,
-                    <double*>pgrid, epilogue, p, <const double*>pw, <double*>pgt)
+                    <double*>pgrid, epilogue, p, <const double*>pw)
             elif item == 4:
                 status = backward_batch(
                     &g, &b, groups, out_channels, <const float*>px, <const float*>pw,

@@ -41,10 +41,13 @@ cdef int direct_weight_gradient(const Geometry* g, Py_ssize_t groups,
                                                             #         C/groups · kernel)
                                 int max_threads) noexcept nogil
 
-# dL/dy on the grid: each row at its grid position, zeros past each row.
+# g' = dL/dy · f'(y) (kind: a fused activation's epilogue code, or none) on the grid:
+# each row at its grid position, zeros past each row.
 cdef void direct_grid_gradient(const Geometry* g, Py_ssize_t groups,
                                Py_ssize_t out_channels,
                                const floating* grad,     # IN  (n_samples, out_channels, P)
+                               const floating* out,      # IN  y, as grad (read for f')
+                               int kind, floating param,
                                Py_ssize_t n_samples,
                                floating* grad_grid,      # OUT (n_samples, out_channels,
                                                          #      grid.positions)

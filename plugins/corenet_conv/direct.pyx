@@ -27,7 +27,9 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from corenet.kernels._openmp cimport omp_get_thread_num
-from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm_k_block
+from corenet.kernels.fused cimport (activation_derivative_times, cn_relu_gradient_double,
+                                    cn_relu_gradient_float)
+from corenet.kernels.gemm cimport EPILOGUE_NONE, EPILOGUE_RELU, gemm_k_block
 from corenet.kernels.threads cimport threads_for
 
 cdef extern from "microkernel.h" nogil:
@@ -349,11 +351,12 @@ cdef void valid_positions(const Geometry* g, const Grid* grid, floating* valid) 
 
 
 cdef void direct_grid_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
-                               const floating* grad, Py_ssize_t n_samples,
-                               floating* grad_grid, int max_threads) noexcept nogil:
+                               const floating* grad, const floating* out, int kind,
+                               floating param, Py_ssize_t n_samples, floating* grad_grid,
+                               int max_threads) noexcept nogil:
     cdef Grid grid = make_grid(g, groups, out_channels, floating is double)
     cdef Py_ssize_t positions = g.out_depth * g.out_height * g.out_width
-    cdef Py_ssize_t row, z, y, rows = n_samples * out_channels
+    cdef Py_ssize_t row, z, y, x, rows = n_samples * out_channels, src
     cdef floating* dst
     cdef int n_threads = min(threads_for(rows * grid.positions, GRAIN), max_threads)
     for row in prange(rows, num_threads=n_threads, schedule='static'):
@@ -361,9 +364,22 @@ cdef void direct_grid_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t 
         memset(dst, 0, grid.positions * sizeof(floating))
         for z in range(g.out_depth):
             for y in range(g.out_height):
-                memcpy(dst + (z * grid.height + y) * grid.width,
-                       grad + row * positions + (z * g.out_height + y) * g.out_width,
-                       g.out_width * sizeof(floating))
+                src = row * positions + (z * g.out_height + y) * g.out_width
+                if kind == EPILOGUE_NONE:
+                    memcpy(dst + (z * grid.height + y) * grid.width, grad + src,
+                           g.out_width * sizeof(floating))
+                elif kind == EPILOGUE_RELU:
+                    if floating is float:
+                        cn_relu_gradient_float(dst + (z * grid.height + y) * grid.width,
+                                               grad + src, out + src, g.out_width)
+                    else:
+                        cn_relu_gradient_double(dst + (z * grid.height + y) * grid.width,
+                                                grad + src, out + src, g.out_width)
+                else:
+                    for x in range(g.out_width):
+                        dst[(z * grid.height + y) * grid.width + x] = \
+                            activation_derivative_times(kind, grad[src + x], out[src + x],
+                                                        param)
 
 
 cdef void direct_pad(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
