@@ -44,10 +44,10 @@ from corenet.kernels.fused cimport (activation_derivative_times, cn_relu_gradien
 from corenet.kernels.gemm cimport (EPILOGUE_NONE, EPILOGUE_RELU, gemm_b_panels, gemm_ex,
                                    gemm_k_block, pack_panels)
 from corenet.kernels._openmp cimport omp_get_thread_num
+from corenet.kernels.threads cimport threads_for
 from corenet_conv.direct cimport (Grid, direct_forward, direct_grid_gradient,
                                   direct_input_gradient, direct_pad, direct_weight_gradient,
                                   make_grid)
-from corenet.kernels.threads cimport threads_for
 from corenet_conv.vol2col cimport (Geometry, TileMasks, col2vol, col2vol_tile, free_tile_masks,
                                    shifted_copies, tile_masks, tile_rows, vol2col,
                                    vol2col_tile_panels)
@@ -458,6 +458,7 @@ cdef struct Batch:
     bint direct                     # through direct.pyx: no columns
     Py_ssize_t padded_chunk         # samples of the padded buffer (direct)
     Py_ssize_t grid_positions       # positions of the direct path's grid
+    Py_ssize_t grid_sample          # elements of one padded sample (direct)
 
 
 cdef int forward_batch(const Geometry* g, const Batch* b, Py_ssize_t groups,
@@ -783,6 +784,7 @@ class ConvNd(Layer):
             b.n_threads = get_num_threads()
             b.scratch_per_thread = direct_scratch
             b.grid_positions = grid.positions
+            b.grid_sample = grid.sample
             # Padded samples, and dL/dy on the grid, within WORKSPACE_BYTES each.
             per_sample = max(grid.sample, self.out_channels * grid.positions)
             b.padded_chunk = max(1, min(b.size, WORKSPACE_BYTES // (per_sample
@@ -791,8 +793,7 @@ class ConvNd(Layer):
             # would otherwise reallocate a shared scratch each time.
             scratch = self.buffer("direct_scratch", (b.n_threads * direct_scratch,),
                                   self.dtype)
-            padded = self.buffer("padded", (b.padded_chunk * grid.sample,), self.dtype)
-            return b, scratch, padded, g
+            return b, scratch, None, g
         b.tile = self._tile(b.k_rows, positions) if b.chunk == 1 and shifted_copies(&g) else 0
         b.tile_dx = 0
         b.panel_width = nr = tile_shape(self.dtype)[1]
@@ -831,6 +832,11 @@ class ConvNd(Layer):
             kept = self.buffer("columns", (columns,), self.dtype)
         return b, scratch, kept, g
 
+    def _padded_samples(self, size):
+        """The direct path's buffer of padded samples (size: Batch's padded_chunk ·
+        grid_sample elements)."""
+        return self.buffer("padded", (size,), self.dtype)
+
     def _tile(self, k_rows, positions):
         """Output positions per tile of one sample's columns, or 0 when a sample's
         columns fit in CHUNK_BYTES whole or in one tile: about TILE_BYTES of
@@ -867,8 +873,8 @@ class ConvNd(Layer):
         cdef Batch b
         cdef Geometry g
         b, scratch, kept, g = self._batch(x.shape, out_shape)
-        if b.direct and (b.padded_chunk < b.size or not self.reuse_buffers):
-            kept = None  # padded sample by sample, not kept for backward
+        if b.direct and b.padded_chunk == b.size and self.reuse_buffers:
+            kept = self._padded_samples(b.padded_chunk * b.grid_sample)  # kept for backward
         cdef Py_ssize_t groups = self.groups, out_channels = self.out_channels
         cdef void* px = data(x)
         cdef void* pw = data(weight)
@@ -915,6 +921,7 @@ class ConvNd(Layer):
         cdef bint have_columns = self._padded_kept if b.direct else self._columns_kept
         if b.direct:
             # The per-sample sums of db, in the partials' place; g' on the grid.
+            kept = self._padded_samples(b.padded_chunk * b.grid_sample)
             partials = self.buffer("partials", (x.shape[0] * self.out_channels,), self.dtype)
             grad_grid = self.buffer("grad_grid", (b.padded_chunk * self.out_channels
                                                   * b.grid_positions,), self.dtype)
@@ -924,10 +931,11 @@ class ConvNd(Layer):
                 kept = None  # not filled by the forward: recompute
         cdef Geometry gt
         weight_t = grad_t = None
-        if b.tile and b.parallel and b.tile_dx:
-            weight_t, gt = self._adjoint(weight, x.shape, out.shape)
-        if b.tile and b.parallel and code != EPILOGUE_NONE:
-            grad_t = self.buffer("grad_t", out.shape, self.dtype)
+        if b.tile and b.parallel:
+            if b.tile_dx:
+                weight_t, gt = self._adjoint(weight, x.shape, out.shape)
+            if code != EPILOGUE_NONE:
+                grad_t = self.buffer("grad_t", out.shape, self.dtype)
         cdef void* pgrid = data(grad_grid) if b.direct else NULL
         cdef void* pwt = data(weight_t)
         cdef void* pgt = data(grad_t)
