@@ -91,9 +91,8 @@ cdef Grid make_grid(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channel
     grid.plane = grid.depth * grid.height * grid.width
     grid.positions = round_up((g.out_depth - 1) * grid.height * grid.width
                               + (g.out_height - 1) * grid.width + g.out_width, nr)
-    # The last channel's reads reach the kernel's last offset past the last tile, and
-    # a row narrower than a vector of dW's reads (direct.h) a vector from its start.
-    cdef Py_ssize_t reach = grid.positions + last_offset(g, &grid) + nr
+    # The last channel's reads reach the kernel's last offset past the last tile.
+    cdef Py_ssize_t reach = grid.positions + last_offset(g, &grid)
     grid.sample = g.channels * grid.plane + max(0, reach - grid.plane)
     grid.rows = round_up(out_channels // groups, CN_MR)
     return grid
@@ -120,10 +119,9 @@ cdef void kernel_offsets(const Geometry* g, const Grid* grid,
 
 cdef void pad_sample(const Geometry* g, const Grid* grid, const floating* x,
                      floating* dst) noexcept nogil:
-    """dst (grid.sample) = x (C, D, H, W) at (pad_d, pad_h, pad_w) on zeros; a negative
-    padding (the adjoint's, when the forward padded more than the kernel reaches)
-    crops."""
-    cdef Py_ssize_t c, z, y, z0, y0, x0, x1
+    """dst (grid.sample) = x (C, D, H, W) at (pad_d, pad_h, pad_w) on zeros. Inputs
+    that no output reads, past the grid's extent, are left out."""
+    cdef Py_ssize_t c, z, y, x0, x1
     memset(dst, 0, grid.sample * sizeof(floating))
     x0 = max(0, -g.pad_w)
     x1 = min(g.width, grid.width - g.pad_w)
