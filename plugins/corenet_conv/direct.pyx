@@ -117,41 +117,48 @@ cdef void kernel_offsets(const Geometry* g, const Grid* grid,
                     t += 1
 
 
-cdef void pad_sample(const Geometry* g, const Grid* grid, const floating* x,
-                     floating* dst) noexcept nogil:
-    """dst (grid.sample) = x (C, D, H, W) at (pad_d, pad_h, pad_w) on zeros. Inputs
-    that no output reads, past the grid's extent, are left out."""
-    cdef Py_ssize_t c, z, y, x0, x1
-    memset(dst, 0, grid.sample * sizeof(floating))
-    x0 = max(0, -g.pad_w)
-    x1 = min(g.width, grid.width - g.pad_w)
-    if x1 <= x0:
-        return
+cdef void copy_padded(const Geometry* g, const Grid* grid, floating* x, floating* padded,
+                      bint into_padded) noexcept nogil:
+    """Between a sample x (C, D, H, W) and its padded copy (grid.sample), where x lies
+    at (pad_d, pad_h, pad_w) (stride 1: the grid holds every input). into_padded:
+    padded = x on zeros, the forward's copy; else x = padded's values there, the
+    adjoint, for a padded dx."""
+    cdef Py_ssize_t c, z, y
+    cdef floating* x_row
+    cdef floating* padded_row
+    memset(padded if into_padded else x, 0,
+           (grid.sample if into_padded else g.channels * g.depth * g.height * g.width)
+           * sizeof(floating))
     for c in range(g.channels):
-        for z in range(max(0, -g.pad_d), min(g.depth, grid.depth - g.pad_d)):
-            for y in range(max(0, -g.pad_h), min(g.height, grid.height - g.pad_h)):
-                memcpy(dst + c * grid.plane + ((z + g.pad_d) * grid.height + y + g.pad_h)
-                       * grid.width + x0 + g.pad_w,
-                       x + ((c * g.depth + z) * g.height + y) * g.width + x0,
-                       (x1 - x0) * sizeof(floating))
+        for z in range(g.depth):
+            for y in range(g.height):
+                x_row = x + ((c * g.depth + z) * g.height + y) * g.width
+                padded_row = padded + c * grid.plane + (
+                    (z + g.pad_d) * grid.height + y + g.pad_h) * grid.width + g.pad_w
+                if into_padded:
+                    memcpy(padded_row, x_row, g.width * sizeof(floating))
+                else:
+                    memcpy(x_row, padded_row, g.width * sizeof(floating))
 
 
-cdef void pack_weight(const floating* weight, Py_ssize_t groups, Py_ssize_t m, Py_ssize_t k,
-                      Py_ssize_t kc_max, Py_ssize_t rows, floating* packed) noexcept nogil:
-    """The weight as the micro-kernel reads A: per group, per k block of kc, slivers
-    of MR rows (zeros past m), each kc x MR; block (group, pc) at (group·k + pc)·rows."""
-    cdef Py_ssize_t group, pc, kc, i, p
+cdef void pack_slivers(const floating* a, Py_ssize_t row_stride, Py_ssize_t depth_stride,
+                       Py_ssize_t valid_rows, Py_ssize_t depth, Py_ssize_t kc_max,
+                       Py_ssize_t rows, bint interleaved, floating* packed) noexcept nogil:
+    """A (valid_rows x depth, element (i, p) at a[i·row_stride + p·depth_stride]) as
+    the micro-kernel reads it: per k block of kc, slivers of MR rows (zeros past
+    valid_rows), each kc x MR, block pc at pc·rows. interleaved: the slivers' row r
+    holds A's row interleaved_offset(r, rows)."""
+    cdef Py_ssize_t pc = 0, kc, r, i, p
     cdef floating* block
-    for group in range(groups):
-        pc = 0
-        while pc < k:
-            kc = min(kc_max, k - pc)
-            block = packed + (group * k + pc) * rows
-            for i in range(rows):
-                for p in range(kc):
-                    block[i // CN_MR * CN_MR * kc + p * CN_MR + i % CN_MR] = (
-                        weight[(group * m + i) * k + pc + p] if i < m else 0)
-            pc += kc
+    while pc < depth:
+        kc = min(kc_max, depth - pc)
+        block = packed + pc * rows
+        for r in range(rows):
+            i = interleaved_offset(r, rows) if interleaved else r
+            for p in range(kc):
+                block[r // CN_MR * CN_MR * kc + p * CN_MR + r % CN_MR] = (
+                    a[i * row_stride + (pc + p) * depth_stride] if i < valid_rows else 0)
+        pc += kc
 
 
 cdef void sample_forward(const Geometry* g, const Grid* grid, Py_ssize_t groups,
@@ -222,7 +229,9 @@ cdef int direct_forward(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
         return -1
     cdef floating* padded_bias = packed + groups * grid.rows * k
     cdef ptrdiff_t* offsets = <ptrdiff_t*>(padded_bias + groups * grid.rows)
-    pack_weight(weight, groups, m, k, kc_max, grid.rows, packed)
+    for i in range(groups):  # per group, its k blocks at (group·k + pc)·rows
+        pack_slivers(weight + i * m * k, k, 1, m, k, kc_max, grid.rows, False,
+                     packed + i * k * grid.rows)
     for i in range(groups * grid.rows):
         padded_bias[i] = bias[i // grid.rows * m + i % grid.rows] \
             if bias != NULL and i % grid.rows < m else 0
@@ -236,7 +245,7 @@ cdef int direct_forward(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
         tiles = scratch + omp_get_thread_num() * scratch_per_thread
         src = (padded + sample * grid.sample if padded != NULL
                else tiles + grid.rows * grid.positions)
-        pad_sample(g, &grid, x + sample * in_step, src)
+        copy_padded(g, &grid, <floating*>x + sample * in_step, src, True)
         sample_forward(g, &grid, groups, m, k, kc_max, src, packed, offsets,
                        padded_bias if bias != NULL else NULL, out + sample * out_channels
                        * positions, tiles, epilogue, param)
@@ -387,51 +396,12 @@ cdef void direct_pad(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channe
     cdef Py_ssize_t in_step = g.channels * g.depth * g.height * g.width, sample
     cdef int n_threads = min(threads_for(n_samples * grid.sample, GRAIN), max_threads)
     for sample in prange(n_samples, num_threads=n_threads, schedule='static'):
-        pad_sample(g, &grid, x + sample * in_step, padded + sample * grid.sample)
-
-
-cdef void unpad_sample(const Geometry* g, const Grid* grid, const floating* padded,
-                       floating* x) noexcept nogil:
-    """x (C, D, H, W) = padded's values where pad_sample put x's: pad_sample's adjoint
-    for a padded dx (every padded position an input came from)."""
-    cdef Py_ssize_t c, z, y, x0, x1
-    memset(x, 0, g.channels * g.depth * g.height * g.width * sizeof(floating))
-    x0 = max(0, -g.pad_w)
-    x1 = min(g.width, grid.width - g.pad_w)
-    if x1 <= x0:
-        return
-    for c in range(g.channels):
-        for z in range(max(0, -g.pad_d), min(g.depth, grid.depth - g.pad_d)):
-            for y in range(max(0, -g.pad_h), min(g.height, grid.height - g.pad_h)):
-                memcpy(x + ((c * g.depth + z) * g.height + y) * g.width + x0,
-                       padded + c * grid.plane + ((z + g.pad_d) * grid.height + y + g.pad_h)
-                       * grid.width + x0 + g.pad_w,
-                       (x1 - x0) * sizeof(floating))
-
-
-cdef void pack_weight_transposed(const floating* weight, Py_ssize_t groups, Py_ssize_t m,
-                                 Py_ssize_t k, Py_ssize_t kc_max, Py_ssize_t rows,
-                                 floating* packed) noexcept nogil:
-    """Wᵀ as the micro-kernel reads A: per group, per block of kc output channels,
-    slivers of MR kernel offsets (in interleaved_offset's order, zeros past k), each
-    kc x MR; block (group, pc) at (group·m + pc)·rows."""
-    cdef Py_ssize_t group, pc, kc, r, t, p
-    cdef floating* block
-    for group in range(groups):
-        pc = 0
-        while pc < m:
-            kc = min(kc_max, m - pc)
-            block = packed + (group * m + pc) * rows
-            for r in range(rows):
-                t = interleaved_offset(r, rows)
-                for p in range(kc):
-                    block[r // CN_MR * CN_MR * kc + p * CN_MR + r % CN_MR] = (
-                        weight[(group * m + pc + p) * k + t] if t < k else 0)
-            pc += kc
+        copy_padded(g, &grid, <floating*>x + sample * in_step, padded + sample * grid.sample,
+                    True)
 
 
 cdef inline Py_ssize_t interleaved_offset(Py_ssize_t r, Py_ssize_t rows) noexcept nogil:
-    """The kernel offset of row r of dx's packed Wᵀ: row i of sliver s takes offset
+    """The kernel offset of row r of dx's packed Wᵀ (rows: whole slivers): row i of sliver s takes offset
     i·slivers + s, so that a tile's rows add into dx far apart. With the natural
     order, neighbouring rows (kernel offsets one column apart) add vectors that
     overlap one element apart, each load waiting for the store before it."""
@@ -503,7 +473,9 @@ cdef int direct_input_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t 
     cdef ptrdiff_t* offsets = <ptrdiff_t*>(packed + groups * tap_rows * m)
     cdef ptrdiff_t* scatter = offsets + k
     cdef ptrdiff_t* channel_rows = scatter + tap_rows
-    pack_weight_transposed(weight, groups, m, k, kc_max, tap_rows, packed)
+    for p in range(groups):  # Wᵀ per group, its blocks at (group·m + pc)·tap_rows
+        pack_slivers(weight + p * m * k, 1, k, k, m, kc_max, tap_rows, True,
+                     packed + p * m * tap_rows)
     cdef Geometry group_geometry = g[0]
     group_geometry.channels = g.channels // groups
     kernel_offsets(&group_geometry, &grid, offsets)
@@ -519,7 +491,7 @@ cdef int direct_input_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t 
         sample_input_gradient(g, &grid, groups, m, k, kc_max, tap_rows,
                               grad_grid + sample * out_channels * grid.positions, packed,
                               scatter, channel_rows, valid, dx_padded)
-        unpad_sample(g, &grid, dx_padded, x_grad + sample * in_step)
+        copy_padded(g, &grid, x_grad + sample * in_step, dx_padded, False)
     free(packed)
     free(valid)
     return 0
