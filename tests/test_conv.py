@@ -371,17 +371,22 @@ def test_max_pool_sends_ties_to_the_first_index_as_pytorch():
 
 
 @needs_torch
-def test_max_pool_2x2_on_a_large_batch_matches_pytorch(rng):
-    x = rng.standard_normal((4, 16, 28, 28)).astype(np.float32)
+@pytest.mark.parametrize("shape", [(4, 16, 28, 28), (3, 5, 7, 9)], ids=["even", "odd"])
+def test_max_pool_2x2_on_a_large_batch_matches_pytorch(shape, rng):
+    """The 2 x 2 case's own kernels, forward and the one-pass backward: an odd last
+    row and column lie in no window, and a gradient of -0 comes back +0 as PyTorch's."""
+    x = rng.standard_normal(shape).astype(np.float32)
     layer = L.MaxPool2d(2)
     out = layer.forward(x)
     grad = rng.standard_normal(out.shape).astype(np.float32)
+    grad[:, :, 0, :] = -0.0
     x_grad = layer.backward(grad)
     x_torch = torch.from_numpy(x).requires_grad_(True)
     out_torch = torch.nn.functional.max_pool2d(x_torch, 2)
     out_torch.backward(torch.from_numpy(grad))
     np.testing.assert_array_equal(out, out_torch.detach().numpy())
     np.testing.assert_array_equal(x_grad, x_torch.grad.numpy())
+    np.testing.assert_array_equal(np.signbit(x_grad), np.signbit(x_torch.grad.numpy()))
 
 
 # -- errors ------------------------------------------------------------------------

@@ -35,6 +35,7 @@ cdef enum:
 cdef extern from *:
     """
     #include <stdint.h>
+    #include <string.h>
     /* The common 2 x 2 window, stride 2, no padding, over one 2-D plane: the same
      * choices as max_plane in the same order (top left, top right, bottom left,
      * bottom right), as selects the compiler turns into vector blends. */
@@ -70,11 +71,48 @@ cdef extern from *:
     }
     CN_MAX_2X2(cn_max_2x2_float, float)
     CN_MAX_2X2(cn_max_2x2_double, double)
+
+    /* Its backward: each input lies in one window at most, so each window writes its
+     * four inputs, its gradient at the arg-max and zeros elsewhere, in one pass and
+     * no memset; an odd last row or column, in no window, is zeroed. The gradient is
+     * added to zero, as the general backward adds it into a zeroed plane: a -0
+     * becomes +0 alike, as in PyTorch. */
+    #define CN_MAX_2X2_BACKWARD(NAME, T)                                                 \
+    static void NAME(const T *restrict grad, const int32_t *restrict argmax,             \
+                     ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_height,            \
+                     ptrdiff_t out_width, T *restrict dx)                                \
+    {                                                                                    \
+        for (ptrdiff_t oh = 0; oh < out_height; ++oh) {                                  \
+            T *top = dx + 2 * oh * width, *bottom = top + width;                         \
+            const T *g = grad + oh * out_width;                                          \
+            const int32_t *arg = argmax + oh * out_width;                                \
+            int32_t first = (int32_t)(2 * oh * width);                                   \
+            for (ptrdiff_t ow = 0; ow < out_width; ++ow) {                               \
+                T value = (T)0 + g[ow];                                                  \
+                int32_t at = arg[ow] - first - 2 * (int32_t)ow; /* 0, 1, width, width+1 */ \
+                top[2 * ow] = at == 0 ? value : (T)0;                                    \
+                top[2 * ow + 1] = at == 1 ? value : (T)0;                                \
+                bottom[2 * ow] = at == (int32_t)width ? value : (T)0;                    \
+                bottom[2 * ow + 1] = at == (int32_t)width + 1 ? value : (T)0;            \
+            }                                                                            \
+            if (width > 2 * out_width) top[width - 1] = bottom[width - 1] = 0;           \
+        }                                                                                \
+        if (height > 2 * out_height)                                                     \
+            memset(dx + (height - 1) * width, 0, width * sizeof(T));                     \
+    }
+    CN_MAX_2X2_BACKWARD(cn_max_2x2_backward_float, float)
+    CN_MAX_2X2_BACKWARD(cn_max_2x2_backward_double, double)
     """
     void cn_max_2x2_float(const float* x, ptrdiff_t width, ptrdiff_t out_height,
                           ptrdiff_t out_width, float* out, int32_t* argmax) noexcept nogil
     void cn_max_2x2_double(const double* x, ptrdiff_t width, ptrdiff_t out_height,
                            ptrdiff_t out_width, double* out, int32_t* argmax) noexcept nogil
+    void cn_max_2x2_backward_float(const float* grad, const int32_t* argmax,
+                                   ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_height,
+                                   ptrdiff_t out_width, float* dx) noexcept nogil
+    void cn_max_2x2_backward_double(const double* grad, const int32_t* argmax,
+                                    ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_height,
+                                    ptrdiff_t out_width, double* dx) noexcept nogil
 
 
 cdef struct Pooling:  # sizes of one plane, in three axes (2-D: depth 1)
@@ -126,6 +164,12 @@ cdef void max_plane(const Pooling* q, const floating* x, floating* out,
                 o += 1
 
 
+cdef inline bint is_two_by_two(const Pooling* q) noexcept nogil:
+    """The common 2 x 2 window, stride 2, no padding, in 2-D: cn_max_2x2's case."""
+    return (q.depth == 1 and q.kernel_d == 1 and q.kernel_h == 2 and q.kernel_w == 2
+            and q.stride_h == 2 and q.stride_w == 2 and q.pad_h == 0 and q.pad_w == 0)
+
+
 cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
                            int32_t* argmax, Py_ssize_t planes) noexcept nogil:
     cdef Py_ssize_t plane
@@ -133,9 +177,7 @@ cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
     cdef Py_ssize_t outputs = q.out_depth * q.out_height * q.out_width
     cdef int n_threads = threads_for(
         planes * outputs * q.kernel_d * q.kernel_h * q.kernel_w, GRAIN)
-    cdef bint two_by_two = (q.depth == 1 and q.kernel_d == 1 and q.kernel_h == 2
-                            and q.kernel_w == 2 and q.stride_h == 2 and q.stride_w == 2
-                            and q.pad_h == 0 and q.pad_w == 0)
+    cdef bint two_by_two = is_two_by_two(q)
     for plane in prange(planes, num_threads=n_threads, schedule='static'):
         if two_by_two:
             if floating is float:
@@ -155,8 +197,17 @@ cdef void max_pool_backward(const Pooling* q, const floating* grad, const int32_
     cdef Py_ssize_t outputs = q.out_depth * q.out_height * q.out_width
     cdef floating* dx
     cdef int n_threads = threads_for(planes * (outputs + volume), GRAIN)
+    cdef bint two_by_two = is_two_by_two(q)
     for plane in prange(planes, num_threads=n_threads, schedule='static'):
         dx = x_grad + plane * volume
+        if two_by_two:  # one pass, no memset (README: about a tenth less time)
+            if floating is float:
+                cn_max_2x2_backward_float(grad + plane * outputs, argmax + plane * outputs,
+                                          q.height, q.width, q.out_height, q.out_width, dx)
+            else:
+                cn_max_2x2_backward_double(grad + plane * outputs, argmax + plane * outputs,
+                                           q.height, q.width, q.out_height, q.out_width, dx)
+            continue
         memset(dx, 0, volume * sizeof(floating))
         for o in range(outputs):
             dx[argmax[plane * outputs + o]] += grad[plane * outputs + o]
