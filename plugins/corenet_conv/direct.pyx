@@ -104,11 +104,11 @@ cdef inline Py_ssize_t last_offset(const Geometry* g, const Grid* grid) noexcept
             + (g.kernel_h - 1) * g.dilation_h * grid.width + (g.kernel_w - 1) * g.dilation_w)
 
 
-cdef void kernel_offsets(const Geometry* g, const Grid* grid,
+cdef void kernel_offsets(const Geometry* g, const Grid* grid, Py_ssize_t groups,
                          ptrdiff_t* offsets) noexcept nogil:
     """offsets[t] for t = (c, i, j, l) of one group's channels, im2col's row order."""
     cdef Py_ssize_t c, i, j, l, t = 0
-    for c in range(g.channels):
+    for c in range(g.channels // groups):
         for i in range(g.kernel_d):
             for j in range(g.kernel_h):
                 for l in range(g.kernel_w):
@@ -235,9 +235,7 @@ cdef int direct_forward(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_cha
     for i in range(groups * grid.rows):
         padded_bias[i] = bias[i // grid.rows * m + i % grid.rows] \
             if bias != NULL and i % grid.rows < m else 0
-    cdef Geometry group_geometry = g[0]
-    group_geometry.channels = g.channels // groups
-    kernel_offsets(&group_geometry, &grid, offsets)
+    kernel_offsets(g, &grid, groups, offsets)
     cdef floating* tiles
     cdef floating* src
     for sample in prange(n_samples, num_threads=min(<Py_ssize_t>n_threads, n_samples),
@@ -312,9 +310,7 @@ cdef int direct_weight_gradient(const Geometry* g, Py_ssize_t groups,
         return -1
     memset(acc, 0, blocks * sums * DW_VECTOR_BYTES)
     valid_positions(g, &grid, valid)
-    cdef Geometry group_geometry = g[0]
-    group_geometry.channels = g.channels // groups
-    kernel_offsets(&group_geometry, &grid, offsets)
+    kernel_offsets(g, &grid, groups, offsets)
     for task in prange(n_tasks, num_threads=min(<Py_ssize_t>n_threads, n_tasks),
                        schedule='dynamic'):
         # A few samples at a time over the task's blocks: they stay in cache.
@@ -476,9 +472,7 @@ cdef int direct_input_gradient(const Geometry* g, Py_ssize_t groups, Py_ssize_t 
     for p in range(groups):  # Wᵀ per group, its blocks at (group·m + pc)·tap_rows
         pack_slivers(weight + p * m * k, 1, k, k, m, kc_max, tap_rows, True,
                      packed + p * m * tap_rows)
-    cdef Geometry group_geometry = g[0]
-    group_geometry.channels = g.channels // groups
-    kernel_offsets(&group_geometry, &grid, offsets)
+    kernel_offsets(g, &grid, groups, offsets)
     for p in range(tap_rows):
         scatter[p] = offsets[min(interleaved_offset(p, tap_rows), k - 1)]
     for p in range(m):
