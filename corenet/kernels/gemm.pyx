@@ -245,7 +245,7 @@ cdef void multiply_panel(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t jc, Py_ssize_t
     slivers ldp elements apart), A packed MC rows at a time into a_packed; the
     epilogue when this is the last k block."""
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
-    cdef Py_ssize_t ic, mc, jr, ir
+    cdef Py_ssize_t ic, mc, jr, ir, j, group_end, short_rows, group, full_end
     cdef const floating* tile_bias
     accumulate = accumulate or pc > 0
     if not last:
@@ -255,28 +255,40 @@ cdef void multiply_panel(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t jc, Py_ssize_t
     while ic < m1:
         mc = min(MC, m1 - ic)
         pack_a(a_packed, a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc)
+        # A short last sliver takes several full panels at a time (short_sliver):
+        # right after their full slivers, while those panels of B are in L1 or L2.
+        # (After all panels, it read the whole panel of B again from L3, and
+        # conv2d 64->64's four last rows ran at half the full kernel's rate.)
+        short_rows = mc % CN_MR
+        group = CN_PANELS_FOR_ROWS(short_rows) * nr_full if short_rows else nr_full
+        full_end = nc // nr_full * nr_full
         jr = 0
         while jr < nc:
-            ir = 0
-            while ir < mc:
-                if mc - ir < CN_MR and nc - jr >= nr_full:
-                    break  # a short last sliver over full panels: below
-                tile_bias = NULL
-                if last and bias != NULL:
-                    tile_bias = bias + (ic + ir if bias_per_row else jc + jr)
-                run_kernel(kc, a_packed + ir * kc, b_packed + jr // nr_full * ldp,
-                           c + (ic + ir) * ldc + jc + jr, ldc, accumulate, tile_bias,
-                           bias_per_row, epilogue, param, min(<Py_ssize_t>CN_MR, mc - ir),
-                           min(nr_full, nc - jr), nr_full)
-                ir += CN_MR
-            jr += nr_full
-        if mc % CN_MR:
-            short_sliver(kc, a_packed + (mc - mc % CN_MR) * kc, b_packed, ldp,
-                         c + (ic + mc - mc % CN_MR) * ldc + jc, ldc, nc // nr_full,
-                         nr_full, mc % CN_MR, accumulate,
-                         NULL if not last or bias == NULL else
-                         bias + (ic + mc - mc % CN_MR if bias_per_row else jc),
-                         bias_per_row, epilogue, param)
+            group_end = min(nc, jr + group)
+            j = jr
+            while j < group_end:
+                ir = 0
+                while ir < mc:
+                    if mc - ir < CN_MR and nc - j >= nr_full:
+                        break  # the short sliver over full panels: below
+                    tile_bias = NULL
+                    if last and bias != NULL:
+                        tile_bias = bias + (ic + ir if bias_per_row else jc + j)
+                    run_kernel(kc, a_packed + ir * kc, b_packed + j // nr_full * ldp,
+                               c + (ic + ir) * ldc + jc + j, ldc, accumulate, tile_bias,
+                               bias_per_row, epilogue, param,
+                               min(<Py_ssize_t>CN_MR, mc - ir), min(nr_full, nc - j), nr_full)
+                    ir += CN_MR
+                j += nr_full
+            if short_rows and jr < full_end:
+                short_sliver(kc, a_packed + (mc - short_rows) * kc, b_packed + jr // nr_full * ldp,
+                             ldp, c + (ic + mc - short_rows) * ldc + jc + jr, ldc,
+                             (min(group_end, full_end) - jr) // nr_full, nr_full, short_rows,
+                             accumulate,
+                             NULL if not last or bias == NULL else
+                             bias + (ic + mc - short_rows if bias_per_row else jc + jr),
+                             bias_per_row, epilogue, param)
+            jr = group_end
         ic += MC
 
 

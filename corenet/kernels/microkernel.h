@@ -466,38 +466,39 @@ CN_DEFINE_DIRECT_SCATTER_KERNEL(cn_direct_scatter_double, double, cn_vd, cn_vd_u
                                 CN_NR_DOUBLE)
 
 /* The last sliver of a block with R < MR rows: the full kernel would spend MR
- * rows of FMAs on it. This one computes R rows of P neighbouring panels at once
- * (panel q's B at b + q * ldp, its C at c + q * NR), 2·R·P accumulators,
- * enough independent sums to keep both FMA pipes busy. Every element takes the
- * same operations in the same order as in the full kernel (the sum over k, then
- * C's old value, the bias, the activation, on the same lanes), so the results
- * are bitwise those of the full kernel. */
-#define CN_DEFINE_ROWS_KERNEL(NAME, T, VT, VU, VI, NR, R, P, ACTIVATE_TILE)     \
-static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
-                 ptrdiff_t ldp, T *restrict c, ptrdiff_t ldc, int accumulate, \
-                 const T *restrict bias, int bias_per_row, int epilogue,      \
-                 T param)                                                     \
+ * rows of FMAs on it. These compute R rows of neighbouring panels at once
+ * (panel q's B at b + q * ldp, its C at c + q * NR), 2·R·P accumulators for P
+ * panels, enough independent sums to keep both FMA pipes busy. Every element
+ * takes the same operations in the same order as in the full kernel (the sum
+ * over k, then C's old value, the bias, the activation, on the same lanes), so
+ * the results are bitwise those of the full kernel.
+ *
+ * The pass below covers vectors V0 .. V0 + V - 1 of the panels, two per panel,
+ * with every step but an activation other than ReLU. */
+#define CN_DEFINE_ROWS_PASS(NAME, T, VT, VU, VI, NR, R, V0, V)                \
+static inline void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b, \
+                        ptrdiff_t ldp, T *restrict c, ptrdiff_t ldc,          \
+                        int accumulate, const T *restrict bias,               \
+                        int bias_per_row, int epilogue)                       \
 {                                                                             \
     const int VL = NR / 2;                                                    \
     const VT zero = {0};                                                      \
-    VT acc[R][2 * P];                                                         \
+    VT acc[R][V];                                                             \
     _Pragma("GCC unroll 8")                                                   \
     for (int i = 0; i < R; ++i)                                               \
         _Pragma("GCC unroll 8")                                               \
-        for (int v = 0; v < 2 * P; ++v) acc[i][v] = zero;                     \
+        for (int v = 0; v < V; ++v) acc[i][v] = zero;                         \
     _Pragma("GCC unroll 2")                                                   \
     for (ptrdiff_t p = 0; p < kc; ++p) {                                      \
-        VT bv[2 * P];                                                         \
+        VT bv[V];                                                             \
         _Pragma("GCC unroll 8")                                               \
-        for (int q = 0; q < P; ++q) {                                         \
-            bv[2 * q] = *(const VT *)(b + q * ldp);                           \
-            bv[2 * q + 1] = *(const VT *)(b + q * ldp + VL);                  \
-        }                                                                     \
+        for (int v = 0; v < V; ++v)                                           \
+            bv[v] = *(const VT *)(b + (V0 + v) / 2 * ldp + (V0 + v) % 2 * VL); \
         _Pragma("GCC unroll 8")                                               \
         for (int i = 0; i < R; ++i) {                                         \
             T ai = a[i];                                                      \
             _Pragma("GCC unroll 8")                                           \
-            for (int v = 0; v < 2 * P; ++v) acc[i][v] += ai * bv[v];          \
+            for (int v = 0; v < V; ++v) acc[i][v] += ai * bv[v];              \
         }                                                                     \
         a += CN_MR;                                                           \
         b += NR;                                                              \
@@ -505,16 +506,35 @@ static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
     _Pragma("GCC unroll 8")                                                   \
     for (int i = 0; i < R; ++i)                                               \
         _Pragma("GCC unroll 8")                                               \
-        for (int v = 0; v < 2 * P; ++v) {                                     \
+        for (int v = 0; v < V; ++v) {                                         \
             VT value = acc[i][v];                                             \
-            VU *out = (VU *)(c + i * ldc + v * VL);                           \
+            VU *out = (VU *)(c + i * ldc + (V0 + v) * VL);                    \
             if (accumulate) value += *out;                                    \
             if (bias && bias_per_row) value += bias[i];                       \
-            else if (bias) value += *(const VU *)(bias + v * VL);             \
+            else if (bias) value += *(const VU *)(bias + (V0 + v) * VL);      \
             if (epilogue == CN_EPILOGUE_RELU)                                 \
                 value = (VT)((VI)value & ~(VI)(value < zero));                \
             *out = value;                                                     \
         }                                                                     \
+}
+
+/* R rows of P panels: one pass over their 2·P vectors, or, for four rows of
+ * three panels, two passes of three vectors (12 accumulators, all AVX2 has
+ * room for; four rows of one panel, 8 accumulators, ran at about half the full
+ * kernel's rate on Zen 3, and conv2d 64->64 spends 4 of its 64 rows there). */
+#define CN_DEFINE_ROWS_KERNEL(NAME, T, VT, VU, VI, NR, R, P, ACTIVATE_TILE)     \
+CN_DEFINE_ROWS_PASS(NAME##_pass, T, VT, VU, VI, NR, R, 0,                      \
+                    (R == 4 && P == 3 ? 3 : 2 * P))                           \
+CN_DEFINE_ROWS_PASS(NAME##_second_pass, T, VT, VU, VI, NR, R, 3, 3)            \
+static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
+                 ptrdiff_t ldp, T *restrict c, ptrdiff_t ldc, int accumulate, \
+                 const T *restrict bias, int bias_per_row, int epilogue,      \
+                 T param)                                                     \
+{                                                                             \
+    NAME##_pass(kc, a, b, ldp, c, ldc, accumulate, bias, bias_per_row, epilogue); \
+    if (R == 4 && P == 3)                                                     \
+        NAME##_second_pass(kc, a, b, ldp, c, ldc, accumulate, bias, bias_per_row, \
+                           epilogue);                                         \
     if (epilogue > CN_EPILOGUE_RELU)                                          \
         for (int q = 0; q < P; ++q)                                           \
             ACTIVATE_TILE(c + q * NR, ldc, R, epilogue, param);               \
@@ -539,8 +559,9 @@ static inline void cn_activate_rows_double(double *c, ptrdiff_t ldc, int rows, i
             c[i * ldc + j] = cn_activate_double(c[i * ldc + j], kind, param);
 }
 
-/* R rows by P panels, for R = 1 .. MR - 1: P = 4, 2, 2, then 1. */
-#define CN_PANELS_FOR_ROWS(R) ((R) == 1 ? 4 : (R) <= 3 ? 2 : 1)
+/* R rows by P panels, for R = 1 .. MR - 1: P = 4, 2, 2, 3 (in two passes),
+ * then 1. */
+#define CN_PANELS_FOR_ROWS(R) ((R) == 1 ? 4 : (R) <= 3 ? 2 : (R) == 4 ? 3 : 1)
 #define CN_ROWS_ARGUMENTS kc, a, b, ldp, c, ldc, accumulate, bias, bias_per_row, epilogue, param
 
 #define CN_DEFINE_ROWS_KERNELS(T, VT, VU, VI, NR)                                          \
@@ -550,6 +571,7 @@ static inline void cn_activate_rows_double(double *c, ptrdiff_t ldc, int rows, i
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_2x1, T, VT, VU, VI, NR, 2, 1, cn_activate_rows_##T) \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_3x2, T, VT, VU, VI, NR, 3, 2, cn_activate_rows_##T) \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_3x1, T, VT, VU, VI, NR, 3, 1, cn_activate_rows_##T) \
+    CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_4x3, T, VT, VU, VI, NR, 4, 3, cn_activate_rows_##T) \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_4x1, T, VT, VU, VI, NR, 4, 1, cn_activate_rows_##T) \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_5x1, T, VT, VU, VI, NR, 5, 1, cn_activate_rows_##T) \
     CN_DEFINE_ROWS_KERNEL(cn_rows_##T##_6x1, T, VT, VU, VI, NR, 6, 1, cn_activate_rows_##T) \
@@ -568,6 +590,7 @@ static void cn_kernel_rows_##T(int rows, int panels, ptrdiff_t kc, const T *a, c
     case 16: cn_rows_##T##_2x1(CN_ROWS_ARGUMENTS); break;                                   \
     case 24 + 1: cn_rows_##T##_3x2(CN_ROWS_ARGUMENTS); break;                               \
     case 24: cn_rows_##T##_3x1(CN_ROWS_ARGUMENTS); break;                                   \
+    case 32 + 1: cn_rows_##T##_4x3(CN_ROWS_ARGUMENTS); break;                               \
     case 32: cn_rows_##T##_4x1(CN_ROWS_ARGUMENTS); break;                                   \
     case 40: cn_rows_##T##_5x1(CN_ROWS_ARGUMENTS); break;                                   \
     case 48: cn_rows_##T##_6x1(CN_ROWS_ARGUMENTS); break;                                   \
