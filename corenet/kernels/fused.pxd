@@ -54,8 +54,20 @@ cdef extern from * nogil:
     }
     CN_RELU_GRADIENT(cn_relu_gradient_float, float)
     CN_RELU_GRADIENT(cn_relu_gradient_double, double)
+
+    /* sums[j] += row[j]: a bias gradient's column sums, one row at a time, as a
+     * loop the compiler vectorizes (each sum still adds the rows in order). */
+    #define CN_ADD_ROW(NAME, T)                                                  \
+    static void NAME(T *restrict sums, const T *restrict row, ptrdiff_t n)       \
+    {                                                                            \
+        for (ptrdiff_t j = 0; j < n; ++j) sums[j] += row[j];                     \
+    }
+    CN_ADD_ROW(cn_add_row_float, float)
+    CN_ADD_ROW(cn_add_row_double, double)
     """
     void cn_relu_gradient_float(float* dst, const float* g, const float* y,
                                 ptrdiff_t n)
     void cn_relu_gradient_double(double* dst, const double* g, const double* y,
                                  ptrdiff_t n)
+    void cn_add_row_float(float* sums, const float* row, ptrdiff_t n)
+    void cn_add_row_double(double* sums, const double* row, ptrdiff_t n)

@@ -10,8 +10,10 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from corenet.kernels.fused cimport activation_derivative_times
-from corenet.kernels.gemm cimport EPILOGUE_NONE, gemm
+from corenet.kernels.fused cimport (activation_derivative_times, cn_add_row_double,
+                                    cn_add_row_float, cn_relu_gradient_double,
+                                    cn_relu_gradient_float)
+from corenet.kernels.gemm cimport EPILOGUE_NONE, EPILOGUE_RELU, gemm
 from corenet.kernels.threads cimport threads_for
 
 from corenet import init as initializers
@@ -28,19 +30,25 @@ cdef enum:
     GRAIN = 1 << 14  # elements below which one thread runs
 
 
+cdef inline void add_row(floating* sums, const floating* row, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cn_add_row_float(sums, row, n)
+    else:
+        cn_add_row_double(sums, row, n)
+
+
 cdef void add_column_sums(floating* sums, const floating* x, Py_ssize_t rows,
                           Py_ssize_t columns) noexcept nogil:
     """sums[j] += Σ_i x[i, j]. Threads own column ranges and walk the rows in
     order, so each sum has one order whatever the thread count."""
     cdef int n_threads = threads_for(rows * columns, GRAIN)
     cdef Py_ssize_t chunk = (columns + n_threads - 1) // n_threads
-    cdef Py_ssize_t part, i, j, start, stop
+    cdef Py_ssize_t part, i, start, stop
     for part in prange(n_threads, num_threads=n_threads, schedule='static'):
         start = part * chunk
         stop = min(columns, start + chunk)
         for i in range(rows):
-            for j in range(start, stop):
-                sums[j] = sums[j] + x[i * columns + j]
+            add_row(sums + start, x + i * columns + start, stop - start)
 
 
 cdef void activation_backward_and_column_sums(int kind, floating param, const floating* grad,
@@ -48,21 +56,30 @@ cdef void activation_backward_and_column_sums(int kind, floating param, const fl
                                               floating* sums, Py_ssize_t rows,
                                               Py_ssize_t columns) noexcept nogil:
     """pre_grad = grad · f'(x) from out = f(x), and sums[j] += Σ_i pre_grad[i, j] (sums
-    may be NULL), in one pass. Threads own column ranges, as in add_column_sums."""
+    may be NULL), in one pass. Threads own column ranges, as in add_column_sums; each
+    row's piece goes through the vectorized loops of fused.pxd while it is in L1 (the
+    element-by-element loop took 4.6 % of the 784-1024-1024-10 step on 2 Zen 3 threads)."""
     cdef int n_threads = threads_for(rows * columns, GRAIN)
     cdef Py_ssize_t chunk = (columns + n_threads - 1) // n_threads
-    cdef Py_ssize_t part, i, j, start, stop
-    cdef floating value
+    cdef Py_ssize_t part, i, j, start, stop, row
     for part in prange(n_threads, num_threads=n_threads, schedule='static'):
         start = part * chunk
         stop = min(columns, start + chunk)
         for i in range(rows):
-            for j in range(start, stop):
-                value = activation_derivative_times(kind, grad[i * columns + j],
-                                                    out[i * columns + j], param)
-                pre_grad[i * columns + j] = value
-                if sums != NULL:
-                    sums[j] = sums[j] + value
+            row = i * columns
+            if kind == EPILOGUE_RELU:
+                if floating is float:
+                    cn_relu_gradient_float(pre_grad + row + start, grad + row + start,
+                                           out + row + start, stop - start)
+                else:
+                    cn_relu_gradient_double(pre_grad + row + start, grad + row + start,
+                                            out + row + start, stop - start)
+            else:
+                for j in range(start, stop):
+                    pre_grad[row + j] = activation_derivative_times(kind, grad[row + j],
+                                                                    out[row + j], param)
+            if sums != NULL:
+                add_row(sums + start, pre_grad + row + start, stop - start)
 
 
 cdef int activation_backward(int kind, double param, cnp.ndarray grad, cnp.ndarray out,
