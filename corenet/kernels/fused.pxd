@@ -64,6 +64,25 @@ cdef extern from * nogil:
     }
     CN_ADD_ROW(cn_add_row_float, float)
     CN_ADD_ROW(cn_add_row_double, double)
+
+    /* Σ x[0 .. n): eight partial sums (lane l adds x[j + l] for j = 0, 8, ...),
+     * added in lane order, then the last n % 8 values: a fixed order, in one
+     * vector of eight lanes. */
+    #define CN_ROW_SUM(NAME, T)                                                  \
+    static T NAME(const T *restrict x, ptrdiff_t n)                              \
+    {                                                                            \
+        typedef T lanes __attribute__((vector_size(8 * sizeof(T))));             \
+        typedef T lanes_u __attribute__((vector_size(8 * sizeof(T)), aligned(sizeof(T)))); \
+        lanes partial = {0};                                                     \
+        ptrdiff_t j = 0;                                                         \
+        for (; j + 8 <= n; j += 8) partial += *(const lanes_u *)(x + j);         \
+        T total = 0;                                                             \
+        for (int lane = 0; lane < 8; ++lane) total += partial[lane];             \
+        for (; j < n; ++j) total += x[j];                                        \
+        return total;                                                            \
+    }
+    CN_ROW_SUM(cn_row_sum_float, float)
+    CN_ROW_SUM(cn_row_sum_double, double)
     """
     void cn_relu_gradient_float(float* dst, const float* g, const float* y,
                                 ptrdiff_t n)
@@ -71,3 +90,5 @@ cdef extern from * nogil:
                                  ptrdiff_t n)
     void cn_add_row_float(float* sums, const float* row, ptrdiff_t n)
     void cn_add_row_double(double* sums, const double* row, ptrdiff_t n)
+    float cn_row_sum_float(const float* x, ptrdiff_t n)
+    double cn_row_sum_double(const double* x, ptrdiff_t n)

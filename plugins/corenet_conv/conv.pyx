@@ -40,7 +40,8 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
 from corenet.kernels.fused cimport (activation_derivative_times, cn_relu_gradient_double,
-                                    cn_relu_gradient_float)
+                                    cn_relu_gradient_float, cn_row_sum_double,
+                                    cn_row_sum_float)
 from corenet.kernels.gemm cimport (EPILOGUE_NONE, EPILOGUE_RELU, gemm_b_panels, gemm_ex,
                                    gemm_k_block, pack_panels)
 from corenet.kernels._openmp cimport omp_get_thread_num
@@ -140,23 +141,15 @@ cdef void move_chunk_axis_back(const floating* grad, const floating* out, floati
 cdef void add_row_sums(floating* sums, const floating* x, Py_ssize_t rows,
                        Py_ssize_t columns, Py_ssize_t ld, int max_threads) noexcept nogil:
     """sums[r] += Σ_j x[r, j] (row r at x + r·ld), eight partial sums per row in a
-    fixed order."""
-    cdef Py_ssize_t r, j, lane
-    cdef floating partial[8]
-    cdef floating total
+    fixed order (fused.pxd's row sum, vectorized: the scalar loop took 3.6 % of a
+    LeNet-5 step at batch 256 on 2 Zen 3 threads)."""
+    cdef Py_ssize_t r
     cdef int n_threads = min(threads_for(rows * columns, GRAIN), max_threads)
     for r in prange(rows, num_threads=n_threads, schedule='static'):
-        for lane in range(8):
-            partial[lane] = 0
-        for j in range(0, columns - columns % 8, 8):
-            for lane in range(8):
-                partial[lane] = partial[lane] + x[r * ld + j + lane]
-        total = 0
-        for lane in range(8):
-            total = total + partial[lane]
-        for j in range(columns - columns % 8, columns):
-            total = total + x[r * ld + j]
-        sums[r] = sums[r] + total
+        if floating is float:
+            sums[r] = sums[r] + cn_row_sum_float(x + r * ld, columns)
+        else:
+            sums[r] = sums[r] + cn_row_sum_double(x + r * ld, columns)
 
 
 cdef int forward_chunk(const Geometry* g, Py_ssize_t groups, Py_ssize_t out_channels,
