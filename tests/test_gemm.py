@@ -84,6 +84,19 @@ def test_epilogue_bias_activation_and_accumulate(m, n, k, dtype, trans_b, activa
     assert_close(result, expected + broadcast, dtype, k)
 
 
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_row_blocks_of_the_shared_panel_cover_c_once(n_threads, rng, threads):
+    # A tall product takes the shared-panel split: row blocks that shrink as the rows
+    # run out (1000 rows: 166 slivers and a short one of 4 rows), two k blocks, bias
+    # and activation in the last one. Every row once, each with the reference's value.
+    m, n, k = 1000, 300, 1100
+    a, b, expected = operands(rng, m, n, k, np.float32, False, False)
+    bias = rng.standard_normal(n).astype(np.float32)
+    corenet.set_num_threads(n_threads)
+    result = matmul(a, b, bias=bias, activation="relu")
+    assert_close(result, np.maximum(expected + bias, 0), np.float32, k)
+
+
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("shape", [(1024, 1024, 1024), (64, 10, 256), (1000, 40, 33),
                                    (1000, 10, 1024), (1, 5000, 300), (3, 2000, 100)])
