@@ -21,7 +21,8 @@ import numbers
 import numpy as np
 
 from corenet.errors import DTypeError
-from corenet.kernels.optim import adam_step, rmsprop_step, scale, sgd_step, sum_of_squares
+from corenet.kernels.optim import (adam_step, parameter_ready, rmsprop_step, scale, sgd_step,
+                                   sum_of_squares)
 from corenet.layer import Parameter
 
 
@@ -199,6 +200,8 @@ def check_number(owner: str, label: str, value, low: float = 0.0,
                  below: float = math.inf) -> float:
     """``value`` as a float if it is a finite number in [low, below), else an error naming
     the optimizer and the setting."""
+    if type(value) is float and math.isfinite(value) and low <= value < below:
+        return value  # every step: check_group stored the settings as floats
     try:
         finite = math.isfinite(value)
     except (TypeError, OverflowError):  # not a number; an int beyond float's range
@@ -219,8 +222,10 @@ def check_flag(owner: str, label: str, value) -> bool:
 def check_parameter(optimizer, parameter, state) -> None:
     """A Parameter's arrays as the update loop needs them, or a clear error: users can
     replace value and grad between steps; the optimizer's state keeps its shape."""
-    name = type(optimizer).__name__
     value, grad = parameter.value, parameter.grad
+    if parameter_ready(value, grad, state):  # every step: the checks below, in C
+        return
+    name = type(optimizer).__name__
     if not isinstance(value, np.ndarray) or value.dtype not in (np.float32, np.float64):
         raise TypeError(f"{name}: parameter {parameter.name!r} must be a float32 or float64 "
                         f"array, got {getattr(value, 'dtype', type(value).__name__)}")

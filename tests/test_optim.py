@@ -547,6 +547,49 @@ def test_optimizer_state_replaced_by_the_user_is_checked_at_step(change, error, 
     np.testing.assert_array_equal(parameter.value, before)
 
 
+def read_only(array):
+    array.flags.writeable = False
+    return array
+
+
+@pytest.mark.parametrize("value, grad, state", [
+    (np.ones(3, ">f4"), np.ones(3, ">f4"), None),  # not the machine's byte order
+    (np.ones(3, np.float16), np.ones(3, np.float16), None),
+    ([1.0, 2.0], np.ones(2), None),
+    (read_only(np.ones(3)), np.ones(3), None),
+    (np.ones((3, 2))[:, 0], np.ones(3), None),
+    (np.ones(3), np.ones((1, 3)), None),  # the same size, another shape
+    (np.ones(3), np.ones(3, np.float32), None),
+    (np.ones(3), np.ones(6)[::2], None),
+    (np.ones(3), None, None),
+    (np.ones(3), np.ones(3), {}),
+    (np.ones(3), np.ones(3), {"step": True}),
+    (np.ones(3), np.ones(3), {"step": -1}),
+    (np.ones(3), np.ones(3), {"step": 2 ** 62}),
+    (np.ones(3), np.ones(3), {"step": np.int64(3)}),  # fine, but for the full checks
+    (np.ones(3), np.ones(3), {"step": 1, "momentum_buffer": np.ones(4)}),
+    (np.ones(3), np.ones(3), {"step": 1, "momentum_buffer": read_only(np.ones(3))}),
+    (np.ones(3), np.ones(3), {"step": 1, "momentum_buffer": [1.0, 1.0, 1.0]}),
+])
+def test_the_fast_parameter_check_leaves_anything_unusual_to_the_full_one(value, grad, state):
+    # optim.check_parameter runs parameter_ready first, every step: it may only say
+    # yes where the full checks pass.
+    assert not kernels.parameter_ready(value, grad, state)
+    assert kernels.parameter_ready(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32),
+                                   {"step": 3, "momentum_buffer": np.ones((2, 3), np.float32),
+                                    "other": None})
+
+
+def test_a_numpy_integer_step_count_still_steps():
+    parameter = corenet.Parameter("w", np.ones(3, np.float32))
+    parameter.grad[:] = 1
+    optimizer = SGD([parameter], lr=0.5, momentum=0.9)
+    optimizer.step()
+    optimizer.state[parameter]["step"] = np.int64(1)
+    optimizer.step()
+    assert optimizer.state[parameter]["step"] == 2
+
+
 def test_the_kernels_refuse_arrays_that_do_not_match():
     value, grad = np.zeros(5, np.float32), np.ones(5, np.float32)
     state = np.zeros(5, np.float32)

@@ -264,6 +264,49 @@ cdef int checked_type(str kernel, cnp.ndarray value, tuple outputs, tuple inputs
     return type_num
 
 
+cdef inline bint same_layout(object array, cnp.ndarray value, bint writeable):
+    """array is a C-contiguous array of value's native float dtype and shape (and
+    writeable, if asked)."""
+    if not cnp.PyArray_Check(array):
+        return False
+    cdef cnp.ndarray other = <cnp.ndarray>array
+    if cnp.PyArray_TYPE(other) != cnp.PyArray_TYPE(value) \
+            or not cnp.PyArray_ISNOTSWAPPED(other) or not cnp.PyArray_IS_C_CONTIGUOUS(other) \
+            or (writeable and not cnp.PyArray_ISWRITEABLE(other)) \
+            or cnp.PyArray_NDIM(other) != cnp.PyArray_NDIM(value):
+        return False
+    cdef int axis
+    for axis in range(cnp.PyArray_NDIM(value)):
+        if cnp.PyArray_DIM(other, axis) != cnp.PyArray_DIM(value, axis):
+            return False
+    return True
+
+
+def parameter_ready(object value, object grad, object state) -> bool:
+    """True when a parameter's value, grad and optimizer state are as the update
+    loops need them: corenet.optim.check_parameter's checks, at C level, for the
+    common case of every step. False sends the caller to those checks, which name
+    what is wrong (or accept what this one is too strict for: a step count that is
+    a numpy integer)."""
+    if not cnp.PyArray_Check(value):
+        return False
+    cdef cnp.ndarray array = <cnp.ndarray>value
+    if cnp.PyArray_TYPE(array) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64) \
+            or not same_layout(value, array, True) or not same_layout(grad, array, False):
+        return False
+    if state is None:
+        return True
+    if type(state) is not dict or "step" not in state:
+        return False
+    for key, item in (<dict>state).items():
+        if key == "step":
+            if type(item) is not int or not 0 <= item < 2 ** 62:
+                return False
+        elif item is not None and not same_layout(item, array, True):
+            return False
+    return True
+
+
 cdef inline void* data_or_null(cnp.ndarray array):
     return NULL if array is None else cnp.PyArray_DATA(array)
 
