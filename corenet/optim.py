@@ -141,18 +141,22 @@ class Optimizer:
         # param_groups are the user's to change between steps (as torch's schedulers and
         # Schedule.apply do): a NaN or infinite lr written there made NaN weights silently,
         # a string one a kernel's TypeError that named nothing. Checked before any update.
+        # Parameters too: a bad second parameter used to stop the step after the first
+        # was updated.
         for group in self.param_groups:
             self.check_group(group)
+        updates = []
         for group in self.param_groups:
             for parameter in group["params"]:
-                if parameter.grad is None:
-                    continue
-                state = self.state.get(parameter)
-                check_parameter(self, parameter, state)
-                if state is None:
-                    state = self.state[parameter] = {"step": 0}
-                state["step"] += 1
-                self.update(parameter, state, group)
+                if parameter.grad is not None:
+                    check_parameter(self, parameter, self.state.get(parameter))
+                    updates.append((parameter, group))
+        for parameter, group in updates:
+            state = self.state.get(parameter)
+            if state is None:
+                state = self.state[parameter] = {"step": 0}
+            state["step"] += 1
+            self.update(parameter, state, group)
 
     def update(self, parameter: Parameter, state: dict, group: dict) -> None:
         raise NotImplementedError

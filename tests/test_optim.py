@@ -547,6 +547,21 @@ def test_optimizer_state_replaced_by_the_user_is_checked_at_step(change, error, 
     np.testing.assert_array_equal(parameter.value, before)
 
 
+def test_a_bad_second_parameter_stops_the_step_before_the_first_changes():
+    first = corenet.Parameter("w", np.ones(3, np.float32))
+    second = corenet.Parameter("b", np.ones(2, np.float32))
+    optimizer = SGD([first, second], lr=0.5, momentum=0.9)
+    first.grad[:] = 1
+    second.grad[:] = 1
+    optimizer.step()
+    optimizer.state[second]["momentum_buffer"] = np.zeros(3, np.float32)
+    before = first.value.copy(), dict(optimizer.state[first])
+    with pytest.raises(ValueError, match="parameter 'b' changed from float32 \\(3,\\)"):
+        optimizer.step()
+    np.testing.assert_array_equal(first.value, before[0])
+    assert optimizer.state[first]["step"] == before[1]["step"] == 1
+
+
 def read_only(array):
     array.flags.writeable = False
     return array
