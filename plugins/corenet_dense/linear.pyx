@@ -47,6 +47,8 @@ cdef void add_column_sums(floating* sums, const floating* x, Py_ssize_t rows,
     for part in prange(n_threads, num_threads=n_threads, schedule='static'):
         start = part * chunk
         stop = min(columns, start + chunk)
+        if start >= stop:  # more threads than columns (no pointer past the rows)
+            continue
         for i in range(rows):
             add_row(sums + start, x + i * columns + start, stop - start)
 
@@ -65,6 +67,8 @@ cdef void activation_backward_and_column_sums(int kind, floating param, const fl
     for part in prange(n_threads, num_threads=n_threads, schedule='static'):
         start = part * chunk
         stop = min(columns, start + chunk)
+        if start >= stop:
+            continue
         for i in range(rows):
             row = i * columns
             if kind == EPILOGUE_RELU:
