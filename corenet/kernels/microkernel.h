@@ -32,12 +32,14 @@
 #if defined(__AVX512F__) || defined(CN_WIDE_TILE)
 #define CN_MR 8
 #define CN_VEC_BYTES 64
+#define CN_VECTOR_REGISTERS 32
 #define CN_AXPY_VECTORS 16
 #define CN_KC_FLOAT 384   /* B sliver 48 KiB, for the 48 KiB L1 of recent AVX-512 cores */
 #define CN_KC_DOUBLE 256
 #else
 #define CN_MR 6
 #define CN_VEC_BYTES 32
+#define CN_VECTOR_REGISTERS 16
 #define CN_AXPY_VECTORS 6
 /* The B sliver (32 KiB) fills L1 and streams partly from L2, which the
  * kernel's 16 bytes a cycle do not outrun (measured: the kernel alone runs
@@ -518,21 +520,33 @@ static inline void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b, 
         }                                                                     \
 }
 
-/* R rows of P panels: one pass over their 2·P vectors, or, for four rows of
- * three panels, two passes of three vectors (12 accumulators, all AVX2 has
- * room for; four rows of one panel, 8 accumulators, ran at about half the full
- * kernel's rate on Zen 3, and conv2d 64->64 spends 4 of its 64 rows there). */
+/* Accumulators one pass may hold: three quarters of the vector registers (12 of
+ * AVX2's 16, 24 of AVX-512's 32); the rest hold B's vectors and the broadcast.
+ * Four rows of one panel, 8 accumulators, ran at about half the full kernel's
+ * rate on Zen 3, and conv2d 64->64 spends 4 of its 64 rows there: hence as many
+ * panels as the registers allow. */
+#define CN_EDGE_ACCUMULATORS (CN_VECTOR_REGISTERS * 3 / 4)
+#define CN_FIRST_PASS_VECTORS(R, P) \
+    (2 * (P) < CN_EDGE_ACCUMULATORS / (R) ? 2 * (P) : CN_EDGE_ACCUMULATORS / (R))
+#define CN_SECOND_PASS_VECTORS(R, P) \
+    (2 * (P) > CN_FIRST_PASS_VECTORS(R, P) ? 2 * (P) - CN_FIRST_PASS_VECTORS(R, P) : 1)
+
+/* R rows of P panels: their 2·P vectors in one pass, or in two where the first
+ * would not fit the registers (four rows of three panels on AVX2: 3 + 3). */
 #define CN_DEFINE_ROWS_KERNEL(NAME, T, VT, VU, VI, NR, R, P, ACTIVATE_TILE)     \
 CN_DEFINE_ROWS_PASS(NAME##_pass, T, VT, VU, VI, NR, R, 0,                      \
-                    (R == 4 && P == 3 ? 3 : 2 * P))                           \
-CN_DEFINE_ROWS_PASS(NAME##_second_pass, T, VT, VU, VI, NR, R, 3, 3)            \
+                    CN_FIRST_PASS_VECTORS(R, P))                              \
+CN_DEFINE_ROWS_PASS(NAME##_second_pass, T, VT, VU, VI, NR, R,                  \
+                    CN_FIRST_PASS_VECTORS(R, P), CN_SECOND_PASS_VECTORS(R, P)) \
 static void NAME(ptrdiff_t kc, const T *restrict a, const T *restrict b,      \
                  ptrdiff_t ldp, T *restrict c, ptrdiff_t ldc, int accumulate, \
                  const T *restrict bias, int bias_per_row, int epilogue,      \
                  T param)                                                     \
 {                                                                             \
+    _Static_assert(CN_FIRST_PASS_VECTORS(R, P) + CN_SECOND_PASS_VECTORS(R, P) >= 2 * (P), \
+                   "two passes cover the panels");                            \
     NAME##_pass(kc, a, b, ldp, c, ldc, accumulate, bias, bias_per_row, epilogue); \
-    if (R == 4 && P == 3)                                                     \
+    if (CN_FIRST_PASS_VECTORS(R, P) < 2 * (P))                                \
         NAME##_second_pass(kc, a, b, ldp, c, ldc, accumulate, bias, bias_per_row, \
                            epilogue);                                         \
     if (epilogue > CN_EPILOGUE_RELU)                                          \
@@ -559,8 +573,7 @@ static inline void cn_activate_rows_double(double *c, ptrdiff_t ldc, int rows, i
             c[i * ldc + j] = cn_activate_double(c[i * ldc + j], kind, param);
 }
 
-/* R rows by P panels, for R = 1 .. MR - 1: P = 4, 2, 2, 3 (in two passes),
- * then 1. */
+/* R rows by P panels, for R = 1 .. MR - 1: P = 4, 2, 2, 3, then 1. */
 #define CN_PANELS_FOR_ROWS(R) ((R) == 1 ? 4 : (R) <= 3 ? 2 : (R) == 4 ? 3 : 1)
 #define CN_ROWS_ARGUMENTS kc, a, b, ldp, c, ldc, accumulate, bias, bias_per_row, epilogue, param
 
