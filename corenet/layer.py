@@ -296,8 +296,15 @@ def contiguous(owner: str, what: str, x: np.ndarray) -> np.ndarray:
 
 
 def require_forward(layer: Layer, cached) -> None:
+    """A RuntimeError when there is no forward to take backward through, and a
+    DTypeError when ``cached`` (the forward's input) is not of the layer's dtype any
+    more: after ``astype``, its kernels would read float32 data as float64."""
     if cached is None:
         raise RuntimeError(f"{layer.name}.backward called before forward")
+    dtype = getattr(layer, "dtype", None)
+    if isinstance(cached, np.ndarray) and dtype is not None and cached.dtype != dtype:
+        raise DTypeError(f"{layer.name}.backward: the forward ran in {cached.dtype}, the "
+                         f"layer is now {np.dtype(dtype)}: run forward again after astype")
 
 
 def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,

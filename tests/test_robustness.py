@@ -15,6 +15,8 @@ from corenet.losses import MSE, SoftmaxCrossEntropy
 from corenet.optim import SGD
 
 import fuzz_harness
+from corenet.registry import registry
+from layer_table import LAYERS, layer_id
 from test_model_files import peak_memory_of
 
 
@@ -177,6 +179,22 @@ def test_flatten_backward_checks_the_gradient_against_the_forward_dtype():
     with pytest.raises(DTypeError, match="flatten.backward: expected a float32 gradient, "
                                          "got int64"):
         layer.backward(np.ones((2, 12), np.int64))
+
+
+@pytest.mark.parametrize("row", LAYERS, ids=layer_id)
+def test_backward_after_astype_is_refused_until_forward_runs_again(row):
+    # Before: linear, maxout and the convolutions read the float32 input of the
+    # forward as float64 (garbage gradients, or a segfault); the norms failed with
+    # Cython's "Buffer dtype mismatch", which names no layer.
+    name, config, shapes = row
+    layer = registry.layer(name)(**config)
+    xs = [np.ones((2,) + shape, np.float32) for shape in shapes]
+    out = layer.forward(*xs)
+    layer.astype("float64")
+    with pytest.raises(DTypeError, match=f"^{name}.backward: "):
+        layer.backward(np.ones(out.shape))
+    out = layer.forward(*[x.astype(np.float64) for x in xs])
+    layer.backward(np.ones(out.shape))
 
 
 def test_layers_take_samples_of_size_zero():
