@@ -481,3 +481,40 @@ def test_replaced_parameter_arrays_are_checked_or_handled():
     layer.bias.grad.flags.writeable = False
     with pytest.raises(ValueError, match=r"its grad must be a writeable C-contiguous array"):
         layer.backward(np.ones_like(expected))
+
+
+@pytest.mark.parametrize("build, x_shape, key, value", [
+    (lambda: L.Conv2d(3, 4, 3, bias=False), (2, 3, 5, 5), "out_channels", 1_000_000),
+    (lambda: L.Conv2d(3, 4, 3), (2, 3, 5, 5), "in_channels", 300),
+    (lambda: L.Conv2d(4, 4, 3), (2, 4, 5, 5), "groups", 2),
+    (lambda: L.Conv2d(4, 4, 3), (2, 4, 5, 5), "window", None),
+    (lambda: L.Conv3d(2, 2, 3), (1, 2, 3, 3, 3), "weight_shape", (2, 2, 1, 1, 1)),
+    (lambda: L.MaxPool2d(2), (2, 3, 4, 4), "window", None),
+])
+def test_the_sizes_a_layer_was_built_with_cannot_be_changed(build, x_shape, key, value, rng):
+    # Before: the kernels took the new sizes with the old weight; an out_channels of
+    # 10⁶ read past its end (a segfault), groups=2 gave a wrong answer silently.
+    layer = build()
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    expected = layer.forward(x).copy()
+    with pytest.raises(AttributeError, match=f"^{layer.name}: {key} is fixed when the layer "
+                                             f"is built; build a new layer to change it$"):
+        setattr(layer, key, value)
+    with pytest.raises(AttributeError, match=f"^{layer.name}: stride is fixed"):
+        layer.window.stride = (0,) * len(layer.window.stride)
+    np.testing.assert_array_equal(layer.forward(x), expected)
+
+
+def test_windows_near_the_largest_size_are_computed_not_wrapped(walk, rng):
+    # The direct path sized its grid in C integers, which wrapped: the first layer
+    # segfaulted, the second asked numpy for an array of negative size.
+    huge = L.Conv2d(1, 1, (4, 3), dilation=(1431655765, 2 ** 31 - 8), padding=2 ** 31 - 1)
+    out = huge.forward(np.ones((1, 1, 2, 2), np.float32))
+    assert out.shape == (1, 1, 1, 16)  # every tap falls in the padding: the bias alone
+    np.testing.assert_array_equal(out, np.full(out.shape, huge.bias.value[0]))
+    dilated = L.Conv3d(2, 4, 3, dilation=2 ** 30, padding="same")
+    x = rng.standard_normal((2, 2, 4, 4, 4)).astype(np.float32)
+    # Only the kernel's centre tap lands inside the input.
+    centre = dilated.weight.value[:, :, 1, 1, 1]
+    expected = np.einsum("oc,ncdhw->nodhw", centre, x) + dilated.bias.value[:, None, None, None]
+    np.testing.assert_allclose(dilated.forward(x), expected, rtol=1e-5, atol=1e-6)

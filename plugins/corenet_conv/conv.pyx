@@ -62,7 +62,7 @@ from corenet.kernels.gemm import tile_shape
 from corenet.kernels.threads import get_num_threads
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
-from corenet_conv.geometry import Window, as_3d_shape, spatial_input
+from corenet_conv.geometry import SetOnce, Window, as_3d_shape, spatial_input
 
 cnp.import_array()
 
@@ -668,7 +668,7 @@ cdef inline void* data(object array):
     return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
 
 
-class ConvNd(Layer):
+class ConvNd(SetOnce, Layer):
     """The convolution over ``n_axes`` spatial axes; Conv2d and Conv3d fix n_axes.
 
     Weights and bias start as in PyTorch, uniform in ±1/√fan_in
@@ -678,6 +678,7 @@ class ConvNd(Layer):
     """
 
     n_axes = 0
+    set_once = frozenset({"in_channels", "out_channels", "groups", "window", "weight_shape"})
 
     # No annotations: in a .pyx, Cython would convert True or 2.5 to an int silently.
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -764,14 +765,22 @@ class ConvNd(Layer):
         n_chunks = (b.size + b.chunk - 1) // b.chunk
         b.n_threads = min(get_num_threads(), n_chunks) if b.parallel else get_num_threads()
         cdef Geometry g = make_geometry(x3, out3, self.window.as_3d())
-        cdef Grid grid = make_grid(&g, self.groups, self.out_channels,
-                                   self.dtype == np.float64)
-        # Per thread: the output grid and a padded sample (or dx, padded).
-        direct_scratch = grid.rows * grid.positions + grid.sample
-        b.direct = DIRECT != "never" and self.window.stride == (1,) * self.n_axes and (
-            DIRECT == "always"
-            or (direct_scratch * self.dtype.itemsize <= DIRECT_SAMPLE_BYTES
-                and self.out_channels // self.groups <= DIRECT_MAX_CHANNELS))
+        cdef Grid grid
+        # The padded sample (stride 1: the grid's extent) in Python integers first:
+        # make_grid's C products wrap for a window near MAX_WINDOW, which had the
+        # direct path write far outside its scratch.
+        padded_sample = x3[1] * math.prod(
+            size + before + after for size, before, after
+            in zip(x_shape[2:], self.window.pad_before, self.window.pad_after))
+        b.direct = (DIRECT != "never" and self.window.stride == (1,) * self.n_axes
+                    and padded_sample * self.dtype.itemsize <= WORKSPACE_BYTES)
+        if b.direct:
+            grid = make_grid(&g, self.groups, self.out_channels, self.dtype == np.float64)
+            # Per thread: the output grid and a padded sample (or dx, padded).
+            direct_scratch = grid.rows * grid.positions + grid.sample
+            b.direct = DIRECT == "always" or (
+                direct_scratch * self.dtype.itemsize <= DIRECT_SAMPLE_BYTES
+                and self.out_channels // self.groups <= DIRECT_MAX_CHANNELS)
         if b.direct:
             b.parallel, b.chunk, b.tile, b.n_parts = False, b.size, 0, 0
             b.n_threads = get_num_threads()

@@ -24,12 +24,32 @@ def as_tuple(layer_name: str, label: str, value, n_axes: int, minimum: int) -> t
     return (as_int(layer_name, label, value, minimum, MAX_WINDOW),) * n_axes
 
 
-class Window:
+class SetOnce:
+    """Attributes named in ``set_once`` take a value in the constructor and keep it:
+    the parameters' shapes and the kernels' sizes follow from them, so a later change
+    would put the two out of step (an out_channels past the weight had the kernel read
+    past its end)."""
+
+    set_once: frozenset = frozenset()
+
+    def __setattr__(self, key, value):
+        if key in self.set_once and key in self.__dict__:
+            # A layer's registry name, or the layer a Window belongs to.
+            owner = self.__dict__.get("layer_name") or self.name
+            raise AttributeError(f"{owner}: {key} is fixed when the layer is built; "
+                                 f"build a new layer to change it")
+        super().__setattr__(key, value)
+
+
+class Window(SetOnce):
     """Kernel, stride, padding (before and after) and dilation over n_axes axes.
 
     ``padding`` is an int, n_axes ints, or "same" (stride 1 only, as PyTorch: the
     total padding d·(k − 1) split with the odd one after) or "valid".
     """
+
+    set_once = frozenset({"layer_name", "n_axes", "kernel", "stride", "dilation",
+                          "padding_config", "pad_before", "pad_after"})
 
     def __init__(self, layer_name: str, n_axes: int, kernel_size, stride, padding,
                  dilation=1):
@@ -38,7 +58,6 @@ class Window:
         self.kernel = as_tuple(layer_name, "kernel_size", kernel_size, n_axes, 1)
         self.stride = as_tuple(layer_name, "stride", stride, n_axes, 1)
         self.dilation = as_tuple(layer_name, "dilation", dilation, n_axes, 1)
-        self.padding_config = padding
         if isinstance(padding, str):
             if padding == "valid":
                 self.pad_before = self.pad_after = (0,) * n_axes
@@ -52,6 +71,7 @@ class Window:
             else:
                 raise ValueError(f"{layer_name}: padding must be an int, {n_axes} ints, "
                                  f"'same' or 'valid', got {padding!r}")
+            self.padding_config = padding
         else:
             self.pad_before = self.pad_after = as_tuple(layer_name, "padding", padding,
                                                         n_axes, 0)

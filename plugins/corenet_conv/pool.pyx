@@ -24,7 +24,7 @@ from corenet.kernels.threads cimport threads_for
 
 from corenet.errors import ShapeError
 from corenet.layer import Layer, check_grad, check_input, require_forward
-from corenet_conv.geometry import Window, as_3d_shape, spatial_input
+from corenet_conv.geometry import SetOnce, Window, as_3d_shape, spatial_input
 
 cnp.import_array()
 
@@ -277,11 +277,12 @@ cdef inline void* data(cnp.ndarray array) noexcept nogil:
     return cnp.PyArray_DATA(array)
 
 
-class PoolNd(Layer):
+class PoolNd(SetOnce, Layer):
     """Max or average pooling over ``n_axes`` spatial axes (the subclasses fix both)."""
 
     n_axes = 0
     is_max = True
+    set_once = frozenset({"window"})
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
