@@ -2,6 +2,7 @@
 read before any of its data, so that its declared shape can be checked first."""
 from __future__ import annotations
 
+import tokenize
 import zipfile
 import zlib
 
@@ -10,9 +11,11 @@ import numpy as np
 MAX_HEADER_BYTES = 10_000  # numpy's own default bound for an untrusted header
 
 # What reading an archive member can raise on a malformed file (a wrong CRC only at
-# the end of a member; deep or hostile headers as ValueError, RecursionError...).
+# the end of a member; deep or hostile headers as ValueError, RecursionError...; an
+# unclosed bracket as TokenError, from the tokenizer numpy retries old headers with).
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError,
-               NotImplementedError, RecursionError, OverflowError, KeyError)
+               NotImplementedError, RecursionError, OverflowError, KeyError,
+               tokenize.TokenError)
 
 
 def read_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple:

@@ -186,6 +186,22 @@ def test_member_without_an_npy_header(tmp_path, parts):
     refused(path, "array 'node0.extra' has no readable .npy header")
 
 
+def test_member_whose_header_leaves_a_bracket_open(tmp_path, parts):
+    # Before: numpy's retry of the header through Python's tokenizer raised
+    # tokenize.TokenError, which escaped as itself.
+    path = write(tmp_path / "m.npz", *parts)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("node0.extra.npy", header_with_an_open_bracket())
+    refused(path, "array 'node0.extra' has no readable .npy header")
+
+
+def header_with_an_open_bracket() -> bytes:
+    """A version 1.0 .npy header whose dict is followed by an unclosed '('."""
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }("
+    text = text.ljust(64 - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode() + bytes(8)
+
+
 def test_header_declaring_a_huge_shape_is_refused_fast_and_small(tmp_path, parts):
     config, arrays = parts
     config["nodes"][0]["config"].update(in_features=100_000, out_features=100_000)
