@@ -211,11 +211,13 @@ def train_model(args, comm) -> int:
             checkpoint.check_resumed_model(args.resume, saved["model"], model,
                                            args.argv[1:])
         model = saved.pop("model")
+    # Images, as the data gives them: flat rows of a square number of pixels were
+    # shifted as one channel even when they held four (N, 4, 4, 4).
+    images = models.image_shape(X) if models.holds_images(X) else None
     X = X.reshape(len(X), -1)
     X_train, y_train, X_test, y_test = data.train_test_split(X, y, args.test_fraction, args.seed)
-    side = int(round(np.sqrt(X.shape[1])))
-    if args.augment > 0 and side * side == X.shape[1]:
-        X_train = data.shift_augment(X_train, args.augment, args.seed)
+    if args.augment > 0 and images is not None:
+        X_train = data.shift_augment(X_train, args.augment, args.seed, images)
         y_train = np.tile(y_train, args.augment + 1)
     X_train, X_test = models.as_model_input(model, X_train), models.as_model_input(model, X_test)
     loss = cn.losses.SoftmaxCrossEntropy()

@@ -144,7 +144,8 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def load_idx(images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST-format images and labels; images are flattened and scaled to [0, 1]."""
+    """MNIST-format images and labels: X keeps each image's shape ((N, 28, 28) for
+    MNIST), uint8 pixels scaled to [0, 1]."""
     raw = read_idx(images)
     y = read_idx(labels)
     if raw.ndim < 2 or y.ndim != 1:
@@ -154,7 +155,9 @@ def load_idx(images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
         raise ShapeError(f"{images} has {len(raw)} images but {labels} has {len(y)} labels")
     if y.dtype.kind not in "iu":
         raise ValueError(f"{labels}: labels must be integers, got IDX type {y.dtype}")
-    X = raw.reshape(len(raw), -1).astype(np.float32)
+    # The image shape stays: --model cnn reads (N, H, W) as it is, where flattened
+    # rows of 4x16 pixels were taken for 8x8 images.
+    X = raw.astype(np.float32)
     if raw.dtype == np.uint8:  # 8-bit pixels
         X /= 255.0
     return X, y.astype(np.int64)
@@ -195,19 +198,35 @@ def train_test_split(X: np.ndarray, y: np.ndarray, test_fraction: float = 0.2,
     return X[train], y[train], X[test], y[test]
 
 
-def shift_augment(X: np.ndarray, copies: int, seed: int = 0) -> np.ndarray:
-    """``copies`` versions of square images, each moved by up to one pixel in each
-    direction (zeros shifted in), stacked after the originals.
+def square_side(features: int) -> int:
+    """The side of a square image of ``features`` pixels, or 0 if there is none."""
+    side = math.isqrt(features)
+    return side if side and side * side == features else 0
+
+
+def shift_augment(X: np.ndarray, copies: int, seed: int = 0,
+                  image_shape: tuple | None = None) -> np.ndarray:
+    """``copies`` versions of the images in the rows of X, each moved by up to one
+    pixel in each direction (zeros shifted in), stacked after the originals.
+    ``image_shape`` is each row's (channels, height, width), every channel moved
+    alike; by default one square channel.
 
     The bundled digits are 8x8 and small: shifted copies are what lifts a plain
     MLP from about 96.5% to about 98% on the held-out images.
     """
-    side = int(round(np.sqrt(X.shape[1])))
-    if side * side != X.shape[1]:
-        raise ShapeError(f"shift_augment: expected square images, got {X.shape[1]} features")
+    if image_shape is None:
+        side = square_side(X.shape[1])
+        if not side:
+            raise ShapeError(f"shift_augment: expected square images, got {X.shape[1]} "
+                             f"features")
+        image_shape = (1, side, side)
+    if len(image_shape) != 3 or math.prod(image_shape) != X.shape[1]:
+        raise ShapeError(f"shift_augment: image shape {tuple(image_shape)} does not hold "
+                         f"{X.shape[1]} features")
+    height, width = image_shape[1:]
     rng = np.random.default_rng(seed)
-    images = X.reshape(len(X), side, side)
-    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    images = X.reshape((len(X),) + tuple(image_shape))
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)))
     parts = [X]
     for _ in range(copies):
         moved = np.empty_like(images)
@@ -216,7 +235,7 @@ def shift_augment(X: np.ndarray, copies: int, seed: int = 0) -> np.ndarray:
         for shift_y in (-1, 0, 1):
             for shift_x in (-1, 0, 1):
                 chosen = (dy == shift_y) & (dx == shift_x)
-                moved[chosen] = padded[chosen, 1 - shift_y:1 - shift_y + side,
-                                       1 - shift_x:1 - shift_x + side]
+                moved[chosen] = padded[chosen, :, 1 - shift_y:1 - shift_y + height,
+                                       1 - shift_x:1 - shift_x + width]
         parts.append(moved.reshape(len(X), -1))
     return np.concatenate(parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from corenet.data import square_side
 from corenet.errors import ShapeError
 
 MODELS = ("mlp", "cnn")
@@ -66,6 +67,11 @@ def check_activation(name: str) -> None:
                          f"{', '.join(choices)}")
 
 
+def holds_images(X: np.ndarray) -> bool:
+    """Whether image_shape takes X."""
+    return X.ndim in (3, 4) or (X.ndim == 2 and bool(square_side(X.shape[1])))
+
+
 def image_shape(X: np.ndarray) -> tuple:
     """(channels, height, width) of a dataset: (N, C, H, W) as it is, (N, H, W) as one
     channel, (N, F) as one square channel when F is a square number."""
@@ -73,9 +79,8 @@ def image_shape(X: np.ndarray) -> tuple:
         return X.shape[1:]
     if X.ndim == 3:
         return (1,) + X.shape[1:]
-    side = int(round(np.sqrt(X.shape[1]))) if X.ndim == 2 else 0
-    if X.ndim == 2 and side * side == X.shape[1]:
-        return (1, side, side)
+    if holds_images(X):
+        return (1,) + (square_side(X.shape[1]),) * 2
     raise ShapeError(f"a convolutional model needs images: (N, H, W), (N, C, H, W) or "
                      f"(N, F) with F a square number; got data of shape {X.shape}")
 

@@ -13,6 +13,8 @@ import corenet as cn
 import corenet.layers as L
 from corenet.errors import PluginError
 
+from test_data_and_files import write_idx
+
 
 def corenet(*args, timeout=300):
     # Run outside the checkout, so that the installed corenet is the one imported.
@@ -78,6 +80,22 @@ def test_cnn_trains_on_image_files(channels_axis, tmp_path, rng):
     result = corenet("train", "--model", "cnn", "--data", path, "--epochs", "8", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["test_accuracy"] >= 0.95
+
+
+def test_cnn_takes_idx_images_in_their_own_shape(tmp_path, rng):
+    # Before: IDX images were flattened, so 6 x 8 images (48 pixels) were refused as
+    # not square, and 4 x 16 ones were trained on as 8 x 8.
+    X, y = bright_square_images(False, rng)
+    pixels = (np.pad(X, ((0, 0), (0, 0), (0, 2))) * 255).astype(np.uint8)
+    write_idx(tmp_path / "images.idx.gz", pixels)
+    write_idx(tmp_path / "labels.idx.gz", y.astype(np.uint8))
+    path = str(tmp_path / "cnn.npz")
+    files = f"{tmp_path / 'images.idx.gz'},{tmp_path / 'labels.idx.gz'}"
+    result = corenet("train", "--model", "cnn", "--data", files, "--epochs", "8", "--save", path,
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["test_accuracy"] >= 0.95
+    assert cn.load(path).inputs[0].shape == (1, 6, 8)
 
 
 def test_cnn_refuses_data_that_are_not_images(tmp_path):

@@ -40,6 +40,22 @@ def test_shift_augment_moves_images_by_one_pixel():
         data.shift_augment(np.zeros((1, 8)), 1)
 
 
+def test_shift_augment_moves_every_channel_alike():
+    # Before, corenet train flattened (N, 4, 4, 4) data and shifted it as 8 x 8
+    # images, mixing the channels.
+    images = np.zeros((1, 3, 4, 5), np.float32)
+    images[0, :, 1:3, 2] = [[1, 2], [3, 4], [5, 6]]
+    shifted = data.shift_augment(images.reshape(1, -1), copies=30, seed=0,
+                                 image_shape=(3, 4, 5)).reshape(-1, 3, 4, 5)
+    for copy in shifted:
+        (rows, columns), = {tuple(map(tuple, np.nonzero(channel))) for channel in copy}
+        assert max(columns) - min(columns) == 0 and max(rows) - min(rows) == 1
+        np.testing.assert_array_equal(copy[:, rows, columns], images[0, :, 1:3, 2])
+    assert len({tuple(np.argwhere(copy[0])[0]) for copy in shifted}) > 3
+    with pytest.raises(ShapeError, match=r"image shape \(3, 4, 4\) does not hold 60"):
+        data.shift_augment(images.reshape(1, -1), 1, image_shape=(3, 4, 4))
+
+
 def write_idx(path, array):
     codes = {np.dtype(np.uint8): 0x08}
     with gzip.open(path, "wb") as handle:
@@ -54,7 +70,7 @@ def test_idx_and_npz_loaders(tmp_path):
     write_idx(tmp_path / "x.gz", images)
     write_idx(tmp_path / "y.gz", labels)
     X, y = data.load(f"{tmp_path / 'x.gz'},{tmp_path / 'y.gz'}")
-    np.testing.assert_allclose(X, images.reshape(2, 9) / 255.0)
+    np.testing.assert_allclose(X, images / 255.0)  # each image keeps its shape
     assert y.tolist() == [1, 7]
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
     with pytest.raises(ValueError, match="not an IDX file"):
@@ -133,6 +149,11 @@ def test_datasets_too_small_to_split_are_clear_errors(tmp_path):
     np.savez(tmp_path / "empty.npz", X=np.ones((0, 4)), y=np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="empty.npz: the dataset has no samples"):
         data.load(str(tmp_path / "empty.npz"))
+    # IDX files of no images: numpy's "cannot reshape array of size 0" before.
+    write_idx(tmp_path / "x.gz", np.zeros((0, 4, 4), np.uint8))
+    write_idx(tmp_path / "y.gz", np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match="y.gz: the dataset has no samples"):
+        data.load(f"{tmp_path / 'x.gz'},{tmp_path / 'y.gz'}")
     with pytest.raises(ValueError, match="1 samples: a split needs at least 2"):
         data.train_test_split(np.ones((1, 4)), np.zeros(1, np.int64), 0.2)
     X_train, _, X_test, _ = data.train_test_split(np.ones((2, 4)), np.zeros(2), 0.9)
