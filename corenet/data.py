@@ -171,6 +171,8 @@ def load(spec: str | None) -> tuple[np.ndarray, np.ndarray]:
     X, y = _load_file(spec)
     if len(X) == 0:
         raise ValueError(f"{spec}: the dataset has no samples")
+    if X[0].size == 0:  # else the first layer's error, naming a layer, not the data
+        raise ValueError(f"{spec}: the samples are empty: X has shape {X.shape}")
     return X, y
 
 

@@ -149,6 +149,10 @@ def test_datasets_too_small_to_split_are_clear_errors(tmp_path):
     np.savez(tmp_path / "empty.npz", X=np.ones((0, 4)), y=np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="empty.npz: the dataset has no samples"):
         data.load(str(tmp_path / "empty.npz"))
+    np.savez(tmp_path / "blank.npz", X=np.ones((3, 2, 0)), y=np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"blank.npz: the samples are empty: X has shape "
+                                         r"\(3, 2, 0\)"):
+        data.load(str(tmp_path / "blank.npz"))
     # IDX files of no images: numpy's "cannot reshape array of size 0" before.
     write_idx(tmp_path / "x.gz", np.zeros((0, 4, 4), np.uint8))
     write_idx(tmp_path / "y.gz", np.zeros(0, np.uint8))
