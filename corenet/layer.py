@@ -295,6 +295,35 @@ def contiguous(owner: str, what: str, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+class SetOnce:
+    """A mixin: attributes named in ``set_once`` take a value in the constructor and
+    keep it. For sizes that the parameters' shapes and the kernels' loops follow: a
+    later change would put the two out of step (an out_channels set on a Conv2d had
+    its kernel read past the weight). Every other attribute set pays one check, so
+    layers on the smallest hot paths (Linear) check their sizes at use instead.
+
+    >>> class Scale(SetOnce, Layer):
+    ...     name = "scale"
+    ...     set_once = frozenset({"size"})
+    ...     def __init__(self, size):
+    ...         super().__init__()
+    ...         self.size = size
+    >>> Scale(3).size = 4
+    Traceback (most recent call last):
+    AttributeError: scale: size is fixed when the layer is built; build a new layer to change it
+    """
+
+    set_once: frozenset = frozenset()
+
+    def __setattr__(self, key, value):
+        if key in self.set_once and key in self.__dict__:
+            # A layer's registry name, or the layer a Window belongs to.
+            owner = self.__dict__.get("layer_name") or self.name
+            raise AttributeError(f"{owner}: {key} is fixed when the layer is built; "
+                                 f"build a new layer to change it")
+        super().__setattr__(key, value)
+
+
 def require_forward(layer: Layer, cached) -> None:
     """A RuntimeError when there is no forward to take backward through, and a
     DTypeError when ``cached`` (the forward's input) is not of the layer's dtype any
@@ -305,6 +334,19 @@ def require_forward(layer: Layer, cached) -> None:
     if isinstance(cached, np.ndarray) and dtype is not None and cached.dtype != dtype:
         raise DTypeError(f"{layer.name}.backward: the forward ran in {cached.dtype}, the "
                          f"layer is now {np.dtype(dtype)}: run forward again after astype")
+
+
+def buffer_array(layer, buffer, shape: tuple, dtype) -> np.ndarray:
+    """A Buffer's value, checked before use: users can replace it, and batch norm
+    updates its running statistics in place."""
+    value = buffer.value
+    if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype \
+            or not value.flags.c_contiguous or not value.flags.writeable:
+        got = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) \
+            else type(value).__name__
+        raise ShapeError(f"{layer.name}: buffer {buffer.name!r} must be a writeable "
+                         f"C-contiguous {np.dtype(dtype)} array of shape {shape}, got {got}")
+    return value
 
 
 def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,

@@ -260,3 +260,90 @@ def test_sgd_refuses_settings_that_are_not_finite_numbers(settings):
     parameters = [cn.Parameter("w", np.ones(3, np.float32))]
     with pytest.raises(ValueError, match=r"SGD: \w+ must be a finite number >= 0"):
         SGD(parameters, **{"lr": 0.1, **settings})
+
+
+# -- attributes set after construction ---------------------------------------------------------
+
+@pytest.mark.parametrize("build, key", [
+    (lambda: L.Maxout(4, 3, 2), "in_features"),
+    (lambda: L.Maxout(4, 3, 2), "pieces"),
+    (lambda: L.LayerNorm(3), "normalized_shape"),
+    (lambda: L.BatchNorm1d(3), "num_features"),
+    (lambda: L.BatchNorm2d(3, track_running_stats=False), "track_running_stats"),
+    (lambda: L.Concat(), "axis"),
+])
+def test_sizes_that_shape_the_parameters_are_fixed(build, key):
+    # Before: Maxout's and LayerNorm's kernels took the new size with the old arrays
+    # (segfaults); BatchNorm looked for running statistics it never made.
+    layer = build()
+    before = getattr(layer, key)
+    with pytest.raises(AttributeError, match=f"^{layer.name}: {key} is fixed when the layer "
+                                             f"is built"):
+        setattr(layer, key, 1)
+    assert getattr(layer, key) == before
+
+
+def test_linear_backward_refuses_an_input_of_other_features_than_in_features():
+    # Before: in_features and the weight replaced between forward and backward had the
+    # kernel write past the gradient (glibc's "malloc(): invalid size").
+    layer = L.Linear(1000, 10)
+    out = layer.forward(np.ones((8, 1000), np.float32))
+    layer.in_features = 1
+    layer.weight = cn.Parameter("weight", np.zeros((10, 1), np.float32))
+    with pytest.raises(ShapeError, match="linear: the forward's input has 1000 features, "
+                                         "in_features is now 1"):
+        layer.backward(np.ones_like(out))
+
+
+def test_activation_settings_are_checked_where_they_are_used():
+    relu = L.ReLU()
+    relu.kind = 1000  # the kernels' table index is the class's: this crashed before
+    np.testing.assert_array_equal(relu.forward(np.array([[-1.0, 2.0]], np.float32)), [[0, 2]])
+    leaky = L.LeakyReLU()
+    leaky.negative_slope = "a"
+    with pytest.raises(ValueError, match="leaky_relu: negative_slope must be a finite number"):
+        leaky.forward(np.ones((2, 2), np.float32))
+    elu = L.ELU()
+    elu.alpha = None
+    with pytest.raises(ValueError, match="elu: alpha must be a finite number, got None"):
+        elu.forward(np.ones((2, 2), np.float32))
+
+
+def test_an_activation_changed_after_fusion_is_an_error_not_a_skipped_node():
+    x = cn.Input((4,))
+    leaky = L.LeakyReLU(0.1)
+    model = cn.Model(x, leaky(L.Linear(4, 3)(x)))
+    leaky.negative_slope = 0.2  # still fusable: used
+    out = model.forward(np.full((2, 4), -1.0, np.float32))
+    assert np.all(out[out < 0] != 0)
+    # A negative slope cannot run in the epilogue; the node is skipped, so the Linear
+    # computed without any activation before.
+    leaky.negative_slope = -0.5
+    with pytest.raises(ValueError, match="leaky_relu: its parameter changed after the model "
+                                         "fused it into linear"):
+        model.forward(np.ones((2, 4), np.float32))
+
+
+def test_dropout_backward_scales_by_the_forward_p():
+    layer = L.Dropout(0.5)
+    out = layer.forward(np.ones((1, 64), np.float32))
+    layer.p = 0.2  # before: backward scaled by 1 / 0.8 where forward used 1 / 0.5
+    np.testing.assert_array_equal(layer.backward(np.ones_like(out)), out)
+    layer.p = 1.5
+    with pytest.raises(ValueError, match=r"dropout: p must be a number in \[0, 1\), got 1.5"):
+        layer.forward(np.ones((1, 64), np.float32))
+
+
+def test_batch_norm_checks_eps_momentum_and_the_batch_count_at_each_forward():
+    x = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    layer = L.BatchNorm1d(3)
+    layer.eps = -1.0  # before: NaN outputs
+    with pytest.raises(ValueError, match="batch_norm1d: eps must be a number > 0, got -1.0"):
+        layer.forward(x)
+    layer.eps, layer.momentum = 1e-5, float("nan")
+    with pytest.raises(ValueError, match=r"batch_norm1d: momentum must be a number in \[0, 1\]"):
+        layer.forward(x)
+    layer = L.BatchNorm1d(3, momentum=None)
+    layer.num_batches_tracked.value[...] = -1  # before: ZeroDivisionError
+    with pytest.raises(ValueError, match="batch_norm1d: num_batches_tracked must be >= 0"):
+        layer.forward(x)

@@ -187,7 +187,8 @@ class Activation(Layer):
     def forward(self, x):
         x = check_input(self, x)
         y = self.buffer("out", x.shape, x.dtype)
-        run_forward(self.kind, x, y, self._parameter())
+        # The class's kind: the kernels index tables by it (an instance's 1000 crashed).
+        run_forward(type(self).kind, x, y, self._parameter())
         self._x = x
         self._y = y
         return y
@@ -196,7 +197,7 @@ class Activation(Layer):
         require_forward(self, self._y)
         grad = check_grad(self, grad, self._y.shape, self._y.dtype)
         x_grad = self.buffer("x_grad", grad.shape, grad.dtype)
-        run_backward(self.kind, self._x, self._y, grad, x_grad, self._parameter())
+        run_backward(type(self).kind, self._x, self._y, grad, x_grad, self._parameter())
         return x_grad
 
 
@@ -227,7 +228,8 @@ class LeakyReLU(Activation):
         self.negative_slope = as_float(self.name, "negative_slope", negative_slope)
 
     def _parameter(self):
-        return self.negative_slope
+        # Checked at use: it may be set after construction, as in PyTorch.
+        return as_float(self.name, "negative_slope", self.negative_slope)
 
     def get_config(self):
         return {"negative_slope": self.negative_slope}
@@ -243,7 +245,7 @@ class ELU(Activation):
         self.alpha = as_float(self.name, "alpha", alpha)
 
     def _parameter(self):
-        return self.alpha
+        return as_float(self.name, "alpha", self.alpha)
 
     def get_config(self):
         return {"alpha": self.alpha}

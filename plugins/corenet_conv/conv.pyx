@@ -56,13 +56,13 @@ from corenet_conv.vol2col cimport (Geometry, TileMasks, col2vol, col2vol_tile, f
 from corenet import init as initializers
 from corenet.arguments import as_bool, as_int
 from corenet.errors import ShapeError
-from corenet.fusion import fusion_of
+from corenet.fusion import fused_epilogue, fusion_of
 from corenet.memory import check_parameters
 from corenet.kernels.gemm import tile_shape
 from corenet.kernels.threads import get_num_threads
-from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
-                           parameter_arrays, require_forward)
-from corenet_conv.geometry import SetOnce, Window, as_3d_shape, spatial_input
+from corenet.layer import (Layer, Parameter, SetOnce, as_float_dtype, check_grad,
+                           check_input, parameter_arrays, require_forward)
+from corenet_conv.geometry import Window, as_3d_shape, spatial_input
 
 cnp.import_array()
 
@@ -870,7 +870,7 @@ class ConvNd(SetOnce, Layer):
             bias, _ = parameter_arrays(self, self.bias, (self.out_channels,), self.dtype,
                                        with_grad=False)
         out = self.buffer("out", out_shape, self.dtype)
-        self._fusion = fusion_of(self.fused_activation)
+        self._fusion = fused_epilogue(self)
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
         cdef Batch b
         cdef Geometry g

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from corenet.arguments import as_int
 from corenet.errors import ShapeError
+from corenet.layer import SetOnce
 
 # Kernel, stride, padding and dilation beyond this are refused: the kernels compute
 # window offsets in C integers, where 2⁶² + 2⁶² would overflow.
@@ -22,23 +23,6 @@ def as_tuple(layer_name: str, label: str, value, n_axes: int, minimum: int) -> t
                              f"got {value!r}")
         return tuple(as_int(layer_name, label, item, minimum, MAX_WINDOW) for item in value)
     return (as_int(layer_name, label, value, minimum, MAX_WINDOW),) * n_axes
-
-
-class SetOnce:
-    """Attributes named in ``set_once`` take a value in the constructor and keep it:
-    the parameters' shapes and the kernels' sizes follow from them, so a later change
-    would put the two out of step (an out_channels past the weight had the kernel read
-    past its end)."""
-
-    set_once: frozenset = frozenset()
-
-    def __setattr__(self, key, value):
-        if key in self.set_once and key in self.__dict__:
-            # A layer's registry name, or the layer a Window belongs to.
-            owner = self.__dict__.get("layer_name") or self.name
-            raise AttributeError(f"{owner}: {key} is fixed when the layer is built; "
-                                 f"build a new layer to change it")
-        super().__setattr__(key, value)
 
 
 class Window(SetOnce):

@@ -23,8 +23,8 @@ from libc.string cimport memset
 from corenet.kernels.threads cimport threads_for
 
 from corenet.errors import ShapeError
-from corenet.layer import Layer, check_grad, check_input, require_forward
-from corenet_conv.geometry import SetOnce, Window, as_3d_shape, spatial_input
+from corenet.layer import Layer, SetOnce, check_grad, check_input, require_forward
+from corenet_conv.geometry import Window, as_3d_shape, spatial_input
 
 cnp.import_array()
 

@@ -85,13 +85,16 @@ class Dropout(Layer):
 
     def forward(self, x):
         x = check_input(self, x)
+        _check_p(self.p)  # p may change between steps, as in PyTorch
         self._shape, self._dtype = x.shape, x.dtype
         if not self.training or self.p == 0:
             self._key = None
             return x
-        self._key = int(random.generator().integers(0, 1 << 64, dtype=np.uint64))
+        # backward masks with the forward's p: a p set in between scaled by another
+        self._key, self._p = int(random.generator().integers(0, 1 << 64, dtype=np.uint64)), \
+            float(self.p)
         out = self.buffer("out", x.shape, x.dtype)
-        apply_mask(x.reshape(-1), out.reshape(-1), self._key, self.p)
+        apply_mask(x.reshape(-1), out.reshape(-1), self._key, self._p)
         return out
 
     def backward(self, grad):
@@ -102,7 +105,7 @@ class Dropout(Layer):
         if self._key is None:
             return grad
         x_grad = self.buffer("x_grad", grad.shape, grad.dtype)
-        apply_mask(grad.reshape(-1), x_grad.reshape(-1), self._key, self.p)
+        apply_mask(grad.reshape(-1), x_grad.reshape(-1), self._key, self._p)
         return x_grad
 
     def get_config(self):

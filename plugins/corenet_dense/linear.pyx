@@ -19,7 +19,7 @@ from corenet.kernels.threads cimport threads_for
 from corenet import init as initializers
 from corenet.arguments import as_bool
 from corenet.errors import ShapeError
-from corenet.fusion import fusion_of
+from corenet.fusion import fused_epilogue, fusion_of
 from corenet.memory import check_parameters
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
                            parameter_arrays, require_forward)
@@ -226,7 +226,7 @@ class Linear(Layer):
     def forward(self, x):
         x = check_input(self, x, ndim=2, features=self.in_features, dtype=self.dtype)
         out = self.buffer("out", (x.shape[0], self.out_features), self.dtype)
-        self._fusion = fusion_of(self.fused_activation)
+        self._fusion = fused_epilogue(self)
         code, param = self._fusion or (EPILOGUE_NONE, 0.0)
         weight, _ = parameter_arrays(self, self.weight, (self.out_features, self.in_features),
                                      self.dtype, with_grad=False)
@@ -242,6 +242,9 @@ class Linear(Layer):
     def backward(self, grad):
         require_forward(self, self._x)
         x = self._x
+        if x.shape[1] != self.in_features:  # in_features and the weight set since forward
+            raise ShapeError(f"{self.name}: the forward's input has {x.shape[1]} features, "
+                             f"in_features is now {self.in_features}: run forward again")
         grad = check_grad(self, grad, (x.shape[0], self.out_features), self.dtype)
         x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
         weight, weight_grad = parameter_arrays(self, self.weight,

@@ -20,8 +20,8 @@ from corenet_dense.linear cimport linear_backward, linear_forward
 from corenet import init as initializers
 from corenet.errors import ShapeError
 from corenet.memory import check_parameters
-from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
-                           parameter_arrays, require_forward)
+from corenet.layer import (Layer, Parameter, SetOnce, as_float_dtype, check_grad,
+                           check_input, parameter_arrays, require_forward)
 
 cnp.import_array()
 
@@ -77,7 +77,7 @@ def _check_sizes(**sizes):
             raise ValueError(f"maxout: {label} must be a positive integer, got {size!r}")
 
 
-class Maxout(Layer):
+class Maxout(SetOnce, Layer):
     """h = max over ``pieces`` affine maps of x, for x of shape (batch, in_features).
 
     Weight (out_features, pieces, in_features), bias (out_features, pieces). They
@@ -91,6 +91,10 @@ class Maxout(Layer):
     """
 
     name = "maxout"
+
+    # The weight's shape and the routing of the pieces follow from these.
+    set_once = frozenset({"in_features", "out_features", "pieces", "weight_shape",
+                          "input_shape"})
 
     def __init__(self, in_features, out_features, pieces, bias=True, dtype="float32",
                  init="pytorch_uniform", bias_init="pytorch_uniform"):

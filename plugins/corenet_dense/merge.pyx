@@ -7,7 +7,7 @@ from corenet.kernels.elementwise cimport add_into
 
 from corenet.arguments import as_int
 from corenet.errors import DTypeError, ShapeError
-from corenet.layer import Layer, check_grad, check_input, require_forward
+from corenet.layer import Layer, SetOnce, check_grad, check_input, require_forward
 
 cnp.import_array()
 
@@ -69,10 +69,11 @@ class Add(Layer):
         return tuple(input_shapes[0])
 
 
-class Concat(Layer):
+class Concat(SetOnce, Layer):
     """Joins inputs along ``axis`` (a per-sample axis; -1, the last, by default)."""
 
     name = "concat"
+    set_once = frozenset({"axis"})  # the graph's shapes were checked with it
 
     def __init__(self, axis=-1):
         super().__init__()

@@ -27,8 +27,8 @@ from corenet.kernels.threads cimport threads_for
 from corenet.errors import ShapeError
 from corenet.arguments import as_bool
 from corenet.memory import check_parameters
-from corenet.layer import (Buffer, Layer, Parameter, as_float_dtype, check_grad, check_input,
-                           parameter_arrays, require_forward)
+from corenet.layer import (Buffer, Layer, Parameter, SetOnce, as_float_dtype, buffer_array,
+                           check_grad, check_input, parameter_arrays, require_forward)
 
 cnp.import_array()
 
@@ -263,20 +263,7 @@ def _positive_int(layer: str, label: str, value) -> int:
     return int(value)
 
 
-def buffer_array(layer, buffer, shape: tuple, dtype) -> np.ndarray:
-    """A Buffer's value, checked before use: users can replace it, and batch norm
-    updates its running statistics in place."""
-    value = buffer.value
-    if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype \
-            or not value.flags.c_contiguous or not value.flags.writeable:
-        got = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) \
-            else type(value).__name__
-        raise ShapeError(f"{layer.name}: buffer {buffer.name!r} must be a writeable "
-                         f"C-contiguous {np.dtype(dtype)} array of shape {shape}, got {got}")
-    return value
-
-
-class BatchNorm(Layer):
+class BatchNorm(SetOnce, Layer):
     """Batch normalisation over axis 1, as torch.nn.BatchNorm1d/2d (one class each
     below). Training normalises by the batch's mean and biased variance and moves
     the running statistics towards them (the unbiased variance, as PyTorch:
@@ -287,6 +274,9 @@ class BatchNorm(Layer):
 
     sample_ndims = ()
     layout = ""
+    # The parameters' and buffers' shapes follow from these; eps and momentum may
+    # change (as in PyTorch) and are checked at each forward.
+    set_once = frozenset({"num_features", "affine", "track_running_stats"})
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype="float32"):
@@ -355,6 +345,8 @@ class BatchNorm(Layer):
 
     def _update_running(self, mean, variance, count) -> None:
         running_mean, running_var, batches = self._running()
+        if batches < 0:  # a replaced buffer: 1 / 0 below for momentum=None
+            raise ValueError(f"{self.name}: num_batches_tracked must be >= 0, got {batches}")
         batches[...] += 1
         factor = self.momentum if self.momentum is not None else 1.0 / int(batches)
         running_mean[...] = (1 - factor) * running_mean + factor * mean
@@ -362,6 +354,9 @@ class BatchNorm(Layer):
 
     def forward(self, x):
         x = check_input(self, x, dtype=self.dtype)
+        _number(self.name, "eps", self.eps, 0, above_minimum=True)
+        if self.momentum is not None:
+            _number(self.name, "momentum", self.momentum, 0, 1)
         batch, channels, inner = self._view(x)
         count = batch * inner
         from_batch = self.training or not self.track_running_stats
@@ -469,7 +464,7 @@ def _normalized_shape(shape) -> tuple:
     return tuple(int(size) for size in shape)
 
 
-class LayerNorm(Layer):
+class LayerNorm(SetOnce, Layer):
     """Normalisation of each sample over its last axes ``normalized_shape``, as
     torch.nn.LayerNorm: mean and biased variance of those axes, then an elementwise
     weight (ones) and bias (zeros) of that shape when elementwise_affine.
@@ -480,6 +475,8 @@ class LayerNorm(Layer):
     """
 
     name = "layer_norm"
+
+    set_once = frozenset({"normalized_shape", "elementwise_affine", "use_bias"})
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
                  dtype="float32"):
@@ -520,6 +517,7 @@ class LayerNorm(Layer):
 
     def forward(self, x):
         x = check_input(self, x, dtype=self.dtype)
+        _number(self.name, "eps", self.eps, 0, above_minimum=True)
         if not self._ends_in_normalized_shape(x.shape[1:]):
             dims = ", ".join(map(str, self.normalized_shape))
             raise ShapeError(f"{self.name}: expected an input of shape (N, ..., {dims}), "
