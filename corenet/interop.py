@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from corenet.errors import DTypeError, ShapeError
 from corenet.graph import Model, Sequential
+from corenet.layer import Buffer, buffer_array, parameter_arrays
+from corenet.state import count_problem
 
 
 def _torch():
@@ -28,8 +31,28 @@ def _torch():
 
 # -- PyTorch -> corenet: one function per torch.nn class name, module -> corenet layer ------
 
-def _copy(parameter, tensor) -> None:
-    np.copyto(parameter.value, tensor.detach().cpu().numpy(), casting="same_kind")
+def _copy(array, tensor) -> None:
+    """Copy a torch tensor into a corenet Parameter or Buffer of exactly its shape (numpy
+    would broadcast a (1, 4) weight into every row of a (3, 4) one)."""
+    target = array.value
+    if tensor is None:
+        raise ValueError(f"{array.name} is None, expected a tensor of shape {target.shape}")
+    value = tensor.detach().cpu().numpy()
+    if value.shape != target.shape:
+        raise ShapeError(f"{array.name} has shape {tuple(value.shape)}, expected "
+                         f"{target.shape}")
+    _check_count("", array.name, value, target)
+    try:
+        np.copyto(target, value, casting="same_kind")
+    except TypeError:  # a float count, say
+        raise DTypeError(f"{array.name} is {value.dtype}, expected {target.dtype}") from None
+
+
+def _check_count(owner: str, name: str, value: np.ndarray, target: np.ndarray) -> None:
+    """load_state_dict's check of a count: a momentum=None batch norm divides by it."""
+    problem = count_problem(name, value, target)
+    if problem:
+        raise ValueError(f"{owner}{problem}")
 
 
 def _linear(L, m, dtype):
@@ -176,8 +199,9 @@ def from_torch(module, input_shape=None) -> Sequential:
                              f"{', '.join(sorted(FROM_TORCH))} and nested Sequentials")
         try:
             layer = FROM_TORCH[type(child).__name__](L, child, dtype)
-        except ValueError as error:
-            raise ValueError(f"from_torch: {where}: {error}") from None
+        except (ValueError, DTypeError) as error:
+            kind = type(error) if type(error) in (ShapeError, DTypeError) else ValueError
+            raise kind(f"from_torch: {where}: {error}") from None
         if layer is not None:
             converted.append((path, layer))
         index += 1
@@ -271,6 +295,19 @@ def _check_chain(model: Model) -> None:
         raise ValueError("to_torch: the model's one output must be its last layer's")
 
 
+def _checked_value(layer, array, target) -> np.ndarray:
+    """The value of a Parameter or Buffer for the torch tensor ``target``, checked as the
+    layer's kernels check it: torch would reshape a (4, 3) weight into (3, 4) silently."""
+    shape = tuple(target.shape)
+    if not isinstance(array, Buffer):
+        return parameter_arrays(layer, array, shape, layer.dtype, with_grad=False)[0]
+    # Running statistics follow the layer's dtype; a count keeps torch's (int64).
+    dtype = layer.dtype if target.is_floating_point() else target.numpy().dtype
+    value = buffer_array(layer, array, shape, dtype)
+    _check_count(f"{layer.name}: ", array.name, value, value)
+    return value
+
+
 def to_torch(model: Model):
     """A torch.nn.Sequential equal to a chain ``model``, weights copied, in its dtype.
 
@@ -289,7 +326,8 @@ def to_torch(model: Model):
         converted = TO_TORCH[layer.name](torch.nn, layer, node.inputs[0].shape)
         for array in layer.parameters() + layer.state_buffers():
             target = getattr(converted[0], array.name)
-            target.data = torch.from_numpy(array.value.copy()).reshape(target.shape)
+            value = _checked_value(layer, array, target)
+            target.data = torch.from_numpy(value.copy())
         modules += converted
     result = torch.nn.Sequential(*modules)
     result.to(torch.float64 if model.dtype == np.float64 else torch.float32)

@@ -48,7 +48,7 @@ def _check_dtype(key: str, array: np.ndarray, target: np.ndarray) -> None:
                          f"got dtype {array.dtype}")
 
 
-def _count_problem(key: str, array: np.ndarray, target: np.ndarray) -> str | None:
+def count_problem(key: str, array: np.ndarray, target: np.ndarray) -> str | None:
     """A count (batch norm's num_batches_tracked) is never negative and fits its int64: a
     momentum=None batch norm divides by it plus one (-1 was a ZeroDivisionError)."""
     if target.dtype.kind == "f" or array.size == 0:
@@ -95,7 +95,7 @@ def load_state_dict(model, state: dict, strict: bool = True) -> IncompatibleKeys
         if array.shape != target.value.shape:
             problems.append(f"{key!r} has shape {array.shape}, the model's is "
                             f"{target.value.shape}")
-        problem = _count_problem(key, array, target.value)
+        problem = count_problem(key, array, target.value)
         if problem:
             problems.append(problem)
         arrays[key] = array

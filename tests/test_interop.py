@@ -225,6 +225,56 @@ def test_what_cannot_be_converted_is_named(module, message):
         from_torch(module, input_shape=(1, 6, 6) if isinstance(module[0], nn.Conv2d) else None)
 
 
+def replaced(module, name, value):
+    """``module`` with its parameter or buffer ``name`` replaced (None removes it)."""
+    setattr(module, name, value)
+    return module
+
+
+@pytest.mark.parametrize("make, error, message", [
+    # numpy's broadcasting once filled all 3 rows of the weight from the one given
+    (lambda: replaced(nn.Linear(4, 3), "weight", nn.Parameter(torch.ones(1, 4))), cn.ShapeError,
+     r"from_torch: Linear: weight has shape \(1, 4\), expected \(3, 4\)"),
+    (lambda: replaced(nn.BatchNorm1d(4), "running_mean", torch.zeros(1)), cn.ShapeError,
+     r"from_torch: BatchNorm1d: running_mean has shape \(1,\), expected \(4,\)"),
+    # once a ZeroDivisionError at the first training forward (momentum=None divides by it)
+    (lambda: replaced(nn.BatchNorm1d(4, momentum=None), "num_batches_tracked",
+                      torch.tensor(-1)), ValueError,
+     "'num_batches_tracked' is a count of batches, from 0 to 9223372036854775807, got "
+     "values from -1 to -1"),
+    (lambda: replaced(nn.BatchNorm1d(4), "num_batches_tracked", torch.tensor(2.0)), cn.DTypeError,
+     "from_torch: BatchNorm1d: num_batches_tracked is float32, expected int64"),
+    (lambda: replaced(nn.BatchNorm1d(4), "running_mean", None), ValueError,
+     r"from_torch: BatchNorm1d: running_mean is None, expected a tensor of shape \(4,\)"),
+])
+def test_from_torch_refuses_arrays_that_do_not_fit_the_layer(make, error, message):
+    with pytest.raises(error, match=message):
+        from_torch(make(), input_shape=(4,))
+
+
+@pytest.mark.parametrize("layer, name, value, error, message", [
+    # once reshaped silently into (3, 4)
+    (L.Linear(4, 3), "weight", np.ones((4, 3), np.float32), cn.ShapeError,
+     r"linear: parameter 'weight' must be a float32 array of shape \(3, 4\), got float32 "
+     r"\(4, 3\)"),
+    (L.Linear(4, 3), "weight", np.ones((5, 3), np.float32), cn.ShapeError,
+     r"got float32 \(5, 3\)"),
+    (L.Linear(4, 3), "weight", [[1.0] * 4] * 3, cn.ShapeError, "got list"),
+    (L.Linear(4, 3), "weight", np.ones((3, 4), np.int64), cn.ShapeError,
+     r"got int64 \(3, 4\)"),
+    (L.BatchNorm1d(4), "running_mean", np.zeros(3, np.float32), cn.ShapeError,
+     r"batch_norm1d: buffer 'running_mean' must be a writeable C-contiguous float32 array "
+     r"of shape \(4,\), got float32 \(3,\)"),
+    (L.BatchNorm1d(4), "num_batches_tracked", np.array(-1), ValueError,
+     "batch_norm1d: 'num_batches_tracked' is a count of batches, from 0 to"),
+])
+def test_to_torch_checks_each_array_before_copying_it(layer, name, value, error, message):
+    model = cn.Sequential(layer, input_shape=(4,))
+    getattr(layer, name).value = value
+    with pytest.raises(error, match=message):
+        to_torch(model)
+
+
 def test_to_torch_refuses_a_dag():
     x = cn.Input((4,))
     model = cn.Model(x, L.Add()(L.Linear(4, 4)(x), L.Linear(4, 4)(x)))

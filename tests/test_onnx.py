@@ -310,7 +310,10 @@ def test_the_metadata_fills_in_only_what_onnx_does_not_say(tmp_path):
     ('{"layer": "batch_norm1d", "config": {"momentum": 7}, "counts": {}}',
      r"momentum must be a number in \[0, 1\], got 7"),
     ('{"layer": "batch_norm1d", "config": {}, "counts": {"num_batches_tracked": -1}}',
-     "num_batches_tracked must be a count, got -1"),
+     "num_batches_tracked must be a count, an integer from 0 to 9223372036854775807, got -1"),
+    # Past int64 (2**63): once an OverflowError from numpy.
+    ('{"layer": "batch_norm1d", "config": {}, "counts": {"num_batches_tracked": '
+     '9223372036854775808}}', "from 0 to 9223372036854775807, got 9223372036854775808"),
 ])
 def test_bad_metadata_is_refused_by_name(tmp_path, metadata, message):
     path = str(tmp_path / "m.onnx")
@@ -419,6 +422,9 @@ BATCH_NORM = [("s", np.ones(4)), ("b", np.zeros(4)), ("m", np.zeros(4)), ("v", n
      r"node 1 \('unnamed', Reshape\): unsupported operator ai.onnx.Reshape"),
     ([helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], [("axes", np.array([0]))],
      "Unsqueeze is imported as the start of"),
+    # onnxruntime broadcasts x (N, 4) and a slope (1, 1, 1) to (1, N, 4): not a PReLU's shape
+    ([helper.make_node("PRelu", ["x", "slope"], ["y"])], [("slope", np.ones((1, 1, 1)))],
+     r"its slope of shape \(1, 1, 1\) has 3 axes, expected at most 2, the input's"),
 ])
 def test_what_the_new_operators_cannot_take_is_named(tmp_path, nodes, initializers, message):
     path = make_file(tmp_path / "bad.onnx", nodes, initializers)
@@ -498,6 +504,17 @@ def test_malformed_and_hostile_files(tmp_path):
     onnx.save(proto, path)
     with pytest.raises(cn.ModelFileError, match="input 'x' has element type code 999"):
         corenet.onnx.load(path)
+
+
+def test_a_name_in_invalid_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "utf8.onnx"
+    corenet.onnx.export(cn.Sequential(L.Linear(4, 3)), str(path))
+    # protobuf reads the bytes as they are; onnx.checker's decoding raised UnicodeDecodeError
+    path.write_bytes(path.read_bytes().replace(b"transB", b"trans\xd8", 1))
+    with pytest.raises(cn.ModelFileError, match="onnx.checker cannot read it: "
+                                                "UnicodeDecodeError") as caught:
+        corenet.onnx.load(str(path))
+    assert str(caught.value).startswith(str(path))
 
 
 def test_metadata_nested_past_the_recursion_limit_is_refused(tmp_path):

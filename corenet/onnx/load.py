@@ -240,6 +240,9 @@ def _prelu(reader, node):
     reader.attributes(node, {})
     slope = reader.constant(node.input[1], "slope")
     shape = reader.tensor(node.input[0]).shape
+    if slope.ndim > len(shape) + 1:  # ONNX would broadcast the output to the slope's rank
+        raise Unsupported(f"its slope of shape {slope.shape} has {slope.ndim} axes, expected at "
+                          f"most {len(shape) + 1}, the input's (per-sample shape {shape})")
     per_channel = (shape[0],) + (1,) * (len(shape) - 1)
     if slope.size != 1 and slope.shape != per_channel:
         raise Unsupported(f"its slope of shape {slope.shape} is neither one value nor one per "
@@ -415,9 +418,10 @@ def _batch_norm_layer(reader, node, epsilon: float, momentum, scale, bias, runni
         _set(layer.bias, bias)
     if running is not None:
         count = counts.get("num_batches_tracked", 0)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        most = np.iinfo(layer.num_batches_tracked.value.dtype).max  # the count is an int64
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= most:
             raise Unsupported(f"its corenet metadata's num_batches_tracked must be a count, "
-                              f"got {count!r}")
+                              f"an integer from 0 to {most}, got {count!r}")
         _set(layer.running_mean, running["running_mean"])
         _set(layer.running_var, running["running_var"])
         layer.num_batches_tracked.value[...] = count
@@ -568,6 +572,8 @@ def _read(onnx, path: str):
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
         _fail(path, f"onnx.checker rejects it: {str(error).splitlines()[0]}")
+    except Exception as error:  # a name of invalid UTF-8 fails in decoding, not validation
+        _fail(path, f"onnx.checker cannot read it: {type(error).__name__}: {error}")
     opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
     if opsets.get("ai.onnx", 0) < MIN_OPSET:
         _fail(path, f"opset {opsets.get('ai.onnx')} of the default domain; corenet reads "
