@@ -54,7 +54,7 @@ def load_checkpoint(path: str) -> tuple:
                              f"corenet.save, not by corenet train --save)")
     try:
         document = json.loads(raw.tobytes().decode())
-    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON; nested thousands deep
         raise ModelFileError(f"{path}: the checkpoint is not JSON: {error}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a {FORMAT} checkpoint")
@@ -80,7 +80,7 @@ def restore(path: str, optimizer, saved: dict) -> None:
     generator = np.random.default_rng()
     try:
         generator.bit_generator.state = saved["random"]
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, OverflowError) as error:  # OverflowError: > uint64
         raise ModelFileError(f"{path}: the random state is malformed: {error}") from None
     random.set_generator(generator)
 

@@ -12,7 +12,7 @@ import numpy as np
 from corenet.arguments import as_int
 from corenet.errors import DTypeError, ShapeError
 from corenet.kernels.elementwise import accumulate
-from corenet.layer import FLOAT_DTYPES, Layer, as_array, as_float_dtype
+from corenet.layer import FLOAT_DTYPES, Layer, as_array, as_float_dtype, contiguous
 from corenet.memory import check_allocation
 
 
@@ -148,6 +148,8 @@ class Model:
         # Called as hook(layer) right after each layer's backward, in backward order:
         # corenet.distributed starts a bucket's allreduce there (while earlier layers compute).
         self.backward_hooks: list = []
+        # (shape, dtype) of each output of the last forward: its gradients must match them.
+        self._output_specs: list | None = None
         # The dtype of the first parameter, else of the first layer that has one (a
         # layer_norm without affine parameters still computes in its dtype), else float32.
         parameters = self.parameters()
@@ -283,6 +285,7 @@ class Model:
             self._run_forward_hooks(values)
         # Copies: the layers reuse their buffers at the next step.
         outputs = [values[slot].copy() for slot in self._output_slots]
+        self._output_specs = [(output.shape, output.dtype) for output in outputs]
         return outputs[0] if len(outputs) == 1 else outputs
 
     __call__ = forward
@@ -325,10 +328,7 @@ class Model:
         if len(grads) != len(self.outputs):
             raise TypeError(f"Model.backward: expected {len(self.outputs)} gradient(s), "
                             f"got {len(grads)}")
-        for index, grad in enumerate(grads):
-            if grad is None:  # it would skip the whole backward pass, silently
-                raise TypeError(f"Model.backward: gradient {index} is None; give one array "
-                                f"per output (zeros for an output the loss does not use)")
+        grads = [self._check_output_grad(index, grad) for index, grad in enumerate(grads)]
         values = [None] * self._n_slots
         owned = set()  # slots whose array the executor allocated to sum fan-out
         for slot, grad in zip(self._output_slots, grads):
@@ -364,6 +364,25 @@ class Model:
         input_grads = [values[slot] if values[slot] is None else values[slot].copy()
                        for slot in self._input_slots]
         return input_grads[0] if len(input_grads) == 1 else input_grads
+
+    def _check_output_grad(self, index: int, grad) -> np.ndarray:
+        """The gradient of output ``index``: the shape and dtype forward gave that output
+        (an output that is an input reaches no layer's own check)."""
+        label = f"Model.backward: gradient {index}"
+        if grad is None:  # it would skip the whole backward pass, silently
+            raise TypeError(f"{label} is None; give one array per output (zeros for an "
+                            f"output the loss does not use)")
+        if self._output_specs is None:
+            raise RuntimeError("Model.backward called before forward")
+        shape, dtype = self._output_specs[index]
+        grad = as_array("Model.backward", f"gradient {index}", grad)
+        if grad.shape != shape:
+            raise ShapeError(f"{label}: expected shape {shape} (the forward output's), got "
+                             f"{grad.shape}")
+        if grad.dtype != dtype:
+            raise DTypeError(f"{label}: expected {dtype} (the forward output's), got "
+                             f"{grad.dtype}")
+        return contiguous("Model.backward", f"gradient {index}", grad)
 
     @staticmethod
     def _add_grad(values: list, owned: set, slot: int, grad: np.ndarray) -> np.ndarray:
@@ -418,8 +437,9 @@ class Model:
         ``predict`` and ``evaluate`` use it for their pass and restore the modes after."""
         return self.train(False)
 
-    def predict(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Forward in evaluation mode, in batches."""
+    def predict(self, x, batch_size: int = 1024):
+        """Forward in evaluation mode, in batches; returns what forward does: one array,
+        or a list of one array per output."""
         batch_size = as_int("Model.predict", "batch_size", batch_size, 1, integral_floats=False)
         x = as_array("Model.predict", "the input", x)
         if x.ndim == 0 or len(x) == 0:
@@ -435,7 +455,9 @@ class Model:
         finally:
             for layer, mode in zip(self.layers, was_training):
                 layer.training = mode
-        return np.concatenate(parts)
+        if len(self.outputs) == 1:
+            return np.concatenate(parts)
+        return [np.concatenate(batches) for batches in zip(*parts)]  # output by output
 
     def __repr__(self) -> str:
         lines = [f"  {layer!r}" for layer in self.layers]

@@ -24,6 +24,7 @@ from corenet.errors import DTypeError
 from corenet.kernels.optim import (adam_step, parameter_ready, rmsprop_step, scale, sgd_step,
                                    sum_of_squares)
 from corenet.layer import Parameter
+from corenet.optim_state import STEP_LIMIT
 
 
 class Optimizer:
@@ -99,7 +100,7 @@ class Optimizer:
     def check_group(self, group: dict) -> None:
         """Refuse unknown keys and bad settings, naming them; numbers become floats."""
         known = set(self.defaults) | {"params", "initial_lr"}
-        unknown = sorted(set(group) - known)
+        unknown = sorted(set(group) - known, key=str)  # a key 5 beside 'zz'
         if unknown:
             raise ValueError(f"{self._name}: unknown setting(s) {unknown} in a parameter "
                              f"group; it takes {sorted(self.defaults)}")
@@ -252,9 +253,9 @@ def check_parameter(optimizer, parameter, state) -> None:
         # TypeError from `+= 1` or from the kernel's arguments, naming no parameter.
         if key == "step":
             if not isinstance(array, (int, np.integer)) or isinstance(array, (bool, np.bool_)) \
-                    or not 0 <= array < 2 ** 62:
+                    or not 0 <= array < STEP_LIMIT:
                 raise ValueError(f"{name}: the step count of parameter {parameter.name!r} "
-                                 f"must be an integer >= 0, got {array!r}")
+                                 f"must be an integer >= 0 and < 2**62, got {array!r}")
             continue
         if array is None:  # made again from zeros, as before the first step
             continue

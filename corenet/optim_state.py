@@ -11,6 +11,10 @@ import numpy as np
 
 from corenet.errors import DTypeError, ShapeError
 
+# A step count's bound, at load time here and at each step in optim.check_parameter
+# (the C fast path, kernels/optim.pyx's parameter_ready, uses the same number).
+STEP_LIMIT = 2 ** 62
+
 
 def _is_index(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -74,9 +78,9 @@ def parameter_state(optimizer, where: str, parameter, saved) -> dict:
     if missing:
         raise ValueError(f"{where}: the state of parameter {parameter.name!r} lacks {missing}")
     step = saved["step"]
-    if not _is_index(step) or step < 0:
+    if not _is_index(step) or not 0 <= step < STEP_LIMIT:
         raise ValueError(f"{where}: the step count of parameter {parameter.name!r} must be an "
-                         f"integer >= 0, got {step!r}")
+                         f"integer >= 0 and < 2**62, got {step!r}")
     value = parameter.value
     state = {"step": int(step)}
     for name, array in saved.items():

@@ -16,6 +16,9 @@ from functools import partial
 
 import numpy as np
 
+from corenet.arguments import as_int
+from corenet.errors import ShapeError
+from corenet.layer import as_array
 from corenet.optim import SGD, Adam, AdamW, RMSprop, clip_grad_norm
 from corenet.schedules import (Constant, CosineDecay, LinearWarmup, Schedule, Sequence,
                                StepDecay)
@@ -156,8 +159,12 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
     ``start_epoch``: go on from a checkpoint taken after that many epochs; the batches
     of each epoch are those an uninterrupted run draws. The history returned starts there.
     """
-    if batch_size < 1:
-        raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
+    X, y = checked_data("fit", X, y)
+    epochs = as_int("fit", "epochs", epochs, 0, integral_floats=False)
+    batch_size = as_int("fit", "batch_size", batch_size, 1, integral_floats=False)
+    seed = as_int("fit", "seed", seed, 0, integral_floats=False)
+    # A start past the end trained nothing, a negative one more epochs than asked.
+    start_epoch = as_int("fit", "start_epoch", start_epoch, 0, epochs, integral_floats=False)
     if step is not None and clip_norm is not None:
         raise ValueError("fit: clip_norm applies to the plain step; with --accumulate or "
                          "--distributed the summed gradients are not clipped")
@@ -216,7 +223,24 @@ def _after_backward(callbacks: list, epoch: int, batch: int) -> None:
         callback.on_after_backward(epoch, batch)
 
 
+def checked_data(owner: str, X, y) -> tuple:
+    """(X, y) as arrays of as many samples, at least one, or a clear error."""
+    X, y = as_array(owner, "X", X), as_array(owner, "y", y)
+    if X.ndim == 0 or len(X) == 0:
+        raise ShapeError(f"{owner}: expected a non-empty X, one sample per row, got shape "
+                         f"{X.shape}")
+    if y.ndim == 0 or len(y) != len(X):
+        raise ShapeError(f"{owner}: expected one target per sample of X ({len(X)}) in y, "
+                         f"got shape {y.shape}")
+    return X, y
+
+
 def evaluate(model, loss, X, y, batch_size: int = 1024) -> tuple[float, float]:
     """(mean loss, accuracy) of a classifier over a dataset, in evaluation mode."""
+    X, y = checked_data("evaluate", X, y)
+    batch_size = as_int("evaluate", "batch_size", batch_size, 1, integral_floats=False)
+    if y.ndim != 1:  # accuracy compares each sample's argmax with its class label
+        raise ShapeError(f"evaluate: expected y of class labels, shape ({len(X)},), got "
+                         f"{y.shape}; evaluate measures a classifier's accuracy")
     logits = model.predict(X, batch_size)
     return loss.forward(logits, y), float(np.mean(np.argmax(logits, axis=1) == y))

@@ -163,6 +163,9 @@ def test_a_plain_model_file_is_no_checkpoint(tmp_path):
      "unexpected value"),
     (json.dumps({"format": checkpoint.FORMAT, "state": {"dict": []}}).encode(),
      "has no 'optimizer'"),
+    # Nested deeper than Python's recursion limit: json.loads raised RecursionError.
+    pytest.param(b"[" * 100000 + b"]" * 100000, "not JSON: maximum recursion depth exceeded",
+                 id="nested-100000-deep"),
 ])
 def test_a_malformed_checkpoint_is_a_model_file_error(tmp_path, document, message):
     path = str(tmp_path / "bad.npz")
@@ -238,7 +241,16 @@ def test_a_tampered_optimizer_state_is_a_model_file_error(tmp_path, change, mess
         checkpoint.restore(path, cn.optim.Adam(model.parameters()), saved)
 
 
-@pytest.mark.parametrize("state", [{"bit_generator": "MT19937"}, {"nonsense": 1}, [1, 2]])
+def pcg64_state(state: int, has_uint32: int = 0) -> dict:
+    return {"bit_generator": "PCG64", "state": {"state": state, "inc": 1},
+            "has_uint32": has_uint32, "uinteger": 0}
+
+
+@pytest.mark.parametrize("state", [
+    {"bit_generator": "MT19937"}, {"nonsense": 1}, [1, 2],
+    # Numbers beyond what numpy stores escaped as OverflowError.
+    pcg64_state(2 ** 200), pcg64_state(-1), pcg64_state(1, has_uint32=2 ** 70),
+])
 def test_a_tampered_random_state_is_a_model_file_error(tmp_path, state, monkeypatch):
     model = model_with_dropout()
     optimizer = cn.optim.SGD(model.parameters())

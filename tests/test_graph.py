@@ -285,3 +285,42 @@ def test_a_backward_returning_the_wrong_number_of_gradients_is_an_error_naming_t
                                          r"tuple of 2 as the gradient of an input of shape "
                                          r"\(3, 3\)"):
         model.backward(ones)
+
+
+@pytest.mark.parametrize("sizes, batch_size", [((3, 2), 1024), ((3, 3), 2), ((3, 3), 1024)])
+def test_predict_returns_one_array_per_output_as_forward_does(sizes, batch_size, rng):
+    # Before: numpy's "inhomogeneous shape" error, a concatenation error across batches,
+    # or for one batch the outputs stacked into one (2, 5, 3) array.
+    x = cn.Input(shape=(4,))
+    model = cn.Model(x, [L.Linear(4, size)(x) for size in sizes])
+    inputs = rng.standard_normal((5, 4)).astype(np.float32)
+    predicted = model.predict(inputs, batch_size)
+    assert isinstance(predicted, list) and len(predicted) == len(sizes)
+    for ours, expected in zip(predicted, model.forward(inputs)):
+        np.testing.assert_allclose(ours, expected, rtol=1e-6)
+
+
+def test_backward_checks_each_output_gradient_against_the_forward_output():
+    # Before: an output that is the input reached no layer's check, and its gradient came
+    # back unchecked; gradients of one tensor met in accumulate's own error.
+    x = cn.Input(shape=(4,))
+    identity = cn.Model(x, x, requires_input_grad=True)
+    with pytest.raises(RuntimeError, match="Model.backward called before forward"):
+        identity.backward(np.ones((2, 4), np.float32))
+    identity.forward(np.ones((2, 4), np.float32))
+    with pytest.raises(ShapeError, match=r"Model.backward: gradient 0: expected shape \(2, 4\) "
+                                         r"\(the forward output's\), got \(7, 9\)"):
+        identity.backward(np.ones((7, 9)))
+    with pytest.raises(DTypeError, match=r"Model.backward: gradient 0: expected float32 \(the "
+                                         r"forward output's\), got float64"):
+        identity.backward(np.ones((2, 4)))
+    relu = L.ReLU()(x)
+    fan_out = cn.Model(x, [relu, relu], requires_input_grad=True)
+    fan_out.forward(np.ones((2, 4), np.float32))
+    with pytest.raises(DTypeError, match="Model.backward: gradient 1: expected float32"):
+        fan_out.backward(np.ones((2, 4), np.float32), np.ones((2, 4)))
+    with pytest.raises(ShapeError, match=r"Model.backward: gradient 1: expected shape \(2, 4\)"):
+        fan_out.backward(np.ones((2, 4), np.float32), np.ones((2, 1), np.float32))
+    strided = np.ones((4, 4), np.float32)[::2]  # accumulate took C-contiguous arrays only
+    np.testing.assert_array_equal(fan_out.backward(np.ones((2, 4), np.float32), strided),
+                                  np.full((2, 4), 2.0))

@@ -446,8 +446,17 @@ def broken(saved, change):
     (lambda d: d["state"][2].update(momentum_buffer=d["state"][2]["exp_avg"]), ValueError,
      r"unknown state \['momentum_buffer'\] for parameter 'big'; Adam keeps"),
     (lambda d: d["state"][0].update(step=-1), ValueError,
-     "the step count of parameter 'weight' must be an integer >= 0, got -1"),
-    (lambda d: d["state"][0].update(step=2.5), ValueError, "must be an integer >= 0, got 2.5"),
+     r"the step count of parameter 'weight' must be an integer >= 0 and < 2\*\*62, got -1"),
+    (lambda d: d["state"][0].update(step=2.5), ValueError, r"< 2\*\*62, got 2.5"),
+    # Taken before, then refused by the first step() with a message naming no source.
+    (lambda d: d["state"][0].update(step=2 ** 62), ValueError,
+     r"Adam.load_state_dict: the step count of parameter 'weight' must be an integer >= 0 "
+     r"and < 2\*\*62, got 4611686018427387904"),
+    (lambda d: d["state"][0].update(step=np.uint64(2 ** 64 - 1)), ValueError,
+     r"< 2\*\*62, got (np.uint64\()?18446744073709551615"),
+    # Sorting the unknown names 5 and "zz" was a TypeError from '<'.
+    (lambda d: d["param_groups"][0].update({5: 1, "zz": 1}), ValueError,
+     r"unknown setting\(s\) \[5, 'zz'\] in a parameter group"),
 ])
 def test_load_state_dict_refuses_a_mismatch_and_changes_nothing(change, error, message, rng):
     params = make_parameters(rng, np.float32)
@@ -524,7 +533,7 @@ def test_sgd_skips_a_none_grad_and_refuses_bad_parameter_arrays():
 
 @pytest.mark.parametrize("change, error, message", [
     (lambda s: s.update(step="3"), ValueError,
-     "SGD: the step count of parameter 'w' must be an integer >= 0, got '3'"),
+     "SGD: the step count of parameter 'w' must be an integer >= 0 and < 2\\*\\*62, got '3'"),
     (lambda s: s.update(step=-1), ValueError, "step count of parameter 'w' must be an integer"),
     (lambda s: s.update(momentum_buffer=[0.0, 0.0, 0.0]), TypeError,
      "SGD: the state 'momentum_buffer' of parameter 'w' must be an array, got list"),

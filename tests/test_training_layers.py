@@ -160,6 +160,53 @@ def test_fit_trains_in_training_mode_and_evaluate_in_evaluation_mode(rng):
     assert int(batch_norm.num_batches_tracked.value) == 10  # evaluation moved nothing
 
 
+FIT_DATA = np.ones((10, 8), np.float32), np.zeros(10, np.int64)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    # Before: a ZeroDivisionError, an IndexError, a longer y ignored silently, TypeErrors
+    # from range() and '<', and start_epoch=-2 trained 3 epochs where 1 was asked.
+    ({"X": FIT_DATA[0][:0], "y": FIT_DATA[1][:0]}, ShapeError,
+     r"fit: expected a non-empty X, one sample per row, got shape \(0, 8\)"),
+    ({"y": FIT_DATA[1][:5]}, ShapeError,
+     r"fit: expected one target per sample of X \(10\) in y, got shape \(5,\)"),
+    ({"y": np.zeros(20, np.int64)}, ShapeError, r"got shape \(20,\)"),
+    ({"batch_size": "4"}, ValueError, "fit: batch_size must be an integer, got '4'"),
+    ({"batch_size": None}, ValueError, "fit: batch_size must be an integer, got None"),
+    ({"batch_size": 2.5}, ValueError, "fit: batch_size must be an integer, got 2.5"),
+    ({"epochs": 2.0}, ValueError, "fit: epochs must be an integer, got 2.0"),
+    ({"start_epoch": -2}, ValueError, "fit: start_epoch must be at least 0, got -2"),
+    ({"start_epoch": 2}, ValueError, "fit: start_epoch must be at most 1, got 2"),
+    ({"seed": "a"}, ValueError, "fit: seed must be an integer, got 'a'"),
+])
+def test_fit_refuses_bad_arguments_naming_them(change, error, message):
+    model = small_classifier()
+    arguments = {"X": FIT_DATA[0], "y": FIT_DATA[1], "epochs": 1, **change}
+    with pytest.raises(error, match=message):
+        fit(model, cn.losses.SoftmaxCrossEntropy(), cn.optim.SGD(model.parameters()),
+            **arguments)
+
+
+def test_fit_and_evaluate_take_lists():
+    model = small_classifier()
+    X, y = FIT_DATA[0].tolist(), FIT_DATA[1].tolist()  # a TypeError from X[index] before
+    loss = cn.losses.SoftmaxCrossEntropy()
+    assert len(fit(model, loss, cn.optim.SGD(model.parameters()), X, y, epochs=2)) == 2
+    assert evaluate(model, loss, X, y) == evaluate(model, loss, *FIT_DATA)
+
+
+@pytest.mark.parametrize("loss, y, message", [
+    # Before: numpy's broadcast error from the accuracy, after the loss was computed.
+    (cn.losses.MSE(), np.zeros((10, 3), np.float32),
+     r"evaluate: expected y of class labels, shape \(10,\), got \(10, 3\)"),
+    (cn.losses.SoftmaxCrossEntropy(), FIT_DATA[1][:5],
+     r"evaluate: expected one target per sample of X \(10\) in y, got shape \(5,\)"),
+])
+def test_evaluate_refuses_targets_that_are_not_one_label_per_sample(loss, y, message):
+    with pytest.raises(ShapeError, match=message):
+        evaluate(small_classifier(), loss, FIT_DATA[0], y)
+
+
 # -- batch norm -----------------------------------------------------------------------
 
 TORCH_BATCH_NORMS = {"batch_norm1d": "BatchNorm1d", "batch_norm2d": "BatchNorm2d"}
