@@ -27,9 +27,22 @@ def test_set_and_get(threads):
     assert cn.get_num_threads() == 1
     cn.set_num_threads(3)
     assert cn.get_num_threads() == (3 if openmp_enabled() else 1)
-    for bad in (0, -1, 1.5, "2", True):
-        with pytest.raises(ValueError, match="positive integer"):
+    # 2**31 was an OverflowError from the C int, and 10**5 threads took gigabytes of
+    # scratch for a small convolution.
+    for bad in (0, -1, 1.5, "2", True, 1025, 2 ** 31):
+        with pytest.raises(ValueError, match=r"set_num_threads expects an integer from 1 to "
+                                             r"1024, got"):
             cn.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "99999999999", "1e9"])
+def test_a_bad_thread_count_in_the_environment_is_named(value):
+    clean = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-c", "import corenet"], capture_output=True,
+                            text=True, env=dict(clean, CORENET_NUM_THREADS=value),
+                            cwd=tempfile.gettempdir())
+    assert f"CORENET_NUM_THREADS must be an integer from 1 to 1024, got {value!r}" \
+        in result.stderr
 
 
 @pytest.mark.parametrize("env, expected", [

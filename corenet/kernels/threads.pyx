@@ -65,6 +65,11 @@ def openmp_enabled() -> bool:
     return bool(CORENET_OPENMP)
 
 
+# More than the cores of any machine corenet targets: each thread is an OS thread, and
+# the kernels' scratch grows with the count (2**31 overflowed a C int before).
+MAX_THREADS = 1024
+
+
 def _default_num_threads() -> int:
     for variable in ("CORENET_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(variable, "").strip()
@@ -72,22 +77,24 @@ def _default_num_threads() -> int:
             try:
                 count = int(value.split(",")[0])
             except ValueError:
-                raise ValueError(f"{variable} must be a positive integer, got {value!r}") from None
-            if count < 1:
-                raise ValueError(f"{variable} must be a positive integer, got {value!r}")
+                count = 0
+            if not 1 <= count <= MAX_THREADS:
+                raise ValueError(f"{variable} must be an integer from 1 to {MAX_THREADS}, "
+                                 f"got {value!r}")
             return count
     try:
-        return len(os.sched_getaffinity(0))
+        return min(len(os.sched_getaffinity(0)), MAX_THREADS)
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return min(os.cpu_count() or 1, MAX_THREADS)
 
 
 def set_num_threads(n) -> None:
     """Use ``n`` threads in every corenet kernel (1 without OpenMP, and 1 in a child made
     by fork(), where more would hang: a RuntimeWarning says so)."""
     global corenet_num_threads
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"set_num_threads expects a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads expects an integer from 1 to {MAX_THREADS}, "
+                         f"got {n!r}")
     if corenet_in_forked_child and n > 1:
         warnings.warn("corenet: a child made by fork() runs kernels on one thread (the "
                       "OpenMP thread pool does not survive fork); use the 'spawn' start "

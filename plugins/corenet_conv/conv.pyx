@@ -793,7 +793,8 @@ class ConvNd(SetOnce, Layer):
                                                                     * self.dtype.itemsize)))
             # Its own key: a forward here and a backward on im2col, step after step,
             # would otherwise reallocate a shared scratch each time.
-            scratch = self.buffer("direct_scratch", (b.n_threads * direct_scratch,),
+            # One per thread that takes samples (direct_forward, direct_backward's dx).
+            scratch = self.buffer("direct_scratch", (min(b.n_threads, b.size) * direct_scratch,),
                                   self.dtype)
             return b, scratch, None, g
         b.tile = self._tile(b.k_rows, positions) if b.chunk == 1 and shifted_copies(&g) else 0
