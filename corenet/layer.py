@@ -295,12 +295,28 @@ def contiguous(owner: str, what: str, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+class _FixedAttribute:
+    """A data descriptor with ``__set__`` only: reading the attribute is a plain lookup
+    in the instance's dict (no Python call on the kernels' paths); setting it is
+    refused once the instance has a value."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __set__(self, instance, value) -> None:
+        if self.name in instance.__dict__:
+            # A layer's registry name, or the layer a Window belongs to.
+            owner = instance.__dict__.get("layer_name") or instance.name
+            raise AttributeError(f"{owner}: {self.name} is fixed when the layer is built; "
+                                 f"build a new layer to change it")
+        instance.__dict__[self.name] = value
+
+
 class SetOnce:
     """A mixin: attributes named in ``set_once`` take a value in the constructor and
     keep it. For sizes that the parameters' shapes and the kernels' loops follow: a
     later change would put the two out of step (an out_channels set on a Conv2d had
-    its kernel read past the weight). Every other attribute set pays one check, so
-    layers on the smallest hot paths (Linear) check their sizes at use instead.
+    its kernel read past the weight). Only those attributes' assignments are checked.
 
     >>> class Scale(SetOnce, Layer):
     ...     name = "scale"
@@ -315,13 +331,11 @@ class SetOnce:
 
     set_once: frozenset = frozenset()
 
-    def __setattr__(self, key, value):
-        if key in self.set_once and key in self.__dict__:
-            # A layer's registry name, or the layer a Window belongs to.
-            owner = self.__dict__.get("layer_name") or self.name
-            raise AttributeError(f"{owner}: {key} is fixed when the layer is built; "
-                                 f"build a new layer to change it")
-        super().__setattr__(key, value)
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls.set_once:
+            if not isinstance(getattr(cls, name, None), _FixedAttribute):
+                setattr(cls, name, _FixedAttribute(name))
 
 
 def require_forward(layer: Layer, cached) -> None:
