@@ -3,7 +3,9 @@
 Calling a layer on symbolic tensors adds a node; Model orders the nodes once
 (iteratively, in a stable order), checks every shape while the graph is built,
 then runs forward in that order and backward in reverse, summing the
-gradients of a tensor that feeds several nodes.
+gradients of a tensor that feeds several nodes. Each layer's output and each
+gradient a layer returns are checked against the declared per-sample shape and
+the model's dtype, so that a broken layer is named where it goes wrong.
 """
 from __future__ import annotations
 
@@ -40,12 +42,15 @@ def Input(shape, name: str | None = None) -> SymbolicTensor:
     """
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
-    if not isinstance(shape, (tuple, list)) or not shape or any(
-            isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1
-            for size in shape):
+    if not isinstance(shape, (tuple, list)) or not shape or not _positive_ints(shape):
         raise ShapeError(f"Input: shape must be a non-empty tuple of positive ints, got "
                          f"{shape!r}")
     return SymbolicTensor(tuple(int(size) for size in shape), None, name)
+
+
+def _positive_ints(sizes) -> bool:
+    return all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 1
+               for size in sizes)
 
 
 class Node:
@@ -63,11 +68,19 @@ def add_node(layer: Layer, inputs: tuple) -> SymbolicTensor:
         raise ValueError(f"{layer!r} is already used at another node of a graph; a layer "
                          f"instance belongs to one node: create a new instance "
                          f"(shared weights are not supported)")
-    shape = layer.output_shape(*(tensor.shape for tensor in inputs))
+    shape = _declared_shape(layer, layer.output_shape(*(tensor.shape for tensor in inputs)))
     node = Node(layer, inputs)
     node.output = SymbolicTensor(shape, node)
     layer._node = node
     return node.output
+
+
+def _declared_shape(layer: Layer, shape) -> tuple:
+    """What output_shape returned, checked: the executor checks each forward against it."""
+    if not isinstance(shape, tuple) or not _positive_ints(shape):
+        raise ShapeError(f"{layer!r}: output_shape must return the per-sample output shape "
+                         f"as a tuple of positive ints, got {shape!r}")
+    return tuple(int(size) for size in shape)
 
 
 def _as_list(tensors) -> list:
@@ -238,6 +251,13 @@ class Model:
             from_inputs = all(slot in self._input_slots for slot in input_slots)
             self._settings.append((layer, self._requires_input_grad or not from_inputs,
                                    hasattr(layer, "can_fuse"), fused))
+        # The plan in backward order, with whether each input slot needs a gradient: a
+        # None for one of them silently left every layer before it without one.
+        self._backward_plan = [
+            (layer, input_slots, output_slot, fused,
+             [self._requires_input_grad or slot not in self._input_slots
+              for slot in input_slots])
+            for layer, input_slots, output_slot, fused in reversed(self._plan)]
 
     # -- running -----------------------------------------------------------------
 
@@ -271,12 +291,19 @@ class Model:
             layer.needs_input_grad = needs_input_grad
             if fusable:
                 layer.fused_activation = fused
+        shapes, dtype = self._slot_shapes, self.dtype
         try:
-            for layer, input_slots, output_slot, _ in self._plan:
+            for layer, input_slots, output_slot, fused in self._plan:
                 if len(input_slots) == 1:
-                    values[output_slot] = layer.forward(values[input_slots[0]])
+                    output = layer.forward(values[input_slots[0]])
                 else:
-                    values[output_slot] = layer.forward(*[values[slot] for slot in input_slots])
+                    output = layer.forward(*[values[slot] for slot in input_slots])
+                # Cheap, every step: a wrong output otherwise fails later, blaming another.
+                expected = (len(values[input_slots[0]]),) + shapes[output_slot]
+                if not (isinstance(output, np.ndarray) and output.shape == expected
+                        and output.dtype == dtype):
+                    _raise_bad_output(layer, fused, output, expected, dtype)
+                values[output_slot] = output
         finally:
             for layer, _, fusable, _ in self._settings:
                 if fusable:  # a layer called on its own afterwards runs unfused
@@ -333,7 +360,8 @@ class Model:
         owned = set()  # slots whose array the executor allocated to sum fan-out
         for slot, grad in zip(self._output_slots, grads):
             values[slot] = self._add_grad(values, owned, slot, grad)
-        for layer, input_slots, output_slot, fused in reversed(self._plan):
+        dtype, shapes = self.dtype, self._slot_shapes
+        for layer, input_slots, output_slot, fused, needed in self._backward_plan:
             grad = values[output_slot]
             values[output_slot] = None
             if grad is None:
@@ -345,20 +373,22 @@ class Model:
                 hook(layer)
             if len(input_slots) == 1:
                 input_grads = (input_grads,)
-            elif input_grads is not None and (not isinstance(input_grads, (tuple, list))
-                                              or len(input_grads) != len(input_slots)):
+            elif input_grads is None:
+                input_grads = (None,) * len(input_slots)
+            elif (not isinstance(input_grads, (tuple, list))
+                  or len(input_grads) != len(input_slots)):
                 # zip would pair the inputs with the rows of one array, or drop a gradient.
                 raise TypeError(f"Model.backward: {layer!r} has {len(input_slots)} inputs, "
                                 f"its backward must return a tuple of as many gradients, "
                                 f"got {_describe_grads(input_grads)}")
-            for slot, input_grad in zip(input_slots, input_grads or ()):
-                if input_grad is not None:
-                    expected = (len(grad),) + self._slot_shapes[slot]
-                    if not isinstance(input_grad, np.ndarray) or input_grad.shape != expected:
-                        raise ShapeError(f"Model.backward: {layer!r} returned "
-                                         f"{_describe_grads(input_grad)} as the gradient of "
-                                         f"an input of shape {expected}")
-                    values[slot] = self._add_grad(values, owned, slot, input_grad)
+            for index, (slot, input_grad) in enumerate(zip(input_slots, input_grads)):
+                expected = (len(grad),) + shapes[slot]
+                if not (isinstance(input_grad, np.ndarray) and input_grad.shape == expected
+                        and input_grad.dtype == dtype):
+                    if input_grad is None and not needed[index]:
+                        continue  # an input of the model that needs no gradient
+                    _raise_bad_input_grad(layer, index, input_grad, expected, dtype)
+                values[slot] = self._add_grad(values, owned, slot, input_grad)
         if not self._requires_input_grad:
             return None
         input_grads = [values[slot] if values[slot] is None else values[slot].copy()
@@ -376,12 +406,7 @@ class Model:
             raise RuntimeError("Model.backward called before forward")
         shape, dtype = self._output_specs[index]
         grad = as_array("Model.backward", f"gradient {index}", grad)
-        if grad.shape != shape:
-            raise ShapeError(f"{label}: expected shape {shape} (the forward output's), got "
-                             f"{grad.shape}")
-        if grad.dtype != dtype:
-            raise DTypeError(f"{label}: expected {dtype} (the forward output's), got "
-                             f"{grad.dtype}")
+        _check_grad_spec(label, grad, shape, dtype, "the forward output's")
         return contiguous("Model.backward", f"gradient {index}", grad)
 
     @staticmethod
@@ -391,8 +416,8 @@ class Model:
             return grad
         if slot not in owned:  # never write into an array a layer owns
             owned.add(slot)
-            current = current.copy()
-        accumulate(current, grad)
+            current = current.copy()  # C-contiguous, as accumulate requires
+        accumulate(current, contiguous("Model.backward", "a gradient", grad))
         return current
 
     # -- parameters and modes ----------------------------------------------------
@@ -464,7 +489,43 @@ class Model:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
+def _check_grad_spec(label: str, grad: np.ndarray, shape: tuple, dtype, source: str) -> None:
+    """A gradient has the shape and dtype of what it differentiates (``source``)."""
+    if grad.shape != shape:
+        raise ShapeError(f"{label}: expected shape {shape} ({source}), got {grad.shape}")
+    if grad.dtype != dtype:
+        raise DTypeError(f"{label}: expected {dtype} ({source}), got {grad.dtype}")
+
+
+def _raise_bad_input_grad(layer: Layer, index: int, grad, shape: tuple, dtype) -> None:
+    """What is wrong with the gradient ``layer.backward`` returned for its input ``index``,
+    once the cheap check in Model.backward failed."""
+    if grad is None:
+        raise TypeError(f"Model.backward: {layer!r} returned None as the gradient of its "
+                        f"input {index}, which the layers before it (or requires_input_grad) "
+                        f"need; return an array of shape {shape}")
+    if not isinstance(grad, np.ndarray):  # a pair for one input, or a list
+        raise ShapeError(f"Model.backward: {layer!r} returned {_describe_grads(grad)} as the "
+                         f"gradient of an input of shape {shape}")
+    _check_grad_spec(f"Model.backward: {layer!r}, the gradient of its input {index}", grad,
+                     shape, dtype, "that input's")
+
+
+def _raise_bad_output(layer: Layer, fused, output, shape: tuple, dtype) -> None:
+    label = f"Model.forward: {layer!r}" + (f" (fused with {fused!r})" if fused else "")
+    if not isinstance(output, np.ndarray):
+        raise TypeError(f"{label} returned {_describe_grads(output)}; expected an array of "
+                        f"shape {shape} and dtype {dtype}")
+    if output.shape != shape:
+        raise ShapeError(f"{label} returned an array of shape {output.shape}; expected "
+                         f"{shape} (the batch, then the shape its output_shape declared)")
+    raise DTypeError(f"{label} returned an array of dtype {output.dtype}; expected {dtype} "
+                     f"(the model's dtype)")
+
+
 def _describe_grads(grads) -> str:
+    if grads is None:
+        return "None"
     if isinstance(grads, np.ndarray):
         return f"an array of shape {grads.shape}"
     if isinstance(grads, (tuple, list)):

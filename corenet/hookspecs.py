@@ -17,7 +17,8 @@ hookimpl = pluggy.HookimplMarker("corenet")
 
 @hookspec
 def corenet_layers() -> list:
-    """Called once when the registry loads; returns the Layer classes this plugin provides.
+    """Called once when the registry loads; returns the Layer classes this plugin provides,
+    as a list or tuple (``[]`` for none: anything else fails the plugin, naming it).
 
     Each class has a unique snake_case ``name`` (the registry key) and follows
     the layer protocol of ``corenet.Layer``.
@@ -26,7 +27,8 @@ def corenet_layers() -> list:
 
 @hookspec
 def corenet_losses() -> list:
-    """Called once when the registry loads; returns the Loss classes this plugin provides.
+    """Called once when the registry loads; returns the Loss classes this plugin provides,
+    as a list or tuple (``[]`` for none).
 
     Each class has a unique snake_case ``name``, ``forward(pred, target) -> float``
     and ``backward() -> dL/dpred``.

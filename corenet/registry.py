@@ -10,8 +10,10 @@ A plugin fails when importing it raises any exception, ``SystemExit`` and other
 ``BaseException`` subclasses included (a plugin that calls ``sys.exit`` at import
 must not end the host), except ``KeyboardInterrupt``: that is the user stopping
 the program, not the plugin failing, so it propagates. A plugin also fails when
-it registers a name that is not a snake_case identifier, or a class that does
-not subclass ``corenet.Layer`` (layers) or ``corenet.Loss`` (losses).
+a hook returns anything but a list or tuple, or registers a name that is not a
+snake_case identifier, or a class that does not subclass ``corenet.Layer``
+(layers) or ``corenet.Loss`` (losses). ``register`` refuses a plugin name or a
+plugin object that is already registered, leaving the registered one as it was.
 """
 from __future__ import annotations
 
@@ -128,6 +130,7 @@ class Registry:
                 continue
             try:
                 plugin = entry_point.load()
+                self._check_not_registered(plugin, entry_point.name)  # one module, two names
             except KeyboardInterrupt:  # the user stopping the program, not the plugin failing
                 raise
             except BaseException as error:  # sys.exit() at import too; ABI errors are ImportError
@@ -147,11 +150,27 @@ class Registry:
     def register(self, plugin, name: str, distribution: str = "(registered in code)",
                  version: str = "") -> PluginInfo:
         """Add a plugin object or module and collect what its hooks provide. A plugin
-        that fails is recorded and warned about (with CORENET_STRICT_PLUGINS on: raises)."""
-        info = self._register(plugin, name, distribution, version)
+        that fails is recorded and warned about (with CORENET_STRICT_PLUGINS on: raises).
+        A name or an object already registered is refused with a PluginError."""
+        with self._lock:
+            self._check_not_registered(plugin, name)
+            info = self._register(plugin, name, distribution, version)
         if info.error:
             self._raise_if_strict()
         return info
+
+    def _check_not_registered(self, plugin, name: str) -> None:
+        """Refuse a reused name or object before anything is touched: the failure record
+        replaced the plugin of that name, whose layers then stayed registered for good."""
+        if name in self.plugins or self.plugin_manager.has_plugin(name):
+            owner = self.plugins.get(name)
+            source = f" (distribution {owner.distribution!r})" if owner else ""
+            raise PluginError(f"a plugin named {name!r}{source} is already registered; "
+                              f"choose another name, or unregister({name!r}) first")
+        if self.plugin_manager.is_registered(plugin):
+            other = self.plugin_manager.get_name(plugin)
+            raise PluginError(f"cannot register {plugin!r} as plugin {name!r}: that object "
+                              f"is already registered as plugin {other!r}")
 
     def _register(self, plugin, name: str, distribution: str, version: str) -> PluginInfo:
         with self._lock:
@@ -164,7 +183,8 @@ class Registry:
                 return info
             try:
                 self.plugin_manager.register(plugin, name=name)
-                provided = {kind: self._call_hooks(plugin, kind) for kind in ("layers", "losses")}
+                provided = {kind: self._call_hooks(plugin, name, kind)
+                            for kind in ("layers", "losses")}
             except KeyboardInterrupt:
                 raise
             except BaseException as error:  # a hook may sys.exit() as well
@@ -183,12 +203,12 @@ class Registry:
             self.plugins[name] = info
             return info
 
-    def _call_hooks(self, plugin, kind: str) -> list:
+    def _call_hooks(self, plugin, name: str, kind: str) -> list:
         hook = getattr(self.plugin_manager.hook, f"corenet_{kind}")
         classes = []
         for implementation in hook.get_hookimpls():
             if implementation.plugin is plugin:
-                classes.extend(implementation.function() or [])
+                classes.extend(_provided_list(name, kind, implementation.function()))
         for cls in classes:
             _check_provided(kind, cls)
         return classes
@@ -196,14 +216,20 @@ class Registry:
     def _check_unique(self, kind: str, classes: list, info: PluginInfo) -> None:
         seen = {}
         for cls in classes:
+            if cls.name in seen:
+                self.plugin_manager.unregister(name=info.name)
+                raise PluginError(
+                    f"plugin {info.name!r} (distribution {info.distribution!r}) lists "
+                    f"{kind[:-1]} {cls.name!r} twice in corenet_{kind} "
+                    f"({_both(seen[cls.name], cls)}); list each name once")
             owner = self._provider.get((kind, cls.name))
-            if owner is not None or cls.name in seen:
-                other = owner.distribution if owner else info.distribution
+            if owner is not None:
                 self.plugin_manager.unregister(name=info.name)
                 raise PluginError(
                     f"{kind[:-1]} {cls.name!r} is provided by two plugins: distribution "
-                    f"{other!r} and distribution {info.distribution!r} (plugin {info.name!r}); "
-                    f"uninstall one or disable it with CORENET_DISABLE_PLUGINS")
+                    f"{owner.distribution!r} and distribution {info.distribution!r} "
+                    f"(plugin {info.name!r}); uninstall one or disable it with "
+                    f"CORENET_DISABLE_PLUGINS")
             seen[cls.name] = cls
 
     def unregister(self, name: str) -> None:
@@ -257,6 +283,28 @@ def did_you_mean(name: str, candidates) -> str:
     by_lower = {candidate.lower(): candidate for candidate in candidates}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(by_lower[c]) for c in close)}?)" if close else ""
+
+
+def _provided_list(plugin_name: str, kind: str, provided) -> list | tuple:
+    """What one hook returned: a list or tuple of classes (a bare class or a string was
+    iterated, and failed on its letters or with "'type' object is not iterable")."""
+    if isinstance(provided, (list, tuple)):
+        return provided
+    if isinstance(provided, type):
+        received = f"the class {provided.__name__} itself; return [{provided.__name__}]"
+    else:
+        shown = repr(provided)
+        received = f"{type(provided).__name__} " + (shown if len(shown) <= 80
+                                                    else shown[:77] + "...")
+    raise PluginError(f"plugin {plugin_name!r}: corenet_{kind} must return a list or tuple "
+                      f"of classes (such as [MyLayer], or [] for none), got {received}")
+
+
+def _both(first: type, second: type) -> str:
+    """Which classes a plugin listed under one name: one class twice, or two classes."""
+    if first is second:
+        return f"class {first.__name__} both times"
+    return f"classes {first.__name__} and {second.__name__}"
 
 
 def _check_provided(kind: str, cls) -> None:

@@ -1,4 +1,6 @@
 """The graph executor: DAG order, fan-out gradient sums, build-time checks, errors."""
+import re
+
 import numpy as np
 import pytest
 
@@ -324,3 +326,119 @@ def test_backward_checks_each_output_gradient_against_the_forward_output():
     strided = np.ones((4, 4), np.float32)[::2]  # accumulate took C-contiguous arrays only
     np.testing.assert_array_equal(fan_out.backward(np.ones((2, 4), np.float32), strided),
                                   np.full((2, 4), 2.0))
+
+
+_INHERITED = object()  # the output_shape of corenet.Layer: the input's shape
+
+
+def plugin_layer(forward=None, backward=None, declared=_INHERITED):
+    """A third-party layer that passes its input through, but for what it is given."""
+    class Broken(cn.Layer):
+        name = "broken"
+
+        def forward(self, x):
+            return forward(x) if forward else x
+
+        def backward(self, grad):
+            return backward(grad) if backward else grad
+
+        if declared is not _INHERITED:
+            def output_shape(self, shape):
+                return declared
+
+    return Broken()
+
+
+@pytest.mark.parametrize("declared", [3, None, [3], (0,), (-1,), ("a",), (3.0,)])
+def test_output_shape_must_return_a_tuple_of_positive_ints(declared):
+    # Before: TypeError "'int' object is not iterable", an error from memory.py, or
+    # (0,), (-1,) and [3] accepted.
+    with pytest.raises(ShapeError, match=r"Broken\(\): output_shape must return the "
+                                         r"per-sample output shape as a tuple of positive "
+                                         rf"ints, got {re.escape(repr(declared))}"):
+        cn.Sequential(L.Linear(4, 3), plugin_layer(declared=declared))
+
+
+@pytest.mark.parametrize("forward, error, message", [
+    (lambda x: x[:, :2], ShapeError, r"returned an array of shape \(5, 2\); expected \(5, 3\) "
+                                     r"\(the batch, then the shape its output_shape declared"),
+    (lambda x: x[:-1], ShapeError, r"returned an array of shape \(4, 3\); expected \(5, 3\)"),
+    (lambda x: x[0, 0], TypeError, r"returned a float32; expected an array of shape \(5, 3\) "
+                                   r"and dtype float32"),
+    (lambda x: x.astype(np.float64), DTypeError, r"returned an array of dtype float64; "
+                                                 r"expected float32 \(the model's dtype\)"),
+    (lambda x: x.tolist(), TypeError, "returned a list of 5; expected an array"),
+    (lambda x: None, TypeError, "returned None; expected an array"),
+    (lambda x: (x, x), TypeError, "returned a tuple of 2; expected an array"),
+], ids=["columns", "rows", "0-d", "float64", "list", "None", "tuple"])
+def test_each_layer_output_is_checked_against_its_declared_shape_and_the_dtype(
+        forward, error, message):
+    # Before: the loss blamed the labels, Linear.backward the gradient, or an
+    # AttributeError (or numpy's concatenate error) came from inside the executor.
+    model = cn.Sequential(L.Linear(4, 3), plugin_layer(forward))
+    with pytest.raises(error, match=r"Model.forward: Broken\(\) " + message):
+        model.predict(np.ones((5, 4), np.float32))
+
+
+def test_an_output_shape_that_forward_does_not_keep_is_an_error():
+    # Before: declaring (7,) and returning (N, 3) trained silently.
+    model = cn.Sequential(L.Linear(4, 3), plugin_layer(declared=(7,)))
+    with pytest.raises(ShapeError, match=r"Broken\(\) returned an array of shape \(2, 3\); "
+                                         r"expected \(2, 7\)"):
+        model.forward(np.ones((2, 4), np.float32))
+
+
+def fan_out_model(layer):
+    """x → Linear → (layer, ReLU) → Add: the two branches' gradients are summed."""
+    x = cn.Input(shape=(4,))
+    hidden = L.Linear(4, 4)(x)
+    return cn.Model(x, L.Add()(layer(hidden), L.ReLU()(hidden)), requires_input_grad=True)
+
+
+def test_each_gradient_a_layer_returns_is_checked_before_it_is_summed(rng):
+    # Before: accumulate's "float32(8, 4) += float64(8, 4)" or "arrays must be
+    # C-contiguous", and a None left the layers before it without a gradient, silently.
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    grad = rng.standard_normal((8, 4)).astype(np.float32)
+    model = fan_out_model(plugin_layer(backward=lambda g: g.astype(np.float64)))
+    model.forward(x)
+    with pytest.raises(DTypeError, match=r"Model.backward: Broken\(\), the gradient of its "
+                                         r"input 0: expected float32 \(that input's\), got "
+                                         r"float64"):
+        model.backward(grad)
+    model = fan_out_model(plugin_layer(backward=lambda g: g[:, :2]))
+    model.forward(x)
+    with pytest.raises(ShapeError, match=r"input 0: expected shape \(8, 4\) \(that input's\), "
+                                         r"got \(8, 2\)"):
+        model.backward(grad)
+    model = cn.Sequential(L.Linear(4, 4), plugin_layer(backward=lambda g: None))
+    model.forward(x)
+    with pytest.raises(TypeError, match=r"Model.backward: Broken\(\) returned None as the "
+                                        r"gradient of its input 0, which the layers before it"):
+        model.backward(grad)
+
+
+def test_a_non_contiguous_gradient_is_summed_as_a_contiguous_one(rng):
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    grad = rng.standard_normal((8, 4)).astype(np.float32)
+    input_grads = []
+    for backward in (lambda g: g.copy(), np.asfortranarray,
+                     lambda g: np.broadcast_to(g[:1], g.shape)):
+        model = fan_out_model(plugin_layer(backward=backward))
+        model.load_state_dict({"0.weight": np.eye(4, dtype=np.float32),
+                               "0.bias": np.zeros(4, np.float32)})
+        model.forward(x)
+        input_grads.append(model.backward(grad))
+    np.testing.assert_array_equal(input_grads[1], input_grads[0])
+    expected = np.broadcast_to(grad[:1], grad.shape) + grad * (x > 0)
+    np.testing.assert_allclose(input_grads[2], expected, rtol=1e-6)
+
+
+def test_a_first_layer_may_return_no_gradient_for_the_model_input(rng):
+    model = cn.Sequential(plugin_layer(backward=lambda g: None), L.Linear(4, 3),
+                          input_shape=(4,))
+    model.forward(np.ones((2, 4), np.float32))
+    assert model.backward(np.ones((2, 3), np.float32)) is None
+    model.requires_input_grad = True
+    with pytest.raises(TypeError, match="returned None as the gradient of its input 0"):
+        model.backward(np.ones((2, 3), np.float32))

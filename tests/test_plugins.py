@@ -308,3 +308,69 @@ def test_a_layer_class_in_the_losses_hook_fails(register_plugin):
 
     with pytest.warns(RuntimeWarning, match="not a subclass of corenet.Loss"):
         register_plugin(Plugin(), "bad-losses")
+
+
+def plugin_providing(*layers):
+    """A plugin object whose corenet_layers returns ``layers`` as a tuple."""
+    class Plugin:
+        @corenet.hookimpl
+        def corenet_layers(self):
+            return layers
+
+    return Plugin()
+
+
+def test_a_name_or_object_already_registered_is_refused_leaving_the_first_intact(
+        register_plugin):
+    # Before: pluggy's ValueError (dumping every plugin) replaced the first plugin's record,
+    # whose layer then stayed registered after unregister and clashed with a new provider.
+    first = plugin_providing(Good)
+    register_plugin(first, "first", distribution="corenet-first")
+    with pytest.raises(PluginError, match="a plugin named 'first' \\(distribution "
+                                          "'corenet-first'\\) is already registered"):
+        register_plugin(plugin_providing(named("other_layer")), "first", "corenet-second")
+    with pytest.raises(PluginError, match="is already registered as plugin 'first'"):
+        register_plugin(first, "first_again", "corenet-first")
+    assert registry.plugins["first"].layers == ["good_layer"]
+    assert registry.plugins["first"].error is None
+    assert "first_again" not in registry.plugins and "other_layer" not in registry.layers
+    registry.unregister("first")
+    assert "good_layer" not in registry.layers
+    assert registry.provider("layers", "good_layer") is None
+    register_plugin(plugin_providing(Good), "replacement")
+    assert registry.provider("layers", "good_layer").name == "replacement"
+
+
+@pytest.mark.parametrize("provided, received", [
+    (Good, "the class Good itself; return \\[Good\\]"),
+    (42, "int 42"),
+    ("relu", "str 'relu'"),
+    ({"good_layer": Good}, "dict \\{'good_layer'"),
+    (None, "NoneType None"),
+], ids=["a class", "an int", "a string", "a dict", "None"])
+def test_a_hook_must_return_a_list_or_tuple(register_plugin, provided, received):
+    # Before: "'type' object is not iterable", a complaint about the letter 'r' or the
+    # dict's key, or (None) a plugin that silently provided nothing.
+    class Plugin:
+        @corenet.hookimpl
+        def corenet_layers(self):
+            return provided
+
+    with pytest.warns(RuntimeWarning, match="skipping plugin 'odd'"):
+        info = register_plugin(Plugin(), "odd")
+    assert re.fullmatch("PluginError: plugin 'odd': corenet_layers must return a list or "
+                        "tuple of classes \\(such as \\[MyLayer\\], or \\[\\] for none\\), "
+                        f"got {received}.*", info.error), info.error
+    assert register_plugin(plugin_providing(Good), "a_tuple").layers == ["good_layer"]
+
+
+@pytest.mark.parametrize("second, classes", [
+    (Good, "class Good both times"), (named("good_layer"), "classes Good and Named")])
+def test_a_plugin_listing_a_name_twice_says_so(register_plugin, second, classes):
+    # Before: "provided by two plugins: distribution 'x' and distribution 'x'".
+    with pytest.raises(PluginError) as raised:
+        register_plugin(plugin_providing(Good, second), "twice", distribution="corenet-twice")
+    assert str(raised.value) == (f"plugin 'twice' (distribution 'corenet-twice') lists layer "
+                                 f"'good_layer' twice in corenet_layers ({classes}); list "
+                                 f"each name once")
+    assert "good_layer" not in registry.layers and "twice" not in registry.plugins
