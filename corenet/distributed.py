@@ -75,10 +75,47 @@ def report(comm, error: BaseException, trace=None, prefix: str = "corenet") -> N
     time.sleep(ABORT_GRACE_SECONDS)
 
 
+# The exit statuses of the corenet command line (corenet.cli): bad arguments or data,
+# a diverged loss, Ctrl-C. Any other exception is a bug: traceback, status 1.
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def exit_status(error: BaseException) -> int | None:
+    """The status ``corenet`` exits with for ``error``, or None for an unexpected one."""
+    from corenet.errors import DTypeError, PluginError
+    from corenet.train import TrainingDiverged
+
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(error, TrainingDiverged):
+        return EXIT_DIVERGED
+    if isinstance(error, (DTypeError, PluginError, OSError, KeyError, ValueError,
+                          MemoryError)):
+        return EXIT_BAD_INPUT
+    return None
+
+
+def report_line(comm, error: BaseException, prefix: str = "corenet") -> None:
+    """``prefix: rank R of K: Error: message`` alone on stderr, then a moment for mpiexec
+    to forward it before the Abort. Ranks other than 0 wait first: when every rank has
+    the same error (a bad --lr), rank 0's abort ends the job before they print theirs."""
+    if comm.Get_rank() != 0:
+        time.sleep(2 * ABORT_GRACE_SECONDS)
+    # A KeyError's str() is the repr of its message: print the message itself.
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    text = "interrupted" if isinstance(error, KeyboardInterrupt) else \
+        f"{type(error).__name__}: {message}"
+    sys.stderr.write(f"{prefix}: rank {comm.Get_rank()} of {comm.Get_size()}: {text}\n")
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE_SECONDS)
+
+
 @contextlib.contextmanager
 def abort_on_error(comm=None, prefix: str = "corenet"):
     """Any exception inside (an interrupt too) is reported with the rank and aborts the
-    whole job: the other ranks would otherwise wait for this one forever."""
+    whole job: the other ranks would otherwise wait for this one forever. Bad input, a
+    diverged loss and Ctrl-C are one line and the statuses of ``corenet`` (2, 3, 130);
+    anything else keeps its traceback and aborts with status 1."""
     comm = comm or MPI.COMM_WORLD
     try:
         yield comm
@@ -88,8 +125,12 @@ def abort_on_error(comm=None, prefix: str = "corenet"):
             comm.Abort(stop.code if isinstance(stop.code, int) else 1)
         raise
     except BaseException as error:
-        report(comm, error, prefix=prefix)
-        comm.Abort(1)
+        status = exit_status(error)
+        if status is None:
+            report(comm, error, prefix=prefix)
+        else:
+            report_line(comm, error, prefix)
+        comm.Abort(status or 1)
 
 
 def threads_per_rank(comm=None) -> int:
@@ -153,7 +194,11 @@ def check_same_on_every_rank(values: dict, comm=None, what: str = "corenet") -> 
     some rank's ``values`` (label -> a plain value) are not rank 0's; every rank raises the
     same, so none is left waiting for the others."""
     comm = comm or MPI.COMM_WORLD
-    everyone = comm.allgather(values)
+    raise_on_difference(comm.allgather(values), what)
+
+
+def raise_on_difference(everyone: list, what: str = "corenet") -> None:
+    """check_same_on_every_rank on what the ranks' ``values`` already gathered are."""
     first = everyone[0]
     for rank, theirs in enumerate(everyone[1:], 1):
         for label in list(first) + [label for label in theirs if label not in first]:
@@ -278,6 +323,13 @@ class GradientReducer:
         self.comm = (comm or MPI.COMM_WORLD).Dup()
         self.flat = FlatGradients(model.parameters(), bucket_bytes)
         spans = [self.flat.span(bucket) for bucket in range(len(self.flat.buckets))]
+        # Other sizes (another model) made an opaque MPI error, another dtype a crash in
+        # MPICH's C code, other buckets a hang: every rank says so first.
+        check_same_on_every_rank({
+            "the number of gradient values": self.flat.size,
+            "the gradients' dtype": str(self.flat.dtype),
+            "the buckets (spans of the gradient vector)":
+                [(span.start, span.stop) for span in spans]}, self.comm, "GradientReducer")
         self.chain = ChainAllreduce(self.comm, spans,
                                     np.zeros(self.flat.size, self.flat.dtype))
         self.weight = 1.0 / self.comm.Get_size()
@@ -325,6 +377,16 @@ class GradientReducer:
     def sum_in_rank_order(self, value: float) -> float:
         """Σ over ranks of a Python float, added in rank order (the batch loss)."""
         return sum(self.comm.allgather(float(value)))
+
+
+def communicator_of(model):
+    """The communicator of the GradientReducer that allreduces ``model``'s gradients, or
+    None: what the diagnostics combine their per-rank counts over."""
+    for hook in model.backward_hooks:
+        reducer = getattr(hook, "__self__", None)
+        if isinstance(reducer, GradientReducer):
+            return reducer.comm
+    return None
 
 
 class DistributedOptimizer:
@@ -383,7 +445,22 @@ class DistributedStep:
         if not isinstance(optimizer, DistributedOptimizer):
             raise TypeError(f"DistributedStep needs a DistributedOptimizer, got "
                             f"{type(optimizer).__name__}")
-        run, optimizer.weight = shard(index, optimizer.reducer.comm)
+        reducer = optimizer.reducer
+        run, optimizer.weight = shard(index, reducer.comm)
         value = micro_batch_gradient(model, loss, optimizer, X, y, run)
-        optimizer.step()
-        return optimizer.reducer.sum_in_rank_order(optimizer.weight * value)
+        reducer.finish()
+        # The batches are compared in the gather of the loss: a rank with other data or
+        # another batch size left the others waiting for ever, or trained on other samples.
+        gathered = reducer.comm.allgather((float(optimizer.weight * value),
+                                           self.describe_batch(X, index)))
+        raise_on_difference([batch for _, batch in gathered], "DistributedStep")
+        optimizer.optimizer.step()
+        return sum(part for part, _ in gathered)  # in rank order
+
+    @staticmethod
+    def describe_batch(X, index) -> dict:
+        """What must be the same on every rank for a step: the data's size, the batch."""
+        return {"the number of samples (len(X))": len(X),
+                "the global batch size (len(index))": len(index),
+                "the global batch (a digest of its sample indices)":
+                    digest(np.asarray(index))}

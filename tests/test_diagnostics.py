@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -226,6 +227,17 @@ def test_gradient_problems_thresholds():
             gradient_problems({0: 1.0}, **bad)
     with pytest.raises(ValueError, match="expected 0 < vanishing < 1 < exploding"):
         Diagnostics(exploding=1.0)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(vanishing="0.1"), "vanishing must be a finite number, got '0.1'"),  # a TypeError
+    (dict(vanishing=float("nan")), "vanishing must be a finite number, got nan"),
+    (dict(exploding=True), "exploding must be a finite number, got True"),
+    (dict(warn="no"), "warn must be True or False, got 'no'")])  # taken as True
+def test_diagnostics_settings_of_the_wrong_type_are_errors(settings, message):
+    with pytest.raises(ValueError, match="Diagnostics: " + message):
+        Diagnostics(**settings)
+    assert Diagnostics(exploding=math.inf).exploding == math.inf  # no exploding warnings
 
 
 def train_with_diagnostics(model, rng, **options):
@@ -458,9 +470,28 @@ def test_zaslavsky_count_exactly():
         assert max_linear_regions(n, 1) == n + 1
     assert max_linear_regions(201, 100) == 2 ** 200  # half of the 2^201 subsets, exactly
     assert max_linear_regions(0, 5) == 1
-    for bad in ((-1, 2), (3, -1), (2.5, 2), (True, 2)):
-        with pytest.raises(ValueError, match="max_linear_regions: .* must be an integer >= 0"):
+    for bad, message in (((-1, 2), "n_hyperplanes must be at least 0, got -1"),
+                         ((3, -1), "dim must be at least 0, got -1"),
+                         ((2.5, 2), "n_hyperplanes must be an integer, got 2.5"),
+                         ((True, 2), "n_hyperplanes must be an integer, got True")):
+        with pytest.raises(ValueError, match="max_linear_regions: " + message):
             max_linear_regions(*bad)
+
+
+def test_max_linear_regions_of_many_hyperplanes_is_quick_or_a_clear_error():
+    # (10**4, 10**4) took 12.5 s, (10**5, 10**5) effectively for ever: 2**n in closed form.
+    start = time.perf_counter()
+    assert max_linear_regions(10 ** 5, 10 ** 5) == 1 << 10 ** 5
+    assert max_linear_regions(10 ** 6, 2) == 10 ** 6 * (10 ** 6 + 1) // 2 + 1
+    assert max_linear_regions(2000, 1999) == 2 ** 2000 - 1  # all but the empty complement
+    assert time.perf_counter() - start < 1.0
+    with pytest.raises(ValueError, match=r"max_linear_regions: n_hyperplanes \* min\(dim, "
+                                         r"n_hyperplanes - dim - 1\) must be at most 5e\+09 "
+                                         r".*got n_hyperplanes=1000000, dim=10000"):
+        max_linear_regions(10 ** 6, 10 ** 4)
+    with pytest.raises(ValueError, match="max_linear_regions: n_hyperplanes must be at most "
+                                         "100000000, got 10000000000"):
+        max_linear_regions(10 ** 10, 10 ** 10)
 
 
 def lines_model(weight, bias):
@@ -507,6 +538,19 @@ def test_linear_regions_errors():
         count_linear_regions(model, resolution=10 ** 6)  # numpy's bare MemoryError
     with pytest.raises(ValueError, match="the model has no ReLU-family layer"):
         count_linear_regions(cn.Sequential(L.Linear(2, 2), L.Tanh()))
+
+
+@pytest.mark.parametrize("X, batch_size, error, message", [
+    # numpy's "need at least one array to concatenate"
+    (np.zeros((0, 2)), 4096, ShapeError, r"expected at least one sample in X, got shape "
+                                         r"\(0, 2\)"),
+    (np.zeros((4, 2)), 0, ValueError, "batch_size must be at least 1, got 0"),  # range()
+    (np.zeros((4, 2)), -1, ValueError, "batch_size must be at least 1, got -1"),
+    (np.zeros((4, 2)), 2.5, ValueError, "batch_size must be an integer, got 2.5")])  # TypeError
+def test_activation_patterns_errors(X, batch_size, error, message):
+    model = cn.Sequential(L.Linear(2, 2), L.ReLU())
+    with pytest.raises(error, match="activation_patterns: " + message):
+        activation_patterns(model, X, batch_size)
 
 
 # -- the command line ------------------------------------------------------------------

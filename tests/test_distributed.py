@@ -7,6 +7,7 @@ Every test skips, saying why, when mpi4py is not installed.
 """
 import doctest
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,61 @@ def test_docstring_examples_of_the_module():
     assert result.attempted > 0 and result.failed == 0
 
 
+@in_job
+@pytest.mark.parametrize("other, message", [
+    # an opaque mpi4py.MPI.Exception
+    ({"outputs": 4}, "GradientReducer: every rank must hold the same, but the number of "
+                     "gradient values is 195 on rank 0 and 212 on rank 1"),
+    # an assertion failure in MPICH's C code (typerep_yaksa_pack.c)
+    ({"dtype": "float64"}, "GradientReducer: every rank must hold the same, but the "
+                           "gradients' dtype is 'float32' on rank 0 and 'float64' on rank 1"),
+    # hung
+    ({"batch_size": 16}, r"DistributedStep: every rank must hold the same, but the global "
+                         r"batch size \(len\(index\)\) is 32 on rank 0 and 16 on rank 1"),
+    # hung
+    ({"samples": 128}, r"DistributedStep: every rank must hold the same, but the number of "
+                       r"samples \(len\(X\)\) is 256 on rank 0 and 128 on rank 1")])
+def test_ranks_that_train_other_models_or_batches_all_fail_naming_them(other, message):
+    mine = other if WORLD.Get_rank() == 1 else {}
+    cn.random.seed(0)
+    model = cn.Sequential(L.Linear(8, 16), L.ReLU(), L.Linear(16, mine.get("outputs", 3)))
+    model.astype(mine.get("dtype", "float32"))
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((mine.get("samples", 256), 8))
+    X = X.astype(model.layers[0].weight.value.dtype)
+    y = np.arange(len(X)) % 3
+    with pytest.raises(ValueError, match=message):
+        optimizer = dist.DistributedOptimizer(cn.optim.SGD(model.parameters(), lr=0.1), model)
+        fit(model, cn.losses.SoftmaxCrossEntropy(), optimizer, X, y, epochs=1,
+            batch_size=mine.get("batch_size", 32), step=dist.DistributedStep())
+
+
+@in_job
+def test_diagnostics_count_the_dead_units_over_the_samples_of_every_rank():
+    from corenet.diagnostics import Diagnostics
+
+    # Unit 0 is on for one sample alone, which only one rank holds: alive for the batch.
+    X = -np.ones((64, 1), np.float32)
+    X[37] = 1.0
+    y = np.zeros(64, np.int64)
+
+    def dead_units(step, wrap):
+        cn.random.seed(0)
+        model = cn.Sequential(L.Linear(1, 2), L.ReLU(), L.Linear(2, 2))
+        model.layers[0].weight.value[:] = [[1.0], [-1.0]]
+        model.layers[0].bias.value[:] = 0.0
+        optimizer = wrap(cn.optim.SGD(model.parameters(), lr=0.0), model)
+        diagnostics = Diagnostics()
+        fit(model, cn.losses.SoftmaxCrossEntropy(), optimizer, X, y, epochs=1,
+            batch_size=64, step=step, callbacks=[diagnostics])
+        return [entry.as_dict() for entry in diagnostics.history[-1].layers]
+
+    distributed = dead_units(dist.DistributedStep(), dist.DistributedOptimizer)
+    alone = dead_units(AccumulatingStep(WORLD.Get_size()), lambda optimizer, model: optimizer)
+    assert distributed == alone
+    assert distributed[1]["dead_units"] == 0
+
+
 # -- launching jobs ---------------------------------------------------------------------
 
 def mpiexec(n, *args, timeout=60):
@@ -246,6 +302,40 @@ def test_ranks_started_with_other_settings_or_data_all_fail_naming_them(other, m
     result = subprocess.run([MPIEXEC, "-n", "1", *train, ":", "-n", "1", *train, *other],
                             capture_output=True, text=True, timeout=30, cwd=HERE)
     assert result.returncode != 0
-    assert "rank 1 of 2: ValueError: " in result.stderr and message in result.stderr, \
-        result.stderr[-2000:]
+    # Both ranks fail, but rank 0 alone prints (rank 1 only with --accumulate).
+    assert re.search(r"rank [01] of 2: ValueError: ", result.stderr) and \
+        message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
 
+
+
+@launches_jobs
+@pytest.mark.parametrize("other, status, message", [
+    (["--lr", "-1"], 2, "ValueError: SGD: lr must be a finite number >= 0, got -1.0"),
+    (["--data", "nonexist.npz"], 2, "FileNotFoundError: no dataset at 'nonexist.npz'"),
+    (["--lr", "1e300"], 3, "TrainingDiverged: the loss became nan at epoch 1")])
+def test_corenet_train_distributed_errors_are_one_line_and_the_status_of_one_process(
+        other, status, message):
+    # Each rank printed its traceback (27-50 lines) and the job exited 1, diverged or not.
+    result, _ = mpiexec(2, "-m", "corenet", "train", "--distributed", "--epochs", "1",
+                        "--hidden", "8", "--augment", "0", *other)
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.startswith("corenet train")]
+    assert len(ours) == 1 and ours[0].startswith("corenet train: rank 0 of 2: ") and \
+        message in ours[0], result.stderr
+
+
+@launches_jobs
+def test_an_interrupted_corenet_train_distributed_exits_130_with_one_line():
+    import signal
+
+    job = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "corenet", "train",
+                            "--distributed", "--epochs", "1000", "--hidden", "8"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           cwd=HERE)
+    time.sleep(3)  # in the middle of training
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=30)
+    assert job.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr

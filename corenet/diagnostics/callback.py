@@ -5,11 +5,14 @@ the same objects a Python loop gets.
 """
 from __future__ import annotations
 
+import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from corenet.arguments import as_bool, as_float
 from corenet.diagnostics.dead_units import DeadUnits
 from corenet.diagnostics.gradients import (EXPLODING, VANISHING, GradientWarning,
                                            describe_problem, gradient_problems,
@@ -77,6 +80,12 @@ class EpochDiagnostics:
         return "\n".join(lines)
 
 
+def data_parallel_communicator(model):
+    """The MPI communicator of the DistributedOptimizer that trains ``model``, or None."""
+    distributed = sys.modules.get("corenet.distributed")  # never imported: no MPI job
+    return None if distributed is None else distributed.communicator_of(model)
+
+
 class Diagnostics(Callback):
     """Per epoch: the dead units of each ReLU-family layer over the epoch's training
     samples (corenet.diagnostics.DeadUnits), the gradient norm of each layer with
@@ -84,7 +93,8 @@ class Diagnostics(Callback):
     or above ``exploding`` times the median of the layers' norms (gradient_problems).
 
     ``history`` holds one EpochDiagnostics an epoch; ``warn=False`` leaves the warnings
-    in the reports only.
+    in the reports only. Under a corenet.distributed.DistributedOptimizer the dead units
+    are counted over every rank's samples: every rank must then have this callback.
 
     >>> import corenet as cn, corenet.layers as L
     >>> from corenet.data import load_digits
@@ -100,10 +110,14 @@ class Diagnostics(Callback):
 
     def __init__(self, vanishing: float = VANISHING, exploding: float = EXPLODING,
                  warn: bool = True):
+        # "0.1" was a raw TypeError from the comparison and warn="no" was taken as True.
+        vanishing = as_float("Diagnostics", "vanishing", vanishing)
+        if exploding != math.inf:  # infinity turns the exploding warnings off
+            exploding = as_float("Diagnostics", "exploding", exploding)
         gradient_problems({}, vanishing, exploding)  # checks the thresholds now
         self.vanishing = vanishing
         self.exploding = exploding
-        self.warn = warn
+        self.warn = as_bool("Diagnostics", "warn", warn)
         self.history = []
         self._dead = None
 
@@ -129,6 +143,11 @@ class Diagnostics(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         self._dead.detach()
+        comm = data_parallel_communicator(self.model)
+        if comm is not None:
+            # Each rank saw its share of the samples: a unit is dead if off on all of them.
+            for maxima in comm.allgather(self._dead.maxima()):
+                self._dead.merge(maxima)
         report = self._report(epoch + 1)
         self.history.append(report)
         if self.warn:

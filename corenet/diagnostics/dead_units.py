@@ -90,6 +90,23 @@ class DeadUnits:
         np.maximum(maxima, scratch, out=maxima)
         self._seen.add(index)
 
+    def maxima(self) -> dict[int, np.ndarray]:
+        """{index in model.layers: each unit's largest input} for the layers that have
+        seen samples since ``reset()``: what ``merge`` takes."""
+        return {index: self._maxima[index] for index in sorted(self._seen)}
+
+    def merge(self, maxima: dict) -> None:
+        """Counts the samples behind another DeadUnits' ``maxima()`` too (another rank's
+        share of the batches): a unit is dead only if it was off on both."""
+        for index, theirs in maxima.items():
+            mine = self._maxima.get(index)
+            if index in self._seen and mine.shape == theirs.shape:
+                np.maximum(mine, theirs, out=mine)
+            else:
+                self._maxima[index] = np.array(theirs)
+                self._scratch[index] = np.empty_like(self._maxima[index])
+                self._seen.add(index)
+
     def counts(self) -> dict[int, tuple[int, int]]:
         """{index in model.layers: (dead units, units)} for each ReLU-family layer that
         has seen samples since ``reset()``."""

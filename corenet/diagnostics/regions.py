@@ -12,30 +12,61 @@ import math
 
 import numpy as np
 
+from corenet.arguments import as_int
 from corenet.diagnostics.dead_units import RELU_FAMILY, linear_regime_source
 from corenet.errors import ShapeError
 from corenet.memory import check_allocation
 
 
+# Beyond these the answer is slow to compute or huge: a sum of ``terms`` binomials of n
+# takes time ~ terms * n (about 1 s for 5 * 10**4 terms of n = 10**5), and 2**n has n bits.
+MAX_SUM_COST = 5 * 10 ** 9
+MAX_HYPERPLANES = 10 ** 8
+
+
 def max_linear_regions(n_hyperplanes: int, dim: int) -> int:
     """Σ_{s=0}^{dim} C(n, s), exactly: the regions that ``n_hyperplanes`` hyperplanes in
     general position cut R^dim into (Zaslavsky), the most n ReLU units of one hidden
-    layer can make.
+    layer can make; 2**n when dim >= n.
 
     >>> max_linear_regions(3, 2), max_linear_regions(100, 784) == 2 ** 100
     (7, True)
     """
-    for label, value in (("n_hyperplanes", n_hyperplanes), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"max_linear_regions: {label} must be an integer >= 0, "
-                             f"got {value!r}")
-    return sum(math.comb(int(n_hyperplanes), s) for s in range(int(dim) + 1))
+    n = as_int("max_linear_regions", "n_hyperplanes", n_hyperplanes, 0,
+               MAX_HYPERPLANES, integral_floats=False)
+    dim = as_int("max_linear_regions", "dim", dim, 0, integral_floats=False)
+    if dim >= n:  # every sign pattern of the hyperplanes is a region
+        return 1 << n
+    # Σ_{s<=dim} C(n, s) = 2**n - Σ_{s<n-dim} C(n, s): the shorter of the two sums.
+    terms = min(dim, n - dim - 1)
+    if terms * n > MAX_SUM_COST:
+        raise ValueError(f"max_linear_regions: n_hyperplanes * min(dim, n_hyperplanes - dim "
+                         f"- 1) must be at most {MAX_SUM_COST:.0e} (the sum takes time "
+                         f"~ their product), got n_hyperplanes={n}, dim={dim}")
+    if dim == terms:
+        return binomial_prefix_sum(n, dim)
+    return (1 << n) - binomial_prefix_sum(n, terms)
+
+
+def binomial_prefix_sum(n: int, last: int) -> int:
+    """Σ_{s=0}^{last} C(n, s), each term from the one before (math.comb starts afresh)."""
+    total = term = 1
+    for s in range(last):
+        term = term * (n - s) // (s + 1)
+        total += term
+    return total
 
 
 def activation_patterns(model, X, batch_size: int = 4096) -> np.ndarray:
     """(N, units) booleans: which units of the model's ReLU-family layers are in their
     linear regime (input > 0) for each sample of X, in evaluation mode; the units of
     all those layers side by side, in the order of ``model.layers``."""
+    batch_size = as_int("activation_patterns", "batch_size", batch_size, 1,
+                        integral_floats=False)
+    # An empty X was numpy's "need at least one array to concatenate".
+    if np.ndim(X) == 0 or len(X) == 0:
+        raise ShapeError(f"activation_patterns: expected at least one sample in X, got "
+                         f"shape {np.shape(X)}")
     tracked = {id(layer) for layer in model.layers if layer.name in RELU_FAMILY}
     if not tracked:
         raise ValueError(f"activation_patterns: the model has no ReLU-family layer "
