@@ -17,6 +17,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:  # --augment -1 was read as 0, --seed -1 gave numpy's error
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -32,11 +39,15 @@ def _fraction(text: str) -> float:
 
 
 def _sizes(text: str) -> list:
+    parts = text.split(",")
+    if not all(part.strip() for part in parts):  # 8,,8 was read as 8,8
+        raise argparse.ArgumentTypeError(f"expected sizes like 256,128, got {text!r} (an empty "
+                                         f"size)")
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
+        sizes = [int(part) for part in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected sizes like 128 or 256,128, got {text!r}")
-    if not sizes or min(sizes) < 1:
+    if min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected positive sizes like 256,128, got {text!r}")
     return sizes
 
@@ -90,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--schedule step: factor of each decay (default 0.1)")
     train.add_argument("--clip-norm", type=_positive_float,
                        help="clip the gradients of each step to this global L2 norm")
-    train.add_argument("--augment", type=int, default=2,
+    train.add_argument("--augment", type=_non_negative_int, default=2,
                        help="shifted copies of each square training image (default 2)")
-    train.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling")
+    train.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="split, initial weights and shuffling")
     train.add_argument("--test-fraction", type=_fraction, default=0.2,
                        help="share of the samples held out for testing (default 0.2)")
     train.add_argument("--threads", type=_positive_int, help="kernel threads (default: all CPUs)")
@@ -116,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="loss and accuracy of a saved model")
     evaluate.add_argument("model")
     evaluate.add_argument("--data", default="digits")
-    evaluate.add_argument("--seed", type=int,
+    evaluate.add_argument("--seed", type=_non_negative_int,
                           help="split seed whose test part is evaluated (default: the one the "
                                "model was trained with, recorded in its file; else 0)")
     evaluate.add_argument("--test-fraction", type=_fraction,
@@ -141,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="version, build flags, OpenMP, threads")
     info.add_argument("--json", action="store_true")
+    parser.commands = commands.choices  # each command's own parser, for given_options
     return parser
 
 
@@ -177,23 +190,19 @@ def train_model(args, comm) -> int:
 
     saved = None
     if args.resume:
+        check_resume_options(args)
         args, saved = resumed_settings(args)
+    else:
+        check_model_options(args)
     if args.save is not None:
-        # Checked before training, so that no training run is lost to a typo.
-        if not args.save or os.path.isdir(args.save):
-            raise ValueError(f"--save {args.save!r}: expected a file name, not a folder")
-        if os.path.exists(args.save) and not os.path.isfile(args.save):
-            raise ValueError(f"--save {args.save!r}: expected a file name, not a device or "
-                             f"a pipe (the checkpoint is renamed over what has the name)")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
-            raise FileNotFoundError(f"--save {args.save}: its folder does not exist")
+        check_save_path(args.save)
     if args.epochs is None:
         args.epochs = 15 if args.model == "cnn" else 40
     schedule = make_schedule(args.schedule, args.epochs, args.warmup, args.step_size,
                              args.gamma)
     X, y = data.load(args.data)
     cn.random.seed(args.seed)
-    n_classes = int(y.max()) + 1
+    n_classes = class_count(y, args.data)
     if args.model == "cnn":
         model = models.build_cnn(models.image_shape(X), n_classes, activation=args.activation,
                                  dtype=args.dtype)
@@ -295,6 +304,82 @@ def train_model(args, comm) -> int:
     return 0
 
 
+def check_save_path(path: str) -> None:
+    """Errors for a --save path no checkpoint can be written to, found before training so
+    that no training run is lost to a typo or a read-only folder."""
+    from corenet import serialize
+
+    label = f"--save {path!r}"
+    serialize.check_file_name(path, label)
+    if os.path.isdir(path):
+        raise ValueError(f"{label}: expected a file name, not a folder")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{label}: expected a file name, not a device or a pipe (the "
+                         f"checkpoint is renamed over what has the name)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise FileNotFoundError(f"--save {path}: its folder does not exist")
+    serialize.check_folder_writable(path, label)
+
+
+# More classes than this are taken for a mistake in the labels (a label of 10**9 asked
+# for a 30 GiB output layer), not a classification task.
+MAX_CLASSES = 100_000
+
+
+def class_count(y: np.ndarray, source: str) -> int:
+    """The number of classes of labels ``y`` (class indices 0..C-1) of data ``source``."""
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= MAX_CLASSES:
+        raise ValueError(f"--data {source}: labels must be class indices 0..C-1 with C at "
+                         f"most {MAX_CLASSES}, got labels from {low} to {high}")
+    return high + 1
+
+
+def given_options(argv: list) -> list:
+    """The options a `corenet train` command line (``argv``, "train" first) gives itself,
+    as their full --names (abbreviated or as --name=value on the line)."""
+    parser, unset = build_parser(), object()
+    command = parser.commands[argv[0]]
+    # Every default a marker: what differs from it, the command line set.
+    command.set_defaults(**dict.fromkeys(vars(command.parse_args([])), unset))
+    given = vars(parser.parse_args(argv))
+    return ["--" + name.replace("_", "-") for name, value in given.items()
+            if value is not unset and name != "command"]
+
+
+def check_resume_options(args) -> None:
+    """A ValueError naming each option of a --resume run that its checkpoint's settings
+    would silently override."""
+    overridden = [name for name in given_options(getattr(args, "argv", ["train"]))
+                  if name not in RESUME_OPTIONS]
+    if overridden:
+        allowed = ", ".join(sorted(RESUME_OPTIONS - {"--resume"}))
+        raise ValueError(f"--resume {args.resume} goes on with the checkpoint's settings, "
+                         f"which override {', '.join(overridden)} given here: leave "
+                         f"{_it_or_them(overridden)} out (a resumed run takes only {allowed}), "
+                         f"or start a new run from its weights with --model {args.resume}")
+
+
+def check_model_options(args) -> None:
+    """A ValueError naming each option given that --model cnn or a model file ignores."""
+    if args.model == "mlp":
+        return
+    if args.model == "cnn":
+        ignored, reason = ("--hidden",), "the CNN has no hidden sizes to set"
+    else:
+        ignored, reason = ("--hidden", "--activation", "--dtype"), \
+            "a model file brings its own layers and dtype"
+    given = [name for name in given_options(getattr(args, "argv", ["train"]))
+             if name in ignored]
+    if given:
+        raise ValueError(f"--model {args.model} ignores {', '.join(given)} ({reason}): "
+                         f"leave {_it_or_them(given)} out")
+
+
+def _it_or_them(names: list) -> str:
+    return "it" if len(names) == 1 else "them"
+
+
 # Options each rank of a --distributed run may have its own of (rank 0 alone saves; the
 # data and a --model file are compared by content, since paths may differ by machine).
 RANK_OWN_OPTIONS = {"threads", "json", "diagnostics", "save", "resume", "argv", "command",
@@ -306,6 +391,8 @@ RANK_OWN_OPTIONS = {"threads", "json", "diagnostics", "save", "resume", "argv", 
 # from its own command line (so it may go on with another number of ranks).
 NOT_SETTINGS = {"--save": 1, "--resume": 1, "--threads": 1, "--json": 0, "--diagnostics": 0,
                 "--distributed": 0, "--accumulate": 1}
+# What a resumed run may give itself: the rest are the checkpoint's settings.
+RESUME_OPTIONS = set(NOT_SETTINGS) | {"--epochs"}
 
 
 def training_argv(argv: list) -> list:
@@ -388,6 +475,7 @@ def command_predict(args) -> int:
         X, _ = data.load_digits()
     else:
         X = data.load_npz_inputs(args.inputs)
+    check_finite_inputs(X, args.inputs)
     predictions = np.argmax(model.predict(models.as_model_input(model, X)), axis=1)
     if args.json:
         print(json.dumps({"predictions": predictions.tolist()}))
@@ -396,10 +484,20 @@ def command_predict(args) -> int:
     return 0
 
 
+def check_finite_inputs(X: np.ndarray, source: str) -> None:
+    """A ValueError naming the samples of ``X`` that hold an inf or a NaN: the argmax of
+    their outputs said class 0, silently."""
+    bad = np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{source}: X must hold finite numbers, got inf or NaN in "
+                         f"{len(bad)} of {len(X)} samples (the first: sample {bad[0]})")
+
+
 def command_export(args) -> int:
     from corenet import serialize
     from corenet.onnx import export
 
+    serialize.check_file_name(args.output, f"FILE.onnx {args.output!r}")  # before any work
     model = serialize.load(args.model)
     # `corenet export m.npz m.npz` replaced the saved model with its ONNX file.
     if os.path.exists(args.output) and os.path.samefile(args.model, args.output):
@@ -482,9 +580,9 @@ def run(args) -> int:
     from corenet.errors import DTypeError, PluginError, ShapeError
     from corenet.train import TrainingDiverged
 
-    if getattr(args, "threads", None):
-        corenet.set_num_threads(args.threads)
     try:
+        if getattr(args, "threads", None):  # a count past the bound is an error: one line
+            corenet.set_num_threads(args.threads)
         return COMMANDS[args.command](args)
     except TrainingDiverged as error:
         print(f"corenet {args.command}: training stopped: {error}", file=sys.stderr)

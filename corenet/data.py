@@ -225,6 +225,9 @@ def shift_augment(X: np.ndarray, copies: int, seed: int = 0,
     if len(image_shape) != 3 or math.prod(image_shape) != X.shape[1]:
         raise ShapeError(f"shift_augment: image shape {tuple(image_shape)} does not hold "
                          f"{X.shape[1]} features")
+    # The copies are stacked whole: --augment 100000000 grew memory until the system gave.
+    check_allocation("shift_augment", f"{copies} shifted copies and the images",
+                     (len(X) * (copies + 1), X.shape[1]), X.dtype)
     height, width = image_shape[1:]
     rng = np.random.default_rng(seed)
     images = X.reshape((len(X),) + tuple(image_shape))

@@ -8,12 +8,20 @@ import contextlib
 
 import numpy as np
 
+from corenet.arguments import as_int
+
 _generator = np.random.default_rng()
 
 
 def seed(value: int) -> None:
+    """Draw from a generator seeded with ``value``, a non-negative integer, from now on."""
     global _generator
-    _generator = np.random.default_rng(value)
+    _generator = np.random.default_rng(_checked_seed("seed", value))
+
+
+def _checked_seed(owner: str, value) -> int:
+    # numpy's own errors ("expected non-negative integer") name neither corenet nor the seed.
+    return as_int(f"corenet.random.{owner}", "the seed", value, 0, integral_floats=False)
 
 
 def generator() -> np.random.Generator:
@@ -42,7 +50,7 @@ def seeded(value: int):
     """
     global _generator
     before = _generator
-    _generator = np.random.default_rng(value)
+    _generator = np.random.default_rng(_checked_seed("seeded", value))
     try:
         yield _generator
     finally:

@@ -106,6 +106,7 @@ def write_atomically(path: str, write) -> None:
 
     An exception during the write removes the temporary file; the temporary file of a
     write killed outright is removed by the next one into the same folder."""
+    check_file_name(path)
     # The rename replaces whatever has the name: run as root, an export to /dev/null
     # replaced the device with a regular file. Only a regular file is replaced.
     try:
@@ -118,12 +119,11 @@ def write_atomically(path: str, write) -> None:
         raise ValueError(f"{path}: not a regular file (a device, a pipe or a socket); "
                          f"corenet writes a new file and renames it over the old one, which "
                          f"would replace this one: give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    remove_stale_temporaries(folder)
-    handle, temporary = tempfile.mkstemp(prefix=f".corenet-save-{os.getpid()}-",
-                                         suffix=".tmp", dir=folder)
+    handle, temporary = _temporary_file_beside(path, repr(path))
     renamed = False
     try:
+        # After: a missing or read-only folder is named with the path, above.
+        remove_stale_temporaries(os.path.dirname(temporary))
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file is 0644-like
         with os.fdopen(handle, "wb") as stream:
             write(stream)
@@ -134,6 +134,40 @@ def write_atomically(path: str, write) -> None:
     finally:
         if not renamed:  # any exception, KeyboardInterrupt and SystemExit included
             _remove_quietly(temporary)
+
+
+def check_file_name(path: str, label: str | None = None) -> None:
+    """A ValueError naming ``label`` (by default the path) for a path that names no file:
+    an empty one, or one ending in a slash."""
+    label = label or repr(path)
+    # Else the error came at the rename, naming the temporary file ('' wrote it into the
+    # parent of the working folder).
+    if not path:
+        raise ValueError(f"{label}: expected a file name, got an empty one")
+    if path.endswith(("/", os.sep)):
+        raise ValueError(f"{label}: expected a file name, not a folder (it ends in "
+                         f"{path[-1]!r})")
+
+
+def check_folder_writable(path: str, label: str | None = None) -> None:
+    """An OSError naming ``label`` (by default the path) unless a file can be created in
+    the folder of ``path``: found before a long run, not at its first save (the folder
+    of /sys/x.npz exists, and root's os.access says it is writable)."""
+    handle, probe = _temporary_file_beside(path, label or repr(path))
+    os.close(handle)
+    _remove_quietly(probe)
+
+
+def _temporary_file_beside(path: str, label: str) -> tuple:
+    """(handle, name) of a new temporary file in the folder of ``path``; an OSError
+    naming ``label`` and the folder, not the temporary file, where none can be made."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return tempfile.mkstemp(prefix=f".corenet-save-{os.getpid()}-", suffix=".tmp",
+                                dir=folder)
+    except OSError as error:
+        raise type(error)(f"{label}: cannot create a file in {folder}: "
+                          f"{error.strerror or error}") from None
 
 
 def remove_stale_temporaries(folder: str) -> None:

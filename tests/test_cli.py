@@ -371,3 +371,151 @@ def test_eval_uses_the_split_recorded_in_the_model(tmp_path):
     told = json.loads(corenet("eval", path, "--seed", "5", "--test-fraction", "0.2",
                               "--json").stdout)
     assert told["split_seed"] == 5 and told["samples"] == 359
+
+
+def refused(result, message):
+    """Exit 2 with ``message`` on stderr, no traceback and no training."""
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "epoch" not in result.stdout
+
+
+def test_augment_past_the_memory_and_a_negative_augment_are_refused():
+    # --augment 100000000 grew memory without end; -1 was taken as 0.
+    refused(corenet("train", "--epochs", "1", "--hidden", "8", "--augment", "100000000",
+                    timeout=60), "shift_augment: 100000000 shifted copies and the images of "
+                                 "shape (143800001438, 64) float32 would take")
+    refused(corenet("train", "--augment", "-1"),
+            "argument --augment: expected a non-negative integer, got -1")
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("resume") / "ck.npz")
+    assert corenet("train", "--epochs", "2", "--hidden", "8", "--save", path).returncode == 0
+    return path
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--lr", "5"], "--lr"), (["--hidden", "16"], "--hidden"), (["--model", "cnn"], "--model"),
+    (["--dtype", "float64"], "--dtype"), (["--data", "x.npz"], "--data"),
+    (["--optimizer", "adam"], "--optimizer"), (["--seed", "5"], "--seed"),
+    (["--hid=16", "--lr=3", "--epochs", "3"], "--hidden, --lr"),  # abbreviated, with =
+])
+def test_resume_refuses_options_its_checkpoint_overrides(checkpoint_file, options, named):
+    # Each ran on with the checkpoint's settings, exit 0.
+    refused(corenet("train", "--resume", checkpoint_file, *options),
+            f"--resume {checkpoint_file} goes on with the checkpoint's settings, which "
+            f"override {named} given here")
+
+
+def test_resume_takes_epochs_threads_and_json(checkpoint_file):
+    result = corenet("train", "--resume", checkpoint_file, "--epochs", "3", "--threads", "1",
+                     "--json", "--save", checkpoint_file + ".more.npz")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["epochs"] == 3
+
+
+def test_options_a_model_file_or_the_cnn_ignores_are_refused(checkpoint_file):
+    refused(corenet("train", "--model", checkpoint_file, "--dtype", "float64", "--hidden",
+                    "16", "--activation", "tanh"),
+            f"--model {checkpoint_file} ignores --hidden, --activation, --dtype (a model file "
+            f"brings its own layers and dtype): leave them out")
+    refused(corenet("train", "--model", "cnn", "--hidden", "8"),
+            "--model cnn ignores --hidden (the CNN has no hidden sizes to set): leave it out")
+    # Given as their defaults are, they are ignored all the same; not given, no error.
+    refused(corenet("train", "--model", "cnn", "--hidden", "256"), "ignores --hidden")
+    result = corenet("train", "--model", checkpoint_file, "--epochs", "1", "--lr", "0.01")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", [["train"], ["eval", "MODEL"]], ids=lambda c: c[0])
+def test_a_negative_seed_is_refused_naming_seed(command, tmp_path):
+    # numpy's "expected non-negative integer" named no option.
+    model = tmp_path / "m.npz"
+    cn.save(cn.Sequential(L.Linear(64, 10)), str(model))
+    command = [str(model) if word == "MODEL" else word for word in command]
+    refused(corenet(*command, "--seed", "-1"),
+            "argument --seed: expected a non-negative integer, got -1")
+
+
+@pytest.mark.parametrize("value, message", [
+    (-1, "the seed must be at least 0, got -1"), (2.5, "the seed must be an integer, got 2.5"),
+    ("abc", "the seed must be an integer, got 'abc'"),
+    (True, "the seed must be an integer, got True")])
+def test_random_seed_checks_its_value(value, message):
+    with pytest.raises(ValueError, match=f"corenet.random.seed: {message}"):
+        cn.random.seed(value)
+    with pytest.raises(ValueError, match=f"corenet.random.seeded: {message}"):
+        with cn.random.seeded(value):
+            pass
+    cn.random.seed(np.int64(3))  # numpy's integers are integers
+
+
+def unwritable_folder(tmp_path) -> str:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):  # root: a folder of sysfs refuses new files even so
+        folder = "/sys"
+        try:
+            os.close(os.open("/sys/.corenet-probe", os.O_CREAT | os.O_WRONLY))
+            os.unlink("/sys/.corenet-probe")
+            pytest.skip("no folder here refuses a new file")
+        except OSError:
+            pass
+    return str(folder)
+
+
+def test_save_paths_that_cannot_be_written_are_refused_before_training(tmp_path):
+    # x.npz/ trained, then failed naming the temporary file; a read-only folder failed
+    # only at the end of epoch 1.
+    refused(corenet("train", "--save", str(tmp_path / "x.npz") + "/"),
+            "x.npz/': expected a file name, not a folder (it ends in '/')")
+    refused(corenet("train", "--save", ""), "--save '': expected a file name, got an empty one")
+    folder = unwritable_folder(tmp_path)
+    refused(corenet("train", "--save", os.path.join(folder, "x.npz")),
+            f"x.npz': cannot create a file in {folder}: Permission denied")
+    assert os.listdir(tmp_path) == ["read-only"]
+
+
+def test_export_to_an_empty_name_is_refused(tmp_path):
+    # It failed at the rename to '', after cleaning the parent of the working folder.
+    model = tmp_path / "m.npz"
+    cn.save(cn.Sequential(L.Linear(4, 3)), str(model))
+    refused(corenet("export", str(model), ""),
+            "corenet export: error: FILE.onnx '': expected a file name, got an empty one")
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_predict_refuses_inputs_that_are_not_finite(tmp_path, value):
+    # The samples holding them were predicted as class 0, silently.
+    model = tmp_path / "m.npz"
+    cn.save(cn.Sequential(L.Linear(4, 3)), str(model))
+    X = np.ones((5, 4), np.float32)
+    X[3, 1] = value
+    np.savez(tmp_path / "x.npz", X=X)
+    refused(corenet("predict", str(model), str(tmp_path / "x.npz")),
+            "x.npz: X must hold finite numbers, got inf or NaN in 1 of 5 samples (the first: "
+            "sample 3)")
+
+
+def test_labels_far_past_any_class_count_are_refused_as_labels(tmp_path):
+    # A label of 10**9 was reported as a 29.8 GiB linear weight.
+    np.savez(tmp_path / "y.npz", X=np.ones((4, 4), np.float32), y=np.array([0, 1, 2, 10**9]))
+    refused(corenet("train", "--data", str(tmp_path / "y.npz")),
+            "y.npz: labels must be class indices 0..C-1 with C at most 100000, got labels "
+            "from 0 to 1000000000")
+
+
+@pytest.mark.parametrize("sizes", ["8,,8", "8,", ",8"])
+def test_hidden_sizes_may_not_be_empty(sizes):
+    # 8,,8 was read as 8,8.
+    refused(corenet("train", "--hidden", sizes),
+            f"argument --hidden: expected sizes like 256,128, got {sizes!r} (an empty size)")
+
+
+def test_a_thread_count_set_num_threads_refuses_is_one_line(tmp_path):
+    # The count was set outside the error handler: a traceback, exit 1.
+    model = tmp_path / "m.npz"
+    cn.save(cn.Sequential(L.Linear(64, 10)), str(model))
+    refused(corenet("eval", str(model), "--threads", "100000000000"), "100000000000")

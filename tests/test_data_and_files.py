@@ -245,3 +245,29 @@ def test_loading_a_model_whose_plugin_is_missing_names_it(tmp_path):
     with pytest.raises(PluginError, match="needs layer 'fancy' from corenet-fancy .*"
                                           "pip install corenet-fancy"):
         serialize.load(path)
+
+
+def test_shift_augment_checks_the_size_of_its_result_first():
+    # 10**12 copies grew memory until the system gave.
+    with pytest.raises(ShapeError, match=r"shift_augment: 1000000000000 shifted copies and "
+                                         r"the images of shape \(2000000000002, 9\) float32"):
+        data.shift_augment(np.zeros((2, 9), np.float32), 10**12)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "'': expected a file name, got an empty one"),
+    ("m.npz/", "'m.npz/': expected a file name, not a folder")])
+def test_saving_to_no_file_name_is_refused_before_writing(tmp_path, monkeypatch, name, message):
+    # '' wrote a temporary file into the parent of the working folder, then failed to
+    # rename it, naming the temporary file.
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(ValueError, match=message):
+        serialize.save(cn.Sequential(L.Linear(2, 2)), name)
+    assert os.listdir(tmp_path) == ["work"] and os.listdir(tmp_path / "work") == []
+
+
+def test_saving_into_a_folder_that_refuses_files_names_the_path(tmp_path):
+    missing = str(tmp_path / "no" / "m.npz")
+    with pytest.raises(FileNotFoundError, match=f"'{missing}': cannot create a file in "):
+        serialize.save(cn.Sequential(L.Linear(2, 2)), missing)

@@ -264,12 +264,14 @@ def test_corenet_train_distributed_saves_what_accumulate_saves_and_resumes_on_an
     assert len(result.stdout.splitlines()) == 1  # rank 0 alone prints
     assert main(train + ["--accumulate", "2", "--save", str(tmp_path / "one.cnet")]) == 0
     assert (tmp_path / "two.cnet").read_bytes() == (tmp_path / "one.cnet").read_bytes()
-    # Continue on 3 ranks from the file written by 2, as a new run from its weights...
-    result, _ = mpiexec(3, "-m", "corenet", *train, "--distributed", "--model",
+    # Continue on 3 ranks from the file written by 2, as a new run from its weights
+    # (a model file brings its own layers: --hidden is refused with it)...
+    from_file = [option for option in train if option not in ("--hidden", "16")]
+    result, _ = mpiexec(3, "-m", "corenet", *from_file, "--distributed", "--model",
                         str(tmp_path / "two.cnet"), "--save", str(tmp_path / "three.cnet"))
     assert result.returncode == 0, result.stderr
-    assert main(train + ["--accumulate", "3", "--model", str(tmp_path / "two.cnet"),
-                         "--save", str(tmp_path / "alone.cnet")]) == 0
+    assert main(from_file + ["--accumulate", "3", "--model", str(tmp_path / "two.cnet"),
+                             "--save", str(tmp_path / "alone.cnet")]) == 0
     assert (tmp_path / "three.cnet").read_bytes() == (tmp_path / "alone.cnet").read_bytes()
     # ... and resumed as the same run, optimizer state and all, one epoch more.
     result, _ = mpiexec(3, "-m", "corenet", "train", "--resume", str(tmp_path / "two.cnet"),
