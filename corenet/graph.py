@@ -398,6 +398,10 @@ class Model:
     def _check_output_grad(self, index: int, grad) -> np.ndarray:
         """The gradient of output ``index``: the shape and dtype forward gave that output
         (an output that is an input reaches no layer's own check)."""
+        specs = self._output_specs
+        if (specs is not None and type(grad) is np.ndarray and grad.shape == specs[index][0]
+                and grad.dtype == specs[index][1] and grad.flags.c_contiguous):
+            return grad  # the loss's gradient, every step: no messages built
         label = f"Model.backward: gradient {index}"
         if grad is None:  # it would skip the whole backward pass, silently
             raise TypeError(f"{label} is None; give one array per output (zeros for an "
