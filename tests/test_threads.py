@@ -1,4 +1,5 @@
 """Threads: the setting, its defaults, threadpoolctl, determinism, steady state, coexistence."""
+import json
 import os
 import subprocess
 import sys
@@ -36,13 +37,24 @@ def test_set_and_get(threads):
 
 
 @pytest.mark.parametrize("value", ["0", "abc", "99999999999", "1e9"])
-def test_a_bad_thread_count_in_the_environment_is_named(value):
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-c", "import corenet; print(corenet.get_num_threads())"],
+    [sys.executable, "-m", "corenet", "info", "--json"],
+])
+def test_a_bad_thread_count_in_the_environment_is_named_and_replaced(value, command):
+    # A warning and the default, as OpenMP treats a bad OMP_NUM_THREADS: an error at import
+    # was a traceback from every corenet command.
     clean = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
-    result = subprocess.run([sys.executable, "-c", "import corenet"], capture_output=True,
-                            text=True, env=dict(clean, CORENET_NUM_THREADS=value),
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env=dict(clean, CORENET_NUM_THREADS=value),
                             cwd=tempfile.gettempdir())
-    assert f"CORENET_NUM_THREADS must be an integer from 1 to 1024, got {value!r}" \
+    assert result.returncode == 0, result.stderr
+    assert f"CORENET_NUM_THREADS must be an integer from 1 to 1024, got {value!r}; using " \
         in result.stderr
+    assert "Traceback" not in result.stderr
+    expected = len(os.sched_getaffinity(0)) if openmp_enabled() else 1
+    threads = json.loads(result.stdout)["threads"] if "info" in command else int(result.stdout)
+    assert threads == expected
 
 
 @pytest.mark.parametrize("env, expected", [

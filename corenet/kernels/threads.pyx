@@ -70,6 +70,13 @@ def openmp_enabled() -> bool:
 MAX_THREADS = 1024
 
 
+def _available_cpus() -> int:
+    try:
+        return min(len(os.sched_getaffinity(0)), MAX_THREADS)
+    except AttributeError:  # not on Linux
+        return min(os.cpu_count() or 1, MAX_THREADS)
+
+
 def _default_num_threads() -> int:
     for variable in ("CORENET_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(variable, "").strip()
@@ -78,14 +85,17 @@ def _default_num_threads() -> int:
                 count = int(value.split(",")[0])
             except ValueError:
                 count = 0
-            if not 1 <= count <= MAX_THREADS:
-                raise ValueError(f"{variable} must be an integer from 1 to {MAX_THREADS}, "
-                                 f"got {value!r}")
-            return count
-    try:
-        return min(len(os.sched_getaffinity(0)), MAX_THREADS)
-    except AttributeError:  # not on Linux
-        return min(os.cpu_count() or 1, MAX_THREADS)
+            if 1 <= count <= MAX_THREADS:
+                return count
+            # A warning, not an error, as the OpenMP runtime treats a bad OMP_NUM_THREADS:
+            # an error here would break `import corenet`, and so every corenet command,
+            # with a traceback before any of corenet's own error handling could run.
+            fallback = _available_cpus()
+            warnings.warn(f"corenet: {variable} must be an integer from 1 to {MAX_THREADS}, "
+                          f"got {value!r}; using {fallback} threads (the CPUs this process "
+                          f"may use)", RuntimeWarning, stacklevel=2)
+            return fallback
+    return _available_cpus()
 
 
 def set_num_threads(n) -> None:
