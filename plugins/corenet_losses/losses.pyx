@@ -1,7 +1,7 @@
 """Losses, each computing its value and dL/dpred in one pass in forward.
 
 Per-sample losses go into a buffer in parallel (one thread per row) and are
-then summed in order, so the value does not depend on the thread count.
+then summed in order, in C, so the value does not depend on the thread count.
 """
 import numpy as np
 
@@ -35,6 +35,25 @@ cdef void squared_error(const floating* pred, const floating* target, floating* 
             total = total + diff * diff
             grad[j] = (pred[j] - target[j]) * scale
         row_loss[row] = 0.5 * total
+
+
+cdef double sum_in_order(const double* values, Py_ssize_t size) noexcept nogil:
+    cdef double total = 0
+    cdef Py_ssize_t i
+    for i in range(size):
+        total = total + values[i]
+    return total
+
+
+cdef Py_ssize_t first_label_outside(const long long* labels, Py_ssize_t rows,
+                                    Py_ssize_t classes) noexcept nogil:
+    """The first row whose label is not a class, -1 if none: checked here, before the
+    kernel indexes with them, rather than by two numpy reductions at every step."""
+    cdef Py_ssize_t row
+    for row in range(rows):
+        if labels[row] < 0 or labels[row] >= classes:
+            return row
+    return -1
 
 
 cdef inline double below_largest(double logit, double largest) noexcept nogil:
@@ -115,7 +134,7 @@ class MSE(Loss):
                           <double*>cnp.PyArray_DATA(g), <double*>cnp.PyArray_DATA(r), rows,
                           columns)
         self._grad = grad
-        return float(row_loss.sum() / rows)
+        return sum_in_order(<double*>cnp.PyArray_DATA(r), rows) / rows
 
 
 
@@ -139,13 +158,14 @@ class SoftmaxCrossEntropy(Loss):
             raise ShapeError(f"{self.name}: expected {pred.shape[0]} labels (one per row of "
                              f"the predictions {pred.shape}), got shape {labels.shape}")
         cdef Py_ssize_t rows = pred.shape[0], classes = pred.shape[1]
-        if labels.min() < 0 or labels.max() >= classes:
+        # uint64 labels past 2**63 wrap to negative ones here, which the check refuses.
+        cdef cnp.ndarray y = np.ascontiguousarray(labels, dtype=np.int64)
+        if first_label_outside(<const long long*>cnp.PyArray_DATA(y), rows, classes) >= 0:
             raise ValueError(f"{self.name}: labels must lie in [0, {classes}), got values "
                              f"from {labels.min()} to {labels.max()}")
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
         grad = np.empty_like(pred)
         row_loss = np.empty(rows, np.float64)
-        cdef cnp.ndarray p = pred, y = labels, g = grad, r = row_loss
+        cdef cnp.ndarray p = pred, g = grad, r = row_loss
         if pred.dtype == np.float32:
             softmax_cross_entropy(<const float*>cnp.PyArray_DATA(p),
                                   <const long long*>cnp.PyArray_DATA(y),
@@ -157,5 +177,5 @@ class SoftmaxCrossEntropy(Loss):
                                   <double*>cnp.PyArray_DATA(g), <double*>cnp.PyArray_DATA(r),
                                   rows, classes)
         self._grad = grad
-        return float(row_loss.sum() / rows)
+        return sum_in_order(<double*>cnp.PyArray_DATA(r), rows) / rows
 
