@@ -376,24 +376,29 @@ def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,
     if not isinstance(parameter, Parameter):  # the attribute itself was replaced
         raise TypeError(f"{layer.name}: expected a corenet Parameter (name, value, grad), "
                         f"got {type(parameter).__name__}")
-    label = f"{layer.name}: parameter {parameter.name!r}"
     value = parameter.value
     if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:
-        raise ShapeError(f"{label} must be a {dtype} array of shape {shape}, got "
-                         f"{_describe(value)}")
-    value = contiguous(label, "its value", value)
+        raise ShapeError(f"{_label(layer, parameter)} must be a {dtype} array of shape "
+                         f"{shape}, got {_describe(value)}")
+    if not value.flags.c_contiguous:
+        value = contiguous(_label(layer, parameter), "its value", value)
     if not with_grad:
         return value, None
     grad = parameter.grad
     if grad is None:
         grad = parameter.grad = np.zeros(shape, dtype)
     if not isinstance(grad, np.ndarray) or grad.shape != shape or grad.dtype != dtype:
-        raise ShapeError(f"{label}: its grad must be a {dtype} array of shape {shape}, got "
-                         f"{_describe(grad)}")
+        raise ShapeError(f"{_label(layer, parameter)}: its grad must be a {dtype} array of "
+                         f"shape {shape}, got {_describe(grad)}")
     if not grad.flags.c_contiguous or not grad.flags.writeable:
-        raise ValueError(f"{label}: its grad must be a writeable C-contiguous array "
-                         f"(backward adds into it)")
+        raise ValueError(f"{_label(layer, parameter)}: its grad must be a writeable "
+                         f"C-contiguous array (backward adds into it)")
     return value, grad
+
+
+def _label(layer: Layer, parameter: Parameter) -> str:
+    # Built for an error only: parameter_arrays runs for every parameter at every step.
+    return f"{layer.name}: parameter {parameter.name!r}"
 
 
 def _describe(array) -> str:
