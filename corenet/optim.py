@@ -21,10 +21,14 @@ import numbers
 import numpy as np
 
 from corenet.errors import DTypeError
-from corenet.kernels.optim import (adam_step, parameter_ready, rmsprop_step, scale, sgd_step,
-                                   sum_of_squares)
+from corenet.kernels.optim import (adam_step, parameter_ready, rmsprop_step, scale,
+                                   sgd_step_many, sum_of_squares)
 from corenet.layer import Parameter
 from corenet.optim_state import STEP_LIMIT
+
+
+# The keys of a parameter group besides the optimizer's settings.
+GROUP_KEYS = frozenset({"params", "initial_lr"})
 
 
 class Optimizer:
@@ -34,7 +38,8 @@ class Optimizer:
     (parameter groups, as torch.optim takes them): a group's own settings override the
     optimizer's ``defaults``. Subclasses set ``STATE_ARRAYS`` (arrays every updated
     parameter has), ``OPTIONAL_ARRAYS`` (those some settings add), check their
-    settings in ``check_settings`` and update one parameter in ``update``.
+    settings in ``check_settings`` and update one parameter in ``update`` (or all of a
+    group's at once in ``update_group``).
     """
 
     STATE_ARRAYS: tuple = ()
@@ -99,14 +104,14 @@ class Optimizer:
 
     def check_group(self, group: dict) -> None:
         """Refuse unknown keys and bad settings, naming them; numbers become floats."""
-        known = set(self.defaults) | {"params", "initial_lr"}
-        unknown = sorted(set(group) - known, key=str)  # a key 5 beside 'zz'
-        if unknown:
-            raise ValueError(f"{self._name}: unknown setting(s) {unknown} in a parameter "
-                             f"group; it takes {sorted(self.defaults)}")
-        missing = sorted(set(self.defaults) - set(group))
-        if missing:
-            raise ValueError(f"{self._name}: a parameter group lacks {missing}")
+        keys, defaults = group.keys(), self.defaults.keys()
+        if not (keys >= defaults and keys - defaults <= GROUP_KEYS):  # else: name them
+            unknown = sorted(keys - defaults - GROUP_KEYS, key=str)  # a key 5 beside 'zz'
+            if unknown:
+                raise ValueError(f"{self._name}: unknown setting(s) {unknown} in a parameter "
+                                 f"group; it takes {sorted(defaults)}")
+            raise ValueError(f"{self._name}: a parameter group lacks "
+                             f"{sorted(defaults - keys)}")
         group["lr"] = check_number(self._name, "lr", group["lr"])
         if "initial_lr" in group:
             group["initial_lr"] = check_number(self._name, "initial_lr", group["initial_lr"])
@@ -148,15 +153,24 @@ class Optimizer:
             self.check_group(group)
         updates = []
         for group in self.param_groups:
-            for parameter in group["params"]:
-                if parameter.grad is not None:
-                    check_parameter(self, parameter, self.state.get(parameter))
-                    updates.append((parameter, group))
-        for parameter, group in updates:
-            state = self.state.get(parameter)
-            if state is None:
-                state = self.state[parameter] = {"step": 0}
-            state["step"] += 1
+            ready = [parameter for parameter in group["params"] if parameter.grad is not None]
+            for parameter in ready:
+                check_parameter(self, parameter, self.state.get(parameter))
+            updates.append((group, ready))
+        for group, parameters in updates:
+            states = []
+            for parameter in parameters:
+                state = self.state.get(parameter)
+                if state is None:
+                    state = self.state[parameter] = {"step": 0}
+                state["step"] += 1
+                states.append(state)
+            self.update_group(group, parameters, states)
+
+    def update_group(self, group: dict, parameters: list, states: list) -> None:
+        """Update a group's parameters (those with a gradient), checked, with their
+        states: by default one ``update`` each."""
+        for parameter, state in zip(parameters, states):
             self.update(parameter, state, group)
 
     def update(self, parameter: Parameter, state: dict, group: dict) -> None:
@@ -300,15 +314,26 @@ class SGD(Optimizer):
                              f"got momentum={group['momentum']}, "
                              f"dampening={group['dampening']}")
 
-    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
-        buffer, first = None, False
-        if group["momentum"] != 0:
-            buffer = state.get("momentum_buffer")
-            first = buffer is None  # PyTorch starts the buffer at the first direction
-            if first:
-                buffer = state["momentum_buffer"] = np.empty_like(parameter.value)
-        sgd_step(parameter.value, parameter.grad, buffer, group["lr"], group["weight_decay"],
-                 group["momentum"], group["dampening"], group["nesterov"], first)
+    def update_group(self, group: dict, parameters: list, states: list) -> None:
+        # One pass over all parameters of a dtype (a parallel region each cost a small
+        # model's step more than its updates).
+        by_dtype: dict = {}
+        for parameter, state in zip(parameters, states):
+            buffer, first = None, False
+            if group["momentum"] != 0:
+                buffer = state.get("momentum_buffer")
+                first = buffer is None  # PyTorch starts the buffer at the first direction
+                if first:
+                    buffer = state["momentum_buffer"] = np.empty_like(parameter.value)
+            values, grads, buffers, firsts = by_dtype.setdefault(parameter.value.dtype,
+                                                                 ([], [], [], []))
+            values.append(parameter.value)
+            grads.append(parameter.grad)
+            buffers.append(buffer)
+            firsts.append(first)
+        for values, grads, buffers, firsts in by_dtype.values():
+            sgd_step_many(values, grads, buffers, firsts, group["lr"], group["weight_decay"],
+                          group["momentum"], group["dampening"], group["nesterov"])
 
 
 class Adam(Optimizer):

@@ -643,6 +643,87 @@ def test_the_kernels_refuse_arrays_that_do_not_match():
         kernels.sgd_step(value, np.ones(10, np.float32)[::2], None, 0.1)
 
 
+# -- SGD over many parameters at once ----------------------------------------------------
+
+BLOCK = 1 << 14  # the kernels' block of elements
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("settings", [
+    dict(momentum=0.0), dict(momentum=0.9, dampening=0.1, weight_decay=0.01),
+    dict(momentum=0.9, nesterov=True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_pass_over_many_parameters_is_bitwise_one_call_each(dtype, settings, threads,
+                                                                 rng):
+    # Sizes around the block, empty and one element: the pass maps its blocks back to
+    # the tensors.
+    sizes = [3, 0, BLOCK, BLOCK + 1, 1, 3 * BLOCK - 7, 0]
+    values = [rng.standard_normal(size).astype(dtype) for size in sizes]
+    grads = [rng.standard_normal(size).astype(dtype) for size in sizes]
+    buffers = [rng.standard_normal(size).astype(dtype) for size in sizes]
+    firsts = [index % 2 == 0 for index in range(len(sizes))]
+    expected = [value.copy() for value in values]
+    expected_buffers = [buffer.copy() for buffer in buffers]
+    for value, grad, buffer, first in zip(expected, grads, expected_buffers, firsts):
+        kernels.sgd_step(value, grad, buffer, 0.1, first=first, **settings)
+    before = corenet.get_num_threads()
+    corenet.set_num_threads(threads)
+    try:
+        kernels.sgd_step_many(values, grads, buffers, firsts, 0.1, **settings)
+    finally:
+        corenet.set_num_threads(before)
+    for got, want in zip(values + buffers, expected + expected_buffers):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_memory_check_finds_every_overlap_between_different_parameters(rng):
+    # Parameters sharing memory would race in one parallel pass, so they are updated one
+    # after the other: held against a check of every pair, on random views of one array.
+    whole = np.zeros(64, np.float32)
+    for _ in range(300):
+        tensors = []
+        for _ in range(int(rng.integers(1, 5))):
+            arrays = []
+            for _ in range(int(rng.integers(1, 4))):
+                start = int(rng.integers(0, 64))
+                stop = int(rng.integers(start, 65))
+                arrays.append(None if rng.random() < 0.1 else whole[start:stop])
+            tensors.append(tuple(arrays))
+        expected = any(np.shares_memory(a, b)
+                       for i, first in enumerate(tensors) for second in tensors[i + 1:]
+                       for a in first for b in second if a is not None and b is not None)
+        assert kernels.tensors_share_memory(tensors) == expected, tensors
+    shared = np.ones(8, np.float32)
+    assert kernels.tensors_share_memory([(shared,), (np.ones(2, np.float32), shared)])
+    assert not kernels.tensors_share_memory([(shared, shared[2:]), (np.ones(2),)])
+
+
+def test_one_pass_over_many_parameters_refuses_what_does_not_fit():
+    value, grad = np.zeros(5, np.float32), np.ones(5, np.float32)
+    with pytest.raises(ValueError, match="sgd_step_many: the parameters mix float32 and "
+                                         "float64"):
+        kernels.sgd_step_many([value, np.zeros(2)], [grad, np.ones(2)], [None, None],
+                              [False, False], 0.1)
+    with pytest.raises(ValueError, match="sgd_step_many: expected lists of one length, got "
+                                         "2 values, 1 grads"):
+        kernels.sgd_step_many([value, value], [grad], [None], [False], 0.1)
+    with pytest.raises(TypeError, match="sgd_step_many: expected arrays"):
+        kernels.sgd_step_many([value], [[1.0] * 5], [None], [False], 0.1)
+    with pytest.raises(ValueError, match="sgd_step_many: momentum needs a buffer array"):
+        kernels.sgd_step_many([value], [grad], [None], [False], 0.1, momentum=0.9)
+
+
+def test_sgd_updates_float32_and_float64_groups_alike():
+    # update_group splits a group by dtype: one pass each.
+    parameters = [corenet.Parameter("a", np.ones(3, np.float32)),
+                  corenet.Parameter("b", np.ones(2, np.float64))]
+    for parameter in parameters:
+        parameter.grad[:] = 1
+    SGD(parameters, lr=0.5, momentum=0.9).step()
+    for parameter in parameters:
+        np.testing.assert_array_equal(parameter.value, np.full_like(parameter.value, 0.5))
+
+
 # -- gradient clipping ----------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

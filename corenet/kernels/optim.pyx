@@ -14,7 +14,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport pow, sqrt, sqrtf
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, qsort
 
 from corenet.kernels.threads cimport threads_for
 
@@ -75,16 +75,41 @@ cdef void sgd_block(floating* value, const floating* grad, floating* buffer,  # 
         value[i] = value[i] - lr * direction
 
 
-cdef void sgd_update(floating* value, const floating* grad, floating* buffer,
-                     Py_ssize_t size, floating lr, floating weight_decay, floating momentum,
-                     floating dampening, bint nesterov, bint first) noexcept nogil:
+cdef struct Tensor:  # one parameter of a pass over many: its arrays and where it starts
+    void* value
+    const void* grad
+    void* buffer
+    Py_ssize_t size, first_block
+    bint first
+
+
+cdef inline Py_ssize_t tensor_of(const Tensor* tensors, Py_ssize_t count,
+                                  Py_ssize_t block) noexcept nogil:
+    """The tensor whose blocks hold ``block``: the last whose first block is at or before it
+    (an empty tensor has none, and the next one starts where it would)."""
+    cdef Py_ssize_t low = 0, high = count - 1, middle
+    while low < high:
+        middle = (low + high + 1) // 2
+        if tensors[middle].first_block <= block:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+cdef void sgd_update(const Tensor* tensors, Py_ssize_t count, Py_ssize_t blocks,
+                     Py_ssize_t total_size, floating lr, floating weight_decay,
+                     floating momentum, floating dampening, bint nesterov) noexcept nogil:
+    # One parallel region for every tensor (PyTorch's "foreach"): each region wakes the
+    # other threads, and a small model's step had one per parameter.
     cdef Py_ssize_t block, start
-    for block in prange((size + BLOCK - 1) // BLOCK, num_threads=threads_for(size, GRAIN),
-                        schedule='static'):
-        start = block * BLOCK
-        sgd_block(value + start, grad + start, block_of(buffer, start),
-                  min(BLOCK, size - start), lr, weight_decay, momentum, dampening, nesterov,
-                  first)
+    cdef const Tensor* tensor
+    for block in prange(blocks, num_threads=threads_for(total_size, GRAIN), schedule='static'):
+        tensor = &tensors[tensor_of(tensors, count, block)]
+        start = (block - tensor.first_block) * BLOCK
+        sgd_block(<floating*>tensor.value + start, <const floating*>tensor.grad + start,
+                  block_of(<floating*>tensor.buffer, start), min(BLOCK, tensor.size - start),
+                  lr, weight_decay, momentum, dampening, nesterov, tensor.first)
 
 
 # -- Adam and AdamW -----------------------------------------------------------------
@@ -307,6 +332,53 @@ def parameter_ready(object value, object grad, object state) -> bool:
     return True
 
 
+cdef struct Span:  # the bytes of one array of one tensor
+    size_t start, end
+    Py_ssize_t tensor
+
+
+cdef int by_start(const void* a, const void* b) noexcept nogil:
+    cdef size_t x = (<const Span*>a).start, y = (<const Span*>b).start
+    return (x > y) - (x < y)
+
+
+cdef bint tensors_overlap(Span* spans, Py_ssize_t count) noexcept nogil:
+    """Whether two spans of different tensors share a byte (sorts ``spans``). In order of
+    start, the first span to overlap an earlier one of another tensor overlaps the one
+    that reaches furthest: were that one of its own tensor, it would overlap the other
+    one, an earlier overlap."""
+    qsort(spans, count, sizeof(Span), by_start)
+    cdef size_t furthest = 0
+    cdef Py_ssize_t owner = -1, i
+    for i in range(count):
+        if spans[i].tensor != owner and spans[i].start < furthest:
+            return True
+        if spans[i].end > furthest:
+            furthest = spans[i].end
+            owner = spans[i].tensor
+    return False
+
+
+def tensors_share_memory(list tensors not None) -> bool:
+    """Whether C-contiguous arrays of two different entries of ``tensors`` (each a tuple
+    of arrays, or None for an absent one) share a byte."""
+    cdef Py_ssize_t count = sum(len(arrays) for arrays in tensors), n_spans = 0, tensor
+    cdef size_t start
+    cdef Span* spans = <Span*>malloc(max(count, 1) * sizeof(Span))
+    if spans == NULL:
+        raise MemoryError()
+    for tensor, arrays in enumerate(tensors):
+        for array in arrays:
+            if array is not None and cnp.PyArray_NBYTES(<cnp.ndarray>array) > 0:
+                start = <size_t>cnp.PyArray_DATA(<cnp.ndarray>array)
+                spans[n_spans] = Span(start, start + cnp.PyArray_NBYTES(<cnp.ndarray>array),
+                                      tensor)
+                n_spans += 1
+    cdef bint shared = tensors_overlap(spans, n_spans)
+    free(spans)
+    return shared
+
+
 cdef inline void* data_or_null(cnp.ndarray array):
     return NULL if array is None else cnp.PyArray_DATA(array)
 
@@ -317,21 +389,93 @@ def sgd_step(cnp.ndarray value not None, cnp.ndarray grad not None, cnp.ndarray 
     """One SGD update of ``value`` in place, as torch.optim.SGD. ``buffer`` is the momentum
     buffer (None at momentum 0); ``first`` fills it with the direction, as PyTorch's first
     step does."""
-    cdef int type_num = checked_type("sgd_step", value, (buffer,), (grad,))
-    if momentum != 0 and buffer is None:
-        raise ValueError("sgd_step: momentum needs a buffer array")
-    cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
-    cdef void* buffer_data = data_or_null(buffer) if momentum != 0 else NULL
+    sgd_step_many([value], [grad], [buffer], [first], lr, weight_decay, momentum, dampening,
+                  nesterov, "sgd_step")
+
+
+def sgd_step_many(list values not None, list grads not None, list buffers not None,
+                  list firsts not None, double lr, double weight_decay=0, double momentum=0,
+                  double dampening=0, bint nesterov=False, str kernel="sgd_step_many"):
+    """sgd_step on each (value, grad, buffer, first) of the lists, all of one dtype, in
+    one parallel pass: bitwise what one call each gives."""
+    cdef Py_ssize_t count = len(values)
+    if not len(grads) == len(buffers) == len(firsts) == count:
+        raise ValueError(f"{kernel}: expected lists of one length, got {len(values)} values, "
+                         f"{len(grads)} grads, {len(buffers)} buffers, {len(firsts)} flags")
+    if count == 0:
+        return
+    cdef Tensor* tensors = <Tensor*>malloc(count * sizeof(Tensor))
+    cdef Span* spans = <Span*>malloc(3 * count * sizeof(Span))
+    try:
+        if tensors == NULL or spans == NULL:
+            raise MemoryError()
+        sgd_many(values, grads, buffers, firsts, tensors, spans, count, lr, weight_decay,
+                 momentum, dampening, nesterov, kernel)
+    finally:
+        free(tensors)
+        free(spans)
+
+
+cdef sgd_many(list values, list grads, list buffers, list firsts, Tensor* tensors,
+              Span* spans, Py_ssize_t count, double lr, double weight_decay, double momentum,
+              double dampening, bint nesterov, str kernel):
+    cdef int type_num = -1
+    cdef Py_ssize_t total_size = 0, blocks = 0, n_spans = 0, index, itemsize, kind
+    cdef Tensor* tensor
+    cdef const void* arrays[3]
+    for index in range(count):
+        value, grad, buffer = values[index], grads[index], buffers[index]
+        if not isinstance(value, np.ndarray) or not isinstance(grad, np.ndarray) \
+                or not (buffer is None or isinstance(buffer, np.ndarray)):
+            raise TypeError(f"{kernel}: expected arrays (a buffer may be None), got "
+                            f"{type(value).__name__}, {type(grad).__name__}, "
+                            f"{type(buffer).__name__}")
+        if checked_type(kernel, value, (buffer,), (grad,)) != type_num and type_num != -1:
+            raise ValueError(f"{kernel}: the parameters mix float32 and float64")
+        type_num = cnp.PyArray_TYPE(<cnp.ndarray>value)
+        if momentum != 0 and buffer is None:
+            raise ValueError(f"{kernel}: momentum needs a buffer array")
+        tensor = &tensors[index]
+        tensor.value = cnp.PyArray_DATA(<cnp.ndarray>value)
+        tensor.grad = cnp.PyArray_DATA(<cnp.ndarray>grad)
+        tensor.buffer = data_or_null(buffer) if momentum != 0 else NULL
+        tensor.size = cnp.PyArray_SIZE(<cnp.ndarray>value)
+        tensor.first_block = blocks
+        tensor.first = bool(firsts[index])
+        total_size += tensor.size
+        blocks += (tensor.size + BLOCK - 1) // BLOCK
+        itemsize = cnp.PyArray_ITEMSIZE(<cnp.ndarray>value)
+        arrays[0], arrays[1], arrays[2] = tensor.value, tensor.grad, tensor.buffer
+        for kind in range(3):
+            if arrays[kind] != NULL and tensor.size > 0:
+                spans[n_spans] = Span(<size_t>arrays[kind],
+                                      <size_t>arrays[kind] + tensor.size * itemsize, index)
+                n_spans += 1
+    if count > 1 and tensors_overlap(spans, n_spans):
+        # A user's parameters that share memory, updated in one parallel pass, would race:
+        # one after the other, as separate calls would.
+        for index in range(count):
+            tensors[index].first_block = 0
+            update_tensors(type_num, &tensors[index], 1,
+                           (tensors[index].size + BLOCK - 1) // BLOCK, tensors[index].size,
+                           lr, weight_decay, momentum, dampening, nesterov)
+        return
+    update_tensors(type_num, tensors, count, blocks, total_size, lr, weight_decay, momentum,
+                   dampening, nesterov)
+
+
+cdef void update_tensors(int type_num, const Tensor* tensors, Py_ssize_t count,
+                         Py_ssize_t blocks, Py_ssize_t total_size, double lr,
+                         double weight_decay, double momentum, double dampening,
+                         bint nesterov) noexcept:
     if type_num == cnp.NPY_FLOAT32:
         with nogil:
-            sgd_update(<float*>cnp.PyArray_DATA(value), <const float*>cnp.PyArray_DATA(grad),
-                       <float*>buffer_data, size, <float>lr, <float>weight_decay,
-                       <float>momentum, <float>dampening, nesterov, first)
+            sgd_update[float](tensors, count, blocks, total_size, <float>lr, <float>weight_decay,
+                              <float>momentum, <float>dampening, nesterov)
     else:
         with nogil:
-            sgd_update(<double*>cnp.PyArray_DATA(value), <const double*>cnp.PyArray_DATA(grad),
-                       <double*>buffer_data, size, lr, weight_decay, momentum, dampening,
-                       nesterov, first)
+            sgd_update[double](tensors, count, blocks, total_size, lr, weight_decay, momentum,
+                               dampening, nesterov)
 
 
 def adam_step(cnp.ndarray value not None, cnp.ndarray grad not None,
