@@ -316,15 +316,27 @@ class SGD(Optimizer):
 
     def update_group(self, group: dict, parameters: list, states: list) -> None:
         # One pass over all parameters of a dtype (a parallel region each cost a small
-        # model's step more than its updates).
+        # model's step more than its updates); a subclass's own update, one at a time.
+        if type(self).update is not SGD.update:
+            super().update_group(group, parameters, states)
+        else:
+            self.update_together(group, parameters, states)
+
+    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
+        self.update_together(group, [parameter], [state])
+
+    def update_together(self, group: dict, parameters: list, states: list) -> None:
+        """One sgd_step_many per dtype over ``parameters``."""
         by_dtype: dict = {}
+        new_buffers = []
         for parameter, state in zip(parameters, states):
             buffer, first = None, False
             if group["momentum"] != 0:
                 buffer = state.get("momentum_buffer")
                 first = buffer is None  # PyTorch starts the buffer at the first direction
                 if first:
-                    buffer = state["momentum_buffer"] = np.empty_like(parameter.value)
+                    buffer = np.empty_like(parameter.value)
+                    new_buffers.append((state, buffer))
             values, grads, buffers, firsts = by_dtype.setdefault(parameter.value.dtype,
                                                                  ([], [], [], []))
             values.append(parameter.value)
@@ -334,6 +346,10 @@ class SGD(Optimizer):
         for values, grads, buffers, firsts in by_dtype.values():
             sgd_step_many(values, grads, buffers, firsts, group["lr"], group["weight_decay"],
                           group["momentum"], group["dampening"], group["nesterov"])
+        # Kept once filled: an empty one left by a pass that failed would be read as
+        # momentum at the next step.
+        for state, buffer in new_buffers:
+            state["momentum_buffer"] = buffer
 
 
 class Adam(Optimizer):

@@ -676,11 +676,17 @@ def test_one_pass_over_many_parameters_is_bitwise_one_call_each(dtype, settings,
         np.testing.assert_array_equal(got, want)
 
 
-def test_the_memory_check_finds_every_overlap_between_different_parameters(rng):
-    # Parameters sharing memory would race in one parallel pass, so they are updated one
-    # after the other: held against a check of every pair, on random views of one array.
+def test_the_memory_check_finds_every_overlap_that_could_race(rng):
+    # Held against a check of every pair, on random views of one array: arrays of two
+    # tensors that share memory, or arrays of one tensor that overlap shifted (one array
+    # twice is read and written element by element, which any thread count does alike).
     whole = np.zeros(64, np.float32)
-    for _ in range(300):
+
+    def race(a, b, same_tensor):
+        identical = a.ctypes.data == b.ctypes.data and a.nbytes == b.nbytes
+        return np.shares_memory(a, b) and not (same_tensor and identical)
+
+    for _ in range(400):
         tensors = []
         for _ in range(int(rng.integers(1, 5))):
             arrays = []
@@ -689,13 +695,50 @@ def test_the_memory_check_finds_every_overlap_between_different_parameters(rng):
                 stop = int(rng.integers(start, 65))
                 arrays.append(None if rng.random() < 0.1 else whole[start:stop])
             tensors.append(tuple(arrays))
-        expected = any(np.shares_memory(a, b)
-                       for i, first in enumerate(tensors) for second in tensors[i + 1:]
-                       for a in first for b in second if a is not None and b is not None)
-        assert kernels.tensors_share_memory(tensors) == expected, tensors
+        present = [[a for a in arrays if a is not None] for arrays in tensors]
+        expected = any(race(a, b, i == j)
+                       for i, first in enumerate(present) for j, second in enumerate(present)
+                       for k, a in enumerate(first) for m, b in enumerate(second)
+                       if (i, k) < (j, m))
+        assert kernels.arrays_conflict(tensors) == expected, tensors
     shared = np.ones(8, np.float32)
-    assert kernels.tensors_share_memory([(shared,), (np.ones(2, np.float32), shared)])
-    assert not kernels.tensors_share_memory([(shared, shared[2:]), (np.ones(2),)])
+    assert kernels.arrays_conflict([(shared,), (np.ones(2, np.float32), shared)])
+    assert kernels.arrays_conflict([(shared[:6], shared[2:])])
+    assert not kernels.arrays_conflict([(shared, shared), (np.ones(2),)])
+    with pytest.raises(TypeError, match="arrays_conflict: expected C-contiguous arrays or "
+                                        "None, got float"):
+        kernels.arrays_conflict([(1.0,)])
+
+
+def test_tied_parameters_are_updated_one_after_the_other():
+    # Two Parameters sharing one array (tied weights): in one parallel pass the two
+    # threads would read and write the same elements at once, losing updates.
+    size = 1 << 17  # past the grain, so the pass would take two threads
+    tied = np.linspace(-1, 1, size, dtype=np.float32)
+    grads = [np.full(size, 1.0, np.float32), np.full(size, 2.0, np.float32)]
+    buffers = [np.zeros(size, np.float32), np.zeros(size, np.float32)]
+    expected = tied.copy()
+    for grad, buffer in zip(grads, [b.copy() for b in buffers]):
+        kernels.sgd_step(expected, grad, buffer, 0.1, momentum=0.9, first=True)
+    before = corenet.get_num_threads()
+    corenet.set_num_threads(2)
+    try:
+        kernels.sgd_step_many([tied, tied], grads, buffers, [True, True], 0.1, momentum=0.9)
+    finally:
+        corenet.set_num_threads(before)
+    np.testing.assert_array_equal(tied, expected)
+
+
+def test_a_subclass_of_sgd_keeps_its_own_update():
+    class Clipped(SGD):
+        def update(self, parameter, state, group):
+            np.clip(parameter.grad, -0.1, 0.1, out=parameter.grad)
+            super().update(parameter, state, group)
+
+    parameter = corenet.Parameter("w", np.zeros(3, np.float32))
+    parameter.grad[:] = 5
+    Clipped([parameter], lr=1.0).step()
+    np.testing.assert_allclose(parameter.value, -0.1)
 
 
 def test_one_pass_over_many_parameters_refuses_what_does_not_fit():
@@ -711,6 +754,9 @@ def test_one_pass_over_many_parameters_refuses_what_does_not_fit():
         kernels.sgd_step_many([value], [[1.0] * 5], [None], [False], 0.1)
     with pytest.raises(ValueError, match="sgd_step_many: momentum needs a buffer array"):
         kernels.sgd_step_many([value], [grad], [None], [False], 0.1, momentum=0.9)
+    with pytest.raises(TypeError, match="sgd_step_many: the first-step flags must be True or "
+                                        "False, got ndarray"):
+        kernels.sgd_step_many([value], [grad], [None], [np.array([1, 0])], 0.1)
 
 
 def test_sgd_updates_float32_and_float64_groups_alike():

@@ -49,8 +49,8 @@ def test_a_bad_thread_count_in_the_environment_is_named_and_replaced(value, comm
                             env=dict(clean, CORENET_NUM_THREADS=value),
                             cwd=tempfile.gettempdir())
     assert result.returncode == 0, result.stderr
-    assert f"CORENET_NUM_THREADS must be an integer from 1 to 1024, got {value!r}; using " \
-        in result.stderr
+    assert f"CORENET_NUM_THREADS must be an integer from 1 to 1024, got {value!r}; it is " \
+        f"ignored" in result.stderr
     assert "Traceback" not in result.stderr
     expected = len(os.sched_getaffinity(0)) if openmp_enabled() else 1
     threads = json.loads(result.stdout)["threads"] if "info" in command else int(result.stdout)
@@ -59,6 +59,7 @@ def test_a_bad_thread_count_in_the_environment_is_named_and_replaced(value, comm
 
 @pytest.mark.parametrize("env, expected", [
     ({"CORENET_NUM_THREADS": "3", "OMP_NUM_THREADS": "2"}, 3),
+    ({"CORENET_NUM_THREADS": "0", "OMP_NUM_THREADS": "2"}, 2),  # the bad one is skipped
     ({"OMP_NUM_THREADS": "2"}, 2),
     ({}, len(os.sched_getaffinity(0))),
 ])

@@ -1,7 +1,8 @@
 """Optimizer update loops and the global gradient norm.
 
-Each update is one pass over a parameter that reads and writes every element of
-the parameter, its gradient and its state once, with PyTorch's arithmetic in
+Each update is one pass over a parameter (SGD's: over all parameters of a group
+at once) that reads and writes every element of the parameter, its gradient and
+its state once, with PyTorch's arithmetic in
 PyTorch's order (so results agree with torch.optim to rounding). The elements
 are split statically among the threads and each element's arithmetic is the
 same on any thread count: results are bitwise identical for any number of
@@ -98,13 +99,13 @@ cdef inline Py_ssize_t tensor_of(const Tensor* tensors, Py_ssize_t count,
 
 
 cdef void sgd_update(const Tensor* tensors, Py_ssize_t count, Py_ssize_t blocks,
-                     Py_ssize_t total_size, floating lr, floating weight_decay,
+                     int n_threads, floating lr, floating weight_decay,
                      floating momentum, floating dampening, bint nesterov) noexcept nogil:
     # One parallel region for every tensor (PyTorch's "foreach"): each region wakes the
     # other threads, and a small model's step had one per parameter.
     cdef Py_ssize_t block, start
     cdef const Tensor* tensor
-    for block in prange(blocks, num_threads=threads_for(total_size, GRAIN), schedule='static'):
+    for block in prange(blocks, num_threads=n_threads, schedule='static'):
         tensor = &tensors[tensor_of(tensors, count, block)]
         start = (block - tensor.first_block) * BLOCK
         sgd_block(<floating*>tensor.value + start, <const floating*>tensor.grad + start,
@@ -338,45 +339,72 @@ cdef struct Span:  # the bytes of one array of one tensor
 
 
 cdef int by_start(const void* a, const void* b) noexcept nogil:
-    cdef size_t x = (<const Span*>a).start, y = (<const Span*>b).start
-    return (x > y) - (x < y)
+    # By start, then end: a tensor's identical arrays (value as its own grad) side by side.
+    cdef const Span* x = <const Span*>a
+    cdef const Span* y = <const Span*>b
+    if x.start != y.start:
+        return -1 if x.start < y.start else 1
+    return (x.end > y.end) - (x.end < y.end)
 
 
-cdef bint tensors_overlap(Span* spans, Py_ssize_t count) noexcept nogil:
-    """Whether two spans of different tensors share a byte (sorts ``spans``). In order of
-    start, the first span to overlap an earlier one of another tensor overlaps the one
-    that reaches furthest: were that one of its own tensor, it would overlap the other
-    one, an earlier overlap."""
+cdef inline bint conflict(const Span* x, const Span* y) noexcept nogil:
+    """Two overlapping spans whose updates could race: of two tensors, or of one tensor
+    whose arrays overlap shifted (the same array twice is read and written element by
+    element, in place)."""
+    return x.tensor != y.tensor or x.start != y.start or x.end != y.end
+
+
+cdef bint spans_conflict(Span* spans, Py_ssize_t count) noexcept nogil:
+    """Whether two of ``spans`` overlap and conflict (sorts ``spans``). In order of start,
+    the first span to conflict with an earlier one overlaps the one that reaches
+    furthest, and conflicts with it: otherwise that one would share its extent and
+    tensor, and so conflict with the same earlier span, an earlier conflict."""
     qsort(spans, count, sizeof(Span), by_start)
-    cdef size_t furthest = 0
-    cdef Py_ssize_t owner = -1, i
+    cdef Py_ssize_t furthest = -1, i
     for i in range(count):
-        if spans[i].tensor != owner and spans[i].start < furthest:
+        if furthest >= 0 and spans[i].start < spans[furthest].end \
+                and conflict(&spans[i], &spans[furthest]):
             return True
-        if spans[i].end > furthest:
-            furthest = spans[i].end
-            owner = spans[i].tensor
+        if furthest < 0 or spans[i].end > spans[furthest].end:
+            furthest = i
     return False
 
 
-def tensors_share_memory(list tensors not None) -> bool:
-    """Whether C-contiguous arrays of two different entries of ``tensors`` (each a tuple
-    of arrays, or None for an absent one) share a byte."""
-    cdef Py_ssize_t count = sum(len(arrays) for arrays in tensors), n_spans = 0, tensor
-    cdef size_t start
-    cdef Span* spans = <Span*>malloc(max(count, 1) * sizeof(Span))
+cdef inline Py_ssize_t add_span(Span* spans, Py_ssize_t count, const void* data,
+                                size_t nbytes, Py_ssize_t tensor) noexcept nogil:
+    """Appends the bytes of one array (none if NULL or empty); the new count."""
+    if data == NULL or nbytes == 0:
+        return count
+    spans[count] = Span(<size_t>data, <size_t>data + nbytes, tensor)
+    return count + 1
+
+
+def arrays_conflict(tensors) -> bool:
+    """Whether the C-contiguous arrays of ``tensors`` (a sequence of tuples of arrays or
+    None, the arrays of one tensor each) overlap where a parallel update could race:
+    arrays of two tensors, or of one tensor shifted against each other. The test twin of
+    the check sgd_step_many makes."""
+    tensors = [tuple(arrays) for arrays in tensors]
+    cdef Py_ssize_t n_spans = 0, tensor
+    for arrays in tensors:
+        for array in arrays:
+            if not (array is None or (isinstance(array, np.ndarray)
+                                      and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array))):
+                raise TypeError(f"arrays_conflict: expected C-contiguous arrays or None, got "
+                                f"{type(array).__name__}")
+    cdef Span* spans = <Span*>malloc(max(sum(len(arrays) for arrays in tensors), 1)
+                                     * sizeof(Span))
     if spans == NULL:
         raise MemoryError()
-    for tensor, arrays in enumerate(tensors):
-        for array in arrays:
-            if array is not None and cnp.PyArray_NBYTES(<cnp.ndarray>array) > 0:
-                start = <size_t>cnp.PyArray_DATA(<cnp.ndarray>array)
-                spans[n_spans] = Span(start, start + cnp.PyArray_NBYTES(<cnp.ndarray>array),
-                                      tensor)
-                n_spans += 1
-    cdef bint shared = tensors_overlap(spans, n_spans)
-    free(spans)
-    return shared
+    try:
+        for tensor, arrays in enumerate(tensors):
+            for array in arrays:
+                if array is not None:
+                    n_spans = add_span(spans, n_spans, cnp.PyArray_DATA(<cnp.ndarray>array),
+                                       cnp.PyArray_NBYTES(<cnp.ndarray>array), tensor)
+        return spans_conflict(spans, n_spans)
+    finally:
+        free(spans)
 
 
 cdef inline void* data_or_null(cnp.ndarray array):
@@ -393,15 +421,21 @@ def sgd_step(cnp.ndarray value not None, cnp.ndarray grad not None, cnp.ndarray 
                   nesterov, "sgd_step")
 
 
-def sgd_step_many(list values not None, list grads not None, list buffers not None,
-                  list firsts not None, double lr, double weight_decay=0, double momentum=0,
-                  double dampening=0, bint nesterov=False, str kernel="sgd_step_many"):
-    """sgd_step on each (value, grad, buffer, first) of the lists, all of one dtype, in
-    one parallel pass: bitwise what one call each gives."""
+def sgd_step_many(values, grads, buffers, firsts, double lr, double weight_decay=0,
+                  double momentum=0, double dampening=0, bint nesterov=False,
+                  str kernel="sgd_step_many"):
+    """sgd_step on each (value, grad, buffer, first) of the sequences, all of one dtype,
+    in one parallel pass: bitwise what one call each gives."""
+    # Tuples of our own keep every array alive while the kernel holds its address.
+    values, grads, buffers, firsts = tuple(values), tuple(grads), tuple(buffers), tuple(firsts)
     cdef Py_ssize_t count = len(values)
     if not len(grads) == len(buffers) == len(firsts) == count:
         raise ValueError(f"{kernel}: expected lists of one length, got {len(values)} values, "
                          f"{len(grads)} grads, {len(buffers)} buffers, {len(firsts)} flags")
+    for first in firsts:
+        if not isinstance(first, (bool, np.bool_)):
+            raise TypeError(f"{kernel}: the first-step flags must be True or False, got "
+                            f"{type(first).__name__}")
     if count == 0:
         return
     cdef Tensor* tensors = <Tensor*>malloc(count * sizeof(Tensor))
@@ -416,13 +450,13 @@ def sgd_step_many(list values not None, list grads not None, list buffers not No
         free(spans)
 
 
-cdef sgd_many(list values, list grads, list buffers, list firsts, Tensor* tensors,
+cdef sgd_many(tuple values, tuple grads, tuple buffers, tuple firsts, Tensor* tensors,
               Span* spans, Py_ssize_t count, double lr, double weight_decay, double momentum,
               double dampening, bint nesterov, str kernel):
     cdef int type_num = -1
-    cdef Py_ssize_t total_size = 0, blocks = 0, n_spans = 0, index, itemsize, kind
+    cdef Py_ssize_t total_size = 0, blocks = 0, n_spans = 0, index
+    cdef size_t nbytes
     cdef Tensor* tensor
-    cdef const void* arrays[3]
     for index in range(count):
         value, grad, buffer = values[index], grads[index], buffers[index]
         if not isinstance(value, np.ndarray) or not isinstance(grad, np.ndarray) \
@@ -441,40 +475,24 @@ cdef sgd_many(list values, list grads, list buffers, list firsts, Tensor* tensor
         tensor.buffer = data_or_null(buffer) if momentum != 0 else NULL
         tensor.size = cnp.PyArray_SIZE(<cnp.ndarray>value)
         tensor.first_block = blocks
-        tensor.first = bool(firsts[index])
+        tensor.first = firsts[index]
         total_size += tensor.size
         blocks += (tensor.size + BLOCK - 1) // BLOCK
-        itemsize = cnp.PyArray_ITEMSIZE(<cnp.ndarray>value)
-        arrays[0], arrays[1], arrays[2] = tensor.value, tensor.grad, tensor.buffer
-        for kind in range(3):
-            if arrays[kind] != NULL and tensor.size > 0:
-                spans[n_spans] = Span(<size_t>arrays[kind],
-                                      <size_t>arrays[kind] + tensor.size * itemsize, index)
-                n_spans += 1
-    if count > 1 and tensors_overlap(spans, n_spans):
-        # A user's parameters that share memory, updated in one parallel pass, would race:
-        # one after the other, as separate calls would.
-        for index in range(count):
-            tensors[index].first_block = 0
-            update_tensors(type_num, &tensors[index], 1,
-                           (tensors[index].size + BLOCK - 1) // BLOCK, tensors[index].size,
-                           lr, weight_decay, momentum, dampening, nesterov)
-        return
-    update_tensors(type_num, tensors, count, blocks, total_size, lr, weight_decay, momentum,
-                   dampening, nesterov)
-
-
-cdef void update_tensors(int type_num, const Tensor* tensors, Py_ssize_t count,
-                         Py_ssize_t blocks, Py_ssize_t total_size, double lr,
-                         double weight_decay, double momentum, double dampening,
-                         bint nesterov) noexcept:
+        nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>value)
+        n_spans = add_span(spans, n_spans, tensor.value, nbytes, index)
+        n_spans = add_span(spans, n_spans, tensor.grad, nbytes, index)
+        n_spans = add_span(spans, n_spans, tensor.buffer, nbytes, index)
+    # Arrays a user made share memory (tied weights, a grad that is a view of another
+    # array) would race in a parallel pass: one thread takes the blocks in order, each
+    # tensor's after the one before, as one call each would.
+    cdef int n_threads = 1 if spans_conflict(spans, n_spans) else threads_for(total_size, GRAIN)
     if type_num == cnp.NPY_FLOAT32:
         with nogil:
-            sgd_update[float](tensors, count, blocks, total_size, <float>lr, <float>weight_decay,
+            sgd_update[float](tensors, count, blocks, n_threads, <float>lr, <float>weight_decay,
                               <float>momentum, <float>dampening, nesterov)
     else:
         with nogil:
-            sgd_update[double](tensors, count, blocks, total_size, lr, weight_decay, momentum,
+            sgd_update[double](tensors, count, blocks, n_threads, lr, weight_decay, momentum,
                                dampening, nesterov)
 
 

@@ -90,11 +90,8 @@ def _default_num_threads() -> int:
             # A warning, not an error, as the OpenMP runtime treats a bad OMP_NUM_THREADS:
             # an error here would break `import corenet`, and so every corenet command,
             # with a traceback before any of corenet's own error handling could run.
-            fallback = _available_cpus()
             warnings.warn(f"corenet: {variable} must be an integer from 1 to {MAX_THREADS}, "
-                          f"got {value!r}; using {fallback} threads (the CPUs this process "
-                          f"may use)", RuntimeWarning, stacklevel=2)
-            return fallback
+                          f"got {value!r}; it is ignored", RuntimeWarning, stacklevel=2)
     return _available_cpus()
 
 

@@ -45,15 +45,15 @@ cdef double sum_in_order(const double* values, Py_ssize_t size) noexcept nogil:
     return total
 
 
-cdef Py_ssize_t first_label_outside(const long long* labels, Py_ssize_t rows,
-                                    Py_ssize_t classes) noexcept nogil:
-    """The first row whose label is not a class, -1 if none: checked here, before the
-    kernel indexes with them, rather than by two numpy reductions at every step."""
+cdef bint labels_outside(const long long* labels, Py_ssize_t rows,
+                         Py_ssize_t classes) noexcept nogil:
+    """Whether a label is not a class: checked here, before the kernel indexes with
+    them, rather than by two numpy reductions at every step."""
     cdef Py_ssize_t row
     for row in range(rows):
         if labels[row] < 0 or labels[row] >= classes:
-            return row
-    return -1
+            return True
+    return False
 
 
 cdef inline double below_largest(double logit, double largest) noexcept nogil:
@@ -160,7 +160,7 @@ class SoftmaxCrossEntropy(Loss):
         cdef Py_ssize_t rows = pred.shape[0], classes = pred.shape[1]
         # uint64 labels past 2**63 wrap to negative ones here, which the check refuses.
         cdef cnp.ndarray y = np.ascontiguousarray(labels, dtype=np.int64)
-        if first_label_outside(<const long long*>cnp.PyArray_DATA(y), rows, classes) >= 0:
+        if labels_outside(<const long long*>cnp.PyArray_DATA(y), rows, classes):
             raise ValueError(f"{self.name}: labels must lie in [0, {classes}), got values "
                              f"from {labels.min()} to {labels.max()}")
         grad = np.empty_like(pred)
