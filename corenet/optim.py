@@ -21,14 +21,24 @@ import numbers
 import numpy as np
 
 from corenet.errors import DTypeError
-from corenet.kernels.optim import (adam_step, parameter_ready, rmsprop_step, scale,
-                                   sgd_step_many, sum_of_squares)
+from corenet.kernels.optim import (adam_step_many, parameter_ready, rmsprop_step_many,
+                                   scale, sgd_step_many, sum_of_squares)
 from corenet.layer import Parameter
 from corenet.optim_state import STEP_LIMIT
 
 
 # The keys of a parameter group besides the optimizer's settings.
 GROUP_KEYS = frozenset({"params", "initial_lr"})
+
+
+def by_dtype(parameters: list, states: list) -> list:
+    """[(parameters, states)] of each dtype among ``parameters``, in order."""
+    groups: dict = {}
+    for parameter, state in zip(parameters, states):
+        same = groups.setdefault(parameter.value.dtype, ([], []))
+        same[0].append(parameter)
+        same[1].append(state)
+    return list(groups.values())
 
 
 class Optimizer:
@@ -169,11 +179,25 @@ class Optimizer:
 
     def update_group(self, group: dict, parameters: list, states: list) -> None:
         """Update a group's parameters (those with a gradient), checked, with their
-        states: by default one ``update`` each."""
+        states: in one pass per dtype (``update_together``) where the optimizer has one
+        and a subclass did not replace ``update``, else one ``update`` each."""
+        if type(self).update is Optimizer.update_one:
+            for same_dtype in by_dtype(parameters, states):
+                self.update_together(group, *same_dtype)
+            return
         for parameter, state in zip(parameters, states):
             self.update(parameter, state, group)
 
     def update(self, parameter: Parameter, state: dict, group: dict) -> None:
+        raise NotImplementedError
+
+    def update_one(self, parameter: Parameter, state: dict, group: dict) -> None:
+        """``update`` of an optimizer that updates its parameters together."""
+        self.update_together(group, [parameter], [state])
+
+    def update_together(self, group: dict, parameters: list, states: list) -> None:
+        """Update parameters of one dtype in one pass: one parallel region for all (each
+        region wakes the other threads, and a small model's step had one per parameter)."""
         raise NotImplementedError
 
     def state_array(self, state: dict, name: str, value: np.ndarray) -> np.ndarray:
@@ -182,6 +206,12 @@ class Optimizer:
         if array is None:
             array = state[name] = np.zeros_like(value)
         return array
+
+    def state_arrays(self, states: list, name: str, values: list, used: bool = True) -> list:
+        """state_array of each parameter, or Nones when the settings do not use it."""
+        if not used:
+            return [None] * len(states)
+        return [self.state_array(state, name, value) for state, value in zip(states, values)]
 
     # -- state dicts ----------------------------------------------------------------
 
@@ -314,42 +344,25 @@ class SGD(Optimizer):
                              f"got momentum={group['momentum']}, "
                              f"dampening={group['dampening']}")
 
-    def update_group(self, group: dict, parameters: list, states: list) -> None:
-        # One pass over all parameters of a dtype (a parallel region each cost a small
-        # model's step more than its updates); a subclass's own update, one at a time.
-        if type(self).update is not SGD.update:
-            super().update_group(group, parameters, states)
-        else:
-            self.update_together(group, parameters, states)
-
-    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
-        self.update_together(group, [parameter], [state])
+    update = Optimizer.update_one
 
     def update_together(self, group: dict, parameters: list, states: list) -> None:
-        """One sgd_step_many per dtype over ``parameters``."""
-        by_dtype: dict = {}
-        new_buffers = []
+        buffers, firsts = [], []
         for parameter, state in zip(parameters, states):
-            buffer, first = None, False
+            buffer = None
             if group["momentum"] != 0:
                 buffer = state.get("momentum_buffer")
-                first = buffer is None  # PyTorch starts the buffer at the first direction
-                if first:
-                    buffer = np.empty_like(parameter.value)
-                    new_buffers.append((state, buffer))
-            values, grads, buffers, firsts = by_dtype.setdefault(parameter.value.dtype,
-                                                                 ([], [], [], []))
-            values.append(parameter.value)
-            grads.append(parameter.grad)
-            buffers.append(buffer)
-            firsts.append(first)
-        for values, grads, buffers, firsts in by_dtype.values():
-            sgd_step_many(values, grads, buffers, firsts, group["lr"], group["weight_decay"],
-                          group["momentum"], group["dampening"], group["nesterov"])
+            # PyTorch starts the buffer at the first direction
+            firsts.append(group["momentum"] != 0 and buffer is None)
+            buffers.append(np.empty_like(parameter.value) if firsts[-1] else buffer)
+        sgd_step_many([p.value for p in parameters], [p.grad for p in parameters], buffers,
+                      firsts, group["lr"], group["weight_decay"], group["momentum"],
+                      group["dampening"], group["nesterov"])
         # Kept once filled: an empty one left by a pass that failed would be read as
         # momentum at the next step.
-        for state, buffer in new_buffers:
-            state["momentum_buffer"] = buffer
+        for state, buffer, first in zip(states, buffers, firsts):
+            if first:
+                state["momentum_buffer"] = buffer
 
 
 class Adam(Optimizer):
@@ -382,14 +395,17 @@ class Adam(Optimizer):
             group[label] = check_number(self._name, label, group[label])
         group["amsgrad"] = check_flag(self._name, "amsgrad", group["amsgrad"])
 
-    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
-        value = parameter.value
+    update = Optimizer.update_one
+
+    def update_together(self, group: dict, parameters: list, states: list) -> None:
+        values = [parameter.value for parameter in parameters]
         beta1, beta2 = group["betas"]
-        adam_step(value, parameter.grad, self.state_array(state, "exp_avg", value),
-                  self.state_array(state, "exp_avg_sq", value),
-                  self.state_array(state, "max_exp_avg_sq", value) if group["amsgrad"] else None,
-                  state["step"], group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
-                  self.decoupled)
+        adam_step_many(values, [parameter.grad for parameter in parameters],
+                       self.state_arrays(states, "exp_avg", values),
+                       self.state_arrays(states, "exp_avg_sq", values),
+                       self.state_arrays(states, "max_exp_avg_sq", values, group["amsgrad"]),
+                       [state["step"] for state in states], group["lr"], beta1, beta2,
+                       group["eps"], group["weight_decay"], self.decoupled)
 
 
 class AdamW(Adam):
@@ -424,14 +440,17 @@ class RMSprop(Optimizer):
             raise ValueError(f"{self._name}: alpha must be in [0, 1], got {group['alpha']!r}")
         group["centered"] = check_flag(self._name, "centered", group["centered"])
 
-    def update(self, parameter: Parameter, state: dict, group: dict) -> None:
-        value = parameter.value
-        rmsprop_step(value, parameter.grad, self.state_array(state, "square_avg", value),
-                     self.state_array(state, "grad_avg", value) if group["centered"] else None,
-                     self.state_array(state, "momentum_buffer", value)
-                     if group["momentum"] > 0 else None,
-                     group["lr"], group["alpha"], group["eps"], group["weight_decay"],
-                     group["momentum"])
+    update = Optimizer.update_one
+
+    def update_together(self, group: dict, parameters: list, states: list) -> None:
+        values = [parameter.value for parameter in parameters]
+        rmsprop_step_many(values, [parameter.grad for parameter in parameters],
+                          self.state_arrays(states, "square_avg", values),
+                          self.state_arrays(states, "grad_avg", values, group["centered"]),
+                          self.state_arrays(states, "momentum_buffer", values,
+                                            group["momentum"] > 0),
+                          group["lr"], group["alpha"], group["eps"], group["weight_decay"],
+                          group["momentum"])
 
 
 def clip_grad_norm(parameters, max_norm: float, error_if_nonfinite: bool = False) -> float:

@@ -676,6 +676,96 @@ def test_one_pass_over_many_parameters_is_bitwise_one_call_each(dtype, settings,
         np.testing.assert_array_equal(got, want)
 
 
+def run_both_ways(rng, dtype, threads, state_count, one_call, many_call):
+    """Arrays of parameters around the block size, updated by one call each and by one
+    pass over all; each state array is None for some parameters (an absent state)."""
+    sizes = [3, 0, BLOCK, BLOCK + 1, 1, 3 * BLOCK - 7]
+    values = [rng.standard_normal(size).astype(dtype) for size in sizes]
+    grads = [rng.standard_normal(size).astype(dtype) for size in sizes]
+    states = [[np.abs(rng.standard_normal(size)).astype(dtype) for size in sizes]
+              for _ in range(state_count)]
+    expected = [array.copy() for array in values + sum(states, [])]
+    expected_values = expected[:len(sizes)]
+    expected_states = [expected[len(sizes) * (k + 1):len(sizes) * (k + 2)]
+                       for k in range(state_count)]
+    for index in range(len(sizes)):
+        one_call(index, expected_values[index], grads[index],
+                 [state[index] for state in expected_states])
+    before = corenet.get_num_threads()
+    corenet.set_num_threads(threads)
+    try:
+        many_call(values, grads, states)
+    finally:
+        corenet.set_num_threads(before)
+    for got, want in zip(values + sum(states, []), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_one_adam_pass_over_many_parameters_is_bitwise_one_call_each(dtype, threads,
+                                                                      decoupled, rng):
+    steps = [1, 2, 7, 1, 30, 3]  # each parameter its own count: its own bias corrections
+    amsgrad = [True, False, True, True, False, True]
+    settings = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1,
+                    decoupled=decoupled)
+
+    def one_call(index, value, grad, states):
+        kernels.adam_step(value, grad, states[0], states[1],
+                          states[2] if amsgrad[index] else None, steps[index], **settings)
+
+    def many_call(values, grads, states):
+        kernels.adam_step_many(values, grads, states[0], states[1],
+                               [s if a else None for s, a in zip(states[2], amsgrad)], steps,
+                               **settings)
+    run_both_ways(rng, dtype, threads, 3, one_call, many_call)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_one_rmsprop_pass_over_many_parameters_is_bitwise_one_call_each(dtype, threads,
+                                                                         momentum, rng):
+    centered = [True, False, False, True, True, False]
+    settings = dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.1, momentum=momentum)
+
+    def one_call(index, value, grad, states):
+        kernels.rmsprop_step(value, grad, states[0], states[1] if centered[index] else None,
+                             states[2] if momentum else None, **settings)
+
+    def many_call(values, grads, states):
+        kernels.rmsprop_step_many(values, grads, states[0],
+                                  [s if c else None for s, c in zip(states[1], centered)],
+                                  states[2] if momentum else [None] * len(values), **settings)
+    run_both_ways(rng, dtype, threads, 3, one_call, many_call)
+
+
+def test_adam_and_rmsprop_passes_refuse_what_does_not_fit():
+    value, grad = np.zeros(5, np.float32), np.ones(5, np.float32)
+    state = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match=r"adam_step_many: step counts from 1, got True"):
+        kernels.adam_step_many([value], [grad], [state], [state.copy()], [None], [True],
+                               0.1, 0.9, 0.999, 1e-8)
+    with pytest.raises(ValueError, match="adam_step_many: exp_avg and exp_avg_sq must be "
+                                         "arrays"):
+        kernels.adam_step_many([value], [grad], [None], [state], [None], [1], 0.1, 0.9,
+                               0.999, 1e-8)
+    with pytest.raises(ValueError, match="adam_step_many: expected sequences of one length, "
+                                         "got 1 values, 1 grads, 1 exp_avgs, 1 exp_avg_sqs, "
+                                         "1 max_exp_avg_sqs, 2 steps"):
+        kernels.adam_step_many([value], [grad], [state], [state], [None], [1, 2], 0.1, 0.9,
+                               0.999, 1e-8)
+    with pytest.raises(ValueError, match="rmsprop_step_many: square_avg must be an array"):
+        kernels.rmsprop_step_many([value], [grad], [None], [None], [None], 0.1, 0.99, 1e-8)
+    with pytest.raises(ValueError, match="rmsprop_step_many: momentum needs a buffer array"):
+        kernels.rmsprop_step_many([value], [grad], [state], [None], [None], 0.1, 0.99, 1e-8,
+                                  momentum=0.9)
+    with pytest.raises(TypeError, match="rmsprop_step_many: expected arrays"):
+        kernels.rmsprop_step_many([value], [grad], [[0.0] * 5], [None], [None], 0.1, 0.99,
+                                  1e-8)
+
+
 def test_the_memory_check_finds_every_overlap_that_could_race(rng):
     # Held against a check of every pair, on random views of one array: arrays of two
     # tensors that share memory, or arrays of one tensor that overlap shifted (one array
@@ -747,7 +837,7 @@ def test_one_pass_over_many_parameters_refuses_what_does_not_fit():
                                          "float64"):
         kernels.sgd_step_many([value, np.zeros(2)], [grad, np.ones(2)], [None, None],
                               [False, False], 0.1)
-    with pytest.raises(ValueError, match="sgd_step_many: expected lists of one length, got "
+    with pytest.raises(ValueError, match="sgd_step_many: expected sequences of one length, got "
                                          "2 values, 1 grads"):
         kernels.sgd_step_many([value, value], [grad], [None], [False], 0.1)
     with pytest.raises(TypeError, match="sgd_step_many: expected arrays"):

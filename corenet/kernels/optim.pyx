@@ -1,8 +1,7 @@
 """Optimizer update loops and the global gradient norm.
 
-Each update is one pass over a parameter (SGD's: over all parameters of a group
-at once) that reads and writes every element of the parameter, its gradient and
-its state once, with PyTorch's arithmetic in
+Each update is one pass over the parameters of a group (of one dtype) that reads
+and writes every element of each parameter, its gradient and its state once, with PyTorch's arithmetic in
 PyTorch's order (so results agree with torch.optim to rounding). The elements
 are split statically among the threads and each element's arithmetic is the
 same on any thread count: results are bitwise identical for any number of
@@ -76,12 +75,13 @@ cdef void sgd_block(floating* value, const floating* grad, floating* buffer,  # 
         value[i] = value[i] - lr * direction
 
 
-cdef struct Tensor:  # one parameter of a pass over many: its arrays and where it starts
+cdef struct Tensor:  # one parameter of a pass over many: its arrays, scalars and blocks
     void* value
     const void* grad
-    void* buffer
+    void* state[3]  # SGD: momentum buffer; Adam: m, v, v max; RMSprop: s, mean, buffer
     Py_ssize_t size, first_block
-    bint first
+    bint first  # SGD: the momentum buffer's first step
+    double step_size, bias_correction2_sqrt  # Adam: from the parameter's step count
 
 
 cdef inline Py_ssize_t tensor_of(const Tensor* tensors, Py_ssize_t count,
@@ -101,15 +101,15 @@ cdef inline Py_ssize_t tensor_of(const Tensor* tensors, Py_ssize_t count,
 cdef void sgd_update(const Tensor* tensors, Py_ssize_t count, Py_ssize_t blocks,
                      int n_threads, floating lr, floating weight_decay,
                      floating momentum, floating dampening, bint nesterov) noexcept nogil:
-    # One parallel region for every tensor (PyTorch's "foreach"): each region wakes the
-    # other threads, and a small model's step had one per parameter.
+    # One parallel region for every tensor (PyTorch's "foreach"), as for Adam and RMSprop:
+    # each region wakes the other threads, and a small model's step had one per parameter.
     cdef Py_ssize_t block, start
     cdef const Tensor* tensor
     for block in prange(blocks, num_threads=n_threads, schedule='static'):
         tensor = &tensors[tensor_of(tensors, count, block)]
         start = (block - tensor.first_block) * BLOCK
         sgd_block(<floating*>tensor.value + start, <const floating*>tensor.grad + start,
-                  block_of(<floating*>tensor.buffer, start), min(BLOCK, tensor.size - start),
+                  block_of(<floating*>tensor.state[0], start), min(BLOCK, tensor.size - start),
                   lr, weight_decay, momentum, dampening, nesterov, tensor.first)
 
 
@@ -145,20 +145,20 @@ cdef void adam_block(floating* value, const floating* grad, floating* exp_avg,
             first_moment / (square_root(second_moment) / bias_correction2_sqrt + eps))
 
 
-cdef void adam_update(floating* value, const floating* grad, floating* exp_avg,
-                      floating* exp_avg_sq, floating* max_exp_avg_sq,
-                      Py_ssize_t size, floating l2_decay, floating decoupled_factor,
+cdef void adam_update(const Tensor* tensors, Py_ssize_t count, Py_ssize_t blocks,
+                      int n_threads, floating l2_decay, floating decoupled_factor,
                       floating beta1_complement, floating beta2, floating beta2_complement,
-                      floating bias_correction2_sqrt, floating eps,
-                      floating neg_step_size) noexcept nogil:
+                      floating eps) noexcept nogil:
     cdef Py_ssize_t block, start
-    for block in prange((size + BLOCK - 1) // BLOCK, num_threads=threads_for(size, GRAIN),
-                        schedule='static'):
-        start = block * BLOCK
-        adam_block(value + start, grad + start, exp_avg + start, exp_avg_sq + start,
-                   block_of(max_exp_avg_sq, start), min(BLOCK, size - start), l2_decay,
-                   decoupled_factor, beta1_complement, beta2, beta2_complement,
-                   bias_correction2_sqrt, eps, neg_step_size)
+    cdef const Tensor* tensor
+    for block in prange(blocks, num_threads=n_threads, schedule='static'):
+        tensor = &tensors[tensor_of(tensors, count, block)]
+        start = (block - tensor.first_block) * BLOCK
+        adam_block(<floating*>tensor.value + start, <const floating*>tensor.grad + start,
+                   <floating*>tensor.state[0] + start, <floating*>tensor.state[1] + start,
+                   block_of(<floating*>tensor.state[2], start), min(BLOCK, tensor.size - start),
+                   l2_decay, decoupled_factor, beta1_complement, beta2, beta2_complement,
+                   <floating>tensor.bias_correction2_sqrt, eps, <floating>-tensor.step_size)
 
 
 # -- RMSprop --------------------------------------------------------------------------
@@ -209,19 +209,21 @@ cdef void rmsprop_block(floating* value, const floating* grad, floating* square_
                      alpha_complement, eps, momentum, True, True)
 
 
-cdef void rmsprop_update(floating* value, const floating* grad, floating* square_avg,
-                         floating* grad_avg, floating* buffer,
-                         Py_ssize_t size, floating lr, floating weight_decay, floating alpha,
+cdef void rmsprop_update(const Tensor* tensors, Py_ssize_t count, Py_ssize_t blocks,
+                         int n_threads, floating lr, floating weight_decay, floating alpha,
                          floating alpha_complement, floating eps,
                          floating momentum) noexcept nogil:
     cdef Py_ssize_t block, start
-    for block in prange((size + BLOCK - 1) // BLOCK, num_threads=threads_for(size, GRAIN),
-                        schedule='static'):
-        start = block * BLOCK
-        rmsprop_block(value + start, grad + start, square_avg + start,
-                      block_of(grad_avg, start), block_of(buffer, start),
-                      min(BLOCK, size - start), lr, weight_decay, alpha, alpha_complement, eps,
-                      momentum)
+    cdef const Tensor* tensor
+    for block in prange(blocks, num_threads=n_threads, schedule='static'):
+        tensor = &tensors[tensor_of(tensors, count, block)]
+        start = (block - tensor.first_block) * BLOCK
+        rmsprop_block(<floating*>tensor.value + start, <const floating*>tensor.grad + start,
+                      <floating*>tensor.state[0] + start,
+                      block_of(<floating*>tensor.state[1], start),
+                      block_of(<floating*>tensor.state[2], start),
+                      min(BLOCK, tensor.size - start), lr, weight_decay, alpha,
+                      alpha_complement, eps, momentum)
 
 
 # -- the global norm and the scaling of gradients -------------------------------------
@@ -411,6 +413,80 @@ cdef inline void* data_or_null(cnp.ndarray array):
     return NULL if array is None else cnp.PyArray_DATA(array)
 
 
+cdef class TensorTable:
+    """The C table of a pass over many parameters, checked and filled by ``fill``: their
+    arrays, blocks, and the thread count (one where their memory is shared)."""
+    cdef Tensor* tensors
+    cdef Span* spans
+    cdef Py_ssize_t count, blocks
+    cdef int n_threads, type_num
+    cdef tuple keep  # the arrays, alive while the kernel holds their addresses
+
+    def __cinit__(self, Py_ssize_t count):
+        self.tensors = <Tensor*>malloc(max(count, 1) * sizeof(Tensor))
+        self.spans = <Span*>malloc(max(5 * count, 1) * sizeof(Span))
+        if self.tensors == NULL or self.spans == NULL:
+            raise MemoryError()
+        self.count = count
+
+    def __dealloc__(self):
+        free(self.tensors)
+        free(self.spans)
+
+    cdef int fill(self, str kernel, tuple values, tuple grads, tuple states) except -1:
+        """``states``: per tensor, a tuple of 3 state arrays or None (absent)."""
+        self.keep = (values, grads, states)
+        cdef Py_ssize_t total_size = 0, n_spans = 0, index, kind
+        cdef size_t nbytes
+        cdef Tensor* tensor
+        self.type_num = -1
+        self.blocks = 0
+        for index in range(self.count):
+            value, grad, arrays = values[index], grads[index], states[index]
+            if not isinstance(value, np.ndarray) or not isinstance(grad, np.ndarray) \
+                    or not all(array is None or isinstance(array, np.ndarray)
+                               for array in arrays):
+                raise TypeError(f"{kernel}: expected arrays (an absent state may be None), "
+                                f"got {type(value).__name__}, {type(grad).__name__}, "
+                                f"{', '.join(type(array).__name__ for array in arrays)}")
+            if checked_type(kernel, value, arrays, (grad,)) != self.type_num \
+                    and self.type_num != -1:
+                raise ValueError(f"{kernel}: the parameters mix float32 and float64")
+            self.type_num = cnp.PyArray_TYPE(<cnp.ndarray>value)
+            tensor = &self.tensors[index]
+            tensor.value = cnp.PyArray_DATA(<cnp.ndarray>value)
+            tensor.grad = cnp.PyArray_DATA(<cnp.ndarray>grad)
+            for kind in range(3):
+                tensor.state[kind] = data_or_null(arrays[kind])
+            tensor.size = cnp.PyArray_SIZE(<cnp.ndarray>value)
+            tensor.first_block = self.blocks
+            tensor.first = False
+            total_size += tensor.size
+            self.blocks += (tensor.size + BLOCK - 1) // BLOCK
+            nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>value)
+            n_spans = add_span(self.spans, n_spans, tensor.value, nbytes, index)
+            n_spans = add_span(self.spans, n_spans, tensor.grad, nbytes, index)
+            for kind in range(3):
+                n_spans = add_span(self.spans, n_spans, tensor.state[kind], nbytes, index)
+        # Arrays a user made share memory (tied weights, a grad that is a view of another
+        # array) would race in a parallel pass: one thread takes the blocks in order, each
+        # tensor's after the one before, as one call each would.
+        self.n_threads = 1 if spans_conflict(self.spans, n_spans) \
+            else threads_for(total_size, GRAIN)
+        return 0
+
+
+cdef tuple same_length(str kernel, dict sequences):
+    """The sequences as tuples (ours: a caller cannot free an array under the kernel),
+    once they have one length."""
+    tuples = tuple(tuple(sequence) for sequence in sequences.values())
+    if len({len(items) for items in tuples}) > 1:
+        raise ValueError(f"{kernel}: expected sequences of one length, got "
+                         + ", ".join(f"{len(items)} {name}"
+                                     for name, items in zip(sequences, tuples)))
+    return tuples
+
+
 def sgd_step(cnp.ndarray value not None, cnp.ndarray grad not None, cnp.ndarray buffer,
              double lr, double weight_decay=0, double momentum=0, double dampening=0,
              bint nesterov=False, bint first=False):
@@ -426,74 +502,29 @@ def sgd_step_many(values, grads, buffers, firsts, double lr, double weight_decay
                   str kernel="sgd_step_many"):
     """sgd_step on each (value, grad, buffer, first) of the sequences, all of one dtype,
     in one parallel pass: bitwise what one call each gives."""
-    # Tuples of our own keep every array alive while the kernel holds its address.
-    values, grads, buffers, firsts = tuple(values), tuple(grads), tuple(buffers), tuple(firsts)
-    cdef Py_ssize_t count = len(values)
-    if not len(grads) == len(buffers) == len(firsts) == count:
-        raise ValueError(f"{kernel}: expected lists of one length, got {len(values)} values, "
-                         f"{len(grads)} grads, {len(buffers)} buffers, {len(firsts)} flags")
+    values, grads, buffers, firsts = same_length(kernel, {
+        "values": values, "grads": grads, "buffers": buffers, "flags": firsts})
     for first in firsts:
         if not isinstance(first, (bool, np.bool_)):
             raise TypeError(f"{kernel}: the first-step flags must be True or False, got "
                             f"{type(first).__name__}")
-    if count == 0:
-        return
-    cdef Tensor* tensors = <Tensor*>malloc(count * sizeof(Tensor))
-    cdef Span* spans = <Span*>malloc(3 * count * sizeof(Span))
-    try:
-        if tensors == NULL or spans == NULL:
-            raise MemoryError()
-        sgd_many(values, grads, buffers, firsts, tensors, spans, count, lr, weight_decay,
-                 momentum, dampening, nesterov, kernel)
-    finally:
-        free(tensors)
-        free(spans)
-
-
-cdef sgd_many(tuple values, tuple grads, tuple buffers, tuple firsts, Tensor* tensors,
-              Span* spans, Py_ssize_t count, double lr, double weight_decay, double momentum,
-              double dampening, bint nesterov, str kernel):
-    cdef int type_num = -1
-    cdef Py_ssize_t total_size = 0, blocks = 0, n_spans = 0, index
-    cdef size_t nbytes
-    cdef Tensor* tensor
-    for index in range(count):
-        value, grad, buffer = values[index], grads[index], buffers[index]
-        if not isinstance(value, np.ndarray) or not isinstance(grad, np.ndarray) \
-                or not (buffer is None or isinstance(buffer, np.ndarray)):
-            raise TypeError(f"{kernel}: expected arrays (a buffer may be None), got "
-                            f"{type(value).__name__}, {type(grad).__name__}, "
-                            f"{type(buffer).__name__}")
-        if checked_type(kernel, value, (buffer,), (grad,)) != type_num and type_num != -1:
-            raise ValueError(f"{kernel}: the parameters mix float32 and float64")
-        type_num = cnp.PyArray_TYPE(<cnp.ndarray>value)
-        if momentum != 0 and buffer is None:
-            raise ValueError(f"{kernel}: momentum needs a buffer array")
-        tensor = &tensors[index]
-        tensor.value = cnp.PyArray_DATA(<cnp.ndarray>value)
-        tensor.grad = cnp.PyArray_DATA(<cnp.ndarray>grad)
-        tensor.buffer = data_or_null(buffer) if momentum != 0 else NULL
-        tensor.size = cnp.PyArray_SIZE(<cnp.ndarray>value)
-        tensor.first_block = blocks
-        tensor.first = firsts[index]
-        total_size += tensor.size
-        blocks += (tensor.size + BLOCK - 1) // BLOCK
-        nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>value)
-        n_spans = add_span(spans, n_spans, tensor.value, nbytes, index)
-        n_spans = add_span(spans, n_spans, tensor.grad, nbytes, index)
-        n_spans = add_span(spans, n_spans, tensor.buffer, nbytes, index)
-    # Arrays a user made share memory (tied weights, a grad that is a view of another
-    # array) would race in a parallel pass: one thread takes the blocks in order, each
-    # tensor's after the one before, as one call each would.
-    cdef int n_threads = 1 if spans_conflict(spans, n_spans) else threads_for(total_size, GRAIN)
-    if type_num == cnp.NPY_FLOAT32:
+    if momentum != 0 and any(buffer is None for buffer in buffers):
+        raise ValueError(f"{kernel}: momentum needs a buffer array")
+    cdef TensorTable table = TensorTable(len(values))
+    table.fill(kernel, values, grads, tuple((buffer if momentum != 0 else None, None, None)
+                                            for buffer in buffers))
+    cdef Py_ssize_t index
+    for index in range(table.count):
+        table.tensors[index].first = firsts[index]
+    if table.type_num == cnp.NPY_FLOAT32:
         with nogil:
-            sgd_update[float](tensors, count, blocks, n_threads, <float>lr, <float>weight_decay,
-                              <float>momentum, <float>dampening, nesterov)
-    else:
+            sgd_update[float](table.tensors, table.count, table.blocks, table.n_threads,
+                              <float>lr, <float>weight_decay, <float>momentum,
+                              <float>dampening, nesterov)
+    elif table.count:
         with nogil:
-            sgd_update[double](tensors, count, blocks, n_threads, lr, weight_decay, momentum,
-                               dampening, nesterov)
+            sgd_update[double](table.tensors, table.count, table.blocks, table.n_threads, lr,
+                               weight_decay, momentum, dampening, nesterov)
 
 
 def adam_step(cnp.ndarray value not None, cnp.ndarray grad not None,
@@ -502,31 +533,43 @@ def adam_step(cnp.ndarray value not None, cnp.ndarray grad not None,
               double eps, double weight_decay=0, bint decoupled=False):
     """Adam's update number ``step`` (from 1) of ``value`` in place, as torch.optim.Adam;
     AdamW's with ``decoupled``. ``max_exp_avg_sq`` is given for amsgrad, else None."""
-    cdef int type_num = checked_type("adam_step", value, (exp_avg, exp_avg_sq, max_exp_avg_sq),
-                                     (grad,))
-    if step < 1:
-        raise ValueError(f"adam_step: step counts from 1, got {step}")
+    adam_step_many([value], [grad], [exp_avg], [exp_avg_sq], [max_exp_avg_sq], [step], lr,
+                   beta1, beta2, eps, weight_decay, decoupled, "adam_step")
+
+
+def adam_step_many(values, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, double lr,
+                   double beta1, double beta2, double eps, double weight_decay=0,
+                   bint decoupled=False, str kernel="adam_step_many"):
+    """adam_step on each parameter of the sequences (each with its own step count), all
+    of one dtype, in one parallel pass: bitwise what one call each gives."""
+    values, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = same_length(kernel, {
+        "values": values, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
+        "max_exp_avg_sqs": max_exp_avg_sqs, "steps": steps})
+    for step in steps:
+        if not isinstance(step, (int, np.integer)) or isinstance(step, (bool, np.bool_)) \
+                or step < 1:
+            raise ValueError(f"{kernel}: step counts from 1, got {step!r}")
+    if any(array is None for array in exp_avgs + exp_avg_sqs):
+        raise ValueError(f"{kernel}: exp_avg and exp_avg_sq must be arrays")
+    cdef TensorTable table = TensorTable(len(values))
+    table.fill(kernel, values, grads, tuple(zip(exp_avgs, exp_avg_sqs, max_exp_avg_sqs)))
     # The scalars as PyTorch works them out, in double.
-    cdef double step_size = lr / (1 - pow(beta1, <double>step))
-    cdef double bias_correction2_sqrt = pow(1 - pow(beta2, <double>step), 0.5)
     cdef double decoupled_factor = 1 - lr * weight_decay if decoupled else 1
     cdef double l2_decay = 0 if decoupled else weight_decay
-    cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
-    cdef void* max_data = data_or_null(max_exp_avg_sq)
-    if type_num == cnp.NPY_FLOAT32:
+    cdef Py_ssize_t index
+    for index in range(table.count):
+        table.tensors[index].step_size = lr / (1 - pow(beta1, <double>steps[index]))
+        table.tensors[index].bias_correction2_sqrt = \
+            pow(1 - pow(beta2, <double>steps[index]), 0.5)
+    if table.type_num == cnp.NPY_FLOAT32:
         with nogil:
-            adam_update(<float*>cnp.PyArray_DATA(value), <const float*>cnp.PyArray_DATA(grad),
-                        <float*>cnp.PyArray_DATA(exp_avg), <float*>cnp.PyArray_DATA(exp_avg_sq),
-                        <float*>max_data, size, <float>l2_decay, <float>decoupled_factor,
-                        <float>(1 - beta1), <float>beta2, <float>(1 - beta2),
-                        <float>bias_correction2_sqrt, <float>eps, <float>-step_size)
-    else:
+            adam_update[float](table.tensors, table.count, table.blocks, table.n_threads,
+                               <float>l2_decay, <float>decoupled_factor, <float>(1 - beta1),
+                               <float>beta2, <float>(1 - beta2), <float>eps)
+    elif table.count:
         with nogil:
-            adam_update(<double*>cnp.PyArray_DATA(value), <const double*>cnp.PyArray_DATA(grad),
-                        <double*>cnp.PyArray_DATA(exp_avg),
-                        <double*>cnp.PyArray_DATA(exp_avg_sq), <double*>max_data, size,
-                        l2_decay, decoupled_factor, 1 - beta1, beta2, 1 - beta2,
-                        bias_correction2_sqrt, eps, -step_size)
+            adam_update[double](table.tensors, table.count, table.blocks, table.n_threads,
+                                l2_decay, decoupled_factor, 1 - beta1, beta2, 1 - beta2, eps)
 
 
 def rmsprop_step(cnp.ndarray value not None, cnp.ndarray grad not None,
@@ -535,26 +578,35 @@ def rmsprop_step(cnp.ndarray value not None, cnp.ndarray grad not None,
                  double momentum=0):
     """One RMSprop update of ``value`` in place, as torch.optim.RMSprop. ``grad_avg`` is
     given when centered, ``buffer`` when momentum > 0; else None."""
-    cdef int type_num = checked_type("rmsprop_step", value, (square_avg, grad_avg, buffer),
-                                     (grad,))
-    if momentum > 0 and buffer is None:
-        raise ValueError("rmsprop_step: momentum needs a buffer array")
-    cdef Py_ssize_t size = cnp.PyArray_SIZE(value)
-    cdef void* grad_avg_data = data_or_null(grad_avg)
-    cdef void* buffer_data = data_or_null(buffer) if momentum > 0 else NULL
-    if type_num == cnp.NPY_FLOAT32:
+    rmsprop_step_many([value], [grad], [square_avg], [grad_avg], [buffer], lr, alpha, eps,
+                      weight_decay, momentum, "rmsprop_step")
+
+
+def rmsprop_step_many(values, grads, square_avgs, grad_avgs, buffers, double lr,
+                      double alpha, double eps, double weight_decay=0, double momentum=0,
+                      str kernel="rmsprop_step_many"):
+    """rmsprop_step on each parameter of the sequences, all of one dtype, in one parallel
+    pass: bitwise what one call each gives."""
+    values, grads, square_avgs, grad_avgs, buffers = same_length(kernel, {
+        "values": values, "grads": grads, "square_avgs": square_avgs,
+        "grad_avgs": grad_avgs, "buffers": buffers})
+    if any(array is None for array in square_avgs):
+        raise ValueError(f"{kernel}: square_avg must be an array")
+    if momentum > 0 and any(buffer is None for buffer in buffers):
+        raise ValueError(f"{kernel}: momentum needs a buffer array")
+    cdef TensorTable table = TensorTable(len(values))
+    table.fill(kernel, values, grads, tuple(
+        (square_avg, grad_avg, buffer if momentum > 0 else None)
+        for square_avg, grad_avg, buffer in zip(square_avgs, grad_avgs, buffers)))
+    if table.type_num == cnp.NPY_FLOAT32:
         with nogil:
-            rmsprop_update(<float*>cnp.PyArray_DATA(value), <const float*>cnp.PyArray_DATA(grad),
-                           <float*>cnp.PyArray_DATA(square_avg), <float*>grad_avg_data,
-                           <float*>buffer_data, size, <float>lr, <float>weight_decay,
-                           <float>alpha, <float>(1 - alpha), <float>eps, <float>momentum)
-    else:
+            rmsprop_update[float](table.tensors, table.count, table.blocks, table.n_threads,
+                                  <float>lr, <float>weight_decay, <float>alpha,
+                                  <float>(1 - alpha), <float>eps, <float>momentum)
+    elif table.count:
         with nogil:
-            rmsprop_update(<double*>cnp.PyArray_DATA(value),
-                           <const double*>cnp.PyArray_DATA(grad),
-                           <double*>cnp.PyArray_DATA(square_avg), <double*>grad_avg_data,
-                           <double*>buffer_data, size, lr, weight_decay, alpha, 1 - alpha, eps,
-                           momentum)
+            rmsprop_update[double](table.tensors, table.count, table.blocks, table.n_threads,
+                                   lr, weight_decay, alpha, 1 - alpha, eps, momentum)
 
 
 def sum_of_squares(cnp.ndarray x not None) -> float:
