@@ -3,8 +3,9 @@
 SGD (momentum, dampening, Nesterov), Adam, AdamW and RMSprop follow torch.optim:
 the same update rules in the same order, the same defaults, parameter groups given
 the same way, and ``state_dict()`` / ``load_state_dict()`` shaped like PyTorch's
-(integer parameter indices, numpy arrays and plain Python values). Each parameter
-is updated by one fused Cython pass over its elements (corenet.kernels.optim).
+(integer parameter indices, numpy arrays and plain Python values). The parameters of
+a group (of one dtype) are updated by one fused Cython pass over their elements
+(corenet.kernels.optim).
 ``clip_grad_norm`` scales the gradients to a maximum global norm.
 
 >>> import corenet as cn, corenet.layers as L
@@ -48,8 +49,9 @@ class Optimizer:
     (parameter groups, as torch.optim takes them): a group's own settings override the
     optimizer's ``defaults``. Subclasses set ``STATE_ARRAYS`` (arrays every updated
     parameter has), ``OPTIONAL_ARRAYS`` (those some settings add), check their
-    settings in ``check_settings`` and update one parameter in ``update`` (or all of a
-    group's at once in ``update_group``).
+    settings in ``check_settings`` and update one parameter in ``update``; or, with
+    ``update = Optimizer.update_one``, the parameters of one dtype in one pass in
+    ``update_together``.
     """
 
     STATE_ARRAYS: tuple = ()

@@ -766,6 +766,33 @@ def test_adam_and_rmsprop_passes_refuse_what_does_not_fit():
                                   1e-8)
 
 
+def test_the_passes_refuse_objects_that_only_claim_to_be_arrays():
+    # isinstance asks the object's __class__: a kernel that trusted it read memory the
+    # object does not have.
+    from unittest import mock
+    fake = mock.Mock(spec=np.ndarray)
+    value, state = np.zeros(5, np.float32), np.zeros(5, np.float32)
+    with pytest.raises(TypeError, match="adam_step_many: expected arrays"):
+        kernels.adam_step_many([value], [fake], [state], [state.copy()], [None], [1], 0.1,
+                               0.9, 0.999, 1e-8)
+    with pytest.raises(TypeError, match="rmsprop_step_many: expected arrays"):
+        kernels.rmsprop_step_many([value], [value.copy()], [fake], [None], [None], 0.1, 0.99,
+                                  1e-8)
+    with pytest.raises(TypeError, match="sgd_step_many: expected arrays"):
+        kernels.sgd_step_many([value], [value.copy()], [fake], [False], 0.1, momentum=0.9)
+    with pytest.raises(TypeError, match="arrays_conflict: expected C-contiguous arrays"):
+        kernels.arrays_conflict([(fake,)])
+
+
+def test_a_state_array_the_settings_do_not_use_is_still_checked():
+    value, grad = np.zeros(5, np.float32), np.ones(5, np.float32)
+    with pytest.raises(ValueError, match=r"sgd_step: float32\(4,\) does not match"):
+        kernels.sgd_step(value, grad, np.zeros(4, np.float32), 0.1)  # momentum 0
+    with pytest.raises(ValueError, match=r"rmsprop_step: float64\(5,\) does not match"):
+        kernels.rmsprop_step(value, grad, np.zeros(5, np.float32), None, np.zeros(5), 0.1,
+                             0.99, 1e-8)
+
+
 def test_the_memory_check_finds_every_overlap_that_could_race(rng):
     # Held against a check of every pair, on random views of one array: arrays of two
     # tensors that share memory, or arrays of one tensor that overlap shifted (one array

@@ -1,8 +1,9 @@
 """Optimizer update loops and the global gradient norm.
 
 Each update is one pass over the parameters of a group (of one dtype) that reads
-and writes every element of each parameter, its gradient and its state once, with PyTorch's arithmetic in
-PyTorch's order (so results agree with torch.optim to rounding). The elements
+and writes every element of each parameter, its gradient and its state once, with
+PyTorch's arithmetic in PyTorch's order (so results agree with torch.optim to
+rounding). The elements
 are split statically among the threads and each element's arithmetic is the
 same on any thread count: results are bitwise identical for any number of
 threads. The Python-callable functions check every array before the nogil
@@ -279,7 +280,8 @@ cdef int checked_type(str kernel, cnp.ndarray value, tuple outputs, tuple inputs
     for array in outputs + inputs:
         if array is None:
             continue
-        if not isinstance(array, np.ndarray) or cnp.PyArray_TYPE(<cnp.ndarray>array) != type_num \
+        # PyArray_Check, not isinstance: an object can claim ndarray as its __class__.
+        if not cnp.PyArray_Check(array) or cnp.PyArray_TYPE(<cnp.ndarray>array) != type_num \
                 or cnp.PyArray_SIZE(<cnp.ndarray>array) != size \
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array) \
                 or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>array):
@@ -385,12 +387,12 @@ def arrays_conflict(tensors) -> bool:
     """Whether the C-contiguous arrays of ``tensors`` (a sequence of tuples of arrays or
     None, the arrays of one tensor each) overlap where a parallel update could race:
     arrays of two tensors, or of one tensor shifted against each other. The test twin of
-    the check sgd_step_many makes."""
+    the check TensorTable.fill makes for the passes of SGD, Adam and RMSprop."""
     tensors = [tuple(arrays) for arrays in tensors]
     cdef Py_ssize_t n_spans = 0, tensor
     for arrays in tensors:
         for array in arrays:
-            if not (array is None or (isinstance(array, np.ndarray)
+            if not (array is None or (cnp.PyArray_Check(array)
                                       and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array))):
                 raise TypeError(f"arrays_conflict: expected C-contiguous arrays or None, got "
                                 f"{type(array).__name__}")
@@ -433,8 +435,10 @@ cdef class TensorTable:
         free(self.tensors)
         free(self.spans)
 
-    cdef int fill(self, str kernel, tuple values, tuple grads, tuple states) except -1:
-        """``states``: per tensor, a tuple of 3 state arrays or None (absent)."""
+    cdef int fill(self, str kernel, tuple values, tuple grads, tuple states,
+                  tuple used=(True, True, True)) except -1:
+        """``states``: per tensor, a tuple of 3 state arrays or None (absent); each is
+        checked, and one of a kind not ``used`` (a buffer at momentum 0) is not read."""
         self.keep = (values, grads, states)
         cdef Py_ssize_t total_size = 0, n_spans = 0, index, kind
         cdef size_t nbytes
@@ -443,9 +447,8 @@ cdef class TensorTable:
         self.blocks = 0
         for index in range(self.count):
             value, grad, arrays = values[index], grads[index], states[index]
-            if not isinstance(value, np.ndarray) or not isinstance(grad, np.ndarray) \
-                    or not all(array is None or isinstance(array, np.ndarray)
-                               for array in arrays):
+            if not cnp.PyArray_Check(value) or not cnp.PyArray_Check(grad) \
+                    or not all(array is None or cnp.PyArray_Check(array) for array in arrays):
                 raise TypeError(f"{kernel}: expected arrays (an absent state may be None), "
                                 f"got {type(value).__name__}, {type(grad).__name__}, "
                                 f"{', '.join(type(array).__name__ for array in arrays)}")
@@ -457,7 +460,7 @@ cdef class TensorTable:
             tensor.value = cnp.PyArray_DATA(<cnp.ndarray>value)
             tensor.grad = cnp.PyArray_DATA(<cnp.ndarray>grad)
             for kind in range(3):
-                tensor.state[kind] = data_or_null(arrays[kind])
+                tensor.state[kind] = data_or_null(arrays[kind]) if used[kind] else NULL
             tensor.size = cnp.PyArray_SIZE(<cnp.ndarray>value)
             tensor.first_block = self.blocks
             tensor.first = False
@@ -511,8 +514,8 @@ def sgd_step_many(values, grads, buffers, firsts, double lr, double weight_decay
     if momentum != 0 and any(buffer is None for buffer in buffers):
         raise ValueError(f"{kernel}: momentum needs a buffer array")
     cdef TensorTable table = TensorTable(len(values))
-    table.fill(kernel, values, grads, tuple((buffer if momentum != 0 else None, None, None)
-                                            for buffer in buffers))
+    table.fill(kernel, values, grads, tuple((buffer, None, None) for buffer in buffers),
+               (momentum != 0, False, False))
     cdef Py_ssize_t index
     for index in range(table.count):
         table.tensors[index].first = firsts[index]
@@ -595,9 +598,8 @@ def rmsprop_step_many(values, grads, square_avgs, grad_avgs, buffers, double lr,
     if momentum > 0 and any(buffer is None for buffer in buffers):
         raise ValueError(f"{kernel}: momentum needs a buffer array")
     cdef TensorTable table = TensorTable(len(values))
-    table.fill(kernel, values, grads, tuple(
-        (square_avg, grad_avg, buffer if momentum > 0 else None)
-        for square_avg, grad_avg, buffer in zip(square_avgs, grad_avgs, buffers)))
+    table.fill(kernel, values, grads, tuple(zip(square_avgs, grad_avgs, buffers)),
+               (True, True, momentum > 0))
     if table.type_num == cnp.NPY_FLOAT32:
         with nogil:
             rmsprop_update[float](table.tensors, table.count, table.blocks, table.n_threads,
