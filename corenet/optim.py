@@ -349,14 +349,13 @@ class SGD(Optimizer):
     update = Optimizer.update_one
 
     def update_together(self, group: dict, parameters: list, states: list) -> None:
+        with_momentum = group["momentum"] != 0
         buffers, firsts = [], []
         for parameter, state in zip(parameters, states):
-            buffer = None
-            if group["momentum"] != 0:
-                buffer = state.get("momentum_buffer")
-            # PyTorch starts the buffer at the first direction
-            firsts.append(group["momentum"] != 0 and buffer is None)
-            buffers.append(np.empty_like(parameter.value) if firsts[-1] else buffer)
+            buffer = state.get("momentum_buffer") if with_momentum else None
+            first = with_momentum and buffer is None  # PyTorch starts it at the first direction
+            buffers.append(np.empty_like(parameter.value) if first else buffer)
+            firsts.append(first)
         sgd_step_many([p.value for p in parameters], [p.grad for p in parameters], buffers,
                       firsts, group["lr"], group["weight_decay"], group["momentum"],
                       group["dampening"], group["nesterov"])
