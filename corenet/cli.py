@@ -475,8 +475,9 @@ def command_predict(args) -> int:
         X, _ = data.load_digits()
     else:
         X = data.load_npz_inputs(args.inputs)
-    check_finite_inputs(X, args.inputs)
-    predictions = np.argmax(model.predict(models.as_model_input(model, X)), axis=1)
+    data.check_finite(X, args.inputs)
+    predictions = np.argmax(class_scores(model, models.as_model_input(model, X), args.model),
+                            axis=1)
     if args.json:
         print(json.dumps({"predictions": predictions.tolist()}))
     else:
@@ -484,13 +485,20 @@ def command_predict(args) -> int:
     return 0
 
 
-def check_finite_inputs(X: np.ndarray, source: str) -> None:
-    """A ValueError naming the samples of ``X`` that hold an inf or a NaN: the argmax of
-    their outputs said class 0, silently."""
-    bad = np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))
+def class_scores(model, X: np.ndarray, source: str) -> np.ndarray:
+    """The model's (samples, classes) outputs for X, refusing what an argmax would turn
+    into classes silently: several outputs or another shape (the argmax ran over the
+    samples), and scores that are inf or NaN (a model file's weights or statistics)."""
+    from corenet.train import check_classifier_output
+
+    scores = model.predict(X)
+    check_classifier_output(source, scores)
+    bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
     if len(bad):
-        raise ValueError(f"{source}: X must hold finite numbers, got inf or NaN in "
-                         f"{len(bad)} of {len(X)} samples (the first: sample {bad[0]})")
+        raise ValueError(f"{source}: the model's outputs are inf or NaN for {len(bad)} of "
+                         f"{len(X)} samples (the first: sample {bad[0]}); its inputs are "
+                         f"finite, so its weights or statistics are not")
+    return scores
 
 
 def command_export(args) -> int:

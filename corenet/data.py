@@ -70,9 +70,26 @@ def _npz_headers(path: str, names: tuple) -> list:
         raise ValueError(f"{path}: not an .npz file: {error}") from None
 
 
-def _as_inputs(X: np.ndarray) -> np.ndarray:
+def _as_inputs(X: np.ndarray, source: str) -> np.ndarray:
     # uint8 means 8-bit pixels: scaled to [0, 1] as for MNIST. Other dtypes are kept.
-    return X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32)
+    if X.dtype == np.uint8:
+        return X.astype(np.float32) / 255.0
+    with np.errstate(over="ignore", invalid="ignore"):  # said below, naming the file
+        X = X.astype(np.float32)
+    check_finite(X, source)
+    return X
+
+
+def check_finite(X: np.ndarray, source: str) -> None:
+    """A ValueError naming the samples of ``X`` that hold an inf or a NaN (as float32:
+    1e300 is inf there). Training on them stopped with advice to lower the learning
+    rate, and the argmax of their outputs said class 0, silently."""
+    if X.size == 0:  # no samples, or empty ones: the loaders say so
+        return
+    bad = np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{source}: X must hold finite numbers, got inf or NaN in "
+                         f"{len(bad)} of {len(X)} samples (the first: sample {bad[0]})")
 
 
 def load_npz_inputs(path: str) -> np.ndarray:
@@ -82,7 +99,7 @@ def load_npz_inputs(path: str) -> np.ndarray:
         raise ShapeError(f"{path}: expected X of shape (samples, features...), got {x_shape}")
     check_allocation(path, "X as float32", x_shape, np.float32)
     with np.load(path, allow_pickle=False) as archive:
-        return _as_inputs(archive["X"])
+        return _as_inputs(archive["X"], path)
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +118,7 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     check_allocation(path, "X as float32", x_shape, np.float32)
     with np.load(path, allow_pickle=False) as archive:
         X, y = archive["X"], archive["y"]
-    return _as_inputs(X), _labels(path, y)
+    return _as_inputs(X, path), _labels(path, y)
 
 
 def _labels(path: str, y: np.ndarray) -> np.ndarray:
@@ -157,10 +174,7 @@ def load_idx(images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{labels}: labels must be integers, got IDX type {y.dtype}")
     # The image shape stays: --model cnn reads (N, H, W) as it is, where flattened
     # rows of 4x16 pixels were taken for 8x8 images.
-    X = raw.astype(np.float32)
-    if raw.dtype == np.uint8:  # 8-bit pixels
-        X /= 255.0
-    return X, y.astype(np.int64)
+    return _as_inputs(raw, images), y.astype(np.int64)
 
 
 def load(spec: str | None) -> tuple[np.ndarray, np.ndarray]:

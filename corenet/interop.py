@@ -171,6 +171,8 @@ def from_torch(module, input_shape=None) -> Sequential:
     ``input_shape`` (per sample, no batch axis) is needed unless the first layer is a
     Linear. AdaptiveAvgPool{1,2,3}d(1) followed by Flatten() becomes GlobalAvgPool;
     Identity is dropped. A layer corenet lacks is a ValueError naming it and its path.
+    Each layer takes its module's mode (a BatchNorm in eval mode inside a Sequential in
+    training mode stays in eval mode).
     """
     torch = _torch()
     from corenet import layers as L
@@ -191,7 +193,7 @@ def from_torch(module, input_shape=None) -> Sequential:
                 raise ValueError(f"from_torch: {where}: corenet has global average pooling "
                                  f"only, as AdaptiveAvgPool(1) followed by Flatten()")
             _flatten(L, following, dtype)  # start_dim=1, end_dim=-1 only
-            converted.append((path, L.GlobalAvgPool()))
+            converted.append((path, L.GlobalAvgPool(), child))
             index += 2
             continue
         if not _is_torch_class(child, FROM_TORCH):
@@ -203,18 +205,21 @@ def from_torch(module, input_shape=None) -> Sequential:
             kind = type(error) if type(error) in (ShapeError, DTypeError) else ValueError
             raise kind(f"from_torch: {where}: {error}") from None
         if layer is not None:
-            converted.append((path, layer))
+            converted.append((path, layer, child))
         index += 1
     if not converted:
         raise ValueError("from_torch: the module has no layer to convert")
-    model = Sequential(*(layer for _, layer in converted), input_shape=input_shape)
-    for path, layer in converted:
+    model = Sequential(*(layer for _, layer, _ in converted), input_shape=input_shape)
+    for path, layer, _ in converted:
         dim = getattr(layer, "_torch_dim", None)
         ndim = len(layer._node.inputs[0].shape) + 1
         if dim is not None and dim % ndim != ndim - 1:
             raise ValueError(f"from_torch: Softmax at {path!r} has dim={dim} on {ndim}-D "
                              f"inputs; corenet's softmax takes the last axis")
-    return model.train(module.training)
+    model.train(module.training)
+    for _, layer, child in converted:  # a torch module's own mode: a BatchNorm in eval
+        layer.train(child.training)
+    return model
 
 
 # -- corenet -> PyTorch: one function per layer name, (layer, input shape) -> modules ----
@@ -313,7 +318,8 @@ def to_torch(model: Model):
 
     Module indices follow the layers' (so the state dicts share keys, running statistics
     included), except that a global_avg_pool becomes two modules, AdaptiveAvgPool(1)
-    and Flatten(). The torch modules are in training mode if any layer is.
+    and Flatten(). Each torch module takes its layer's mode (training or eval), and
+    the Sequential is in training mode if any layer is.
     """
     torch = _torch()
     _check_chain(model)
@@ -328,10 +334,14 @@ def to_torch(model: Model):
             target = getattr(converted[0], array.name)
             value = _checked_value(layer, array, target)
             target.data = torch.from_numpy(value.copy())
+        for module in converted:
+            module.train(layer.training)
         modules += converted
     result = torch.nn.Sequential(*modules)
     result.to(torch.float64 if model.dtype == np.float64 else torch.float32)
-    return result.train(any(layer.training for layer in model.layers))
+    # Sequential.train would set every module's mode: the container's flag alone.
+    result.training = any(layer.training for layer in model.layers)
+    return result
 
 
 __all__ = ["FROM_TORCH", "TO_TORCH", "from_torch", "to_torch"]

@@ -295,6 +295,29 @@ def contiguous(owner: str, what: str, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def check_lengths(function: str, **lengths: tuple) -> None:
+    """For a Python-callable twin of a kernel, which indexes flat arrays by sizes it
+    is given: ``label=(length, expected)`` for each array (its length from the
+    memoryview, the expected from the sizes), a ValueError naming ``function``
+    before the kernel could run past an array's end.
+
+    >>> check_lengths("scale", out=(3, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: scale: out has 3 elements, expected 4
+    """
+    for label, (length, expected) in lengths.items():
+        if length != expected:
+            raise ValueError(f"{function}: {label} has {length} elements, expected {expected}")
+
+
+def check_sizes(function: str, minimum: int = 0, **sizes) -> None:
+    """The sizes given to a kernel's twin: integers of at least ``minimum``."""
+    for label, size in sizes.items():
+        if size < minimum:
+            raise ValueError(f"{function}: {label} must be at least {minimum}, got {size}")
+
+
 class _FixedAttribute:
     """A data descriptor with ``__set__`` only: reading the attribute is a plain lookup
     in the instance's dict (no Python call on the kernels' paths); setting it is

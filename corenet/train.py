@@ -243,4 +243,20 @@ def evaluate(model, loss, X, y, batch_size: int = 1024) -> tuple[float, float]:
         raise ShapeError(f"evaluate: expected y of class labels, shape ({len(X)},), got "
                          f"{y.shape}; evaluate measures a classifier's accuracy")
     logits = model.predict(X, batch_size)
+    check_classifier_output("evaluate", logits)
     return loss.forward(logits, y), float(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def check_classifier_output(owner: str, outputs) -> None:
+    """A ShapeError unless ``outputs`` (what Model.predict gave) is one array of
+    shape (samples, classes): an argmax over axis 1 of anything else picks samples
+    or pixels, not classes."""
+    if isinstance(outputs, np.ndarray) and outputs.ndim == 2:
+        return
+    if isinstance(outputs, list):
+        given = (f"{len(outputs)} outputs, of per-sample shapes "
+                 f"{', '.join(str(out.shape[1:]) for out in outputs)}")
+    else:
+        given = f"outputs of per-sample shape {outputs.shape[1:]}"
+    raise ShapeError(f"{owner}: a classifier's model has one output of shape (classes,) per "
+                     f"sample; this one gives {given}")

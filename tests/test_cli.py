@@ -186,12 +186,13 @@ def test_save_onto_a_pipe_is_refused_before_training(tmp_path):
 
 
 def test_eval_json_of_a_nan_loss_is_valid_json(tmp_path):
-    # json.dumps wrote "loss": NaN, which JSON readers refuse.
+    # json.dumps wrote "loss": NaN, which JSON readers refuse. (NaN data is refused when
+    # it is loaded: a NaN weight gives the NaN loss.)
     model = tmp_path / "m.npz"
-    cn.save(cn.Sequential(L.Linear(4, 3)), str(model))
-    X = np.ones((5, 4), np.float32)
-    X[2, 1] = np.nan
-    np.savez(tmp_path / "nan.npz", X=X, y=np.zeros(5, np.int64))
+    network = cn.Sequential(L.Linear(4, 3))
+    network.layers[0].weight.value[1, 2] = np.nan
+    cn.save(network, str(model))
+    np.savez(tmp_path / "nan.npz", X=np.ones((5, 4), np.float32), y=np.zeros(5, np.int64))
     result = corenet("eval", str(model), "--data", str(tmp_path / "nan.npz"), "--all", "--json")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(name))
@@ -519,3 +520,43 @@ def test_a_thread_count_set_num_threads_refuses_is_one_line(tmp_path):
     model = tmp_path / "m.npz"
     cn.save(cn.Sequential(L.Linear(64, 10)), str(model))
     refused(corenet("eval", str(model), "--threads", "100000000000"), "100000000000")
+
+
+def test_predict_and_eval_refuse_a_model_that_is_not_a_classifier(tmp_path):
+    # predict took the argmax of two stacked outputs over the samples and printed sample
+    # indices as classes; of a conv's (N, 3, 6, 6) output, one 2-D array per sample.
+    x = cn.Input((64,))
+    two = tmp_path / "two.npz"
+    cn.save(cn.Model(x, [L.Linear(64, 10)(x), L.Linear(64, 10)(x)]), str(two))
+    image = cn.Input((1, 8, 8))
+    conv = tmp_path / "conv.npz"
+    cn.save(cn.Model(image, L.Conv2d(1, 3, 3)(image)), str(conv))
+    wanted = "a classifier's model has one output of shape (classes,) per sample; this one gives"
+    refused(corenet("predict", str(two), "digits"),
+            f"two.npz: {wanted} 2 outputs, of per-sample shapes (10,), (10,)")
+    refused(corenet("predict", str(conv), "digits"),
+            f"conv.npz: {wanted} outputs of per-sample shape (3, 6, 6)")
+    refused(corenet("eval", str(two)), f"evaluate: {wanted} 2 outputs")
+
+
+def test_predict_refuses_a_model_whose_outputs_are_not_finite(tmp_path):
+    # A NaN weight in a model file made every sample class 3, with exit status 0.
+    model = cn.Sequential(L.Linear(64, 10))
+    model.layers[0].weight.value[3, 5] = np.nan
+    cn.save(model, str(tmp_path / "nan.npz"))
+    refused(corenet("predict", str(tmp_path / "nan.npz"), "digits"),
+            "nan.npz: the model's outputs are inf or NaN for 1797 of 1797 samples (the first: "
+            "sample 0); its inputs are finite, so its weights or statistics are not")
+
+
+@pytest.mark.parametrize("value", [1e300, np.nan])
+def test_train_refuses_data_that_is_not_finite_in_float32(tmp_path, value):
+    # 1e300 became inf as float32 with a numpy warning, and training stopped advising a
+    # smaller learning rate.
+    X = np.ones((40, 4))
+    X[7, 2] = value
+    np.savez(tmp_path / "d.npz", X=X, y=np.arange(40) % 3)
+    result = corenet("train", "--data", str(tmp_path / "d.npz"), "--epochs", "1")
+    refused(result, "d.npz: X must hold finite numbers, got inf or NaN in 1 of 40 samples "
+                    "(the first: sample 7)")
+    assert "Warning" not in result.stderr

@@ -4,7 +4,7 @@ import pytest
 
 import corenet
 from corenet.errors import DTypeError, ShapeError
-from corenet.kernels.gemm import matmul, reference_matmul
+from corenet.kernels.gemm import matmul, matmul_b_panels, pack_b_panels, reference_matmul
 
 SHAPES = [(1, 1, 1), (333, 77, 129), (1, 300, 257), (300, 1, 257), (257, 300, 1),
           (8, 32, 384), (9, 33, 385), (64, 256, 784), (16, 10, 32), (200, 3100, 20),
@@ -298,3 +298,41 @@ def test_prepacked_panels_are_checked():
         matmul_b_panels(a, panels, True)
     with pytest.raises(TypeError):
         matmul_b_panels(a, panels, 20.0)
+
+
+@pytest.mark.parametrize("n", [3, 5, 64, 200])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("case", ["out=b", "out=a", "out=a, a transposed"])
+def test_an_out_that_shares_memory_with_an_input_gets_numpys_product(n, accumulate, case,
+                                                                      rng):
+    # The GEMM writes tiles of C while it still reads A and B: matmul(a, b, out=b) was
+    # off by up to 26 at n=3, and matmul(a, a, trans_a=True, out=a) by 695 at n=200.
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    if case == "out=b":
+        out, expected = b, a @ b
+        arguments = (a, b)
+    elif case == "out=a":
+        out, expected = a, a @ b
+        arguments = (a, b)
+    else:
+        out, expected = a, a.T @ a
+        arguments = (a, a)
+    if accumulate:
+        expected = expected + out
+    matmul(*arguments, trans_a=case.endswith("transposed"), out=out, accumulate=accumulate)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * n)
+
+
+def test_a_bias_inside_out_is_read_before_out_is_written(rng):
+    a = rng.standard_normal((40, 30)).astype(np.float32)
+    b = rng.standard_normal((30, 50)).astype(np.float32)
+    out = rng.standard_normal((40, 50)).astype(np.float32)
+    bias = out[7]  # a view of out's row 7
+    expected = a @ b + bias
+    matmul(a, b, out=out, bias=bias)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    panels_out = rng.standard_normal((40, 50)).astype(np.float32)
+    expected = a @ b + panels_out[3]
+    matmul_b_panels(a, pack_b_panels(b), 50, out=panels_out, bias=panels_out[3])
+    np.testing.assert_allclose(panels_out, expected, rtol=1e-5, atol=1e-5)

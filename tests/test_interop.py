@@ -288,3 +288,22 @@ def test_docstring_example():
 
     result = doctest.testmod(importlib.import_module("corenet.interop"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_each_layer_keeps_its_modules_mode_both_ways():
+    # from_torch gave every layer the Sequential's mode: a BatchNorm in eval mode inside
+    # a Sequential in training mode normalized by the batch, 7.1 off PyTorch's outputs.
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Dropout(0.5))
+    module[1].running_mean.fill_(5.0)
+    module[1].eval()
+    module[2].eval()
+    model = from_torch(module)
+    assert [layer.training for layer in model.layers] == [True, False, False]
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.forward(x), module(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-5)
+    back = to_torch(model)
+    assert back.training and [child.training for child in back] == [True, False, False]
+    np.testing.assert_allclose(back(torch.from_numpy(x)).detach().numpy(), model.forward(x),
+                               rtol=1e-5, atol=1e-5)

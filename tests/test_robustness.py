@@ -11,10 +11,12 @@ import pytest
 import corenet as cn
 import corenet.layers as L
 from corenet.errors import DTypeError, ShapeError
+from corenet.kernels.elementwise import accumulate
 from corenet.losses import MSE, SoftmaxCrossEntropy
 from corenet.optim import SGD
 
 import fuzz_harness
+from corenet_dense import dropout, maxout, normalization
 from corenet.registry import registry
 from layer_table import LAYERS, layer_id
 from test_model_files import peak_memory_of
@@ -207,6 +209,20 @@ def test_layers_take_samples_of_size_zero():
     assert L.Flatten().forward(np.ones((3, 0, 2), np.float32)).shape == (3, 0)
 
 
+@pytest.mark.parametrize("track_running_stats", [True, False])
+def test_batch_norm_takes_samples_of_size_zero_and_keeps_its_statistics(track_running_stats):
+    # The running variance became NaN (a variance over no values, times count / (count - 1)).
+    layer = L.BatchNorm2d(2, track_running_stats=track_running_stats)
+    layer.needs_input_grad = True
+    empty = np.ones((3, 2, 0, 3), np.float32)
+    assert layer.forward(empty).shape == empty.shape
+    assert layer.backward(empty).shape == empty.shape
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+    if track_running_stats:
+        np.testing.assert_array_equal(layer.running_mean.value, 0)
+        np.testing.assert_array_equal(layer.running_var.value, 1)
+
+
 # -- models and optimizers ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [None, 3.0, (True,), "abc", (2, None)])
@@ -347,3 +363,73 @@ def test_batch_norm_checks_eps_momentum_and_the_batch_count_at_each_forward():
     layer.num_batches_tracked.value[...] = -1  # before: ZeroDivisionError
     with pytest.raises(ValueError, match="batch_norm1d: num_batches_tracked must be >= 0"):
         layer.forward(x)
+
+
+KERNEL_TWIN_CALLS = [
+    # (call, message): each ran the kernel past an array's end, or wrote to bytes
+    (lambda: dropout.apply_mask(np.ones(1 << 20, np.float32), np.zeros(1, np.float32), 1, 0.5),
+     "apply_mask: target has 1 elements, expected 1048576"),
+    (lambda: dropout.apply_mask(np.ones(4, np.float32), np.zeros(4, np.float32), 1, 1.0),
+     r"apply_mask: p must be in \[0, 1\), got 1.0"),
+    (lambda: maxout.maxout_pieces(np.ones(2, np.float32), np.zeros(1 << 20, np.float32),
+                                  np.zeros(1 << 20, np.int32), 4),
+     "maxout_pieces: z has 2 elements, expected 4194304"),
+    (lambda: maxout.maxout_pieces(np.ones(0, np.float32), np.zeros(4, np.float32),
+                                  np.zeros(4, np.int32), 2 ** 62),  # 4 · 2⁶² wraps to 0 in C
+     "maxout_pieces: z has 0 elements, expected 18446744073709551616"),
+    (lambda: maxout.maxout_pieces(np.ones(8, np.float32), np.zeros(4, np.float32),
+                                  np.zeros(3, np.int32), 2),
+     "maxout_pieces: chosen has 3 elements, expected 4"),
+    (lambda: maxout.maxout_route(np.ones(2, np.float32), np.zeros(2, np.int32),
+                                 np.zeros(3, np.float32), 2),
+     "maxout_route: z_grad has 3 elements, expected 4"),
+    (lambda: normalization.statistics(np.ones(4, np.float32), 1000, 1000, 1000, np.zeros(1),
+                                      np.zeros(1)),
+     "statistics: x has 4 elements, expected 1000000000"),
+    (lambda: normalization.statistics(np.ones(4, np.float32), 2, 2, 1, np.zeros(2), np.zeros(1)),
+     "statistics: variance has 1 elements, expected 2"),
+    (lambda: normalization.statistics(np.ones(4, np.float32), -2, -2, 1, np.zeros(2),
+                                      np.zeros(2)),
+     "statistics: batch must be at least 1, got -2"),
+    (lambda: normalization.grad_sums(np.ones(4, np.float32), np.ones(3, np.float32), np.zeros(2),
+                                     2, 2, 1, np.zeros(2), np.zeros(2)),
+     "grad_sums: x has 3 elements, expected 4"),
+    (lambda: normalization.affine(np.zeros(6, np.float32), np.ones(6, np.float32), None, None,
+                                  None, None, np.zeros(2), 1, 2, 3),
+     "affine: p needs p_scale, got None"),
+    (lambda: normalization.affine(np.zeros(6, np.float32), None, None, None, None, None,
+                                  np.zeros(1), 1, 2, 3),
+     "affine: shift has 1 elements, expected 2"),
+    (lambda: normalization.layer_norm_forward(np.ones(6, np.float32), np.zeros(2), np.ones(2),
+                                              np.ones(4, np.float32), None,
+                                              np.zeros(6, np.float32), 3),
+     "layer_norm_forward: weight has 4 elements, expected 3"),
+    (lambda: normalization.layer_norm_input_grad(np.ones(6, np.float32), np.ones(6, np.float32),
+                                                 np.zeros(3), np.ones(3), None,
+                                                 np.zeros(6, np.float32), 3),
+     "layer_norm_input_grad: grad has 6 elements, expected 9"),
+    (lambda: normalization.layer_norm_parameter_sums(np.ones(6, np.float32),
+                                                     np.ones(6, np.float32), np.zeros(2),
+                                                     np.ones(2), np.zeros(3), np.zeros(2), 3),
+     "layer_norm_parameter_sums: bias_sum has 2 elements, expected 3"),
+    (lambda: accumulate(np.frombuffer(bytes(16), np.float32), np.ones(4, np.float32)),
+     "accumulate: the total is read-only"),
+]
+
+
+@pytest.mark.parametrize("call, message", KERNEL_TWIN_CALLS,
+                         ids=[message.split(":")[0] for _, message in KERNEL_TWIN_CALLS])
+def test_the_python_twins_of_kernels_check_their_arrays_against_the_sizes(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_the_python_twins_of_kernels_take_empty_arrays():
+    # &x[0] of an empty view was an IndexError; an empty batch has nothing to do.
+    empty = np.zeros(0, np.float32)
+    dropout.apply_mask(empty, empty.copy(), 1, 0.5)
+    maxout.maxout_pieces(empty, empty.copy(), np.zeros(0, np.int32), 3)
+    weight_sum, bias_sum = np.ones(3), np.ones(3)
+    normalization.layer_norm_parameter_sums(empty, empty, np.zeros(0), np.zeros(0), weight_sum,
+                                            bias_sum, 3)
+    assert not weight_sum.any() and not bias_sum.any()

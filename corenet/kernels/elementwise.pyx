@@ -26,6 +26,8 @@ def accumulate(total_array, x_array):
                          f"{x_array.dtype}{x_array.shape}")
     if not total_array.flags.c_contiguous or not x_array.flags.c_contiguous:
         raise ValueError("accumulate: arrays must be C-contiguous")
+    if not total_array.flags.writeable:
+        raise ValueError("accumulate: the total is read-only")
     cdef cnp.ndarray total = total_array, x = x_array
     cdef Py_ssize_t size = cnp.PyArray_SIZE(total)
     if total.dtype == np.float32:

@@ -693,6 +693,30 @@ cdef object _checked_out(object out, Py_ssize_t m, Py_ssize_t n, cnp.ndarray a, 
     return out
 
 
+cdef bint _spans_overlap(cnp.ndarray x, object y):
+    """Whether two C-contiguous arrays' bytes overlap (y may be None)."""
+    if y is None:
+        return False
+    cdef cnp.ndarray other = y
+    cdef char* x_start = <char*>cnp.PyArray_DATA(x)
+    cdef char* y_start = <char*>cnp.PyArray_DATA(other)
+    cdef Py_ssize_t x_bytes = cnp.PyArray_NBYTES(x), y_bytes = cnp.PyArray_NBYTES(other)
+    return x_bytes > 0 and y_bytes > 0 and x_start < y_start + y_bytes \
+        and y_start < x_start + x_bytes
+
+
+cdef object _work_array(cnp.ndarray out, tuple inputs, bint accumulate):
+    """The array the GEMM writes: out, or a temporary when out shares memory with
+    an input. The GEMM writes tiles of C while it still reads A and B, so
+    matmul(a, b, out=b) would read values it had already overwritten; numpy's
+    matmul gives the right product there, and so does this (the caller copies the
+    temporary into out)."""
+    for array in inputs:
+        if _spans_overlap(out, array):
+            return out.copy() if accumulate else np.empty_like(out)
+    return out
+
+
 EPILOGUES = {None: EPILOGUE_NONE, "relu": EPILOGUE_RELU, "sigmoid": EPILOGUE_SIGMOID,
              "tanh": EPILOGUE_TANH, "leaky_relu": EPILOGUE_LEAKY_RELU, "elu": EPILOGUE_ELU}
 
@@ -732,7 +756,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
     _check_epilogue(accumulate, out, activation, "matmul")
     a, b, out, shape_m, shape_n, shape_k = _operands(a, b, trans_a, trans_b, out, "matmul")
     bias = _checked_bias(bias, shape_m if bias_per_row else shape_n, a.dtype, "matmul")
-    cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = out
+    work = _work_array(out, (a, b, bias), accumulate)
+    cdef cnp.ndarray a_arr = a, b_arr = b, out_arr = work
     cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
     cdef bint ta = trans_a, tb = trans_b, add = accumulate, per_row = bias_per_row
     cdef int epilogue = EPILOGUES[activation]
@@ -757,6 +782,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, *, bias=None, activatio
                              num_threads())
     if status != 0:
         raise MemoryError("matmul: could not allocate the packing buffers")
+    if work is not out:
+        out[...] = work
     return out
 
 
@@ -830,7 +857,8 @@ def matmul_b_panels(a, panels, n, out=None, *, bias=None, activation=None,
                          f"boundary (the kernel's vector loads), as pack_b_panels's do")
     out = _checked_out(out, shape_m, n, a, "matmul_b_panels")
     bias = _checked_bias(bias, shape_m if bias_per_row else n, a.dtype, "matmul_b_panels")
-    cdef cnp.ndarray a_arr = a, b_arr = panels, out_arr = out
+    work = _work_array(out, (a, panels, bias), accumulate)
+    cdef cnp.ndarray a_arr = a, b_arr = panels, out_arr = work
     cdef void* bias_data = NULL if bias is None else cnp.PyArray_DATA(bias)
     cdef bint add = accumulate, per_row = bias_per_row
     cdef int epilogue = EPILOGUES[activation]
@@ -853,6 +881,8 @@ def matmul_b_panels(a, panels, n, out=None, *, bias=None, activation=None,
                                    num_threads())
     if status != 0:
         raise MemoryError("matmul_b_panels: could not allocate the packing buffers")
+    if work is not out:
+        out[...] = work
     return out
 
 

@@ -18,7 +18,7 @@ from libc.stdint cimport uint64_t
 from corenet.kernels.threads cimport threads_for
 
 from corenet import random
-from corenet.layer import Layer, check_grad, check_input, require_forward
+from corenet.layer import Layer, check_grad, check_input, check_lengths, require_forward
 
 cnp.import_array()
 
@@ -54,6 +54,11 @@ def apply_mask(const floating[::1] source, floating[::1] target, uint64_t key, d
     """target = source masked and scaled by the mask of ``key`` (flat arrays)."""
     cdef uint64_t threshold = <uint64_t>(p * 9007199254740992.0)  # p · 2⁵³
     cdef floating scale = <floating>(1.0 / (1.0 - p))
+    check_lengths("apply_mask", target=(target.shape[0], source.shape[0]))
+    if not 0 <= p < 1:
+        raise ValueError(f"apply_mask: p must be in [0, 1), got {p}")
+    if source.shape[0] == 0:
+        return
     with nogil:
         scale_kept(&source[0], &target[0], source.shape[0], key, threshold, scale)
 

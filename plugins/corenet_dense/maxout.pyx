@@ -21,7 +21,8 @@ from corenet import init as initializers
 from corenet.errors import ShapeError
 from corenet.memory import check_parameters
 from corenet.layer import (Layer, Parameter, SetOnce, as_float_dtype, check_grad,
-                           check_input, parameter_arrays, require_forward)
+                           check_input, check_lengths, check_sizes, parameter_arrays,
+                           require_forward)
 
 cnp.import_array()
 
@@ -60,13 +61,24 @@ cdef void route_to_chosen(const floating* grad, const int* chosen, floating* z_g
 def maxout_pieces(const floating[::1] z, floating[::1] out, int[::1] chosen,
                   Py_ssize_t pieces):
     """Python-callable max_over_pieces (z flat of units × pieces)."""
+    check_sizes("maxout_pieces", 1, pieces=pieces)
+    check_lengths("maxout_pieces", z=(z.shape[0], (<object>out.shape[0]) * pieces),
+                  chosen=(chosen.shape[0], out.shape[0]))
+    if out.shape[0] == 0:
+        return
     with nogil:
         max_over_pieces(&z[0], &out[0], &chosen[0], out.shape[0], pieces)
 
 
 def maxout_route(const floating[::1] grad, const int[::1] chosen, floating[::1] z_grad,
                  Py_ssize_t pieces):
-    """Python-callable route_to_chosen."""
+    """Python-callable route_to_chosen (chosen's values are only compared, never
+    used as indices)."""
+    check_sizes("maxout_route", 1, pieces=pieces)
+    check_lengths("maxout_route", chosen=(chosen.shape[0], grad.shape[0]),
+                  z_grad=(z_grad.shape[0], (<object>grad.shape[0]) * pieces))
+    if grad.shape[0] == 0:
+        return
     with nogil:
         route_to_chosen(&grad[0], &chosen[0], &z_grad[0], grad.shape[0], pieces)
 

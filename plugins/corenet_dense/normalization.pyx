@@ -28,7 +28,8 @@ from corenet.errors import ShapeError
 from corenet.arguments import as_bool
 from corenet.memory import check_parameters
 from corenet.layer import (Buffer, Layer, Parameter, SetOnce, as_float_dtype, buffer_array,
-                           check_grad, check_input, parameter_arrays, require_forward)
+                           check_grad, check_input, check_lengths, check_sizes,
+                           parameter_arrays, require_forward)
 
 cnp.import_array()
 
@@ -174,6 +175,33 @@ cdef void columns_parameter_sums(const floating* grad, const floating* x, const 
 
 
 # -- Python-callable twins, on flat arrays; None stands for a NULL pointer -------------
+# Each checks its arrays' lengths against the sizes it is given before the kernel
+# indexes by them (corenet.layer.check_lengths).
+
+def _check_terms(function, size, channels, **arrays):
+    """affine's term: its flat array (the first) of ``size`` and its per-channel
+    arrays, all given."""
+    (label, flat), *per_channel = arrays.items()
+    lengths = {label: (len(flat), size)}
+    for name, array in per_channel:
+        if array is None:
+            raise ValueError(f"{function}: {label} needs {name}, got None")
+        lengths[name] = (len(array), channels)
+    check_lengths(function, **lengths)
+
+
+def _check_rows(function, width, mean, inv_std, weight, bias, **flat):
+    """Layer norm's twins: rows of ``width`` (one mean and inv_std per row), weight
+    and bias (None or one per column), the flat arrays rows × width."""
+    check_sizes(function, 1, width=width)
+    rows = len(mean)
+    lengths = {label: (len(array), rows * width) for label, array in flat.items()}
+    lengths["inv_std"] = (len(inv_std), rows)
+    for label, array in (("weight", weight), ("bias", bias)):
+        if array is not None:
+            lengths[label] = (len(array), width)
+    check_lengths(function, **lengths)
+
 
 cdef inline const floating* optional(const floating[::1] array):
     if array is None:
@@ -189,6 +217,9 @@ cdef inline const double* optional_double(const double[::1] array):
 
 def statistics(const floating[::1] x, Py_ssize_t batch, Py_ssize_t channels,
                Py_ssize_t inner, double[::1] mean, double[::1] variance):
+    check_sizes("statistics", 1, batch=batch, channels=channels, inner=inner)
+    check_lengths("statistics", x=(x.shape[0], (<object>batch) * channels * inner),
+                  mean=(mean.shape[0], channels), variance=(variance.shape[0], channels))
     with nogil:
         channel_statistics(&x[0], batch, channels, inner, &mean[0], &variance[0])
 
@@ -196,6 +227,11 @@ def statistics(const floating[::1] x, Py_ssize_t batch, Py_ssize_t channels,
 def grad_sums(const floating[::1] grad, const floating[::1] x, const double[::1] mean,
               Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t inner,
               double[::1] grad_sum, double[::1] grad_dot_centered):
+    check_sizes("grad_sums", 1, batch=batch, channels=channels, inner=inner)
+    cdef object size = (<object>batch) * channels * inner
+    check_lengths("grad_sums", grad=(grad.shape[0], size), x=(x.shape[0], size),
+                  mean=(mean.shape[0], channels), grad_sum=(grad_sum.shape[0], channels),
+                  grad_dot_centered=(grad_dot_centered.shape[0], channels))
     with nogil:
         channel_sums(&grad[0], NULL, &x[0], &mean[0], batch, channels, inner, &grad_sum[0],
                      &grad_dot_centered[0])
@@ -205,7 +241,14 @@ def affine(floating[::1] out, const floating[::1] p, const double[::1] p_scale,
            const floating[::1] x, const double[::1] center, const double[::1] x_scale,
            const double[::1] shift, Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t inner):
     """out = channel_affine(...) (flat arrays; out first: Cython picks the float type
-    from the first array argument, and p or x may be None)."""
+    from the first array argument, and p or x may be None, with their scales)."""
+    check_sizes("affine", 1, batch=batch, channels=channels, inner=inner)
+    cdef object size = (<object>batch) * channels * inner
+    check_lengths("affine", out=(out.shape[0], size), shift=(shift.shape[0], channels))
+    if p is not None:
+        _check_terms("affine", size, channels, p=p, p_scale=p_scale)
+    if x is not None:
+        _check_terms("affine", size, channels, x=x, center=center, x_scale=x_scale)
     cdef const floating* p_data = optional(p)
     cdef const floating* x_data = optional(x)
     cdef const double* p_scale_data = optional_double(p_scale)
@@ -219,6 +262,9 @@ def affine(floating[::1] out, const floating[::1] p, const double[::1] p_scale,
 def layer_norm_forward(const floating[::1] x, const double[::1] mean,
                        const double[::1] inv_std, const floating[::1] weight,
                        const floating[::1] bias, floating[::1] out, Py_ssize_t width):
+    _check_rows("layer_norm_forward", width, mean, inv_std, weight, bias, x=x, out=out)
+    if mean.shape[0] == 0:
+        return
     cdef const floating* weight_data = optional(weight)
     cdef const floating* bias_data = optional(bias)
     with nogil:
@@ -229,6 +275,10 @@ def layer_norm_forward(const floating[::1] x, const double[::1] mean,
 def layer_norm_input_grad(const floating[::1] grad, const floating[::1] x,
                           const double[::1] mean, const double[::1] inv_std,
                           const floating[::1] weight, floating[::1] x_grad, Py_ssize_t width):
+    _check_rows("layer_norm_input_grad", width, mean, inv_std, weight, None, grad=grad, x=x,
+                x_grad=x_grad)
+    if mean.shape[0] == 0:
+        return
     cdef const floating* weight_data = optional(weight)
     with nogil:
         rows_input_grad(&grad[0], &x[0], &mean[0], &inv_std[0], weight_data, &x_grad[0],
@@ -238,6 +288,13 @@ def layer_norm_input_grad(const floating[::1] grad, const floating[::1] x,
 def layer_norm_parameter_sums(const floating[::1] grad, const floating[::1] x,
                               const double[::1] mean, const double[::1] inv_std,
                               double[::1] weight_sum, double[::1] bias_sum, Py_ssize_t width):
+    _check_rows("layer_norm_parameter_sums", width, mean, inv_std, None, None, grad=grad, x=x)
+    check_lengths("layer_norm_parameter_sums", weight_sum=(weight_sum.shape[0], width),
+                  bias_sum=(bias_sum.shape[0], width))
+    if mean.shape[0] == 0:
+        weight_sum[:] = 0
+        bias_sum[:] = 0
+        return
     with nogil:
         columns_parameter_sums(&grad[0], &x[0], &mean[0], &inv_std[0], &weight_sum[0],
                                &bias_sum[0], mean.shape[0], width)
@@ -326,7 +383,7 @@ class BatchNorm(SetOnce, Layer):
         if x.ndim - 1 not in self.sample_ndims or x.shape[1] != self.num_features:
             raise ShapeError(f"{self.name}: expected an input of shape {self.layout} with "
                              f"C = {self.num_features}, got shape {x.shape}")
-        return x.shape[0], self.num_features, x.size // (x.shape[0] * self.num_features)
+        return x.shape[0], self.num_features, math.prod(x.shape[2:])
 
     def _affine_values(self) -> tuple:
         """(weight, bias) in float64 for the per-channel coefficients; 1 and 0 without affine."""
@@ -359,6 +416,11 @@ class BatchNorm(SetOnce, Layer):
             _number(self.name, "momentum", self.momentum, 0, 1)
         batch, channels, inner = self._view(x)
         count = batch * inner
+        if count == 0:
+            # Samples of size zero: nothing to normalize, and no statistics to take (the
+            # running ones would become NaN). PyTorch returns the empty output too.
+            self._x, self._mean, self._inv_std, self._from_batch = x, None, None, False
+            return self.buffer("out", x.shape, self.dtype)
         from_batch = self.training or not self.track_running_stats
         if from_batch:
             if self.training and count == 1:
@@ -385,6 +447,8 @@ class BatchNorm(SetOnce, Layer):
         grad = check_grad(self, grad, x.shape, self.dtype)
         batch, channels, inner = self._view(x)
         count = batch * inner
+        if count == 0:  # as forward: the parameters' gradients get nothing
+            return self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
         x_flat, grad_flat = x.reshape(-1), grad.reshape(-1)
         grad_sum, grad_dot = np.empty(channels), np.empty(channels)  # Σdy, Σdy·(x − mean)
         if self.affine or (self.needs_input_grad and self._from_batch):
