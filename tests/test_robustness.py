@@ -433,3 +433,13 @@ def test_the_python_twins_of_kernels_take_empty_arrays():
     normalization.layer_norm_parameter_sums(empty, empty, np.zeros(0), np.zeros(0), weight_sum,
                                             bias_sum, 3)
     assert not weight_sum.any() and not bias_sum.any()
+
+
+@pytest.mark.parametrize("value", [-1.0, np.nan])
+def test_batch_norm_in_eval_refuses_a_running_variance_below_zero(value):
+    # From a model file: the square root made every output NaN, with a numpy warning.
+    layer = L.BatchNorm1d(3).eval()
+    layer.running_var.value[1] = value
+    with pytest.raises(ValueError, match=f"batch_norm1d: running_var must hold numbers >= 0, "
+                                         f"got {value}"):
+        layer.forward(np.ones((2, 3), np.float32))

@@ -432,6 +432,9 @@ class BatchNorm(SetOnce, Layer):
                 self._update_running(mean, variance, count)
         else:
             running_mean, running_var, _ = self._running()
+            if not (running_var >= 0).all():  # a model file's: sqrt would make NaN outputs
+                raise ValueError(f"{self.name}: running_var must hold numbers >= 0, got "
+                                 f"{running_var[~(running_var >= 0)][0]}")
             mean, variance = running_mean.astype(np.float64), running_var.astype(np.float64)
         inv_std = 1 / np.sqrt(variance + self.eps)
         weight, bias = self._affine_values()
