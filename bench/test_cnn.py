@@ -10,6 +10,7 @@ from conftest import torch
 from corenet.train import train_step
 
 IMPLS = ["corenet", "torch"]
+BATCHES = [64, 256]
 LR, MOMENTUM = 0.01, 0.9
 
 
@@ -35,8 +36,8 @@ def lenet_flops(batch):
     return 3 * 2 * batch * forward
 
 
-@pytest.mark.parametrize("batch", [64, 256])
-def test_lenet_training_step(run, impl, batch):
+def lenet_step(impl, batch):
+    """One LeNet-5 training step of ``impl`` on a fixed random batch."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, batch)
@@ -47,16 +48,22 @@ def test_lenet_training_step(run, impl, batch):
 
         def step():
             return train_step(model, loss, optimizer, x, y)
-    else:
-        model = lenet_torch()
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        loss_function = torch.nn.CrossEntropyLoss()
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        return step
+    model = lenet_torch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    loss_function = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
-        def step():
-            optimizer.zero_grad()
-            value = loss_function(model(tx), ty)
-            value.backward()
-            optimizer.step()
-            return value
-    run(f"lenet-5 training step batch {batch}", step, flops=lenet_flops(batch))
+    def torch_step():
+        optimizer.zero_grad()
+        value = loss_function(model(tx), ty)
+        value.backward()
+        optimizer.step()
+        return value
+    return torch_step
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_lenet_training_step(run, impl, batch):
+    run(f"lenet-5 training step batch {batch}", lenet_step(impl, batch),
+        flops=lenet_flops(batch))
