@@ -60,6 +60,22 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("impl", [i for i in impls if i in IMPLS])
 
 
+def torch_training_step(model, x, y, lr, momentum):
+    """One PyTorch training step of ``model`` on (x, y): SGD with momentum and
+    cross-entropy, the step the corenet groups are compared with."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_function = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        optimizer.zero_grad()
+        loss = loss_function(model(tx), ty)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
 class ThreadLimit:
     """Runs every implementation with the same number of threads."""
 

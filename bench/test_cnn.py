@@ -6,7 +6,7 @@ import pytest
 
 import corenet as cn
 import corenet.layers as L
-from conftest import torch
+from conftest import torch, torch_training_step
 from corenet.train import train_step
 
 IMPLS = ["corenet", "torch"]
@@ -49,18 +49,7 @@ def lenet_step(impl, batch):
         def step():
             return train_step(model, loss, optimizer, x, y)
         return step
-    model = lenet_torch()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    loss_function = torch.nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def torch_step():
-        optimizer.zero_grad()
-        value = loss_function(model(tx), ty)
-        value.backward()
-        optimizer.step()
-        return value
-    return torch_step
+    return torch_training_step(lenet_torch(), x, y, LR, MOMENTUM)
 
 
 @pytest.mark.parametrize("batch", BATCHES)

@@ -5,7 +5,7 @@ import pytest
 
 import corenet as cn
 import corenet.layers as L
-from conftest import torch
+from conftest import torch, torch_training_step
 from corenet.train import train_step
 
 CONFIGS = [((784, 256, 256, 10), 64), ((64, 32, 10), 16), ((784, 1024, 1024, 10), 1024)]
@@ -68,17 +68,7 @@ def torch_step(sizes, x, y):
     for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
         stack += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
     model = torch.nn.Sequential(*stack, torch.nn.Linear(sizes[-2], sizes[-1]))
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    loss_function = torch.nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        optimizer.zero_grad()
-        loss = loss_function(model(tx), ty)
-        loss.backward()
-        optimizer.step()
-        return loss
-    return step
+    return torch_training_step(model, x, y, LR, MOMENTUM)
 
 
 STEPS = {"corenet": corenet_step, "numpy": numpy_step, "torch": torch_step}
