@@ -11,6 +11,7 @@ import time
 from cython.parallel cimport prange
 
 from corenet.kernels.threads cimport num_threads
+from corenet.kernels.threads import MAX_THREADS, in_forked_child
 
 cdef extern from *:
     """
@@ -42,10 +43,23 @@ cdef extern from *:
     int CN_FLOATS_PER_VECTOR
 
 
-def fma_peak_gflops(threads: int | None = None, seconds: float = 0.05) -> float:
+def fma_peak_gflops(threads=None, seconds=0.05):
     """float32 GFLOPS of the FMA loop on ``threads`` threads (corenet's count by default),
     the best of ten runs of about ``seconds`` each (on a shared machine a run can lose
     a core to another process; the best is the CPU's rate)."""
+    # No annotations: Cython would convert by them (2.5 threads to 2) before the checks.
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"fma_peak_gflops: threads must be an integer from 1 to "
+                         f"{MAX_THREADS}, got {threads!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not 0 < seconds <= 60:
+        raise ValueError(f"fma_peak_gflops: seconds must be a number in (0, 60], "
+                         f"got {seconds!r}")
+    if threads is not None and threads > 1 and in_forked_child():
+        # The OpenMP pool does not survive fork(): more than one thread would hang.
+        raise RuntimeError(f"fma_peak_gflops: a child made by fork() runs one thread, "
+                           f"got threads={threads}")
     cdef int n = num_threads() if threads is None else threads
     cdef long iterations = 1 << 16
     cdef int task
