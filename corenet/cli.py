@@ -446,7 +446,7 @@ def resumed_settings(args) -> tuple:
 def command_eval(args) -> int:
     import corenet as cn
     from corenet import data, models, serialize
-    from corenet.train import evaluate
+    from corenet.train import check_classifier_output, evaluate
 
     model = serialize.load(args.model)
     X, y = data.load(args.data)
@@ -459,6 +459,7 @@ def command_eval(args) -> int:
     if not args.all:
         _, _, X, y = data.train_test_split(X, y, fraction, seed)
     X = models.as_model_input(model, X)
+    check_classifier_output(args.model, model.predict(X[:1]))  # naming the file, at once
     test_loss, accuracy = evaluate(model, cn.losses.SoftmaxCrossEntropy(), X, y)
     metrics = {"accuracy": accuracy, "loss": test_loss, "samples": len(X),
                "split_seed": None if args.all else seed}
@@ -475,7 +476,7 @@ def command_predict(args) -> int:
         X, _ = data.load_digits()
     else:
         X = data.load_npz_inputs(args.inputs)
-    data.check_finite(X, args.inputs)
+    # (load_npz_inputs refused inf and NaN already, and the bundled digits are finite.)
     predictions = np.argmax(class_scores(model, models.as_model_input(model, X), args.model),
                             axis=1)
     if args.json:
@@ -491,13 +492,14 @@ def class_scores(model, X: np.ndarray, source: str) -> np.ndarray:
     samples), and scores that are inf or NaN (a model file's weights or statistics)."""
     from corenet.train import check_classifier_output
 
+    check_classifier_output(source, model.predict(X[:1]))  # before the whole set
     scores = model.predict(X)
-    check_classifier_output(source, scores)
-    bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+    # An inf score still has an argmax; a NaN has none (numpy says the NaN's class).
+    bad = np.flatnonzero(np.isnan(scores).any(axis=1))
     if len(bad):
-        raise ValueError(f"{source}: the model's outputs are inf or NaN for {len(bad)} of "
-                         f"{len(X)} samples (the first: sample {bad[0]}); its inputs are "
-                         f"finite, so its weights or statistics are not")
+        raise ValueError(f"{source}: the model's outputs are NaN for {len(bad)} of {len(X)} "
+                         f"samples (the first: sample {bad[0]}), from finite inputs: its "
+                         f"weights or statistics are not finite, or its values overflowed")
     return scores
 
 

@@ -73,7 +73,9 @@ def _npz_headers(path: str, names: tuple) -> list:
 def _as_inputs(X: np.ndarray, source: str) -> np.ndarray:
     # uint8 means 8-bit pixels: scaled to [0, 1] as for MNIST. Other dtypes are kept.
     if X.dtype == np.uint8:
-        return X.astype(np.float32) / 255.0
+        X = X.astype(np.float32)
+        X /= 255  # in place: one float32 copy of MNIST, not two
+        return X
     with np.errstate(over="ignore", invalid="ignore"):  # said below, naming the file
         X = X.astype(np.float32)
     check_finite(X, source)
@@ -81,9 +83,9 @@ def _as_inputs(X: np.ndarray, source: str) -> np.ndarray:
 
 
 def check_finite(X: np.ndarray, source: str) -> None:
-    """A ValueError naming the samples of ``X`` that hold an inf or a NaN (as float32:
-    1e300 is inf there). Training on them stopped with advice to lower the learning
-    rate, and the argmax of their outputs said class 0, silently."""
+    """A ValueError naming the samples of ``X`` that hold an inf or a NaN (the loaders
+    call it on X as float32, where 1e300 is inf). Training on them stopped with advice
+    to lower the learning rate, and the argmax of their outputs said class 0, silently."""
     if X.size == 0:  # no samples, or empty ones: the loaders say so
         return
     bad = np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))
@@ -105,7 +107,8 @@ def load_npz_inputs(path: str) -> np.ndarray:
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     """An .npz file holding arrays ``X`` (samples first) and ``y`` (integer labels).
 
-    A uint8 X is taken as pixels and divided by 255; any other X is used as it is.
+    A uint8 X is taken as pixels and divided by 255; any other X is cast to float32,
+    and refused if it then holds inf or NaN.
     """
     (x_shape, _), (y_shape, y_dtype) = _npz_headers(path, ("X", "y"))
     if len(x_shape) < 2 or len(y_shape) != 1:

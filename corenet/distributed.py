@@ -418,7 +418,9 @@ class DistributedOptimizer:
                              f"global batch, a number in [0, 1], got {value!r}")
         self.reducer.weight = share
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zeros, whatever ``set_to_none`` says: the reducer packs every gradient, so
+        each must be an array."""
         self.optimizer.zero_grad()
         self.reducer.begin()
 

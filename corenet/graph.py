@@ -446,9 +446,13 @@ class Model:
 
         return load_state_dict(self, state, strict)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Every layer's gradients to zero, or to None (Layer.zero_grad)."""
         for layer in self.layers:
-            layer.zero_grad()
+            if set_to_none:
+                layer.zero_grad(set_to_none=True)
+            else:  # a plugin's own zero_grad may take no argument
+                layer.zero_grad()
 
     def astype(self, dtype) -> "Model":
         """Convert every parameter (and so the model's inputs) to float32 or float64."""

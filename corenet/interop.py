@@ -216,7 +216,6 @@ def from_torch(module, input_shape=None) -> Sequential:
         if dim is not None and dim % ndim != ndim - 1:
             raise ValueError(f"from_torch: Softmax at {path!r} has dim={dim} on {ndim}-D "
                              f"inputs; corenet's softmax takes the last axis")
-    model.train(module.training)
     for _, layer, child in converted:  # a torch module's own mode: a BatchNorm in eval
         layer.train(child.training)
     return model

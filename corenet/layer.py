@@ -46,18 +46,31 @@ def aligned_empty(shape: tuple, dtype, alignment: int = 64) -> np.ndarray:
 
 
 class Parameter:
-    """A learnable array and the gradient that backward adds into (same shape and dtype)."""
+    """A learnable array and the gradient that backward adds into (same shape and dtype).
 
-    __slots__ = ("name", "value", "grad")
+    ``grad`` is None after ``zero_grad(set_to_none=True)``, as in PyTorch: the next
+    backward starts it from zeros. The array it held is kept (``unset_grad``), and a
+    layer that writes its whole gradient takes it back without zeroing it first
+    (parameter_arrays_to_write), so that a training step neither allocates nor clears
+    its gradients."""
+
+    __slots__ = ("name", "value", "grad", "_spare_grad")
 
     def __init__(self, name: str, value: np.ndarray):
         self.name = name
         self.value = np.ascontiguousarray(value)
         self.grad = np.zeros_like(self.value)
+        self._spare_grad = None
+
+    def unset_grad(self) -> None:
+        """grad = None, keeping its array for the next backward to reuse."""
+        if self.grad is not None:
+            self._spare_grad, self.grad = self.grad, None
 
     def astype(self, dtype) -> None:
         self.value = self.value.astype(dtype)
-        self.grad = self.grad.astype(dtype)
+        self.grad = None if self.grad is None else self.grad.astype(dtype)
+        self._spare_grad = None
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.value.shape}, dtype={self.value.dtype})"
@@ -158,10 +171,14 @@ class Layer:
 
     # -- helpers every layer shares ----------------------------------------------
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Gradients to zero, or with ``set_to_none`` to None (PyTorch's default since
+        2.0): the next backward then writes them instead of adding, and skips the pass
+        that clears them. A grad already None stays None."""
         for parameter in self.parameters():
-            # A grad set to None (PyTorch's habit) stays None: backward starts it from zeros.
-            if parameter.grad is not None:
+            if set_to_none:
+                parameter.unset_grad()
+            elif parameter.grad is not None:
                 parameter.grad.fill(0)
 
     def train(self, mode: bool = True) -> "Layer":
@@ -295,7 +312,7 @@ def contiguous(owner: str, what: str, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def check_lengths(function: str, **lengths: tuple) -> None:
+def check_lengths(function: str, /, **lengths: tuple) -> None:
     """For a Python-callable twin of a kernel, which indexes flat arrays by sizes it
     is given: ``label=(length, expected)`` for each array (its length from the
     memoryview, the expected from the sizes), a ValueError naming ``function``
@@ -308,11 +325,12 @@ def check_lengths(function: str, **lengths: tuple) -> None:
     """
     for label, (length, expected) in lengths.items():
         if length != expected:
-            raise ValueError(f"{function}: {label} has {length} elements, expected {expected}")
+            raise ValueError(f"{function}: {label} has {length} element"
+                             f"{'' if length == 1 else 's'}, expected {expected}")
 
 
-def check_sizes(function: str, minimum: int = 0, **sizes) -> None:
-    """The sizes given to a kernel's twin: integers of at least ``minimum``."""
+def check_sizes(function: str, minimum: int = 0, /, **sizes) -> None:
+    """The sizes given to a kernel's twin (C integers already): at least ``minimum``."""
     for label, size in sizes.items():
         if size < minimum:
             raise ValueError(f"{function}: {label} must be at least {minimum}, got {size}")
@@ -407,16 +425,42 @@ def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,
         value = contiguous(_label(layer, parameter), "its value", value)
     if not with_grad:
         return value, None
+    grad, unset = _grad_array(layer, parameter, shape, dtype)
+    if unset:
+        grad.fill(0)
+    return value, grad
+
+
+def parameter_arrays_to_write(layer: Layer, parameter: Parameter, shape: tuple,
+                              dtype) -> tuple:
+    """(value, grad, overwrite): as parameter_arrays, except that a grad that
+    ``zero_grad(set_to_none=True)`` unset comes back unzeroed with overwrite True. The
+    caller must then write every element of it (a GEMM with beta = 0) where it would
+    otherwise add: the pass that clears the gradient, and the GEMM's reads of it, go."""
+    value, _ = parameter_arrays(layer, parameter, shape, dtype, with_grad=False)
+    grad, unset = _grad_array(layer, parameter, shape, dtype)
+    return value, grad, unset
+
+
+def _grad_array(layer: Layer, parameter: Parameter, shape: tuple, dtype) -> tuple:
+    """(parameter.grad checked, whether it was None): a None grad becomes its spare
+    array, if that still fits, else a new one; its contents are then undefined."""
     grad = parameter.grad
-    if grad is None:
-        grad = parameter.grad = np.zeros(shape, dtype)
+    unset = grad is None
+    if unset:
+        spare = parameter._spare_grad
+        parameter._spare_grad = None
+        if not (isinstance(spare, np.ndarray) and spare.shape == shape and spare.dtype == dtype
+                and spare.flags.c_contiguous and spare.flags.writeable):
+            spare = np.empty(shape, dtype)
+        grad = parameter.grad = spare
     if not isinstance(grad, np.ndarray) or grad.shape != shape or grad.dtype != dtype:
         raise ShapeError(f"{_label(layer, parameter)}: its grad must be a {dtype} array of "
                          f"shape {shape}, got {_describe(grad)}")
     if not grad.flags.c_contiguous or not grad.flags.writeable:
         raise ValueError(f"{_label(layer, parameter)}: its grad must be a writeable "
                          f"C-contiguous array (backward adds into it)")
-    return value, grad
+    return grad, unset
 
 
 def _label(layer: Layer, parameter: Parameter) -> str:

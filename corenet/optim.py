@@ -148,10 +148,15 @@ class Optimizer:
         for group in self.param_groups:
             group["lr"] = value
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Every parameter's gradient to zero, or with ``set_to_none`` to None, as
+        torch.optim: backward then writes it instead of adding (Parameter), and step
+        skips a parameter whose gradient stays None."""
         for group in self.param_groups:
             for parameter in group["params"]:
-                if parameter.grad is not None:
+                if set_to_none:
+                    parameter.unset_grad()
+                elif parameter.grad is not None:
                     parameter.grad.fill(0)
 
     def step(self) -> None:

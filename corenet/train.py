@@ -19,7 +19,7 @@ import numpy as np
 from corenet.arguments import as_int
 from corenet.errors import ShapeError
 from corenet.layer import as_array
-from corenet.optim import SGD, Adam, AdamW, RMSprop, clip_grad_norm
+from corenet.optim import SGD, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
 from corenet.schedules import (Constant, CosineDecay, LinearWarmup, Schedule, Sequence,
                                StepDecay)
 
@@ -72,7 +72,12 @@ def train_step(model, loss, optimizer, x, y, after_backward=None,
     """One step: forward, loss, backward, ``after_backward()`` if given, update
     (gradients first clipped to a global norm of ``clip_norm`` if given). Returns the
     batch loss."""
-    optimizer.zero_grad()
+    if type(optimizer).zero_grad is Optimizer.zero_grad:
+        # Gradients unset, as torch.optim's default: the first backward writes them, with
+        # no pass that clears them (a subclass's own zero_grad may take no argument).
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.zero_grad()
     value = loss.forward(model.forward(x), y)
     model.backward(loss.backward())
     if after_backward is not None:

@@ -536,7 +536,7 @@ def test_predict_and_eval_refuse_a_model_that_is_not_a_classifier(tmp_path):
             f"two.npz: {wanted} 2 outputs, of per-sample shapes (10,), (10,)")
     refused(corenet("predict", str(conv), "digits"),
             f"conv.npz: {wanted} outputs of per-sample shape (3, 6, 6)")
-    refused(corenet("eval", str(two)), f"evaluate: {wanted} 2 outputs")
+    refused(corenet("eval", str(two)), f"two.npz: {wanted} 2 outputs")
 
 
 def test_predict_refuses_a_model_whose_outputs_are_not_finite(tmp_path):
@@ -545,8 +545,9 @@ def test_predict_refuses_a_model_whose_outputs_are_not_finite(tmp_path):
     model.layers[0].weight.value[3, 5] = np.nan
     cn.save(model, str(tmp_path / "nan.npz"))
     refused(corenet("predict", str(tmp_path / "nan.npz"), "digits"),
-            "nan.npz: the model's outputs are inf or NaN for 1797 of 1797 samples (the first: "
-            "sample 0); its inputs are finite, so its weights or statistics are not")
+            "nan.npz: the model's outputs are NaN for 1797 of 1797 samples (the first: "
+            "sample 0), from finite inputs: its weights or statistics are not finite, or its "
+            "values overflowed")
 
 
 @pytest.mark.parametrize("value", [1e300, np.nan])

@@ -10,6 +10,7 @@ import corenet
 import corenet.layers as L
 from corenet.errors import DTypeError, ShapeError
 from corenet.kernels import optim as kernels
+from corenet.train import train_step
 from corenet.optim import (SGD, Adam, AdamW, RMSprop, clip_grad_norm, weight_decay_groups)
 
 try:
@@ -489,6 +490,111 @@ def test_zero_grad(rng):
         p.grad[...] = 1
     SGD(params, lr=0.1).zero_grad()
     assert all(not p.grad.any() for p in params)
+
+
+def small_network(dtype=np.float32, like=None):
+    """Linear layers, fused and not, and a maxout; the weights of ``like`` if given."""
+    model = corenet.Sequential(L.Linear(6, 5), L.ReLU(), L.Linear(5, 4), L.Tanh(),
+                               L.Linear(4, 3, bias=False), L.Sigmoid(), L.Maxout(3, 2, 2),
+                               input_shape=(6,)).astype(dtype)
+    if like is not None:
+        model.load_state_dict(like.state_dict())
+    return model
+
+
+@pytest.mark.parametrize("owner", ["optimizer", "model", "layer"])
+def test_zero_grad_set_to_none_unsets_the_grads_and_keeps_their_arrays(owner):
+    model = small_network()
+    layer = model.layers[0]
+    optimizer = SGD(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad[...] = 1
+    arrays = [p.grad for p in model.parameters()]
+    {"optimizer": optimizer, "model": model, "layer": layer}[owner].zero_grad(set_to_none=True)
+    unset = layer.parameters() if owner == "layer" else model.parameters()
+    assert all(p.grad is None for p in unset)
+    model.backward(np.ones_like(model.forward(np.ones((2, 6), np.float32))))
+    # The next backward writes the same arrays (a step allocates no gradient), from zero.
+    assert all(p.grad is array for p, array in zip(model.parameters(), arrays))
+    reference = small_network(like=model)
+    reference.backward(np.ones_like(reference.forward(np.ones((2, 6), np.float32))))
+    for p, expected in zip(unset, (layer.parameters() if owner == "layer" else
+                                   reference.parameters())):
+        np.testing.assert_array_equal(p.grad, expected.grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_step_with_unset_grads_is_bitwise_a_step_from_zeroed_grads(dtype, rng):
+    # train_step unsets the grads: Linear's GEMM then writes dW (beta = 0) where it
+    # added into zeros; 0 + x is x, so nothing changes but the sign of a zero.
+    x = rng.standard_normal((7, 6)).astype(dtype)
+    y = rng.integers(0, 2, 7)
+    loss = corenet.losses.SoftmaxCrossEntropy()
+    unset = small_network(dtype)
+    zeroed = small_network(dtype, like=unset)
+    first = SGD(unset.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    second = SGD(zeroed.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for _ in range(4):
+        train_step(unset, loss, first, x, y)
+        second.zero_grad()
+        loss.forward(zeroed.forward(x), y)
+        zeroed.backward(loss.backward())
+        second.step()
+        for a, b in zip(unset.parameters(), zeroed.parameters()):
+            np.testing.assert_array_equal(a.value, b.value)
+            np.testing.assert_array_equal(a.grad, b.grad)
+
+
+def test_a_parameter_that_backward_does_not_reach_keeps_no_grad_and_no_update():
+    p = corenet.Parameter("w", np.ones(3, np.float32))
+    optimizer = SGD([p], lr=0.5, momentum=0.9, weight_decay=0.1)
+    optimizer.zero_grad(set_to_none=True)
+    optimizer.step()  # as torch.optim: no gradient, no update (not even weight decay)
+    assert p.grad is None
+    np.testing.assert_array_equal(p.value, 1)
+
+
+def test_an_unset_grad_whose_array_no_longer_fits_gets_a_new_one():
+    layer = L.Linear(3, 2)
+    layer.weight.unset_grad()
+    layer.weight._spare_grad = np.zeros((3, 2), np.float32)  # the layer's shape changed
+    layer.backward(np.ones_like(layer.forward(np.ones((4, 3), np.float32))))
+    np.testing.assert_array_equal(layer.weight.grad, np.full((2, 3), 4))
+    layer.weight.unset_grad()
+    layer.weight._spare_grad.flags.writeable = False
+    layer.backward(np.ones((4, 2), np.float32))
+    assert layer.weight.grad.flags.writeable
+    np.testing.assert_array_equal(layer.weight.grad, np.full((2, 3), 4))
+
+
+def test_a_linear_backward_that_fails_leaves_zeros_in_an_unset_grad():
+    # The spare array holds the last step's gradient: a backward that raised before
+    # writing it must not leave that for the next backward to add to.
+    layer = L.Linear(3, 2)
+    layer.forward(np.ones((4, 3), np.float32))
+    layer.backward(np.ones((4, 2), np.float32))
+    layer.weight.unset_grad()
+    layer._fusion = (1, 0.0)  # as if a relu were fused: backward asks for a buffer
+    layer.needs_input_grad = False  # (and not for x_grad's before that)
+
+    def no_memory(key, shape, dtype):
+        raise MemoryError(f"no memory for {key}")
+    layer.buffer = no_memory
+    with pytest.raises(MemoryError, match="no memory for pre_activation_grad"):
+        layer.backward(np.ones((4, 2), np.float32))
+    np.testing.assert_array_equal(layer.weight.grad, 0)
+
+
+def test_train_step_takes_an_optimizer_whose_zero_grad_takes_no_argument(rng):
+    class Plain(SGD):
+        def zero_grad(self):
+            super().zero_grad()
+
+    model = small_network()
+    optimizer = Plain(model.parameters(), lr=0.1)
+    train_step(model, corenet.losses.SoftmaxCrossEntropy(), optimizer,
+               rng.standard_normal((5, 6)).astype(np.float32), rng.integers(0, 2, 5))
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("kind", [SGD, Adam, RMSprop])

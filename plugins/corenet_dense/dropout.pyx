@@ -52,13 +52,16 @@ cdef void scale_kept(const floating* source, floating* target, Py_ssize_t size,
 
 def apply_mask(const floating[::1] source, floating[::1] target, uint64_t key, double p):
     """target = source masked and scaled by the mask of ``key`` (flat arrays)."""
-    cdef uint64_t threshold = <uint64_t>(p * 9007199254740992.0)  # p · 2⁵³
-    cdef floating scale = <floating>(1.0 / (1.0 - p))
-    check_lengths("apply_mask", target=(target.shape[0], source.shape[0]))
-    if not 0 <= p < 1:
+    cdef uint64_t threshold
+    cdef floating scale
+    if target.shape[0] != source.shape[0]:
+        check_lengths("apply_mask", target=(target.shape[0], source.shape[0]))
+    if not 0 <= p < 1:  # before the conversions below: a NaN or negative one is undefined
         raise ValueError(f"apply_mask: p must be in [0, 1), got {p}")
     if source.shape[0] == 0:
         return
+    threshold = <uint64_t>(p * 9007199254740992.0)  # p · 2⁵³
+    scale = <floating>(1.0 / (1.0 - p))
     with nogil:
         scale_kept(&source[0], &target[0], source.shape[0], key, threshold, scale)
 

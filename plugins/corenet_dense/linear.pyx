@@ -22,7 +22,7 @@ from corenet.errors import ShapeError
 from corenet.fusion import fused_epilogue, fusion_of
 from corenet.memory import check_parameters
 from corenet.layer import (Layer, Parameter, as_float_dtype, check_grad, check_input,
-                           parameter_arrays, require_forward)
+                           parameter_arrays, parameter_arrays_to_write, require_forward)
 
 cnp.import_array()
 
@@ -128,18 +128,19 @@ cdef int linear_forward(cnp.ndarray x, cnp.ndarray weight, object bias, cnp.ndar
 
 
 cdef int linear_backward(cnp.ndarray grad, cnp.ndarray x, cnp.ndarray weight,
-                         cnp.ndarray weight_grad, object bias_grad, object x_grad) except -1:
+                         cnp.ndarray weight_grad, bint add_to_weight_grad, object bias_grad,
+                         object x_grad) except -1:
     cdef Py_ssize_t n = x.shape[0], k = x.shape[1], m = weight.shape[0]
     cdef void* bias_grad_data = NULL if bias_grad is None else cnp.PyArray_DATA(bias_grad)
     cdef void* x_grad_data = NULL if x_grad is None else cnp.PyArray_DATA(x_grad)
     cdef int status = 0
     if x.descr.type_num == cnp.NPY_FLOAT32:
         with nogil:
-            # dW (m x k) += gradᵀ (m x n) · x (n x k)
+            # dW (m x k) += gradᵀ (m x n) · x (n x k), or = after zero_grad(set_to_none=True)
             status |= gemm(True, False, m, k, n, <const float*>cnp.PyArray_DATA(grad), m,
                            <const float*>cnp.PyArray_DATA(x), k,
-                           <float*>cnp.PyArray_DATA(weight_grad), k, True, NULL, EPILOGUE_NONE,
-                           0)
+                           <float*>cnp.PyArray_DATA(weight_grad), k, add_to_weight_grad, NULL,
+                           EPILOGUE_NONE, 0)
             if bias_grad_data != NULL:
                 add_column_sums(<float*>bias_grad_data, <const float*>cnp.PyArray_DATA(grad), n, m)
             if x_grad_data != NULL:
@@ -152,8 +153,8 @@ cdef int linear_backward(cnp.ndarray grad, cnp.ndarray x, cnp.ndarray weight,
         with nogil:
             status |= gemm(True, False, m, k, n, <const double*>cnp.PyArray_DATA(grad), m,
                            <const double*>cnp.PyArray_DATA(x), k,
-                           <double*>cnp.PyArray_DATA(weight_grad), k, True, NULL, EPILOGUE_NONE,
-                           0)
+                           <double*>cnp.PyArray_DATA(weight_grad), k, add_to_weight_grad, NULL,
+                           EPILOGUE_NONE, 0)
             if bias_grad_data != NULL:
                 add_column_sums(<double*>bias_grad_data, <const double*>cnp.PyArray_DATA(grad),
                                 n, m)
@@ -247,19 +248,25 @@ class Linear(Layer):
                              f"in_features is now {self.in_features}: run forward again")
         grad = check_grad(self, grad, (x.shape[0], self.out_features), self.dtype)
         x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
-        weight, weight_grad = parameter_arrays(self, self.weight,
-                                               (self.out_features, self.in_features), self.dtype)
         bias_grad = None
         if self.bias is not None:
             _, bias_grad = parameter_arrays(self, self.bias, (self.out_features,), self.dtype)
-        if self._fusion is not None:
-            # One pass takes the gradient through the activation and sums it into
-            # the bias gradient; the GEMMs then read that copy.
-            pre_grad = self.buffer("pre_activation_grad", grad.shape, self.dtype)
-            code, param = self._fusion
-            activation_backward(code, param, grad, self._out, pre_grad, bias_grad)
-            grad, bias_grad = pre_grad, None
-        linear_backward(grad, x, weight, weight_grad, bias_grad, x_grad)
+        # After zero_grad(set_to_none=True) the GEMM writes dW instead of adding to zeros.
+        weight, weight_grad, overwrite = parameter_arrays_to_write(
+            self, self.weight, (self.out_features, self.in_features), self.dtype)
+        try:
+            if self._fusion is not None:
+                # One pass takes the gradient through the activation and sums it into
+                # the bias gradient; the GEMMs then read that copy.
+                pre_grad = self.buffer("pre_activation_grad", grad.shape, self.dtype)
+                code, param = self._fusion
+                activation_backward(code, param, grad, self._out, pre_grad, bias_grad)
+                grad, bias_grad = pre_grad, None
+            linear_backward(grad, x, weight, weight_grad, not overwrite, bias_grad, x_grad)
+        except BaseException:
+            if overwrite:  # not written: what a later backward adds to must be zeros
+                weight_grad.fill(0)
+            raise
         return x_grad
 
     def can_fuse(self, following):

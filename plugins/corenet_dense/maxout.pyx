@@ -61,9 +61,11 @@ cdef void route_to_chosen(const floating* grad, const int* chosen, floating* z_g
 def maxout_pieces(const floating[::1] z, floating[::1] out, int[::1] chosen,
                   Py_ssize_t pieces):
     """Python-callable max_over_pieces (z flat of units × pieces)."""
-    check_sizes("maxout_pieces", 1, pieces=pieces)
-    check_lengths("maxout_pieces", z=(z.shape[0], (<object>out.shape[0]) * pieces),
-                  chosen=(chosen.shape[0], out.shape[0]))
+    if not (pieces >= 1 and chosen.shape[0] == out.shape[0] and z.shape[0] % pieces == 0
+            and z.shape[0] // pieces == out.shape[0]):  # in C: this runs at every step
+        check_sizes("maxout_pieces", 1, pieces=pieces)
+        check_lengths("maxout_pieces", z=(z.shape[0], (<object>out.shape[0]) * pieces),
+                      chosen=(chosen.shape[0], out.shape[0]))
     if out.shape[0] == 0:
         return
     with nogil:
@@ -74,16 +76,18 @@ def maxout_route(const floating[::1] grad, const int[::1] chosen, floating[::1] 
                  Py_ssize_t pieces):
     """Python-callable route_to_chosen (chosen's values are only compared, never
     used as indices)."""
-    check_sizes("maxout_route", 1, pieces=pieces)
-    check_lengths("maxout_route", chosen=(chosen.shape[0], grad.shape[0]),
-                  z_grad=(z_grad.shape[0], (<object>grad.shape[0]) * pieces))
+    if not (pieces >= 1 and chosen.shape[0] == grad.shape[0]
+            and z_grad.shape[0] % pieces == 0 and z_grad.shape[0] // pieces == grad.shape[0]):
+        check_sizes("maxout_route", 1, pieces=pieces)
+        check_lengths("maxout_route", chosen=(chosen.shape[0], grad.shape[0]),
+                      z_grad=(z_grad.shape[0], (<object>grad.shape[0]) * pieces))
     if grad.shape[0] == 0:
         return
     with nogil:
         route_to_chosen(&grad[0], &chosen[0], &z_grad[0], grad.shape[0], pieces)
 
 
-def _check_sizes(**sizes):
+def _positive_sizes(**sizes):
     for label, size in sizes.items():
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ValueError(f"maxout: {label} must be a positive integer, got {size!r}")
@@ -130,7 +134,7 @@ class Maxout(SetOnce, Layer):
     @classmethod
     def parameter_shapes(cls, in_features, out_features, pieces, bias=True, dtype="float32",
                          init="pytorch_uniform", bias_init="pytorch_uniform"):
-        _check_sizes(in_features=in_features, out_features=out_features, pieces=pieces)
+        _positive_sizes(in_features=in_features, out_features=out_features, pieces=pieces)
         if not isinstance(bias, (bool, np.bool_)):
             raise ValueError(f"maxout: bias must be True or False, got {bias!r}")
         as_float_dtype(dtype, cls.name)
@@ -179,7 +183,7 @@ class Maxout(SetOnce, Layer):
         maxout_route(grad.reshape(-1), self._chosen.reshape(-1), z_grad.reshape(-1),
                      self.pieces)
         x_grad = self.buffer("x_grad", x.shape, self.dtype) if self.needs_input_grad else None
-        linear_backward(z_grad, x, weight, weight_grad, bias_grad, x_grad)
+        linear_backward(z_grad, x, weight, weight_grad, True, bias_grad, x_grad)
         return x_grad
 
     def parameters(self):

@@ -176,7 +176,19 @@ cdef void columns_parameter_sums(const floating* grad, const floating* x, const 
 
 # -- Python-callable twins, on flat arrays; None stands for a NULL pointer -------------
 # Each checks its arrays' lengths against the sizes it is given before the kernel
-# indexes by them (corenet.layer.check_lengths).
+# indexes by them: in C, since the layers call them at every step, and through
+# corenet.layer's check_sizes and check_lengths only to name what is wrong.
+
+cdef inline bint is_product(Py_ssize_t length, Py_ssize_t a, Py_ssize_t b,
+                            Py_ssize_t c) noexcept:
+    """length == a·b·c for sizes of at least 1, by division: the product could wrap."""
+    return length % a == 0 and (length // a) % b == 0 and length // a // b == c
+
+
+def _mismatch(function):
+    """Past the named checks, which cover each C check: a net, never reached."""
+    return ValueError(f"{function}: the arrays do not match the sizes given")
+
 
 def _check_terms(function, size, channels, **arrays):
     """affine's term: its flat array (the first) of ``size`` and its per-channel
@@ -190,9 +202,10 @@ def _check_terms(function, size, channels, **arrays):
     check_lengths(function, **lengths)
 
 
-def _check_rows(function, width, mean, inv_std, weight, bias, **flat):
-    """Layer norm's twins: rows of ``width`` (one mean and inv_std per row), weight
-    and bias (None or one per column), the flat arrays rows × width."""
+def _refuse_rows(function, width, mean, inv_std, weight, bias, **flat):
+    """Layer norm's twins, once their C check failed: rows of ``width`` (one mean and
+    inv_std per row), weight and bias (None or one per column), the flat arrays
+    rows × width."""
     check_sizes(function, 1, width=width)
     rows = len(mean)
     lengths = {label: (len(array), rows * width) for label, array in flat.items()}
@@ -217,9 +230,13 @@ cdef inline const double* optional_double(const double[::1] array):
 
 def statistics(const floating[::1] x, Py_ssize_t batch, Py_ssize_t channels,
                Py_ssize_t inner, double[::1] mean, double[::1] variance):
-    check_sizes("statistics", 1, batch=batch, channels=channels, inner=inner)
-    check_lengths("statistics", x=(x.shape[0], (<object>batch) * channels * inner),
-                  mean=(mean.shape[0], channels), variance=(variance.shape[0], channels))
+    if not (batch >= 1 and channels >= 1 and inner >= 1 and mean.shape[0] == channels
+            and variance.shape[0] == channels
+            and is_product(x.shape[0], batch, channels, inner)):
+        check_sizes("statistics", 1, batch=batch, channels=channels, inner=inner)
+        check_lengths("statistics", x=(x.shape[0], (<object>batch) * channels * inner),
+                      mean=(mean.shape[0], channels), variance=(variance.shape[0], channels))
+        raise _mismatch("statistics")
     with nogil:
         channel_statistics(&x[0], batch, channels, inner, &mean[0], &variance[0])
 
@@ -227,11 +244,16 @@ def statistics(const floating[::1] x, Py_ssize_t batch, Py_ssize_t channels,
 def grad_sums(const floating[::1] grad, const floating[::1] x, const double[::1] mean,
               Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t inner,
               double[::1] grad_sum, double[::1] grad_dot_centered):
-    check_sizes("grad_sums", 1, batch=batch, channels=channels, inner=inner)
-    cdef object size = (<object>batch) * channels * inner
-    check_lengths("grad_sums", grad=(grad.shape[0], size), x=(x.shape[0], size),
-                  mean=(mean.shape[0], channels), grad_sum=(grad_sum.shape[0], channels),
-                  grad_dot_centered=(grad_dot_centered.shape[0], channels))
+    if not (batch >= 1 and channels >= 1 and inner >= 1 and mean.shape[0] == channels
+            and grad_sum.shape[0] == channels and grad_dot_centered.shape[0] == channels
+            and is_product(grad.shape[0], batch, channels, inner)
+            and x.shape[0] == grad.shape[0]):
+        check_sizes("grad_sums", 1, batch=batch, channels=channels, inner=inner)
+        size = (<object>batch) * channels * inner
+        check_lengths("grad_sums", grad=(grad.shape[0], size), x=(x.shape[0], size),
+                      mean=(mean.shape[0], channels), grad_sum=(grad_sum.shape[0], channels),
+                      grad_dot_centered=(grad_dot_centered.shape[0], channels))
+        raise _mismatch("grad_sums")
     with nogil:
         channel_sums(&grad[0], NULL, &x[0], &mean[0], batch, channels, inner, &grad_sum[0],
                      &grad_dot_centered[0])
@@ -242,13 +264,22 @@ def affine(floating[::1] out, const floating[::1] p, const double[::1] p_scale,
            const double[::1] shift, Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t inner):
     """out = channel_affine(...) (flat arrays; out first: Cython picks the float type
     from the first array argument, and p or x may be None, with their scales)."""
-    check_sizes("affine", 1, batch=batch, channels=channels, inner=inner)
-    cdef object size = (<object>batch) * channels * inner
-    check_lengths("affine", out=(out.shape[0], size), shift=(shift.shape[0], channels))
-    if p is not None:
-        _check_terms("affine", size, channels, p=p, p_scale=p_scale)
-    if x is not None:
-        _check_terms("affine", size, channels, x=x, center=center, x_scale=x_scale)
+    cdef Py_ssize_t size = out.shape[0]
+    if not (batch >= 1 and channels >= 1 and inner >= 1 and shift.shape[0] == channels
+            and is_product(size, batch, channels, inner)
+            and (p is None or (p.shape[0] == size and p_scale is not None
+                               and p_scale.shape[0] == channels))
+            and (x is None or (x.shape[0] == size and center is not None and x_scale is not None
+                               and center.shape[0] == channels
+                               and x_scale.shape[0] == channels))):
+        check_sizes("affine", 1, batch=batch, channels=channels, inner=inner)
+        expected = (<object>batch) * channels * inner
+        check_lengths("affine", out=(size, expected), shift=(shift.shape[0], channels))
+        if p is not None:
+            _check_terms("affine", expected, channels, p=p, p_scale=p_scale)
+        if x is not None:
+            _check_terms("affine", expected, channels, x=x, center=center, x_scale=x_scale)
+        raise _mismatch("affine")
     cdef const floating* p_data = optional(p)
     cdef const floating* x_data = optional(x)
     cdef const double* p_scale_data = optional_double(p_scale)
@@ -262,42 +293,60 @@ def affine(floating[::1] out, const floating[::1] p, const double[::1] p_scale,
 def layer_norm_forward(const floating[::1] x, const double[::1] mean,
                        const double[::1] inv_std, const floating[::1] weight,
                        const floating[::1] bias, floating[::1] out, Py_ssize_t width):
-    _check_rows("layer_norm_forward", width, mean, inv_std, weight, bias, x=x, out=out)
-    if mean.shape[0] == 0:
+    cdef Py_ssize_t rows = mean.shape[0]
+    if not (width >= 1 and inv_std.shape[0] == rows and x.shape[0] % width == 0
+            and x.shape[0] // width == rows and out.shape[0] == x.shape[0]
+            and (weight is None or weight.shape[0] == width)
+            and (bias is None or bias.shape[0] == width)):
+        _refuse_rows("layer_norm_forward", width, mean, inv_std, weight, bias, x=x, out=out)
+        raise _mismatch("layer_norm_forward")
+    if rows == 0:
         return
     cdef const floating* weight_data = optional(weight)
     cdef const floating* bias_data = optional(bias)
     with nogil:
         rows_normalize(&x[0], &mean[0], &inv_std[0], weight_data, bias_data, &out[0],
-                       mean.shape[0], width)
+                       rows, width)
 
 
 def layer_norm_input_grad(const floating[::1] grad, const floating[::1] x,
                           const double[::1] mean, const double[::1] inv_std,
                           const floating[::1] weight, floating[::1] x_grad, Py_ssize_t width):
-    _check_rows("layer_norm_input_grad", width, mean, inv_std, weight, None, grad=grad, x=x,
-                x_grad=x_grad)
-    if mean.shape[0] == 0:
+    cdef Py_ssize_t rows = mean.shape[0]
+    if not (width >= 1 and inv_std.shape[0] == rows and grad.shape[0] % width == 0
+            and grad.shape[0] // width == rows and x.shape[0] == grad.shape[0]
+            and x_grad.shape[0] == grad.shape[0]
+            and (weight is None or weight.shape[0] == width)):
+        _refuse_rows("layer_norm_input_grad", width, mean, inv_std, weight, None, grad=grad,
+                     x=x, x_grad=x_grad)
+        raise _mismatch("layer_norm_input_grad")
+    if rows == 0:
         return
     cdef const floating* weight_data = optional(weight)
     with nogil:
         rows_input_grad(&grad[0], &x[0], &mean[0], &inv_std[0], weight_data, &x_grad[0],
-                        mean.shape[0], width)
+                        rows, width)
 
 
 def layer_norm_parameter_sums(const floating[::1] grad, const floating[::1] x,
                               const double[::1] mean, const double[::1] inv_std,
                               double[::1] weight_sum, double[::1] bias_sum, Py_ssize_t width):
-    _check_rows("layer_norm_parameter_sums", width, mean, inv_std, None, None, grad=grad, x=x)
-    check_lengths("layer_norm_parameter_sums", weight_sum=(weight_sum.shape[0], width),
-                  bias_sum=(bias_sum.shape[0], width))
-    if mean.shape[0] == 0:
+    cdef Py_ssize_t rows = mean.shape[0]
+    if not (width >= 1 and inv_std.shape[0] == rows and grad.shape[0] % width == 0
+            and grad.shape[0] // width == rows and x.shape[0] == grad.shape[0]
+            and weight_sum.shape[0] == width and bias_sum.shape[0] == width):
+        _refuse_rows("layer_norm_parameter_sums", width, mean, inv_std, None, None, grad=grad,
+                     x=x)
+        check_lengths("layer_norm_parameter_sums", weight_sum=(weight_sum.shape[0], width),
+                      bias_sum=(bias_sum.shape[0], width))
+        raise _mismatch("layer_norm_parameter_sums")
+    if rows == 0:
         weight_sum[:] = 0
         bias_sum[:] = 0
         return
     with nogil:
         columns_parameter_sums(&grad[0], &x[0], &mean[0], &inv_std[0], &weight_sum[0],
-                               &bias_sum[0], mean.shape[0], width)
+                               &bias_sum[0], rows, width)
 
 
 # -- the layers ----------------------------------------------------------------------
@@ -418,7 +467,11 @@ class BatchNorm(SetOnce, Layer):
         count = batch * inner
         if count == 0:
             # Samples of size zero: nothing to normalize, and no statistics to take (the
-            # running ones would become NaN). PyTorch returns the empty output too.
+            # running ones would become NaN). As PyTorch, the output is empty and the
+            # batch is counted (momentum=None averages over the batches counted).
+            if self.training and self.track_running_stats:
+                batches = self._running()[2]
+                batches[...] += 1
             self._x, self._mean, self._inv_std, self._from_batch = x, None, None, False
             return self.buffer("out", x.shape, self.dtype)
         from_batch = self.training or not self.track_running_stats
@@ -432,10 +485,12 @@ class BatchNorm(SetOnce, Layer):
                 self._update_running(mean, variance, count)
         else:
             running_mean, running_var, _ = self._running()
-            if not (running_var >= 0).all():  # a model file's: sqrt would make NaN outputs
-                raise ValueError(f"{self.name}: running_var must hold numbers >= 0, got "
-                                 f"{running_var[~(running_var >= 0)][0]}")
             mean, variance = running_mean.astype(np.float64), running_var.astype(np.float64)
+            shifted = variance + self.eps
+            if not (shifted > 0).all():
+                # A model file's running_var below -eps, or NaN: every output would be NaN.
+                raise ValueError(f"{self.name}: running_var must hold numbers > -eps "
+                                 f"({-self.eps:g}), got {variance[~(shifted > 0)][0]}")
         inv_std = 1 / np.sqrt(variance + self.eps)
         weight, bias = self._affine_values()
         out = self.buffer("out", x.shape, self.dtype)
@@ -592,7 +647,8 @@ class LayerNorm(SetOnce, Layer):
         width = math.prod(self.normalized_shape)
         rows = x.size // width
         mean, variance = np.empty(rows), np.empty(rows)
-        statistics(x.reshape(-1), 1, rows, width, mean, variance)
+        if rows:  # no samples of any size (N, 0, ...): nothing to take statistics of
+            statistics(x.reshape(-1), 1, rows, width, mean, variance)
         inv_std = 1 / np.sqrt(variance + self.eps)
         out = self.buffer("out", x.shape, self.dtype)
         layer_norm_forward(x.reshape(-1), mean, inv_std, self._values(self.weight, False)[0],
