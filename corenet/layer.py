@@ -425,9 +425,17 @@ def parameter_arrays(layer: Layer, parameter: Parameter, shape: tuple, dtype,
         value = contiguous(_label(layer, parameter), "its value", value)
     if not with_grad:
         return value, None
-    grad, unset = _grad_array(layer, parameter, shape, dtype)
-    if unset:
+    grad = parameter.grad
+    if grad is None:
+        grad = _unset_grad_array(parameter, shape, dtype)
         grad.fill(0)
+        return value, grad
+    if not isinstance(grad, np.ndarray) or grad.shape != shape or grad.dtype != dtype:
+        raise ShapeError(f"{_label(layer, parameter)}: its grad must be a {dtype} array of "
+                         f"shape {shape}, got {_describe(grad)}")
+    if not grad.flags.c_contiguous or not grad.flags.writeable:
+        raise ValueError(f"{_label(layer, parameter)}: its grad must be a writeable "
+                         f"C-contiguous array (backward adds into it)")
     return value, grad
 
 
@@ -437,30 +445,22 @@ def parameter_arrays_to_write(layer: Layer, parameter: Parameter, shape: tuple,
     ``zero_grad(set_to_none=True)`` unset comes back unzeroed with overwrite True. The
     caller must then write every element of it (a GEMM with beta = 0) where it would
     otherwise add: the pass that clears the gradient, and the GEMM's reads of it, go."""
+    if getattr(parameter, "grad", True) is not None:  # set, or not a Parameter: as ever
+        return (*parameter_arrays(layer, parameter, shape, dtype), False)
     value, _ = parameter_arrays(layer, parameter, shape, dtype, with_grad=False)
-    grad, unset = _grad_array(layer, parameter, shape, dtype)
-    return value, grad, unset
+    return value, _unset_grad_array(parameter, shape, dtype), True
 
 
-def _grad_array(layer: Layer, parameter: Parameter, shape: tuple, dtype) -> tuple:
-    """(parameter.grad checked, whether it was None): a None grad becomes its spare
-    array, if that still fits, else a new one; its contents are then undefined."""
-    grad = parameter.grad
-    unset = grad is None
-    if unset:
-        spare = parameter._spare_grad
-        parameter._spare_grad = None
-        if not (isinstance(spare, np.ndarray) and spare.shape == shape and spare.dtype == dtype
-                and spare.flags.c_contiguous and spare.flags.writeable):
-            spare = np.empty(shape, dtype)
-        grad = parameter.grad = spare
-    if not isinstance(grad, np.ndarray) or grad.shape != shape or grad.dtype != dtype:
-        raise ShapeError(f"{_label(layer, parameter)}: its grad must be a {dtype} array of "
-                         f"shape {shape}, got {_describe(grad)}")
-    if not grad.flags.c_contiguous or not grad.flags.writeable:
-        raise ValueError(f"{_label(layer, parameter)}: its grad must be a writeable "
-                         f"C-contiguous array (backward adds into it)")
-    return grad, unset
+def _unset_grad_array(parameter: Parameter, shape: tuple, dtype) -> np.ndarray:
+    """The array for a grad that is None, made the grad: the one zero_grad kept, if
+    it still fits the layer, else a new one; its contents are undefined."""
+    grad = parameter._spare_grad
+    parameter._spare_grad = None
+    if not (isinstance(grad, np.ndarray) and grad.shape == shape and grad.dtype == dtype
+            and grad.flags.c_contiguous and grad.flags.writeable):
+        grad = np.empty(shape, dtype)
+    parameter.grad = grad
+    return grad
 
 
 def _label(layer: Layer, parameter: Parameter) -> str:
