@@ -419,8 +419,8 @@ class DistributedOptimizer:
         self.reducer.weight = share
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zeros, whatever ``set_to_none`` says: the reducer packs every gradient, so
-        each must be an array."""
+        """Zeros, whatever ``set_to_none`` says (a grad that is None already packs as
+        zeros): the reducer packs every gradient as soon as its layer's backward ends."""
         self.optimizer.zero_grad()
         self.reducer.begin()
 

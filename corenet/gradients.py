@@ -66,6 +66,9 @@ class FlatGradients:
         """out[parameter index's span] = its grad * weight (step 1 of the contract)."""
         parameter = self.parameters[index]
         grad = parameter.grad
+        if grad is None:  # unset (zero_grad(set_to_none=True)) and not reached since: zeros
+            out[self.offsets[index]:self.offsets[index + 1]] = 0
+            return
         if not isinstance(grad, np.ndarray) or grad.shape != parameter.value.shape \
                 or grad.dtype != self.dtype:
             raise ValueError(f"the grad of {parameter.name!r} must be a {self.dtype} array of "
@@ -82,8 +85,11 @@ class FlatGradients:
     def unpack(self, flat: np.ndarray) -> None:
         """Every parameter's grad = its span of ``flat``."""
         for index, parameter in enumerate(self.parameters):
-            parameter.grad[...] = flat[self.offsets[index]:self.offsets[index + 1]] \
-                .reshape(parameter.grad.shape)
+            span = flat[self.offsets[index]:self.offsets[index + 1]]
+            if parameter.grad is None:  # unset: a new array (a rank that ran no samples)
+                parameter.grad = span.reshape(parameter.value.shape).copy()
+            else:
+                parameter.grad[...] = span.reshape(parameter.grad.shape)
 
 
 def add_in_order(total: np.ndarray, weighted: np.ndarray) -> None:

@@ -447,11 +447,12 @@ class Model:
         return load_state_dict(self, state, strict)
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Every layer's gradients to zero, or to None (Layer.zero_grad)."""
+        """Every layer's gradients to zero, or to None (Parameter.unset_grad)."""
         for layer in self.layers:
-            if set_to_none:
-                layer.zero_grad(set_to_none=True)
-            else:  # a plugin's own zero_grad may take no argument
+            if set_to_none:  # through the parameters: a plugin's zero_grad may take no argument
+                for parameter in layer.parameters():
+                    parameter.unset_grad()
+            else:
                 layer.zero_grad()
 
     def astype(self, dtype) -> "Model":

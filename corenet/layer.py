@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 from typing import ClassVar
 
 import numpy as np
@@ -52,7 +53,7 @@ class Parameter:
     backward starts it from zeros. The array it held is kept (``unset_grad``), and a
     layer that writes its whole gradient takes it back without zeroing it first
     (parameter_arrays_to_write), so that a training step neither allocates nor clears
-    its gradients."""
+    it. Unlike PyTorch's fresh tensor, that is the same array: copy a grad you keep."""
 
     __slots__ = ("name", "value", "grad", "_spare_grad")
 
@@ -63,9 +64,18 @@ class Parameter:
         self._spare_grad = None
 
     def unset_grad(self) -> None:
-        """grad = None, keeping its array for the next backward to reuse."""
-        if self.grad is not None:
-            self._spare_grad, self.grad = self.grad, None
+        """grad = None, keeping its array for the next backward to reuse; or zeros in
+        place when the array is shared (the next backward would overwrite it where
+        another holder expects zeros or its own values): tied weights whose grads are
+        one array or views of one, or a reference the caller kept. sys.getrefcount
+        counts this Parameter's slot, ``grad`` below and its own argument."""
+        grad = self.grad
+        if grad is None:
+            return
+        if isinstance(grad, np.ndarray) and grad.base is None and sys.getrefcount(grad) <= 3:
+            self._spare_grad, self.grad = grad, None
+        else:
+            grad.fill(0)
 
     def astype(self, dtype) -> None:
         self.value = self.value.astype(dtype)

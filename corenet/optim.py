@@ -150,8 +150,9 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Every parameter's gradient to zero, or with ``set_to_none`` to None, as
-        torch.optim: backward then writes it instead of adding (Parameter), and step
-        skips a parameter whose gradient stays None."""
+        torch.optim (Parameter.unset_grad: a shared array is zeroed instead): the next
+        backward starts it from zeros (Linear's weight is written, not added to), and
+        step skips a parameter whose gradient stays None."""
         for group in self.param_groups:
             for parameter in group["params"]:
                 if set_to_none:

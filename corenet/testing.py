@@ -382,8 +382,41 @@ def check_thread_invariance(cls, config: dict, input_shapes) -> None:
             np.testing.assert_array_equal(one, many)
 
 
+def check_unset_grads(cls, config: dict, input_shapes) -> None:
+    """After ``zero_grad(set_to_none=True)``, as ``fit``'s steps do, a backward gives
+    bitwise the gradients a backward gives from zeros, and a second backward adds to
+    them: a layer that writes its gradient (parameter_arrays_to_write) must write it
+    only when it was unset, and a layer must take its grads through parameter_arrays
+    (a grad may be None)."""
+    layer = cls(**config)
+    if not layer.parameters():
+        return
+    xs = _inputs(input_shapes, np.random.default_rng(6), _layer_dtype(layer))
+    out = _forward(layer, xs)
+    grad = np.linspace(-1, 1, out.size, dtype=out.dtype).reshape(out.shape)
+    results = []
+    for set_to_none in (False, True):
+        layer.zero_grad(set_to_none=set_to_none)
+        for _ in range(2):  # one backward, then one that adds to it
+            _input_grads(layer, grad, xs)
+            results.append([p.grad.copy() for p in layer.parameters()])
+    for parameter, once, twice in zip(layer.parameters(), results[0], results[1]):
+        # x + x is exact: two backwards add up to twice one, bitwise, or one wrote
+        np.testing.assert_array_equal(
+            twice, once + once, err_msg=f"{cls.name}: two backwards from zeros give "
+                                        f"{parameter.name} a gradient other than twice "
+                                        f"one's: backward must add into a set gradient")
+    for (label, zeroed), unset in zip((("one backward", results[0]),
+                                       ("two backwards", results[1])), results[2:]):
+        for parameter, a, b in zip(layer.parameters(), zeroed, unset):
+            np.testing.assert_array_equal(
+                a, b, err_msg=f"{cls.name}: {parameter.name}'s gradient after "
+                              f"zero_grad(set_to_none=True) and {label} differs from the "
+                              f"one from zeros")
+
+
 CHECKS = [check_protocol, check_output_shape, check_gradients, check_config_round_trip,
-          check_save_load, check_bad_input, check_thread_invariance]
+          check_save_load, check_bad_input, check_thread_invariance, check_unset_grads]
 
 
 def check_layer(cls, config: dict, input_shapes, skip: tuple = ()) -> None:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from corenet import Layer, Parameter, testing
-from corenet.layer import check_grad, check_input, require_forward
+from corenet.layer import (check_grad, check_input, parameter_arrays, parameter_arrays_to_write,
+                           require_forward)
 from corenet.registry import registry
 from layer_table import LAYERS, builtin_names, layer_id
 
@@ -215,3 +216,74 @@ BROKEN_PROTOCOL = [
 def test_check_layer_names_what_a_broken_layer_returns(cls, message):
     with pytest.raises(AssertionError, match="^" + re.escape(message)):
         testing.check_layer(cls, {"factor": 2.0}, [(3,)], skip=("check_save_load",))
+
+
+class Gain(Scale):
+    """y = g · x with a learned gain g, its gradient taken as the kit asks."""
+
+    def __init__(self, factor=1.0, axes=(0,)):
+        super().__init__(factor, axes)
+        self.gain = Parameter("gain", np.ones(1))
+
+    def parameters(self):
+        return [self.gain]
+
+    def forward(self, x):
+        self._x = check_input(self, x)
+        return self.gain.value[0] * self._x
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        grad = check_grad(self, grad, self._x.shape, self._x.dtype)
+        _, gain_grad = parameter_arrays(self, self.gain, (1,), np.float64)
+        gain_grad += np.sum(grad * self._x)
+        return self.gain.value[0] * grad
+
+
+class GainAlwaysWrites(Gain):
+    """Writes its gradient even when it was set: a second backward loses the first."""
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        grad = check_grad(self, grad, self._x.shape, self._x.dtype)
+        _, gain_grad, _ = parameter_arrays_to_write(self, self.gain, (1,), np.float64)
+        gain_grad[...] = np.sum(grad * self._x)
+        return self.gain.value[0] * grad
+
+
+class GainIgnoresOverwrite(Gain):
+    """Takes its grad unzeroed and adds anyway: the last step's gradient leaks in."""
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        grad = check_grad(self, grad, self._x.shape, self._x.dtype)
+        _, gain_grad, _ = parameter_arrays_to_write(self, self.gain, (1,), np.float64)
+        gain_grad += np.sum(grad * self._x)
+        return self.gain.value[0] * grad
+
+
+class GainReadsItsGrad(Gain):
+    """Adds into self.gain.grad directly: None after zero_grad(set_to_none=True)."""
+
+    def backward(self, grad):
+        require_forward(self, self._x)
+        grad = check_grad(self, grad, self._x.shape, self._x.dtype)
+        self.gain.grad += np.sum(grad * self._x)
+        return self.gain.value[0] * grad
+
+
+def test_the_unset_grads_check_passes_a_layer_that_adds_through_parameter_arrays():
+    testing.check_unset_grads(Gain, {}, [(3,)])
+
+
+@pytest.mark.parametrize("cls, error, message", [
+    (GainAlwaysWrites, AssertionError, "scale: two backwards from zeros give gain a gradient "
+                                       "other than twice one's"),
+    (GainIgnoresOverwrite, AssertionError, "scale: gain's gradient after "
+                                           r"zero_grad\(set_to_none=True\) and one backward "
+                                           "differs from the one from zeros"),
+    (GainReadsItsGrad, TypeError, "unsupported operand"),
+])
+def test_the_unset_grads_check_fails_a_layer_that_mishandles_them(cls, error, message):
+    with pytest.raises(error, match=message):
+        testing.check_unset_grads(cls, {}, [(3,)])

@@ -40,6 +40,22 @@ def test_pack_weighs_and_unpack_restores(rng):
         assert np.array_equal(p.grad, grad)
 
 
+def test_an_unset_grad_packs_as_zeros_and_unpacks_into_an_array(rng):
+    # A rank whose run was empty after zero_grad(set_to_none=True) (fit's steps, then
+    # distributed training) packed None: a ValueError on that rank only.
+    model = mlp()
+    for p in model.parameters():
+        p.grad[...] = rng.standard_normal(p.grad.shape)
+    model.zero_grad(set_to_none=True)
+    flat = FlatGradients(model.parameters())
+    out = np.ones(flat.size, np.float32)
+    flat.pack_all(out, 0.5)
+    assert not out.any()
+    flat.unpack(np.arange(flat.size, dtype=np.float32))
+    first = flat.parameters[0]
+    np.testing.assert_array_equal(first.grad.reshape(-1), np.arange(first.value.size))
+
+
 def test_pack_refuses_a_grad_of_the_wrong_dtype():
     model = mlp()
     model.parameters()[0].grad = np.zeros((16, 20))

@@ -509,29 +509,38 @@ def test_zero_grad_set_to_none_unsets_the_grads_and_keeps_their_arrays(owner):
     optimizer = SGD(model.parameters(), lr=0.1)
     for p in model.parameters():
         p.grad[...] = 1
-    arrays = [p.grad for p in model.parameters()]
+    arrays = [id(p.grad) for p in model.parameters()]  # ids: a reference would be kept
     {"optimizer": optimizer, "model": model, "layer": layer}[owner].zero_grad(set_to_none=True)
     unset = layer.parameters() if owner == "layer" else model.parameters()
     assert all(p.grad is None for p in unset)
     model.backward(np.ones_like(model.forward(np.ones((2, 6), np.float32))))
     # The next backward writes the same arrays (a step allocates no gradient), from zero.
-    assert all(p.grad is array for p, array in zip(model.parameters(), arrays))
+    assert [id(p.grad) for p in model.parameters()] == arrays
     reference = small_network(like=model)
     reference.backward(np.ones_like(reference.forward(np.ones((2, 6), np.float32))))
-    for p, expected in zip(unset, (layer.parameters() if owner == "layer" else
-                                   reference.parameters())):
-        np.testing.assert_array_equal(p.grad, expected.grad)
+    expected = reference.layers[0].parameters() if owner == "layer" else reference.parameters()
+    assert len(expected) == len(unset)
+    for p, wanted in zip(unset, expected):
+        np.testing.assert_array_equal(p.grad, wanted.grad)
+
+
+def bits(array):
+    return array.view(np.uint32 if array.dtype == np.float32 else np.uint64)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_step_with_unset_grads_is_bitwise_a_step_from_zeroed_grads(dtype, rng):
+@pytest.mark.parametrize("batch", [7, 1100])  # 1100: the GEMM's packed kernel, k blocks
+def test_a_step_with_unset_grads_is_bitwise_a_step_from_zeroed_grads(dtype, batch, rng):
     # train_step unsets the grads: Linear's GEMM then writes dW (beta = 0) where it
-    # added into zeros; 0 + x is x, so nothing changes but the sign of a zero.
-    x = rng.standard_normal((7, 6)).astype(dtype)
-    y = rng.integers(0, 2, 7)
+    # added into zeros. Its accumulators start at +0, so x + 0 is x, bit for bit.
+    x = rng.standard_normal((batch, 6)).astype(dtype)
+    y = rng.integers(0, 2, batch)
     loss = corenet.losses.SoftmaxCrossEntropy()
     unset = small_network(dtype)
     zeroed = small_network(dtype, like=unset)
+    if batch > 7:  # wide enough for the packed kernel's full tiles
+        unset.layers[0].weight.value = rng.standard_normal((5, 6)).astype(dtype)
+        zeroed.layers[0].weight.value = unset.layers[0].weight.value.copy()
     first = SGD(unset.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     second = SGD(zeroed.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     for _ in range(4):
@@ -541,8 +550,8 @@ def test_a_step_with_unset_grads_is_bitwise_a_step_from_zeroed_grads(dtype, rng)
         zeroed.backward(loss.backward())
         second.step()
         for a, b in zip(unset.parameters(), zeroed.parameters()):
-            np.testing.assert_array_equal(a.value, b.value)
-            np.testing.assert_array_equal(a.grad, b.grad)
+            np.testing.assert_array_equal(bits(a.value), bits(b.value))
+            np.testing.assert_array_equal(bits(a.grad), bits(b.grad))
 
 
 def test_a_parameter_that_backward_does_not_reach_keeps_no_grad_and_no_update():
@@ -552,6 +561,36 @@ def test_a_parameter_that_backward_does_not_reach_keeps_no_grad_and_no_update():
     optimizer.step()  # as torch.optim: no gradient, no update (not even weight decay)
     assert p.grad is None
     np.testing.assert_array_equal(p.value, 1)
+
+
+def test_a_grad_array_shared_or_held_elsewhere_is_zeroed_not_unset():
+    # Two Parameters sharing one grad (tied weights), and only one of them unset: the
+    # next backward overwrote the shared array where the other layer had added.
+    first, second = L.Linear(4, 3), L.Linear(4, 3)
+    second.weight.grad = first.weight.grad
+    view_owner = L.Linear(4, 3)
+    view_owner.weight.grad = np.zeros(12, np.float32)[:].reshape(3, 4)  # a view
+    kept = L.Linear(4, 3)
+    held = kept.weight.grad  # a reference the caller keeps
+    for layer in (first, second, view_owner, kept):
+        layer.weight.grad[...] = 1
+    SGD([first.weight, view_owner.weight, kept.weight], lr=0.1).zero_grad(set_to_none=True)
+    for grad in (first.weight.grad, second.weight.grad, view_owner.weight.grad, held):
+        assert grad is not None and not grad.any()
+    x = np.ones((2, 4), np.float32)
+    for layer in (second, first):  # the second adds, then the first must add too
+        layer.backward(np.ones_like(layer.forward(x)))
+    np.testing.assert_array_equal(first.weight.grad, 4)
+
+
+def test_model_zero_grad_set_to_none_takes_a_plugin_whose_zero_grad_has_no_argument():
+    class Plain(L.Linear):
+        def zero_grad(self):
+            super().zero_grad()
+
+    model = corenet.Sequential(Plain(3, 2), input_shape=(3,))
+    model.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_an_unset_grad_whose_array_no_longer_fits_gets_a_new_one():
