@@ -235,41 +235,35 @@ class Gain(Scale):
     def backward(self, grad):
         require_forward(self, self._x)
         grad = check_grad(self, grad, self._x.shape, self._x.dtype)
-        _, gain_grad = parameter_arrays(self, self.gain, (1,), np.float64)
-        gain_grad += np.sum(grad * self._x)
+        self.take_gain_grad(np.sum(grad * self._x))
         return self.gain.value[0] * grad
+
+    def take_gain_grad(self, value):
+        _, gain_grad = parameter_arrays(self, self.gain, (1,), np.float64)
+        gain_grad += value
 
 
 class GainAlwaysWrites(Gain):
     """Writes its gradient even when it was set: a second backward loses the first."""
 
-    def backward(self, grad):
-        require_forward(self, self._x)
-        grad = check_grad(self, grad, self._x.shape, self._x.dtype)
+    def take_gain_grad(self, value):
         _, gain_grad, _ = parameter_arrays_to_write(self, self.gain, (1,), np.float64)
-        gain_grad[...] = np.sum(grad * self._x)
-        return self.gain.value[0] * grad
+        gain_grad[...] = value
 
 
 class GainIgnoresOverwrite(Gain):
     """Takes its grad unzeroed and adds anyway: the last step's gradient leaks in."""
 
-    def backward(self, grad):
-        require_forward(self, self._x)
-        grad = check_grad(self, grad, self._x.shape, self._x.dtype)
+    def take_gain_grad(self, value):
         _, gain_grad, _ = parameter_arrays_to_write(self, self.gain, (1,), np.float64)
-        gain_grad += np.sum(grad * self._x)
-        return self.gain.value[0] * grad
+        gain_grad += value
 
 
 class GainReadsItsGrad(Gain):
     """Adds into self.gain.grad directly: None after zero_grad(set_to_none=True)."""
 
-    def backward(self, grad):
-        require_forward(self, self._x)
-        grad = check_grad(self, grad, self._x.shape, self._x.dtype)
-        self.gain.grad += np.sum(grad * self._x)
-        return self.gain.value[0] * grad
+    def take_gain_grad(self, value):
+        self.gain.grad += value
 
 
 def test_the_unset_grads_check_passes_a_layer_that_adds_through_parameter_arrays():
