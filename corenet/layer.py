@@ -183,8 +183,9 @@ class Layer:
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Gradients to zero, or with ``set_to_none`` to None (PyTorch's default since
-        2.0): the next backward then writes them instead of adding, and skips the pass
-        that clears them. A grad already None stays None."""
+        2.0; Parameter.unset_grad): the next backward starts them from zeros, and
+        Linear writes its weight's rather than clearing it and adding. A grad already
+        None stays None."""
         for parameter in self.parameters():
             if set_to_none:
                 parameter.unset_grad()
