@@ -489,7 +489,7 @@ def command_predict(args) -> int:
 def class_scores(model, X: np.ndarray, source: str) -> np.ndarray:
     """The model's (samples, classes) outputs for X, refusing what an argmax would turn
     into classes silently: several outputs or another shape (the argmax ran over the
-    samples), and scores that are inf or NaN (a model file's weights or statistics)."""
+    samples), and scores that are NaN (a model file's weights or statistics)."""
     from corenet.train import check_classifier_output
 
     check_classifier_output(source, model.predict(X[:1]))  # before the whole set
