@@ -451,7 +451,7 @@ class Model:
         for layer in self.layers:
             if set_to_none:  # through the parameters: a plugin's zero_grad may take no argument
                 for parameter in layer.parameters():
-                    parameter.unset_grad()
+                    parameter.zero_grad(set_to_none=True)
             else:
                 layer.zero_grad()
 

@@ -77,6 +77,14 @@ class Parameter:
         else:
             grad.fill(0)
 
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """grad to zeros, or with ``set_to_none`` unset (unset_grad); a grad already
+        None stays None. What Layer, Model and Optimizer.zero_grad do to each."""
+        if set_to_none:
+            self.unset_grad()
+        elif self.grad is not None:
+            self.grad.fill(0)
+
     def astype(self, dtype) -> None:
         self.value = self.value.astype(dtype)
         self.grad = None if self.grad is None else self.grad.astype(dtype)
@@ -187,10 +195,7 @@ class Layer:
         Linear writes its weight's rather than clearing it and adding. A grad already
         None stays None."""
         for parameter in self.parameters():
-            if set_to_none:
-                parameter.unset_grad()
-            elif parameter.grad is not None:
-                parameter.grad.fill(0)
+            parameter.zero_grad(set_to_none)
 
     def train(self, mode: bool = True) -> "Layer":
         """Training mode (the default): dropout drops, batch norm uses the batch's

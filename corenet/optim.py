@@ -155,10 +155,7 @@ class Optimizer:
         step skips a parameter whose gradient stays None."""
         for group in self.param_groups:
             for parameter in group["params"]:
-                if set_to_none:
-                    parameter.unset_grad()
-                elif parameter.grad is not None:
-                    parameter.grad.fill(0)
+                parameter.zero_grad(set_to_none)
 
     def step(self) -> None:
         """Update every parameter that has a gradient (None: skipped, as torch.optim)."""

@@ -694,7 +694,8 @@ cdef object _checked_out(object out, Py_ssize_t m, Py_ssize_t n, cnp.ndarray a, 
 
 
 cdef bint _spans_overlap(cnp.ndarray x, object y):
-    """Whether two C-contiguous arrays' bytes overlap (y may be None)."""
+    """Whether two C-contiguous arrays' bytes overlap (y may be None): for them
+    np.may_share_memory's answer, without its 0.6 µs a pair (a 4x4 matmul takes 2)."""
     if y is None:
         return False
     cdef cnp.ndarray other = y

@@ -486,12 +486,12 @@ class BatchNorm(SetOnce, Layer):
         else:
             running_mean, running_var, _ = self._running()
             mean, variance = running_mean.astype(np.float64), running_var.astype(np.float64)
-            shifted = variance + self.eps
-            if not (shifted > 0).all():
-                # A model file's running_var below -eps, or NaN: every output would be NaN.
-                raise ValueError(f"{self.name}: running_var must hold numbers > -eps "
-                                 f"({-self.eps:g}), got {variance[~(shifted > 0)][0]}")
-        inv_std = 1 / np.sqrt(variance + self.eps)
+        shifted = variance + self.eps
+        if not from_batch and not (shifted > 0).all():
+            # A model file's running_var below -eps, or NaN: every output would be NaN.
+            raise ValueError(f"{self.name}: running_var must hold numbers > -eps "
+                             f"({-self.eps:g}), got {variance[~(shifted > 0)][0]}")
+        inv_std = 1 / np.sqrt(shifted)
         weight, bias = self._affine_values()
         out = self.buffer("out", x.shape, self.dtype)
         affine(out.reshape(-1), None, None, x.reshape(-1), mean, weight * inv_std, bias,
