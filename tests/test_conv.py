@@ -21,7 +21,11 @@ CONV_CASES = [  # (n_axes, config, input shape)
     (2, dict(in_channels=5, out_channels=10, kernel_size=3, groups=5, padding="same"),
      (2, 5, 6, 7)),  # depthwise, channel multiplier 2
     (2, dict(in_channels=2, out_channels=3, kernel_size=4, padding="same", dilation=2),
-     (2, 2, 9, 8)),  # "same" with an odd total padding
+     (2, 2, 9, 8)),  # "same" with an even total padding from an even kernel
+    (2, dict(in_channels=2, out_channels=3, kernel_size=(4, 3), padding="same",
+             dilation=(1, 3)), (2, 2, 9, 8)),  # "same" with an odd total: 1 above, 2 below
+    (3, dict(in_channels=2, out_channels=2, kernel_size=(2, 3, 4), padding="same"),
+     (1, 2, 4, 5, 6)),  # odd totals in depth and width, even in height
     (2, dict(in_channels=2, out_channels=3, kernel_size=3, padding="same", dilation=4),
      (2, 2, 3, 5)),  # offsets that read only padding
     (2, dict(in_channels=1, out_channels=6, kernel_size=5, padding=2), (5, 1, 28, 28)),
@@ -387,6 +391,54 @@ def test_max_pool_2x2_on_a_large_batch_matches_pytorch(shape, rng):
     np.testing.assert_array_equal(out, out_torch.detach().numpy())
     np.testing.assert_array_equal(x_grad, x_torch.grad.numpy())
     np.testing.assert_array_equal(np.signbit(x_grad), np.signbit(x_torch.grad.numpy()))
+
+
+POOL_CASES = [  # (layer, input shape): the options the layer table's rows leave out
+    (L.MaxPool2d((3, 2), stride=(2, 1), padding=(1, 0)), (2, 3, 7, 6)),
+    (L.AvgPool2d((2, 3), stride=(3, 1), padding=1), (2, 3, 8, 7)),
+    (L.MaxPool3d((2, 3, 2), stride=(1, 2, 3), padding=(1, 1, 0)), (2, 3, 5, 7, 8)),
+    (L.AvgPool3d(3, stride=2, padding=1), (2, 2, 5, 6, 7)),  # padding counts in the divisor
+    (L.AvgPool3d((1, 2, 3), padding=(0, 1, 1)), (1, 2, 3, 4, 5)),
+    (L.GlobalAvgPool(), (2, 3, 4, 5, 6)),
+    (L.GlobalAvgPool(), (2, 3, 7)),
+]
+
+
+def torch_pool(layer):
+    F = torch.nn.functional
+    if isinstance(layer, L.GlobalAvgPool):
+        return lambda x: x.mean(dim=tuple(range(2, x.ndim)))
+    window = layer.get_config()  # kernel_size, stride and padding, as PyTorch names them
+    return lambda x: getattr(F, layer.name)(x, **window)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layer, shape", POOL_CASES, ids=lambda case: str(case))
+def test_pooling_matches_pytorch(layer, shape, dtype, rng):
+    # Distinct values, so that each window's arg-max is one element.
+    x = (rng.permutation(int(np.prod(shape))).reshape(shape) / 7.0).astype(dtype)
+    layer = type(layer)(**layer.get_config())  # a layer of its own for each run
+    out = layer.forward(x)
+    grad = rng.standard_normal(out.shape).astype(dtype)
+    x_grad = layer.backward(grad)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    out_torch = torch_pool(layer)(x_torch)
+    out_torch.backward(torch.from_numpy(grad))
+    tolerance = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13)
+    np.testing.assert_allclose(out, out_torch.detach().numpy(), **tolerance)
+    np.testing.assert_allclose(x_grad, x_torch.grad.numpy(), **tolerance)
+
+
+def test_global_average_is_the_same_on_any_thread_count(rng, threads):
+    # 512 planes of 323: enough work that the mean runs on two threads.
+    x = rng.standard_normal((8, 64, 17, 19)).astype(np.float32)
+    outputs = []
+    for n_threads in (1, 2):
+        corenet.set_num_threads(n_threads)
+        outputs.append(L.GlobalAvgPool().forward(x))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_allclose(outputs[0], x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
 
 
 # -- errors ------------------------------------------------------------------------

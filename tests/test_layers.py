@@ -245,7 +245,7 @@ def torch_reference(name, layer):
         "max_pool3d": lambda x: F.max_pool3d(x, **torch_window(layer)),
         "avg_pool2d": lambda x: F.avg_pool2d(x, **torch_window(layer)),
         "avg_pool3d": lambda x: F.avg_pool3d(x, **torch_window(layer)),
-        "global_avg_pool": lambda x: x.mean(dim=(2, 3)),
+        "global_avg_pool": lambda x: x.mean(dim=tuple(range(2, x.ndim))),
         "flatten": lambda x: x.flatten(1),
         "maxout": lambda x: F.linear(x, params[0].reshape(-1, layer.in_features),
                                      params[1].reshape(-1)).reshape(

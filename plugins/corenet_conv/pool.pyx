@@ -407,27 +407,31 @@ class AvgPool3d(PoolNd):
     is_max = False
 
 
+cdef floating plane_mean(const floating* row, Py_ssize_t size) noexcept nogil:
+    """The mean of row[0:size] in eight partial sums, in a fixed order (a function of its
+    own, so that each thread of global_average has its own partial sums)."""
+    cdef Py_ssize_t j, lane
+    cdef floating partial[8]
+    cdef floating total = 0
+    for lane in range(8):
+        partial[lane] = 0
+    for j in range(0, size - size % 8, 8):
+        for lane in range(8):
+            partial[lane] = partial[lane] + row[j + lane]
+    for lane in range(8):
+        total = total + partial[lane]
+    for j in range(size - size % 8, size):
+        total = total + row[j]
+    return total / size
+
+
 cdef void global_average(const floating* x, floating* out, Py_ssize_t planes,
                          Py_ssize_t size) noexcept nogil:
-    """out[i] = mean of plane i, eight partial sums in a fixed order."""
-    cdef Py_ssize_t plane, j, lane
-    cdef floating partial[8]
-    cdef floating total
-    cdef const floating* row
+    """out[i] = mean of plane i."""
+    cdef Py_ssize_t plane
     for plane in prange(planes, num_threads=threads_for(planes * size, GRAIN),
                         schedule='static'):
-        row = x + plane * size
-        for lane in range(8):
-            partial[lane] = 0
-        for j in range(0, size - size % 8, 8):
-            for lane in range(8):
-                partial[lane] = partial[lane] + row[j + lane]
-        total = 0
-        for lane in range(8):
-            total = total + partial[lane]
-        for j in range(size - size % 8, size):
-            total = total + row[j]
-        out[plane] = total / size
+        out[plane] = plane_mean(x + plane * size, size)
 
 
 cdef void global_average_backward(const floating* grad, floating* x_grad, Py_ssize_t planes,
