@@ -274,13 +274,21 @@ def test_direct_weight_gradient_skips_what_no_output_reads(monkeypatch):
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu", "elu"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fused_activation_is_bitwise_the_unfused_pair(activation, dtype, rng, walk):
-    conv = L.Conv2d(3, 5, 3, padding=1, dtype=dtype)
+@pytest.mark.parametrize("channels, size", [
+    ((3, 5), (10, 9)),
+    # More input channels than output: dx as the adjoint convolution in tiles; and
+    # 272 positions, which the chunks' forward multiplies sample by sample.
+    ((6, 4), (17, 16)),
+], ids=["widening", "narrowing"])
+def test_fused_activation_is_bitwise_the_unfused_pair(activation, dtype, channels, size, rng,
+                                                      walk):
+    conv = L.Conv2d(*channels, 3, padding=1, dtype=dtype)
     act = L.create(activation)
-    model = cn.Sequential(conv, act, input_shape=(3, 10, 9), requires_input_grad=True)
+    model = cn.Sequential(conv, act, input_shape=(channels[0],) + size,
+                          requires_input_grad=True)
     assert model._plan[0][3] is act  # the executor fused the pair
-    x = rng.standard_normal((4, 3, 10, 9)).astype(dtype)
-    grad = rng.standard_normal((4, 5, 10, 9)).astype(dtype)
+    x = rng.standard_normal((4, channels[0]) + size).astype(dtype)
+    grad = rng.standard_normal((4, channels[1]) + size).astype(dtype)
     fused_out = model.forward(x)
     fused_x_grad = model.backward(grad)
     fused_grads = [p.grad.copy() for p in conv.parameters()]
@@ -342,7 +350,7 @@ def test_small_cnn_gradient_matches_finite_differences(rng):
     assert relative_error(analytic, finite_difference_gradient(objective, first.value)) < 1e-6
 
 
-def test_training_step_allocates_no_large_arrays(rng):
+def test_training_step_allocates_no_large_arrays(rng, walk):
     model = small_cnn()
     model.requires_input_grad = False  # dL/dx would be returned as a fresh array
     loss = cn.losses.SoftmaxCrossEntropy()

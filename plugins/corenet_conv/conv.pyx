@@ -996,7 +996,8 @@ class ConvNd(SetOnce, Layer):
         flipped = np.flip(grouped, axis=spatial).swapaxes(1, 2)
         weight_t = self.buffer("weight_t", (self.in_channels, weight.size // self.in_channels),
                                self.dtype)
-        np.copyto(weight_t, flipped.reshape(weight_t.shape))
+        # Into the buffer's view: reshaping the strided flip would copy it each step.
+        np.copyto(weight_t.reshape(flipped.shape), flipped)
         kernel3, _, pad3, dilation3 = self.window.as_3d()
         pad_t = tuple((k - 1) * d - p for k, d, p in zip(kernel3, dilation3, pad3))
         geometry = make_geometry(as_3d_shape(out_shape), as_3d_shape(x_shape),
