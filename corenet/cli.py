@@ -539,6 +539,8 @@ def command_plugins(args) -> int:
             print(f"  layers: {', '.join(plugin['layers'])}")
         if plugin["losses"]:
             print(f"  losses: {', '.join(plugin['losses'])}")
+        if not (plugin["disabled"] or plugin["error"] or plugin["layers"] or plugin["losses"]):
+            print("  provides no layers or losses")
     return 0
 
 

@@ -15,7 +15,7 @@ class PluginError(RuntimeError):
 
 class MissingClassError(PluginError, AttributeError):
     """``corenet.layers.X`` (or ``corenet.losses.X``) for a class no plugin registers:
-    a PluginError that names a disabled plugin which may provide it, and an
+    a PluginError that names a disabled or failed plugin which may provide it, and an
     AttributeError, as a missing module attribute is (hasattr stays False)."""
 
 

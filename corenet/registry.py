@@ -183,6 +183,7 @@ class Registry:
                 return info
             try:
                 self.plugin_manager.register(plugin, name=name)
+                self._check_hook_names(plugin, name)
                 provided = {kind: self._call_hooks(plugin, name, kind)
                             for kind in ("layers", "losses")}
             except KeyboardInterrupt:
@@ -202,6 +203,20 @@ class Registry:
                 getattr(info, kind).extend(cls.name for cls in classes)
             self.plugins[name] = info
             return info
+
+    def _check_hook_names(self, plugin, name: str) -> None:
+        """A misspelt hook, or a hook without its marker, would otherwise provide nothing
+        and say nothing: pluggy registers the one under its own name and skips the
+        other."""
+        hooks = sorted(hook for hook in dir(hookspecs) if hook.startswith("corenet_"))
+        implemented = {caller.name for caller in self.plugin_manager.get_hookcallers(plugin)}
+        for hook in sorted(implemented - set(hooks)):
+            raise PluginError(f"plugin {name!r}: {hook} is not a corenet hook"
+                              f"{did_you_mean(hook, hooks)}; the hooks are {', '.join(hooks)}")
+        for hook in hooks:
+            if hook not in implemented and callable(getattr(plugin, hook, None)):
+                raise PluginError(f"plugin {name!r}: {hook} is not marked @corenet.hookimpl, "
+                                  f"so corenet would never call it; add the decorator")
 
     def _call_hooks(self, plugin, name: str, kind: str) -> list:
         hook = getattr(self.plugin_manager.hook, f"corenet_{kind}")
@@ -267,14 +282,15 @@ class Registry:
                               f"registered: {sorted(table)}. {self._why_missing()}") from None
 
     def _why_missing(self) -> str:
-        """A disabled plugin is named as disabled: it may well provide what is missing."""
-        disabled = self.disabled()
-        if not disabled:
+        """A disabled plugin, or one that failed to load, is named: it may well provide
+        what is missing."""
+        reasons = [f"CORENET_DISABLE_PLUGINS disables {info.name!r} (distribution "
+                   f"{info.distribution!r}), which may provide it" for info in self.disabled()]
+        reasons += [f"plugin {info.name!r} (distribution {info.distribution!r}), which may "
+                    f"provide it, failed to load ({info.error})" for info in self.failed()]
+        if not reasons:
             return "Is the plugin that provides it installed?"
-        names = ", ".join(f"{info.name!r} (distribution {info.distribution!r})"
-                          for info in disabled)
-        return (f"CORENET_DISABLE_PLUGINS disables {names}, which may provide it; "
-                f"otherwise, is the plugin that provides it installed?")
+        return f"{'; '.join(reasons)}; otherwise, is the plugin that provides it installed?"
 
 
 def did_you_mean(name: str, candidates) -> str:

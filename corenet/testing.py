@@ -305,6 +305,13 @@ def check_save_load(cls, config: dict, input_shapes) -> None:
     import corenet as cn
     from corenet import serialize
 
+    from corenet.registry import registry
+
+    if cls.name not in registry.load().layers:
+        raise AssertionError(
+            f"check_save_load: no installed plugin provides layer {cls.name!r}, so a saved "
+            f"model could not be loaded; install the plugin (pip install -e .), register it "
+            f"in a fixture, or pass skip=('check_save_load',)")
     inputs = [cn.Input(tuple(shape)) for shape in input_shapes]
     model = cn.Model(inputs, cls(**config)(*inputs))
     rng = np.random.default_rng(2)
@@ -423,4 +430,9 @@ def check_layer(cls, config: dict, input_shapes, skip: tuple = ()) -> None:
     """Run every conformance check (but those named in ``skip``) on one layer."""
     for check in CHECKS:
         if check.__name__ not in skip:
-            check(cls, config, input_shapes)
+            try:
+                check(cls, config, input_shapes)
+            except Exception as error:  # which check, shown under the error by pytest
+                error.add_note(f"in corenet.testing.{check.__name__}({cls.__name__}, "
+                               f"{config!r}, {list(input_shapes)!r})")
+                raise

@@ -218,6 +218,19 @@ def test_check_layer_names_what_a_broken_layer_returns(cls, message):
         testing.check_layer(cls, {"factor": 2.0}, [(3,)], skip=("check_save_load",))
 
 
+def test_check_save_load_of_an_unregistered_layer_says_what_to_do():
+    with pytest.raises(AssertionError, match="^check_save_load: no installed plugin provides "
+                                             "layer 'scale'.*skip=\\('check_save_load',\\)"):
+        testing.check_save_load(Scale, {"factor": 2.0}, [(3,)])
+
+
+def test_check_layer_names_the_check_that_failed():
+    with pytest.raises(AssertionError) as failure:
+        testing.check_layer(ForwardReturnsList, {"factor": 2.0}, [(3,)])
+    assert failure.value.__notes__ == [
+        "in corenet.testing.check_output_shape(ForwardReturnsList, {'factor': 2.0}, [(3,)])"]
+
+
 class Gain(Scale):
     """y = g · x with a learned gain g, its gradient taken as the kit asks."""
 

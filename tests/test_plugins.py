@@ -98,6 +98,10 @@ def test_broken_plugin_is_skipped_with_a_warning_naming_its_distribution(tmp_pat
                              capture_output=True, cwd=tmp_path,
                              env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert "FAILED: ImportError: undefined symbol" in listing.stdout
+    missing = run_python("import corenet.layers as L; L.Broken", tmp_path)
+    assert "MissingClassError: corenet.layers has no layer class 'Broken'" in missing.stderr
+    assert "plugin 'corenet_broken' (distribution 'corenet-broken'), which may provide it, " \
+        "failed to load (ImportError: undefined symbol" in missing.stderr
     strict = run_python("import corenet.layers as L; L.names()", tmp_path,
                         CORENET_STRICT_PLUGINS="1")
     assert strict.returncode != 0
@@ -163,6 +167,45 @@ def test_registered_object_provides_layers_and_losses(register_plugin):
     register_plugin(Plugin(), "in-test")
     assert corenet.layers.create("identity_for_test").name == "identity_for_test"
     assert type(corenet.losses.create("zero_for_test")) is Zero
+
+
+def test_a_misspelt_hook_fails_the_plugin_with_the_right_name(register_plugin):
+    class Plugin:
+        @corenet.hookimpl
+        def corenet_layer(self):  # corenet_layers
+            return []
+
+    with pytest.warns(RuntimeWarning, match="corenet_layer is not a corenet hook "
+                                            r"\(did you mean 'corenet_layers'"):
+        info = register_plugin(Plugin(), "misspelt")
+    assert "the hooks are corenet_layers, corenet_losses, corenet_onnx_exporters" in info.error
+    assert not registry.plugin_manager.has_plugin("misspelt")
+
+
+def test_a_hook_without_its_marker_fails_the_plugin(register_plugin):
+    class Identity(corenet.Layer):
+        name = "identity_unmarked"
+
+    class Plugin:
+        def corenet_layers(self):
+            return [Identity]
+
+    with pytest.warns(RuntimeWarning, match="corenet_layers is not marked @corenet.hookimpl"):
+        info = register_plugin(Plugin(), "unmarked")
+    assert info.error and "identity_unmarked" not in registry.layers
+
+
+def test_the_listing_says_when_a_plugin_provides_no_layer(register_plugin, capsys):
+    from corenet.cli import main
+
+    class Plugin:
+        @corenet.hookimpl
+        def corenet_layers(self):
+            return []
+
+    register_plugin(Plugin(), "empty", distribution="corenet-empty")
+    assert main(["plugins"]) == 0
+    assert "empty  (corenet-empty 0.0)\n  provides no layers or losses\n" in capsys.readouterr().out
 
 
 def test_conflict_inside_registry_names_both_distributions(register_plugin):
