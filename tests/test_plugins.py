@@ -205,7 +205,8 @@ def test_the_listing_says_when_a_plugin_provides_no_layer(register_plugin, capsy
 
     register_plugin(Plugin(), "empty", distribution="corenet-empty")
     assert main(["plugins"]) == 0
-    assert "empty  (corenet-empty 0.0)\n  provides no layers or losses\n" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "empty  (corenet-empty 0.0)\n  provides no layers or losses\n" in listing
 
 
 def test_conflict_inside_registry_names_both_distributions(register_plugin):

@@ -238,12 +238,12 @@ cdef void multiply_panel(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t jc, Py_ssize_t
                          Py_ssize_t pc, Py_ssize_t kc, bint last,
                          const floating* a, Py_ssize_t a_rs, Py_ssize_t a_cs,
                          const floating* b_packed, Py_ssize_t ldp, floating* a_packed,
-                         floating* c, Py_ssize_t ldc, bint accumulate,
+                         Py_ssize_t mc_block, floating* c, Py_ssize_t ldc, bint accumulate,
                          const floating* bias, bint bias_per_row, int epilogue,
                          floating param) noexcept nogil:
     """C[m0:m1, jc:jc+nc] += A[m0:m1, pc:pc+kc] · (packed panel of B: kc x NR
-    slivers ldp elements apart), A packed MC rows at a time into a_packed; the
-    epilogue when this is the last k block."""
+    slivers ldp elements apart), A packed mc_block rows at a time into a_packed (sized
+    for them); the epilogue when this is the last k block."""
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
     cdef Py_ssize_t ic, mc, jr, ir, j, group_end, short_rows, group, full_end
     cdef const floating* tile_bias
@@ -253,7 +253,7 @@ cdef void multiply_panel(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t jc, Py_ssize_t
     # Plain while loops: Cython turns range() with a run-time step into Python iteration.
     ic = m0
     while ic < m1:
-        mc = min(MC, m1 - ic)
+        mc = min(mc_block, m1 - ic)
         pack_a(a_packed, a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc)
         # A short last sliver takes several full panels at a time (short_sliver):
         # right after their full slivers, while those panels of B are in L1 or L2.
@@ -289,7 +289,7 @@ cdef void multiply_panel(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t jc, Py_ssize_t
                              bias + (ic + mc - short_rows if bias_per_row else jc + jr),
                              bias_per_row, epilogue, param)
             jr = group_end
-        ic += MC
+        ic += mc_block
 
 
 cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k,
@@ -302,8 +302,10 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
     cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE)
     cdef Py_ssize_t jc, nc, pc, kc
-    cdef Py_ssize_t panel_size = kc_max * round_up(min(NC, n1 - n0), nr_full)
-    cdef Py_ssize_t block_size = kc_max * round_up(min(MC, m1 - m0), CN_MR)
+    # MC and NC read once: the buffers are sized by them (use_cache_blocks may change them).
+    cdef Py_ssize_t mc_block = MC, nc_block = NC
+    cdef Py_ssize_t panel_size = kc_max * round_up(min(nc_block, n1 - n0), nr_full)
+    cdef Py_ssize_t block_size = kc_max * round_up(min(mc_block, m1 - m0), CN_MR)
     cdef floating* b_packed = <floating*>cn_thread_buffer(
         (panel_size + block_size) * sizeof(floating))
     if b_packed == NULL:
@@ -311,14 +313,14 @@ cdef int gemm_block(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1, 
     cdef floating* a_packed = b_packed + panel_size
     jc = n0
     while jc < n1:
-        nc = min(NC, n1 - jc)
+        nc = min(nc_block, n1 - jc)
         pc = 0
         while pc < k:
             kc = min(kc_max, k - pc)
             pack_b(b_packed, b + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, nr_full)
             multiply_panel(m0, m1, jc, nc, pc, kc, pc + kc == k, a, a_rs, a_cs, b_packed,
-                           kc * nr_full, a_packed, c, ldc, accumulate, bias, bias_per_row,
-                           epilogue, param)
+                           kc * nr_full, a_packed, mc_block, c, ldc, accumulate, bias,
+                           bias_per_row, epilogue, param)
             pc += kc
         jc += nc
     return 0
@@ -365,9 +367,11 @@ cdef int gemm_shared_panel(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         return -1
     row_blocks(m_tiles, n_threads, task_tiles)
     cdef Py_ssize_t n_panels
-    cdef Py_ssize_t panel_size = kc_max * round_up(min(NC, n), nr_full)
+    # MC and NC read once: the buffers are sized by them (use_cache_blocks may change them).
+    cdef Py_ssize_t mc_block = MC, nc_block = NC
+    cdef Py_ssize_t panel_size = kc_max * round_up(min(nc_block, n), nr_full)
     # The first block is the largest.
-    cdef Py_ssize_t block_size = kc_max * min(MC, task_tiles[1] * CN_MR)
+    cdef Py_ssize_t block_size = kc_max * min(mc_block, task_tiles[1] * CN_MR)
     cdef floating* b_packed = <floating*>cn_shared_buffer(panel_size * sizeof(floating))
     cdef floating* a_packed
     cdef int failures = 0
@@ -376,7 +380,7 @@ cdef int gemm_shared_panel(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         return -1
     jc = 0
     while jc < n:
-        nc = min(NC, n - jc)
+        nc = min(nc_block, n - jc)
         n_panels = (nc + nr_full - 1) // nr_full
         pc = 0
         while pc < k:
@@ -396,8 +400,8 @@ cdef int gemm_shared_panel(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                     continue
                 multiply_panel(task_tiles[task] * CN_MR, min(m, task_tiles[task + 1] * CN_MR),
                                jc, nc, pc, kc, pc + kc == k,
-                               a, a_rs, a_cs, b_packed, kc * nr_full, a_packed, c, ldc,
-                               accumulate, bias, bias_per_row, epilogue, param)
+                               a, a_rs, a_cs, b_packed, kc * nr_full, a_packed, mc_block, c,
+                               ldc, accumulate, bias, bias_per_row, epilogue, param)
             if failures:
                 break
             pc += kc
@@ -591,15 +595,16 @@ cdef int b_panels_block(Py_ssize_t m, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t k
     cdef Py_ssize_t nr_full = CN_NR_FLOAT if floating is float else CN_NR_DOUBLE
     cdef Py_ssize_t kc_max = k_block(k, CN_KC_FLOAT if floating is float else CN_KC_DOUBLE)
     cdef Py_ssize_t pc = 0, kc
+    cdef Py_ssize_t mc_block = MC  # read once: a_packed is sized by it
     cdef floating* a_packed = <floating*>cn_thread_buffer(
-        kc_max * round_up(min(MC, m), CN_MR) * sizeof(floating))
+        kc_max * round_up(min(mc_block, m), CN_MR) * sizeof(floating))
     if a_packed == NULL:
         return -1
     while pc < k:
         kc = min(kc_max, k - pc)
         multiply_panel(0, m, n0, n1 - n0, pc, kc, pc + kc == k, a, lda, 1,
-                       b_panels + n0 * k + pc * nr_full, k * nr_full, a_packed, c, ldc,
-                       accumulate, bias, bias_per_row, epilogue, param)
+                       b_panels + n0 * k + pc * nr_full, k * nr_full, a_packed, mc_block, c,
+                       ldc, accumulate, bias, bias_per_row, epilogue, param)
         pc += kc
     return 0
 

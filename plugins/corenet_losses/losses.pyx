@@ -130,13 +130,17 @@ class MSE(Loss):
         grad = np.empty_like(pred)
         row_loss = np.empty(rows, np.float64)
         cdef cnp.ndarray p = pred, t = target, g = grad, r = row_loss
-        if pred.dtype == np.float32:
-            squared_error(<const float*>cnp.PyArray_DATA(p), <const float*>cnp.PyArray_DATA(t),
-                          <float*>cnp.PyArray_DATA(g), <double*>cnp.PyArray_DATA(r), rows, columns)
-        else:
-            squared_error(<const double*>cnp.PyArray_DATA(p), <const double*>cnp.PyArray_DATA(t),
-                          <double*>cnp.PyArray_DATA(g), <double*>cnp.PyArray_DATA(r), rows,
-                          columns)
+        cdef void* pp = cnp.PyArray_DATA(p)
+        cdef void* pt = cnp.PyArray_DATA(t)
+        cdef void* pg = cnp.PyArray_DATA(g)
+        cdef double* pr = <double*>cnp.PyArray_DATA(r)
+        cdef bint single = pred.dtype == np.float32
+        with nogil:  # other Python threads run meanwhile
+            if single:
+                squared_error(<const float*>pp, <const float*>pt, <float*>pg, pr, rows, columns)
+            else:
+                squared_error(<const double*>pp, <const double*>pt, <double*>pg, pr, rows,
+                              columns)
         self._grad = grad
         return sum_in_order(<double*>cnp.PyArray_DATA(r), rows) / rows
 
@@ -172,16 +176,19 @@ class SoftmaxCrossEntropy(Loss):
         cdef int n_threads = threads_for(rows * classes, GRAIN)
         cdef cnp.ndarray scratch = np.empty(n_threads * classes, np.float64)
         cdef cnp.ndarray p = pred, g = grad, r = row_loss
-        if pred.dtype == np.float32:
-            softmax_cross_entropy(<const float*>cnp.PyArray_DATA(p),
-                                  <const long long*>cnp.PyArray_DATA(y),
-                                  <float*>cnp.PyArray_DATA(g), <double*>cnp.PyArray_DATA(r),
-                                  <double*>cnp.PyArray_DATA(scratch), rows, classes, n_threads)
-        else:
-            softmax_cross_entropy(<const double*>cnp.PyArray_DATA(p),
-                                  <const long long*>cnp.PyArray_DATA(y),
-                                  <double*>cnp.PyArray_DATA(g), <double*>cnp.PyArray_DATA(r),
-                                  <double*>cnp.PyArray_DATA(scratch), rows, classes, n_threads)
+        cdef void* pp = cnp.PyArray_DATA(p)
+        cdef void* pg = cnp.PyArray_DATA(g)
+        cdef const long long* py = <const long long*>cnp.PyArray_DATA(y)
+        cdef double* pr = <double*>cnp.PyArray_DATA(r)
+        cdef double* pscratch = <double*>cnp.PyArray_DATA(scratch)
+        cdef bint single = pred.dtype == np.float32
+        with nogil:  # other Python threads run meanwhile
+            if single:
+                softmax_cross_entropy(<const float*>pp, py, <float*>pg, pr, pscratch, rows,
+                                      classes, n_threads)
+            else:
+                softmax_cross_entropy(<const double*>pp, py, <double*>pg, pr, pscratch, rows,
+                                      classes, n_threads)
         self._grad = grad
         return sum_in_order(<double*>cnp.PyArray_DATA(r), rows) / rows
 

@@ -31,12 +31,16 @@ cdef void swish_kernel(const floating* x, floating* y, const floating* grad, flo
 def run(cnp.ndarray x, cnp.ndarray out, cnp.ndarray grad=None, bint backward=False):
     cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
     cdef void* grad_data = NULL if grad is None else cnp.PyArray_DATA(grad)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        swish_kernel(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out),
-                     <const float*>grad_data, <float*>cnp.PyArray_DATA(out), size, backward)
-    else:
-        swish_kernel(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out),
-                     <const double*>grad_data, <double*>cnp.PyArray_DATA(out), size, backward)
+    cdef void* x_data = cnp.PyArray_DATA(x)
+    cdef void* out_data = cnp.PyArray_DATA(out)
+    cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    with nogil:  # the loop needs no Python: other Python threads run meanwhile
+        if single:
+            swish_kernel(<const float*>x_data, <float*>out_data, <const float*>grad_data,
+                         <float*>out_data, size, backward)
+        else:
+            swish_kernel(<const double*>x_data, <double*>out_data, <const double*>grad_data,
+                         <double*>out_data, size, backward)
 
 
 class Swish(Layer):
