@@ -395,3 +395,45 @@ def test_cross_entropy_takes_the_limit_for_infinite_logits_and_propagates_nan(dt
         np.testing.assert_allclose(loss.backward()[0], np.array(grad, dtype), rtol=1e-7)
     assert np.isnan(loss.forward(np.array([[0, np.nan, 1]], dtype), [0]))
     assert np.isnan(loss.backward()).all()
+
+
+# -- float32 sums over many values -----------------------------------------------------
+# Each was a float32 running sum whose error grew with the count (1e-3 to 6e-3 at these
+# sizes); they now sum in double, as batch norm and cross-entropy do.
+
+def test_prelu_slope_gradient_over_a_large_batch_is_summed_in_double(rng):
+    x = -np.abs(rng.standard_normal((16, 4, 128, 128))).astype(np.float32)
+    grad = np.full(x.shape, 0.1, np.float32)
+    for layer, axes in ((L.PReLU(), None), (L.PReLU(num_parameters=4), (0, 2, 3))):
+        layer.forward(x)
+        layer.backward(grad)
+        exact = (grad.astype(np.float64) * x).sum(axis=axes)
+        np.testing.assert_allclose(layer.weight.grad, np.reshape(exact, layer.weight.grad.shape),
+                                   rtol=1e-6)
+
+
+def test_global_average_of_a_large_float32_plane():
+    x = np.full((1, 2, 1024, 1024), 1.1, np.float32)
+    np.testing.assert_allclose(L.GlobalAvgPool().forward(x), np.float32(1.1), rtol=2e-7)
+
+
+def test_softmax_over_a_row_of_a_million(rng):
+    x = np.zeros((1, 1 << 20), np.float32)
+    x[0, 7] = 0.5
+    x[0, 1000:2000] = rng.standard_normal(1000)
+    exact = np.exp(x.astype(np.float64) - 0.5)
+    exact /= exact.sum()
+    layer = L.Softmax()
+    np.testing.assert_allclose(layer.forward(x), exact, rtol=1e-6)
+    grad = rng.standard_normal(x.shape).astype(np.float32)
+    exact_grad = exact * (grad - (exact * grad).sum())
+    np.testing.assert_allclose(layer.backward(grad), exact_grad, rtol=1e-5, atol=1e-12)
+
+
+def test_clip_grad_norm_of_a_norm_past_float32_range():
+    # The norm (6e40) is right in double; a float32 factor max_norm / norm was 0.
+    parameter = cn.Parameter("w", np.zeros(40000, np.float32))
+    parameter.grad[...] = 3e38
+    assert cn.optim.clip_grad_norm([parameter], 1e-6) == pytest.approx(6e40, rel=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(parameter.grad.astype(np.float64)), 1e-6,
+                               rtol=1e-5)

@@ -1043,9 +1043,10 @@ def test_clip_grad_norm_scales_to_the_max_norm(dtype, rng):
     expected = math.sqrt(math.fsum(float(x) ** 2 for g in grads for x in g.ravel()))
     total = clip_grad_norm(params, 10.0)
     assert total == pytest.approx(expected, rel=1e-12)  # summed in double either way
-    factor = dtype(10.0 / (total + 1e-6))
+    factor = 10.0 / (total + 1e-6)  # in double: each product rounded once to the dtype
     for parameter, grad in zip(params, grads):
-        np.testing.assert_array_equal(parameter.grad, grad * factor)
+        np.testing.assert_array_equal(parameter.grad, (grad.astype(np.float64) * factor)
+                                      .astype(dtype))
     assert clip_grad_norm(params, 10.0) == pytest.approx(10.0, rel=1e-6)
 
 

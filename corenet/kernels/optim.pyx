@@ -259,10 +259,12 @@ cdef double sum_of_squares_of(const floating* x, Py_ssize_t size, double* partia
     return total
 
 
-cdef void scale_update(floating* x, Py_ssize_t size, floating factor) noexcept nogil:  # IN/OUT
+cdef void scale_update(floating* x, Py_ssize_t size, double factor) noexcept nogil:  # IN/OUT
+    """x *= factor, multiplied in double and rounded once: a float32 factor of the
+    clipping below float32's range (norm 6e40, max_norm 1e-6) would zero every x."""
     cdef Py_ssize_t i
     for i in prange(size, num_threads=threads_for(size, GRAIN), schedule='static'):
-        x[i] = x[i] * factor
+        x[i] = <floating>(x[i] * factor)
 
 
 # -- the Python-callable functions ------------------------------------------------------
@@ -632,11 +634,11 @@ def sum_of_squares(cnp.ndarray x not None) -> float:
 
 
 def scale(cnp.ndarray x not None, double factor) -> None:
-    """x *= factor in place (factor rounded to x's dtype first, as PyTorch's mul_)."""
+    """x *= factor in place, each product computed in double and rounded to x's dtype."""
     cdef int type_num = checked_type("scale", x, (), ())
     cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
     with nogil:
         if type_num == cnp.NPY_FLOAT32:
-            scale_update(<float*>cnp.PyArray_DATA(x), size, <float>factor)
+            scale_update(<float*>cnp.PyArray_DATA(x), size, factor)
         else:
             scale_update(<double*>cnp.PyArray_DATA(x), size, factor)

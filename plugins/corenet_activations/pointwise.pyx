@@ -269,9 +269,11 @@ cdef void prelu_backward(const floating* x, const floating* weight, const floati
                          floating* x_grad, floating* weight_grad, Py_ssize_t outer,
                          Py_ssize_t channels, Py_ssize_t inner, bint shared) noexcept nogil:
     """dx = g or slope·g; d(slope) += Σ g·x over x ≤ 0. The slope gradient of a
-    channel is summed by one thread in one order, so it is deterministic."""
+    channel is summed by one thread in one order, so it is deterministic, and in
+    double: a float32 running sum over a 64 x 16 x 64 x 64 batch was 1e-3 off."""
     cdef Py_ssize_t row, i, c, o
-    cdef floating slope, total
+    cdef floating slope
+    cdef double total
     cdef int n = threads_for(outer * channels * inner, GRAIN)
     for row in prange(outer * channels, num_threads=n, schedule='static'):
         slope = weight[0] if shared else weight[row % channels]
@@ -281,7 +283,7 @@ cdef void prelu_backward(const floating* x, const floating* weight, const floati
         total = 0
         for i in range(outer * channels * inner):
             if x[i] <= 0:
-                total = total + grad[i] * x[i]
+                total = total + <double>grad[i] * x[i]
         weight_grad[0] += total
         return
     n = threads_for(outer * channels * inner, GRAIN)
@@ -290,7 +292,7 @@ cdef void prelu_backward(const floating* x, const floating* weight, const floati
         for o in range(outer):
             for i in range((o * channels + c) * inner, (o * channels + c + 1) * inner):
                 if x[i] <= 0:
-                    total = total + grad[i] * x[i]
+                    total = total + <double>grad[i] * x[i]
         weight_grad[c] += total
 
 
