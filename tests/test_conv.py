@@ -449,6 +449,21 @@ def test_global_average_is_the_same_on_any_thread_count(rng, threads):
     np.testing.assert_allclose(outputs[0], x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
 
 
+@needs_torch
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 5, 7)], ids=["even", "odd"])
+def test_max_pool_2x2_takes_nan_as_pytorch(shape, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, 0] = x[0, 1, 1, 1] = x[1, 2, 2, 1] = x[1, 2, 3, 0] = np.nan  # first, last, two
+    layer = L.MaxPool2d(2)
+    out = layer.forward(x)
+    grad = rng.standard_normal(out.shape).astype(np.float32)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    out_torch = torch.nn.functional.max_pool2d(x_torch, 2)
+    out_torch.backward(torch.from_numpy(grad))
+    np.testing.assert_array_equal(out, out_torch.detach().numpy())
+    np.testing.assert_array_equal(layer.backward(grad), x_torch.grad.numpy())
+
+
 # -- errors ------------------------------------------------------------------------
 
 
