@@ -36,10 +36,10 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
-    /* Selects on the bits (mask: all ones or zeros), so that the compiler emits no
-     * branch: on random data a branch per compare mispredicts about half the time, and
-     * windows too few per row to vectorize (planes of 4 x 4 or 8 x 8) ran at 9 ns an
-     * output. Row-wide loops still vectorize into blends. */
+    /* a where mask is all ones, b where it is zeros, on the bits: no branch. Both 2 x 2
+     * kernels avoid branches on the data, which mispredict about half the time on
+     * random values where rows are too narrow to vectorize (planes of 4 x 4 or 8 x 8
+     * ran at 9 ns an output); wide rows vectorize into blends either way. */
     #define CN_BITS_SELECT(T, U, mask, a, b) ({                                          \
         U a_bits_, b_bits_; T result_;                                                   \
         memcpy(&a_bits_, &(a), sizeof(U)); memcpy(&b_bits_, &(b), sizeof(U));           \
@@ -48,11 +48,12 @@ cdef extern from *:
 
     /* The common 2 x 2 window, stride 2, no padding, over 2-D planes: the same
      * choices as max_plane in the same order (top left, top right, bottom left,
-     * bottom right): a value replaces the best when larger or NaN. Planes of even
+     * bottom right): a value replaces the best when larger or NaN (a sum of the two
+     * tests, not an "or" that the compiler turns into branches). Planes of even
      * height come as one tall image of out_height rows of windows, plane_rows of
-     * them a plane (per plane, small planes cost more in overhead than in windows);
-     * arg-maxes are indices within their plane. */
-    #define CN_MAX_2X2(NAME, T, U)                                                       \
+     * them a plane (a tenth faster than a call per 4 x 4 plane); arg-maxes are
+     * indices within their plane. */
+    #define CN_MAX_2X2(NAME, T)                                                          \
     static void NAME(const T *restrict x, ptrdiff_t width, ptrdiff_t out_height,         \
                      ptrdiff_t out_width, T *restrict out, int32_t *restrict argmax,     \
                      ptrdiff_t plane_rows)                                               \
@@ -69,7 +70,7 @@ cdef extern from *:
                 int32_t index = first + 2 * (int32_t)ow, chosen = index;                 \
                 int take;                                                                \
                 value = top[2 * ow + 1];                                                 \
-                take = (value > best) + (value != value); /* never both */               \
+                take = (value > best) + (value != value); /* never both true */          \
                 best = take ? value : best;                                              \
                 chosen = take ? index + 1 : chosen;                                      \
                 value = bottom[2 * ow];                                                  \
@@ -85,8 +86,8 @@ cdef extern from *:
             }                                                                            \
         }                                                                                \
     }
-    CN_MAX_2X2(cn_max_2x2_float, float, uint32_t)
-    CN_MAX_2X2(cn_max_2x2_double, double, uint64_t)
+    CN_MAX_2X2(cn_max_2x2_float, float)
+    CN_MAX_2X2(cn_max_2x2_double, double)
 
     /* Its backward: each input lies in one window at most, so each window writes its
      * four inputs, its gradient at the arg-max and zeros elsewhere, in one pass and
