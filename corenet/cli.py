@@ -181,6 +181,7 @@ def train_model(args, comm) -> int:
 
     import corenet as cn
     from corenet import data, models, serialize
+    from corenet.contention import ContentionGovernor
     from corenet.diagnostics import Diagnostics
     from corenet.progress import Progress
     from corenet.gradients import AccumulatingStep
@@ -278,11 +279,14 @@ def train_model(args, comm) -> int:
         if diagnostics is not None:
             print(diagnostics.history[-1].format(), file=out, flush=True)
 
+    callbacks = [diagnostics] if diagnostics is not None else []
+    if not args.threads:  # threads not pinned: one while another process takes a core
+        callbacks.append(ContentionGovernor())
     start = time.perf_counter()
     history = fit(model, loss, optimizer, X_train, y_train, args.epochs, args.batch_size,
                   args.seed, on_batch=progress.on_batch if root else None,
                   on_epoch=on_epoch if root else None, lr_schedule=schedule,
-                  callbacks=[diagnostics] if diagnostics is not None else [], step=step,
+                  callbacks=callbacks, step=step,
                   clip_norm=args.clip_norm, start_epoch=start_epoch)
     history = history_before + history
     seconds = time.perf_counter() - start

@@ -59,6 +59,9 @@ class Callback:
         """After a batch's backward, before the optimizer's step: each Parameter.grad
         holds that batch's gradient."""
 
+    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None:
+        """After a batch's update; ``loss`` is that batch's loss."""
+
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         """After the last batch of ``epoch``; ``logs["loss"]`` is its mean training loss.
         Called before fit's ``on_epoch``, in the order of the list."""
@@ -210,6 +213,8 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
                     raise TrainingDiverged(f"the loss became {value} at epoch {epoch + 1}, "
                                            f"batch {batch + 1}; try a smaller learning rate")
                 total += value * len(index)
+                for callback in callbacks:
+                    callback.on_batch_end(epoch, batch, value)
                 if on_batch is not None:
                     on_batch(epoch, batch, n_batches, value)
             history.append(total / len(X))
