@@ -2,9 +2,9 @@
 
 The default run (``corenet train``, all cores, the MLP and ``--model cnn``) against
 ``corenet train --threads 1``, on an idle machine and with one process of our own
-spinning on a core the whole time. The default run goes down to one thread while the
-process waits for CPUs (corenet.contention). With static work splits and spinning waits, every parallel region waits for
-the thread that shares its core with the spinner; the targets: with a core busy the
+spinning on a core the whole time. Every parallel region waits for the thread that
+shares its core with the spinner, so the default run goes down to one thread while the
+process waits for CPUs (corenet.contention). The targets: with a core busy the
 default run takes at most 1.3× the one-thread time, and idle it is not slower.
 The summary shows "vs 1 thread" = one-thread time / default time (≥ 0.77, ≥ 1).
 """
