@@ -280,7 +280,9 @@ def train_model(args, comm) -> int:
             print(diagnostics.history[-1].format(), file=out, flush=True)
 
     callbacks = [diagnostics] if diagnostics is not None else []
-    if not args.threads:  # threads not pinned: one while another process takes a core
+    pinned = args.threads or any(os.environ.get(name, "").strip()
+                                 for name in ("CORENET_NUM_THREADS", "OMP_NUM_THREADS"))
+    if not pinned and comm is None:  # fewer threads while other processes take cores
         callbacks.append(ContentionGovernor())
     start = time.perf_counter()
     history = fit(model, loss, optimizer, X_train, y_train, args.epochs, args.batch_size,

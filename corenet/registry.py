@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.metadata
+import inspect
 import os
 import re
 import threading
@@ -207,16 +208,26 @@ class Registry:
     def _check_hook_names(self, plugin, name: str) -> None:
         """A misspelt hook, or a hook without its marker, would otherwise provide nothing
         and say nothing: pluggy registers the one under its own name and skips the
-        other."""
+        other (and anything not a function, and the methods of a class)."""
+        if inspect.isclass(plugin):
+            raise PluginError(f"plugin {name!r} is the class {plugin.__name__}: register an "
+                              f"instance of it ({plugin.__name__}()) or a module")
         hooks = sorted(hook for hook in dir(hookspecs) if hook.startswith("corenet_"))
         implemented = {caller.name for caller in self.plugin_manager.get_hookcallers(plugin)}
-        for hook in sorted(implemented - set(hooks)):
-            raise PluginError(f"plugin {name!r}: {hook} is not a corenet hook"
-                              f"{did_you_mean(hook, hooks)}; the hooks are {', '.join(hooks)}")
+        unknown = sorted(implemented - set(hooks))
+        if unknown:
+            raise PluginError(f"plugin {name!r}: {unknown[0]} is not a corenet hook"
+                              f"{did_you_mean(unknown[0], hooks)}; the hooks are "
+                              f"{', '.join(hooks)}")
         for hook in hooks:
-            if hook not in implemented and callable(getattr(plugin, hook, None)):
+            value = getattr(plugin, hook, None)
+            if hook in implemented or value is None:
+                continue
+            if inspect.isroutine(value):
                 raise PluginError(f"plugin {name!r}: {hook} is not marked @corenet.hookimpl, "
                                   f"so corenet would never call it; add the decorator")
+            raise PluginError(f"plugin {name!r}: {hook} must be a function marked "
+                              f"@corenet.hookimpl, got {type(value).__name__}")
 
     def _call_hooks(self, plugin, name: str, kind: str) -> list:
         hook = getattr(self.plugin_manager.hook, f"corenet_{kind}")

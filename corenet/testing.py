@@ -433,6 +433,7 @@ def check_layer(cls, config: dict, input_shapes, skip: tuple = ()) -> None:
             try:
                 check(cls, config, input_shapes)
             except Exception as error:  # which check, shown under the error by pytest
-                error.add_note(f"in corenet.testing.{check.__name__}({cls.__name__}, "
-                               f"{config!r}, {list(input_shapes)!r})")
+                if hasattr(error, "add_note"):  # Python 3.11 on
+                    error.add_note(f"in corenet.testing.{check.__name__}({cls.__name__}, "
+                                   f"{config!r}, {list(input_shapes)!r})")
                 raise

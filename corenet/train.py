@@ -223,9 +223,21 @@ def fit(model, loss, optimizer, X, y, epochs: int = 1, batch_size: int = 32,
             if on_epoch is not None:
                 on_epoch(epoch, history[-1])
     finally:
-        for callback in callbacks:
-            callback.on_train_end()
+        _end_training(callbacks)
     return history
+
+
+def _end_training(callbacks: list) -> None:
+    """Every callback's on_train_end, even after one of them raised (a governor must
+    give the threads back); the first error is raised after the last call."""
+    errors = []
+    for callback in callbacks:
+        try:
+            callback.on_train_end()
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 def _after_backward(callbacks: list, epoch: int, batch: int) -> None:

@@ -449,6 +449,24 @@ def test_global_average_is_the_same_on_any_thread_count(rng, threads):
     np.testing.assert_allclose(outputs[0], x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 256, 256), (3, 2, 255, 256)],
+                         ids=["fewer planes than threads", "odd height"])
+def test_max_pool_2x2_is_the_same_on_any_thread_count(shape, rng, threads):
+    # Even heights go to the kernel as one tall image a thread, odd ones a plane a call.
+    x = rng.standard_normal(shape).astype(np.float32)
+    grad = rng.standard_normal((shape[0], shape[1], shape[2] // 2, shape[3] // 2))
+    results = []
+    for n_threads in (1, 3):
+        corenet.set_num_threads(n_threads)
+        layer = L.MaxPool2d(2)
+        results.append((layer.forward(x).copy(), layer.backward(grad.astype(np.float32))))
+    for one, many in zip(*results):
+        np.testing.assert_array_equal(one, many)
+    windows = x[:, :, :shape[2] // 2 * 2].reshape(shape[0], shape[1], shape[2] // 2, 2,
+                                                     shape[3] // 2, 2)
+    np.testing.assert_array_equal(results[0][0], windows.max(axis=(3, 5)))
+
+
 @needs_torch
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 5, 7)], ids=["even", "odd"])
 def test_max_pool_2x2_takes_nan_as_pytorch(shape, rng):

@@ -195,6 +195,19 @@ def test_a_hook_without_its_marker_fails_the_plugin(register_plugin):
     assert info.error and "identity_unmarked" not in registry.layers
 
 
+@pytest.mark.parametrize("make_plugin, message", [
+    (lambda: type("ListPlugin", (), {"corenet_layers": []})(),
+     "corenet_layers must be a function marked @corenet.hookimpl, got list"),
+    (lambda: type("ClassPlugin", (), {"corenet_layers": corenet.hookimpl(lambda self: [])}),
+     r"is the class ClassPlugin: register an instance of it \(ClassPlugin\(\)\)"),
+], ids=["a list", "a class"])
+def test_a_hook_that_is_not_a_function_or_a_plugin_that_is_a_class_fails(
+        make_plugin, message, register_plugin):
+    with pytest.warns(RuntimeWarning, match=message):
+        info = register_plugin(make_plugin(), "not-a-function")
+    assert info.error
+
+
 def test_the_listing_says_when_a_plugin_provides_no_layer(register_plugin, capsys):
     from corenet.cli import main
 

@@ -20,6 +20,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int32_t
 from libc.string cimport memset
 
+from corenet.kernels.fused cimport cn_row_sum_double, cn_row_sum_float_in_double
 from corenet.kernels.threads cimport threads_for
 
 from corenet.errors import ShapeError
@@ -159,9 +160,9 @@ cdef inline void window_range(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad,
 cdef inline bint replaces(floating value, floating best) noexcept nogil:
     """Whether a later window element takes the place of the current maximum:
     strictly greater (the first maximum wins ties), or NaN (NaN wins, as in PyTorch).
-    Used in branch-free selects: on random data a branch here mispredicts half the
-    time."""
-    return (value > best) | (value != value)
+    A sum of the two tests, never both true, for selects without branches: on random
+    data a branch here mispredicts half the time."""
+    return (value > best) + (value != value)
 
 
 cdef void max_plane(const Pooling* q, const floating* x, floating* out,
@@ -196,10 +197,11 @@ cdef inline bint is_two_by_two(const Pooling* q) noexcept nogil:
             and q.stride_h == 2 and q.stride_w == 2 and q.pad_h == 0 and q.pad_w == 0)
 
 
-cdef inline Py_ssize_t tall_planes(const Pooling* q, Py_ssize_t planes) noexcept nogil:
-    """Planes the 2 x 2 kernels take as one tall image: all of a thread's when the
-    height is even (no row between planes lies outside every window), else one."""
-    return planes if q.height == 2 * q.out_height else 1
+cdef inline Py_ssize_t kernel_calls(const Pooling* q, Py_ssize_t planes,
+                                    int n_threads) noexcept nogil:
+    """Calls of a 2 x 2 kernel: one a thread, on its planes as one tall image, when the
+    height is even (no row between planes lies outside every window), else one a plane."""
+    return n_threads if q.height == 2 * q.out_height else planes
 
 
 cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
@@ -211,7 +213,7 @@ cdef void max_pool_forward(const Pooling* q, const floating* x, floating* out,
         planes * outputs * q.kernel_d * q.kernel_h * q.kernel_w, GRAIN)
     # Parts of whole planes, each one kernel call; each output is computed alike in
     # any part, so the split changes no result.
-    cdef Py_ssize_t parts = planes if tall_planes(q, planes) == 1 else n_threads
+    cdef Py_ssize_t parts = kernel_calls(q, planes, n_threads)
     if is_two_by_two(q):
         for part in prange(parts, num_threads=n_threads, schedule='static'):
             p0 = part * planes // parts
@@ -236,7 +238,7 @@ cdef void max_pool_backward(const Pooling* q, const floating* grad, const int32_
     cdef Py_ssize_t outputs = q.out_depth * q.out_height * q.out_width
     cdef floating* dx
     cdef int n_threads = threads_for(planes * (outputs + volume), GRAIN)
-    cdef Py_ssize_t parts = planes if tall_planes(q, planes) == 1 else n_threads
+    cdef Py_ssize_t parts = kernel_calls(q, planes, n_threads)
     if is_two_by_two(q):  # one pass, no memset (README: about a tenth less time)
         for part in prange(parts, num_threads=n_threads, schedule='static'):
             p0 = part * planes // parts
@@ -453,32 +455,16 @@ class AvgPool3d(PoolNd):
     is_max = False
 
 
-cdef floating plane_mean(const floating* row, Py_ssize_t size) noexcept nogil:
-    """The mean of row[0:size] in eight partial sums of double, in a fixed order (float32
-    ones were 4e-4 off on a 1024 x 1024 plane); a function of its own, so that each
-    thread of global_average has its own partial sums."""
-    cdef Py_ssize_t j, lane
-    cdef double partial[8]
-    cdef double total = 0
-    for lane in range(8):
-        partial[lane] = 0
-    for j in range(0, size - size % 8, 8):
-        for lane in range(8):
-            partial[lane] = partial[lane] + row[j + lane]
-    for lane in range(8):
-        total = total + partial[lane]
-    for j in range(size - size % 8, size):
-        total = total + row[j]
-    return <floating>(total / size)
-
-
 cdef void global_average(const floating* x, floating* out, Py_ssize_t planes,
                          Py_ssize_t size) noexcept nogil:
-    """out[i] = mean of plane i."""
+    """out[i] = mean of plane i, summed in double in a fixed order (fused.pxd)."""
     cdef Py_ssize_t plane
     for plane in prange(planes, num_threads=threads_for(planes * size, GRAIN),
                         schedule='static'):
-        out[plane] = plane_mean(x + plane * size, size)
+        if floating is float:
+            out[plane] = <float>(cn_row_sum_float_in_double(x + plane * size, size) / size)
+        else:
+            out[plane] = cn_row_sum_double(x + plane * size, size) / size
 
 
 cdef void global_average_backward(const floating* grad, floating* x_grad, Py_ssize_t planes,
