@@ -437,3 +437,21 @@ def test_clip_grad_norm_of_a_norm_past_float32_range():
     assert cn.optim.clip_grad_norm([parameter], 1e-6) == pytest.approx(6e40, rel=1e-6)
     np.testing.assert_allclose(np.linalg.norm(parameter.grad.astype(np.float64)), 1e-6,
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "tanh"])
+def test_linear_bias_gradient_over_a_large_batch_is_summed_in_double(activation, rng):
+    layers = [L.Linear(4, 300)] + ([L.create(activation)] if activation else [])
+    model = cn.Sequential(*layers, input_shape=(4,))  # fused with Linear when given
+    x = rng.standard_normal((1 << 16, 4)).astype(np.float32)
+    out = model.forward(x)
+    grad = np.full(out.shape, 0.1, np.float32) + rng.uniform(0, 1e-3, out.shape).astype(
+        np.float32)
+    model.zero_grad()
+    model.backward(grad)
+    pre = grad.astype(np.float64)
+    if activation == "relu":
+        pre = pre * (out > 0)
+    elif activation == "tanh":
+        pre = (grad * (1 - out * out)).astype(np.float64)  # f' from the output, in float32
+    np.testing.assert_allclose(layers[0].bias.grad, pre.sum(axis=0), rtol=2e-7)

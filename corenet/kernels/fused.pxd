@@ -56,14 +56,15 @@ cdef extern from * nogil:
     CN_RELU_GRADIENT(cn_relu_gradient_double, double)
 
     /* sums[j] += row[j]: a bias gradient's column sums, one row at a time, as a
-     * loop the compiler vectorizes (each sum still adds the rows in order). */
-    #define CN_ADD_ROW(NAME, T)                                                  \
-    static void NAME(T *restrict sums, const T *restrict row, ptrdiff_t n)       \
+     * loop the compiler vectorizes (each sum still adds the rows in order); float32
+     * rows into double sums. */
+    #define CN_ADD_ROW(NAME, T, ACC)                                             \
+    static void NAME(ACC *restrict sums, const T *restrict row, ptrdiff_t n)     \
     {                                                                            \
         for (ptrdiff_t j = 0; j < n; ++j) sums[j] += row[j];                     \
     }
-    CN_ADD_ROW(cn_add_row_float, float)
-    CN_ADD_ROW(cn_add_row_double, double)
+    CN_ADD_ROW(cn_add_row_double, double, double)
+    CN_ADD_ROW(cn_add_row_float_in_double, float, double)
 
     /* Σ x[0 .. n): eight partial sums of type ACC (lane l adds x[j + l] for j = 0,
      * 8, ...), added in lane order, then the last n % 8 values: a fixed order, in one
@@ -92,8 +93,8 @@ cdef extern from * nogil:
                                 ptrdiff_t n)
     void cn_relu_gradient_double(double* dst, const double* g, const double* y,
                                  ptrdiff_t n)
-    void cn_add_row_float(float* sums, const float* row, ptrdiff_t n)
     void cn_add_row_double(double* sums, const double* row, ptrdiff_t n)
+    void cn_add_row_float_in_double(double* sums, const float* row, ptrdiff_t n)
     float cn_row_sum_float(const float* x, ptrdiff_t n)
     double cn_row_sum_double(const double* x, ptrdiff_t n)
     double cn_row_sum_float_in_double(const float* x, ptrdiff_t n)
