@@ -20,9 +20,12 @@ class Machine:
     def __init__(self, step=0.1):
         self.now, self.waited, self.step, self.waiting = 0.0, 0.0, step, 0.0
 
-    def batch(self, governor, index=0):
+    def advance(self):
         self.now += self.step
         self.waited += self.waiting * self.step
+
+    def batch(self, governor, index=0):
+        self.advance()
         governor.on_batch_end(0, index, 1.0)
 
     def governor(self, **settings):
@@ -178,8 +181,7 @@ class Ticks(cn.train.Callback):
         self.machine = machine
 
     def on_batch_end(self, epoch, batch, loss):
-        self.machine.now += self.machine.step
-        self.machine.waited += self.machine.waiting * self.machine.step
+        self.machine.advance()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's schedstat")
