@@ -14,7 +14,8 @@ import numpy as np
 from corenet.arguments import as_int
 from corenet.errors import DTypeError, ShapeError
 from corenet.kernels.elementwise import accumulate
-from corenet.layer import FLOAT_DTYPES, Layer, as_array, as_float_dtype, contiguous
+from corenet.layer import (FLOAT_DTYPES, Layer, as_array, as_float_dtype, contiguous,
+                           zero_layer_grads)
 from corenet.memory import check_allocation
 
 
@@ -449,11 +450,7 @@ class Model:
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Every layer's gradients to zero, or to None (Parameter.unset_grad)."""
         for layer in self.layers:
-            if set_to_none:  # through the parameters: a plugin's zero_grad may take no argument
-                for parameter in layer.parameters():
-                    parameter.zero_grad(set_to_none=True)
-            else:
-                layer.zero_grad()
+            zero_layer_grads(layer, set_to_none)  # a plugin's zero_grad may take no argument
 
     def astype(self, dtype) -> "Model":
         """Convert every parameter (and so the model's inputs) to float32 or float64."""

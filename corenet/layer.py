@@ -67,15 +67,13 @@ class Parameter:
         """grad = None, keeping its array for the next backward to reuse; or zeros in
         place when the array is shared (the next backward would overwrite it where
         another holder expects zeros or its own values): tied weights whose grads are
-        one array or views of one, or a reference the caller kept. sys.getrefcount
-        counts this Parameter's slot, ``grad`` below and its own argument."""
-        grad = self.grad
-        if grad is None:
+        one array or views of one, or a reference the caller kept."""
+        if self.grad is None:
             return
-        if isinstance(grad, np.ndarray) and grad.base is None and sys.getrefcount(grad) <= 3:
-            self._spare_grad, self.grad = grad, None
+        if _grad_unshared(self):
+            self._spare_grad, self.grad = self.grad, None
         else:
-            grad.fill(0)
+            self.grad.fill(0)
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """grad to zeros, or with ``set_to_none`` unset (unset_grad); a grad already
@@ -92,6 +90,48 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.value.shape}, dtype={self.value.dtype})"
+
+
+def _grad_references(parameter: Parameter) -> int:
+    """sys.getrefcount of parameter.grad as _grad_unshared takes it."""
+    grad = parameter.grad
+    return sys.getrefcount(grad)
+
+
+# What _grad_references counts for a grad that only its Parameter holds: its slot, the
+# local `grad` and, before Python 3.14 borrowed local loads, getrefcount's argument.
+# Measured here rather than written down, so that a Python that counts otherwise can
+# not make a shared array look unshared.
+UNSHARED_GRAD_REFERENCES = _grad_references(Parameter("probe", np.zeros(1)))
+
+
+def _grad_unshared(parameter: Parameter) -> bool:
+    """Whether only this Parameter holds its grad, a whole array (no view)."""
+    grad = parameter.grad
+    return (isinstance(grad, np.ndarray) and grad.base is None
+            and sys.getrefcount(grad) <= UNSHARED_GRAD_REFERENCES)
+
+
+def zero_layer_grads(layer, set_to_none: bool = False) -> None:
+    """layer.zero_grad(set_to_none=...), or, for a plugin whose zero_grad takes no
+    argument, its zero_grad() and then each parameter's grad unset when asked: the
+    plugin's own clearing runs either way (Model.zero_grad, the conformance kit)."""
+    if not set_to_none:
+        layer.zero_grad()
+    elif _takes_set_to_none(type(layer).zero_grad):
+        layer.zero_grad(set_to_none=True)
+    else:
+        layer.zero_grad()
+        for parameter in layer.parameters():
+            parameter.unset_grad()
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_set_to_none(zero_grad) -> bool:
+    try:
+        return "set_to_none" in inspect.signature(zero_grad).parameters
+    except (TypeError, ValueError):  # a builtin or C function without a signature
+        return False
 
 
 class Buffer:

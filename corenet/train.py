@@ -57,7 +57,7 @@ class Callback:
 
     def on_after_backward(self, epoch: int, batch: int) -> None:
         """After a batch's backward, before the optimizer's step: each Parameter.grad
-        holds that batch's gradient."""
+        holds that batch's gradient (None where backward did not reach it)."""
 
     def on_batch_end(self, epoch: int, batch: int, loss: float) -> None:
         """After a batch's update; ``loss`` is that batch's loss."""

@@ -283,6 +283,21 @@ def test_the_unset_grads_check_passes_a_layer_that_adds_through_parameter_arrays
     testing.check_unset_grads(Gain, {}, [(3,)])
 
 
+class GainAndSpare(Gain):
+    """A second parameter that backward never reaches: its grad stays unset."""
+
+    def __init__(self, factor=1.0, axes=(0,)):
+        super().__init__(factor, axes)
+        self.spare = Parameter("spare", np.ones(2))
+
+    def parameters(self):
+        return [self.gain, self.spare]
+
+
+def test_the_unset_grads_check_takes_a_parameter_backward_does_not_reach():
+    testing.check_unset_grads(GainAndSpare, {}, [(3,)])
+
+
 @pytest.mark.parametrize("cls, error, message", [
     (GainAlwaysWrites, AssertionError, "scale: two backwards from zeros give gain a gradient "
                                        "other than twice one's"),

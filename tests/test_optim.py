@@ -8,6 +8,7 @@ import pytest
 
 import corenet
 import corenet.layers as L
+from corenet import testing
 from corenet.errors import DTypeError, ShapeError
 from corenet.kernels import optim as kernels
 from corenet.train import train_step
@@ -585,12 +586,28 @@ def test_a_grad_array_shared_or_held_elsewhere_is_zeroed_not_unset():
 
 def test_model_zero_grad_set_to_none_takes_a_plugin_whose_zero_grad_has_no_argument():
     class Plain(L.Linear):
-        def zero_grad(self):
+        calls = 0
+
+        def zero_grad(self):  # clears something of its own too
+            type(self).calls += 1
             super().zero_grad()
 
     model = corenet.Sequential(Plain(3, 2), input_shape=(3,))
     model.zero_grad(set_to_none=True)
     assert all(p.grad is None for p in model.parameters())
+    assert Plain.calls == 1  # its own clearing ran, then the grads were unset
+    testing.check_unset_grads(Plain, {"in_features": 3, "out_features": 2}, [(3,)])
+
+
+def test_a_shared_grad_is_told_apart_whatever_python_counts():
+    from corenet.layer import UNSHARED_GRAD_REFERENCES, _grad_unshared
+
+    parameter = corenet.Parameter("w", np.ones(3, np.float32))
+    assert _grad_unshared(parameter)
+    held = parameter.grad
+    assert not _grad_unshared(parameter)
+    del held
+    assert _grad_unshared(parameter) and UNSHARED_GRAD_REFERENCES >= 2
 
 
 def test_an_unset_grad_whose_array_no_longer_fits_gets_a_new_one():
