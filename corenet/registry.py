@@ -183,6 +183,10 @@ class Registry:
                     f"reinstall or upgrade {distribution}"))
                 return info
             try:
+                if inspect.isclass(plugin):  # pluggy would find its methods lack `self`
+                    raise PluginError(f"plugin {name!r} is the class {plugin.__name__}: "
+                                      f"register an instance of it ({plugin.__name__}()) or "
+                                      f"a module")
                 self.plugin_manager.register(plugin, name=name)
                 self._check_hook_names(plugin, name)
                 provided = {kind: self._call_hooks(plugin, name, kind)
@@ -208,10 +212,7 @@ class Registry:
     def _check_hook_names(self, plugin, name: str) -> None:
         """A misspelt hook, or a hook without its marker, would otherwise provide nothing
         and say nothing: pluggy registers the one under its own name and skips the
-        other (and anything not a function, and the methods of a class)."""
-        if inspect.isclass(plugin):
-            raise PluginError(f"plugin {name!r} is the class {plugin.__name__}: register an "
-                              f"instance of it ({plugin.__name__}()) or a module")
+        other (and anything not a function)."""
         hooks = sorted(hook for hook in dir(hookspecs) if hook.startswith("corenet_"))
         implemented = {caller.name for caller in self.plugin_manager.get_hookcallers(plugin)}
         unknown = sorted(implemented - set(hooks))
