@@ -93,7 +93,7 @@ class Parameter:
 
 
 def _grad_references(parameter: Parameter) -> int:
-    """sys.getrefcount of parameter.grad as _grad_unshared takes it."""
+    """sys.getrefcount of parameter.grad, taken the one way both uses below take it."""
     grad = parameter.grad
     return sys.getrefcount(grad)
 
@@ -106,10 +106,11 @@ UNSHARED_GRAD_REFERENCES = _grad_references(Parameter("probe", np.zeros(1)))
 
 
 def _grad_unshared(parameter: Parameter) -> bool:
-    """Whether only this Parameter holds its grad, a whole array (no view)."""
-    grad = parameter.grad
-    return (isinstance(grad, np.ndarray) and grad.base is None
-            and sys.getrefcount(grad) <= UNSHARED_GRAD_REFERENCES)
+    """Whether only this Parameter holds its grad, a whole array (no view). It keeps no
+    reference of its own while counting."""
+    if not (isinstance(parameter.grad, np.ndarray) and parameter.grad.base is None):
+        return False
+    return _grad_references(parameter) <= UNSHARED_GRAD_REFERENCES
 
 
 def zero_layer_grads(layer, set_to_none: bool = False) -> None:
